@@ -1,0 +1,741 @@
+//! The composite provider: one publish fans out to every provider at once, and a [`Strategy`]
+//! decides what the caller is told.
+//!
+//! ```text
+//!               ┌──► lane "nats"  ──► NatsProvider   (timeout, latency, timeouts)
+//! publish(msg) ─┤
+//!               └──► lane "kafka" ──► KafkaProvider
+//! ```
+//!
+//! - **FailFast**: all writes run concurrently; the first failure fails the publish at once and
+//!   names the provider (the other writes are abandoned; the id is stable, so a client retry is
+//!   de-duplicated by the brokers).
+//! - **BestEffort**: all writes run concurrently and are all awaited; failures are logged and
+//!   counted; the publish succeeds when at least one provider accepted the message. A message
+//!   that went nowhere is never reported as accepted.
+//!
+//! The composite is itself a [`Provider`], so code that used one broker can use several.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::stream::{FuturesUnordered, StreamExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::latency::{Histogram, LatencySummary};
+use crate::message::DataMessage;
+use crate::provider::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
+
+/// Deadline for one provider write when nothing else is configured.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many recent ids the merged subscription remembers to drop duplicates.
+/// Enough to cover the skew between two brokers delivering the same message (seconds of
+/// traffic at thousands per second) while keeping memory bounded (~100 bytes per id).
+pub const MERGE_DEDUP_WINDOW: usize = 65_536;
+
+/// What a publish requires of the providers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Strategy {
+    /// Every provider must acknowledge; the first failure fails the publish.
+    #[default]
+    FailFast,
+    /// At least one provider must acknowledge; failures are logged and counted.
+    BestEffort,
+}
+
+impl Strategy {
+    /// The spelling used by `COMPOSITE_STRATEGY` and logs.
+    pub fn as_kebab(self) -> &'static str {
+        match self {
+            Strategy::FailFast => "fail-fast",
+            Strategy::BestEffort => "best-effort",
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Strategy::FailFast => 0,
+            Strategy::BestEffort => 1,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        if v == 1 {
+            Strategy::BestEffort
+        } else {
+            Strategy::FailFast
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::FailFast => "FailFast",
+            Strategy::BestEffort => "BestEffort",
+        })
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+
+    /// Accepts the seed's `fail-fast` / `best-effort` and the resource's `FailFast` / `BestEffort`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "failfast" => Ok(Strategy::FailFast),
+            "besteffort" => Ok(Strategy::BestEffort),
+            _ => Err(format!(
+                "unknown strategy {s:?}: use fail-fast or best-effort (FailFast / BestEffort in a manifest)"
+            )),
+        }
+    }
+}
+
+/// Whether the providers' health satisfies the strategy: FailFast needs every provider healthy,
+/// BestEffort at least one.
+pub fn strategy_satisfied(strategy: Strategy, healthy: &[bool]) -> bool {
+    match strategy {
+        Strategy::FailFast => !healthy.is_empty() && healthy.iter().all(|h| *h),
+        Strategy::BestEffort => healthy.iter().any(|h| *h),
+    }
+}
+
+/// Why a composite publish failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PublishError {
+    /// FailFast: this provider failed first.
+    #[error("fail-fast: {0}")]
+    Failed(ProviderError),
+    /// BestEffort: no provider accepted the message.
+    #[error("best-effort: no provider accepted the message: {}", join_errors(.0))]
+    AllFailed(Vec<ProviderError>),
+    #[error("the pipeline is closed")]
+    Closed,
+}
+
+fn join_errors(errors: &[ProviderError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl PublishError {
+    /// Names of the providers that failed.
+    pub fn failed_providers(&self) -> Vec<String> {
+        match self {
+            PublishError::Failed(e) => vec![e.provider().to_string()],
+            PublishError::AllFailed(errs) => errs.iter().map(|e| e.provider().to_string()).collect(),
+            PublishError::Closed => Vec::new(),
+        }
+    }
+}
+
+/// What a successful publish did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Providers that acknowledged the message.
+    pub accepted: Vec<String>,
+    /// BestEffort only: providers that failed (already logged and counted).
+    pub failed: Vec<ProviderError>,
+}
+
+/// One provider inside the composite, with what the composite measures of it.
+struct Lane {
+    provider: Arc<dyn Provider>,
+    latency: Histogram,
+    /// Writes the composite abandoned at its deadline (the provider never answered).
+    timeouts: AtomicU64,
+}
+
+impl Lane {
+    async fn publish(&self, msg: &DataMessage, deadline: Duration) -> Result<(), ProviderError> {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(deadline, self.provider.publish(msg)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(ProviderError::Timeout {
+                    provider: self.provider.name().to_string(),
+                    after: deadline,
+                })
+            }
+        };
+        if outcome.is_ok() {
+            self.latency.record(started.elapsed());
+        }
+        outcome
+    }
+}
+
+/// A provider's row in the composite's stats.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRow {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ProviderKind,
+    #[serde(flatten)]
+    pub stats: Stats,
+    pub timeouts: u64,
+    pub latency: LatencySummary,
+    pub health: Health,
+}
+
+/// Stats of the whole composite: a row per provider, in pipeline order, and their sum.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositeStats {
+    pub strategy: Strategy,
+    pub providers: Vec<ProviderRow>,
+    pub total: Stats,
+}
+
+/// Several providers behind one [`Provider`].
+pub struct Composite {
+    lanes: Vec<Lane>,
+    strategy: AtomicU8,
+    publish_timeout: Duration,
+    closed: AtomicBool,
+}
+
+impl Composite {
+    /// A composite over `providers` (in order; the first is the default read provider).
+    /// Provider names must be unique and the list non-empty.
+    pub fn new(
+        providers: Vec<Arc<dyn Provider>>,
+        strategy: Strategy,
+        publish_timeout: Duration,
+    ) -> Result<Self, String> {
+        if providers.is_empty() {
+            return Err("a composite needs at least one provider".into());
+        }
+        let mut seen = HashSet::new();
+        for p in &providers {
+            if !seen.insert(p.name().to_string()) {
+                return Err(format!(
+                    "provider name {:?} is used twice; give each provider a unique name",
+                    p.name()
+                ));
+            }
+        }
+        Ok(Self {
+            lanes: providers
+                .into_iter()
+                .map(|provider| Lane {
+                    provider,
+                    latency: Histogram::default(),
+                    timeouts: AtomicU64::new(0),
+                })
+                .collect(),
+            strategy: AtomicU8::new(strategy.to_u8()),
+            publish_timeout,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        Strategy::from_u8(self.strategy.load(Ordering::Acquire))
+    }
+
+    /// Switches the strategy; publishes already under way finish under the one they started with.
+    pub fn set_strategy(&self, strategy: Strategy) {
+        self.strategy.store(strategy.to_u8(), Ordering::Release);
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        self.publish_timeout
+    }
+
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.lanes.iter().map(|l| &l.provider)
+    }
+
+    /// Writes `msg` to every provider concurrently and applies the strategy.
+    pub async fn publish_detailed(&self, msg: &DataMessage) -> Result<PublishReport, PublishError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        let strategy = self.strategy();
+        let mut writes: FuturesUnordered<_> = self
+            .lanes
+            .iter()
+            .map(|lane| async move {
+                (
+                    lane.provider.name(),
+                    lane.publish(msg, self.publish_timeout).await,
+                )
+            })
+            .collect();
+        let mut report = PublishReport::default();
+        while let Some((name, outcome)) = writes.next().await {
+            match outcome {
+                Ok(()) => report.accepted.push(name.to_string()),
+                Err(e) if strategy == Strategy::FailFast => {
+                    tracing::warn!(provider = name, error = %e, message_id = %msg.id, "fail-fast publish failed");
+                    // Dropping `writes` abandons the other writes: the caller hears at once.
+                    return Err(PublishError::Failed(e));
+                }
+                Err(e) => {
+                    tracing::warn!(provider = name, error = %e, message_id = %msg.id, "best-effort write failed; continuing with the other providers");
+                    report.failed.push(e);
+                }
+            }
+        }
+        if report.accepted.is_empty() {
+            return Err(PublishError::AllFailed(report.failed));
+        }
+        Ok(report)
+    }
+
+    /// The default read provider's stream (the first provider's).
+    pub async fn subscribe_first(&self) -> Result<MessageStream, ProviderError> {
+        self.lanes[0].provider.subscribe().await
+    }
+
+    /// Every provider's stream merged, each message id delivered once (within a window of
+    /// [`MERGE_DEDUP_WINDOW`] recent ids).
+    pub async fn subscribe_merged(&self) -> Result<MessageStream, ProviderError> {
+        let mut streams = Vec::with_capacity(self.lanes.len());
+        for lane in &self.lanes {
+            streams.push(lane.provider.subscribe().await?);
+        }
+        let mut seen = RecentIds::new(MERGE_DEDUP_WINDOW);
+        Ok(futures::stream::select_all(streams)
+            .filter(move |item| {
+                let keep = match item {
+                    Ok(msg) => seen.insert(&msg.id),
+                    Err(_) => true,
+                };
+                futures::future::ready(keep)
+            })
+            .boxed())
+    }
+
+    /// A row per provider and the total.
+    pub fn stats_detailed(&self) -> CompositeStats {
+        let mut total = Stats::default();
+        let providers = self
+            .lanes
+            .iter()
+            .map(|lane| {
+                let stats = lane.provider.stats();
+                total.add(&stats);
+                ProviderRow {
+                    name: lane.provider.name().to_string(),
+                    kind: lane.provider.kind(),
+                    stats,
+                    timeouts: lane.timeouts.load(Ordering::Relaxed),
+                    latency: lane.latency.summary(),
+                    health: lane.provider.health(),
+                }
+            })
+            .collect();
+        CompositeStats {
+            strategy: self.strategy(),
+            providers,
+            total,
+        }
+    }
+
+    /// Latency histograms per provider, for `/metrics`.
+    pub fn latency_histograms(&self) -> impl Iterator<Item = (&str, &Histogram)> {
+        self.lanes
+            .iter()
+            .map(|l| (l.provider.name(), &l.latency))
+    }
+
+    /// Ok when the providers' health satisfies the current strategy; otherwise says which are down.
+    pub fn readiness(&self) -> Result<(), String> {
+        let health: Vec<(String, Health)> = self
+            .lanes
+            .iter()
+            .map(|l| (l.provider.name().to_string(), l.provider.health()))
+            .collect();
+        let healthy: Vec<bool> = health.iter().map(|(_, h)| h.healthy).collect();
+        if strategy_satisfied(self.strategy(), &healthy) {
+            return Ok(());
+        }
+        let down = health
+            .iter()
+            .filter(|(_, h)| !h.healthy)
+            .map(|(n, h)| format!("{n}: {}", h.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(format!("{} needs more providers up; down: {down}", self.strategy()))
+    }
+
+    /// Closes every provider (concurrently). Idempotent.
+    pub async fn close_all(&self) -> Result<(), ProviderError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let results = futures::future::join_all(self.lanes.iter().map(|l| l.provider.close())).await;
+        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Provider for Composite {
+    fn name(&self) -> &str {
+        "composite"
+    }
+
+    /// The kind of the default read provider.
+    fn kind(&self) -> ProviderKind {
+        self.lanes[0].provider.kind()
+    }
+
+    async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+        match self.publish_detailed(msg).await {
+            Ok(_) => Ok(()),
+            Err(PublishError::Failed(e)) => Err(e),
+            Err(e @ PublishError::AllFailed(_)) => Err(ProviderError::Unavailable {
+                provider: "composite".into(),
+                reason: e.to_string(),
+            }),
+            Err(PublishError::Closed) => Err(ProviderError::Closed {
+                provider: "composite".into(),
+            }),
+        }
+    }
+
+    async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
+        self.subscribe_first().await
+    }
+
+    /// The sum over all providers (see [`Composite::stats_detailed`] for the rows).
+    fn stats(&self) -> Stats {
+        self.stats_detailed().total
+    }
+
+    fn health(&self) -> Health {
+        match self.readiness() {
+            Ok(()) => Health::up("StrategySatisfied", format!("{} satisfied", self.strategy())),
+            Err(why) => Health::down("StrategyNotSatisfied", why),
+        }
+    }
+
+    async fn close(&self) -> Result<(), ProviderError> {
+        self.close_all().await
+    }
+}
+
+/// A bounded set of recently seen ids: inserting past the capacity forgets the oldest.
+struct RecentIds {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    fn new(capacity: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// True when `id` was not seen within the window.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::memory::MemoryProvider;
+
+    /// A test provider that waits, then succeeds or fails, counting what it did.
+    struct Scripted {
+        name: String,
+        delay: Duration,
+        fail: bool,
+        counters: crate::provider::Counters,
+        closes: AtomicU64,
+    }
+
+    impl Scripted {
+        fn new(name: &str, delay_ms: u64, fail: bool) -> Arc<Self> {
+            Arc::new(Self {
+                name: name.into(),
+                delay: Duration::from_millis(delay_ms),
+                fail,
+                counters: Default::default(),
+                closes: AtomicU64::new(0),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Provider for Scripted {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn kind(&self) -> ProviderKind {
+            ProviderKind::Memory
+        }
+        async fn publish(&self, _msg: &DataMessage) -> Result<(), ProviderError> {
+            tokio::time::sleep(self.delay).await;
+            let outcome = if self.fail {
+                Err(ProviderError::Unavailable {
+                    provider: self.name.clone(),
+                    reason: "scripted failure".into(),
+                })
+            } else {
+                Ok(())
+            };
+            self.counters.record(&outcome);
+            outcome
+        }
+        async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
+            Ok(futures::stream::empty().boxed())
+        }
+        fn stats(&self) -> Stats {
+            self.counters.snapshot()
+        }
+        fn health(&self) -> Health {
+            if self.fail {
+                Health::down("PublishFailed", "scripted failure")
+            } else {
+                Health::up("Connected", "ok")
+            }
+        }
+        async fn close(&self) -> Result<(), ProviderError> {
+            self.closes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn composite(providers: Vec<Arc<dyn Provider>>, strategy: Strategy) -> Composite {
+        Composite::new(providers, strategy, Duration::from_secs(5)).unwrap()
+    }
+
+    // S9, first half: two memory providers + FailFast → the message is in both (seen through stats).
+    #[tokio::test]
+    async fn fail_fast_writes_to_both_memory_providers() {
+        let a = Arc::new(MemoryProvider::new("a", 10));
+        let b = Arc::new(MemoryProvider::new("b", 10));
+        let c = composite(vec![a.clone(), b.clone()], Strategy::FailFast);
+        let report = c.publish_detailed(&DataMessage::new("test", "x")).await.unwrap();
+        assert_eq!(report.accepted.len(), 2);
+        assert_eq!(a.stats().published, 1);
+        assert_eq!(b.stats().published, 1);
+        assert_eq!(a.stats().depth, 1);
+        assert_eq!(b.stats().depth, 1);
+        let stats = c.stats_detailed();
+        assert_eq!(stats.total.published, 2);
+        assert_eq!(
+            stats.providers.iter().map(|r| (r.name.as_str(), r.stats.published)).collect::<Vec<_>>(),
+            vec![("a", 1), ("b", 1)]
+        );
+    }
+
+    // S9, second half: one provider always fails + BestEffort → publish succeeds, failure counted.
+    #[tokio::test]
+    async fn best_effort_succeeds_when_one_provider_always_fails() {
+        let good = Arc::new(MemoryProvider::new("good", 10));
+        let bad = Scripted::new("bad", 0, true);
+        let c = composite(vec![good.clone(), bad.clone()], Strategy::BestEffort);
+        let report = c.publish_detailed(&DataMessage::new("test", "x")).await.unwrap();
+        assert_eq!(report.accepted, vec!["good".to_string()]);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.failed[0].provider(), "bad");
+        assert_eq!(good.stats().published, 1);
+        assert_eq!(bad.stats().failed, 1);
+        assert_eq!(c.stats().failed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_run_concurrently() {
+        let c = composite(
+            vec![Scripted::new("a", 200, false), Scripted::new("b", 200, false)],
+            Strategy::FailFast,
+        );
+        let started = tokio::time::Instant::now();
+        c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap();
+        // Sequential writes would take 400 ms of virtual time.
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_fast_returns_the_first_failure_at_once_and_names_it() {
+        let c = composite(
+            vec![Scripted::new("slow", 1_000, false), Scripted::new("broken", 10, true)],
+            Strategy::FailFast,
+        );
+        let started = tokio::time::Instant::now();
+        let err = c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_millis(10), "did not wait for the slow one");
+        assert_eq!(err.failed_providers(), vec!["broken".to_string()]);
+        assert!(err.to_string().contains("broken"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn best_effort_waits_for_all_and_fails_when_none_accepted() {
+        let c = composite(
+            vec![Scripted::new("x", 50, true), Scripted::new("y", 300, true)],
+            Strategy::BestEffort,
+        );
+        let started = tokio::time::Instant::now();
+        let err = c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        let mut names = err.failed_providers();
+        names.sort();
+        assert_eq!(names, vec!["x".to_string(), "y".to_string()]);
+        assert!(matches!(err, PublishError::AllFailed(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_provider_becomes_a_timeout_error_naming_it() {
+        let c = Composite::new(
+            vec![Scripted::new("hung", 3_600_000, false), Scripted::new("ok", 0, false)],
+            Strategy::FailFast,
+            Duration::from_millis(250),
+        )
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        let err = c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
+        assert!(matches!(err, PublishError::Failed(ProviderError::Timeout { ref provider, .. }) if provider == "hung"));
+        assert_eq!(c.stats_detailed().providers[0].timeouts, 1);
+    }
+
+    #[tokio::test]
+    async fn strategy_switch_applies_to_the_next_publish() {
+        let c = composite(
+            vec![Arc::new(MemoryProvider::new("m", 10)), Scripted::new("bad", 0, true)],
+            Strategy::FailFast,
+        );
+        assert!(c.publish_detailed(&DataMessage::new("t", "1")).await.is_err());
+        assert!(c.readiness().is_err());
+        c.set_strategy(Strategy::BestEffort);
+        assert!(c.publish_detailed(&DataMessage::new("t", "2")).await.is_ok());
+        assert!(c.readiness().is_ok());
+    }
+
+    #[tokio::test]
+    async fn subscribe_reads_the_first_provider() {
+        let a = Arc::new(MemoryProvider::new("a", 10));
+        let b = Arc::new(MemoryProvider::new("b", 10));
+        let c = composite(vec![a.clone(), b.clone()], Strategy::FailFast);
+        let msg = DataMessage::new("t", "x");
+        c.publish(&msg).await.unwrap();
+        let mut s = c.subscribe().await.unwrap();
+        assert_eq!(s.next().await.unwrap().unwrap(), msg);
+        assert_eq!(a.stats().consumed, 1);
+        assert_eq!(b.stats().consumed, 0);
+    }
+
+    #[tokio::test]
+    async fn merged_subscribe_delivers_each_id_once() {
+        let a = Arc::new(MemoryProvider::new("a", 10));
+        let b = Arc::new(MemoryProvider::new("b", 10));
+        let c = composite(vec![a.clone(), b.clone()], Strategy::BestEffort);
+        let both = DataMessage::new("t", "both");
+        c.publish(&both).await.unwrap();
+        // One message only on b (as after a failed write to a).
+        let only_b = DataMessage::new("t", "only-b");
+        b.publish(&only_b).await.unwrap();
+        c.close().await.unwrap(); // the memory streams end once drained
+        let mut ids: Vec<String> = c
+            .subscribe_merged()
+            .await
+            .unwrap()
+            .map(|m| m.unwrap().id)
+            .collect()
+            .await;
+        ids.sort();
+        let mut expected = vec![both.id, only_b.id];
+        expected.sort();
+        assert_eq!(ids, expected);
+        assert_eq!(a.stats().consumed + b.stats().consumed, 3, "the duplicate was read, then dropped");
+    }
+
+    #[tokio::test]
+    async fn close_closes_every_provider_once_and_later_publishes_fail() {
+        let a = Scripted::new("a", 0, false);
+        let b = Scripted::new("b", 0, false);
+        let c = composite(vec![a.clone(), b.clone()], Strategy::FailFast);
+        c.close().await.unwrap();
+        c.close().await.unwrap();
+        assert_eq!(a.closes.load(Ordering::Relaxed), 1);
+        assert_eq!(b.closes.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap_err(),
+            PublishError::Closed
+        );
+    }
+
+    #[test]
+    fn construction_rejects_duplicates_and_empty() {
+        let dup = Composite::new(
+            vec![Scripted::new("a", 0, false), Scripted::new("a", 0, false)],
+            Strategy::FailFast,
+            DEFAULT_PUBLISH_TIMEOUT,
+        );
+        assert!(dup.err().unwrap().contains("\"a\" is used twice"));
+        assert!(Composite::new(vec![], Strategy::FailFast, DEFAULT_PUBLISH_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn strategy_parsing() {
+        for (text, want) in [
+            ("fail-fast", Strategy::FailFast),
+            ("FailFast", Strategy::FailFast),
+            ("best-effort", Strategy::BestEffort),
+            ("BEST_EFFORT", Strategy::BestEffort),
+        ] {
+            assert_eq!(text.parse::<Strategy>().unwrap(), want, "{text}");
+        }
+        let err = "sometimes".parse::<Strategy>().unwrap_err();
+        assert!(err.contains("fail-fast") && err.contains("best-effort"), "{err}");
+    }
+
+    #[test]
+    fn strategy_satisfaction_table() {
+        use Strategy::*;
+        for (strategy, healthy, want) in [
+            (FailFast, &[true, true][..], true),
+            (FailFast, &[true, false][..], false),
+            (FailFast, &[][..], false),
+            (BestEffort, &[true, false][..], true),
+            (BestEffort, &[false, false][..], false),
+            (BestEffort, &[][..], false),
+        ] {
+            assert_eq!(strategy_satisfied(strategy, healthy), want, "{strategy} {healthy:?}");
+        }
+    }
+
+    #[test]
+    fn recent_ids_forget_the_oldest() {
+        let mut r = RecentIds::new(2);
+        assert!(r.insert("a"));
+        assert!(!r.insert("a"));
+        assert!(r.insert("b"));
+        assert!(r.insert("c")); // evicts a
+        assert!(r.insert("a"));
+        assert!(!r.insert("c"));
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", dualwrite::api::crd_yaml());
+}

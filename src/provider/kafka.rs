@@ -1,0 +1,1 @@
+//! Kafka provider (next issue).

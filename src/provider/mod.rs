@@ -1,0 +1,245 @@
+//! The contract every broker adapter fulfils, and the adapters themselves.
+//!
+//! A [`Provider`] publishes a [`DataMessage`] and returns only once the broker acknowledged it,
+//! streams messages back, and reports its own [`Stats`] and [`Health`]. The composite
+//! (`crate::composite`) implements the same trait over several providers.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use serde::Serialize;
+
+use crate::message::DataMessage;
+
+pub mod kafka;
+pub mod memory;
+pub mod nats;
+
+/// Messages read back from a provider, in the provider's order.
+pub type MessageStream = Pin<Box<dyn Stream<Item = Result<DataMessage, ProviderError>> + Send>>;
+
+/// Which broker a provider talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Memory,
+    Nats,
+    Kafka,
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProviderKind::Memory => "memory",
+            ProviderKind::Nats => "nats",
+            ProviderKind::Kafka => "kafka",
+        })
+    }
+}
+
+/// Why a provider operation failed. Every variant names the provider, so an error that reaches
+/// a person (an HTTP 503, a log line) says which broker is at fault.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProviderError {
+    #[error("provider {provider}: queue full ({capacity} messages); consume from it or raise its capacity")]
+    QueueFull { provider: String, capacity: usize },
+    #[error("provider {provider}: closed")]
+    Closed { provider: String },
+    #[error("provider {provider}: no acknowledgement within {}ms", .after.as_millis())]
+    Timeout { provider: String, after: Duration },
+    #[error("provider {provider}: unavailable: {reason}")]
+    Unavailable { provider: String, reason: String },
+    #[error("provider {provider}: rejected the message: {reason}")]
+    Rejected { provider: String, reason: String },
+    #[error("provider {provider}: {reason}")]
+    Subscribe { provider: String, reason: String },
+    #[error("provider {provider}: invalid configuration: {reason}")]
+    Config { provider: String, reason: String },
+}
+
+impl ProviderError {
+    /// The provider the error is about.
+    pub fn provider(&self) -> &str {
+        match self {
+            ProviderError::QueueFull { provider, .. }
+            | ProviderError::Closed { provider }
+            | ProviderError::Timeout { provider, .. }
+            | ProviderError::Unavailable { provider, .. }
+            | ProviderError::Rejected { provider, .. }
+            | ProviderError::Subscribe { provider, .. }
+            | ProviderError::Config { provider, .. } => provider,
+        }
+    }
+
+    /// A short, fixed label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ProviderError::QueueFull { .. } => "queue_full",
+            ProviderError::Closed { .. } => "closed",
+            ProviderError::Timeout { .. } => "timeout",
+            ProviderError::Unavailable { .. } => "unavailable",
+            ProviderError::Rejected { .. } => "rejected",
+            ProviderError::Subscribe { .. } => "subscribe",
+            ProviderError::Config { .. } => "config",
+        }
+    }
+}
+
+/// A provider's numbers at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Messages the broker acknowledged.
+    pub published: u64,
+    /// Publishes that failed (including timeouts).
+    pub failed: u64,
+    /// Messages handed out by `subscribe`.
+    pub consumed: u64,
+    /// Messages waiting in the provider (memory queue depth; 0 for brokers).
+    pub depth: u64,
+    /// Messages waiting in this provider's hinted-handoff backlog.
+    pub backlog: u64,
+}
+
+impl Stats {
+    /// Adds `other` into `self` (the composite's total is the sum of its rows).
+    pub fn add(&mut self, other: &Stats) {
+        self.published += other.published;
+        self.failed += other.failed;
+        self.consumed += other.consumed;
+        self.depth += other.depth;
+        self.backlog += other.backlog;
+    }
+}
+
+/// Lock-free counters a provider keeps for its [`Stats`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    published: AtomicU64,
+    failed: AtomicU64,
+    consumed: AtomicU64,
+}
+
+impl Counters {
+    pub fn published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn consumed(&self) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Counts the outcome of one publish.
+    pub fn record<T, E>(&self, outcome: &Result<T, E>) {
+        match outcome {
+            Ok(_) => self.published(),
+            Err(_) => self.failed(),
+        }
+    }
+    /// The counters as [`Stats`] (depth and backlog left at zero for the caller to fill).
+    pub fn snapshot(&self) -> Stats {
+        Stats {
+            published: self.published.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            consumed: self.consumed.load(Ordering::Relaxed),
+            ..Stats::default()
+        }
+    }
+}
+
+/// Whether a provider can take writes now, and since when that has been so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub healthy: bool,
+    /// A CamelCase reason, e.g. `Connected`, `PublishFailed`, `Closed`.
+    pub reason: String,
+    /// The last error, or a short description of the healthy state.
+    pub message: String,
+    /// When `healthy` last changed.
+    pub since: DateTime<Utc>,
+}
+
+impl Health {
+    pub fn up(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            healthy: true,
+            reason: reason.into(),
+            message: message.into(),
+            since: Utc::now(),
+        }
+    }
+    pub fn down(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            healthy: false,
+            reason: reason.into(),
+            message: message.into(),
+            since: Utc::now(),
+        }
+    }
+}
+
+/// Health that follows publish outcomes: the first failure marks the provider down, the next
+/// success marks it up again, and `since` moves only when `healthy` flips.
+#[derive(Debug)]
+pub struct HealthTracker(Mutex<Health>);
+
+impl HealthTracker {
+    pub fn new(initial: Health) -> Self {
+        Self(Mutex::new(initial))
+    }
+
+    /// Records a new state; `since` is kept when `healthy` did not change.
+    pub fn set(&self, healthy: bool, reason: &str, message: impl Into<String>) {
+        // A std Mutex: the critical section is a few field writes and never awaits.
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if h.healthy != healthy {
+            h.since = Utc::now();
+        }
+        h.healthy = healthy;
+        h.reason = reason.to_string();
+        h.message = message.into();
+    }
+
+    /// Records a publish outcome.
+    pub fn observe<T>(&self, outcome: &Result<T, ProviderError>) {
+        match outcome {
+            Ok(_) => {
+                let healthy = self.get().healthy;
+                if !healthy {
+                    self.set(true, "Connected", "publishing again");
+                }
+            }
+            Err(e) => self.set(false, "PublishFailed", e.to_string()),
+        }
+    }
+
+    pub fn get(&self) -> Health {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A broker adapter: memory, NATS JetStream or Kafka.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The provider's unique name in its pipeline (e.g. `nats-main`).
+    fn name(&self) -> &str;
+    /// Which broker this is.
+    fn kind(&self) -> ProviderKind;
+    /// Writes one message; returns after the broker acknowledged it, or an error within the
+    /// provider's publish deadline.
+    async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError>;
+    /// The provider's messages, in order.
+    async fn subscribe(&self) -> Result<MessageStream, ProviderError>;
+    fn stats(&self) -> Stats;
+    fn health(&self) -> Health;
+    /// Releases the broker connection. Idempotent; a publish after close is an error.
+    async fn close(&self) -> Result<(), ProviderError>;
+}
