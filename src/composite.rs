@@ -200,12 +200,17 @@ pub struct CompositeStats {
     pub total: Stats,
 }
 
+/// Permits of the in-flight gate: each publish holds one, [`Composite::drain`] takes them all.
+/// Far above any real concurrency (the HTTP server bounds it long before).
+const INFLIGHT_PERMITS: u32 = 1 << 20;
+
 /// Several providers behind one [`Provider`].
 pub struct Composite {
     lanes: Vec<Lane>,
     strategy: AtomicU8,
     publish_timeout: Duration,
     closed: AtomicBool,
+    inflight: tokio::sync::Semaphore,
 }
 
 impl Composite {
@@ -240,7 +245,17 @@ impl Composite {
             strategy: AtomicU8::new(strategy.to_u8()),
             publish_timeout,
             closed: AtomicBool::new(false),
+            inflight: tokio::sync::Semaphore::new(INFLIGHT_PERMITS as usize),
         })
+    }
+
+    /// Waits until every publish that has started has finished (used before closing a composite
+    /// that was swapped out, so no in-flight message is cut off).
+    pub async fn drain(&self) {
+        // The semaphore is never closed, so acquiring cannot fail.
+        if let Ok(all) = self.inflight.acquire_many(INFLIGHT_PERMITS).await {
+            drop(all);
+        }
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -262,6 +277,9 @@ impl Composite {
 
     /// Writes `msg` to every provider concurrently and applies the strategy.
     pub async fn publish_detailed(&self, msg: &DataMessage) -> Result<PublishReport, PublishError> {
+        let Ok(_inflight) = self.inflight.acquire().await else {
+            return Err(PublishError::Closed);
+        };
         if self.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
@@ -686,6 +704,20 @@ mod tests {
             c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap_err(),
             PublishError::Closed
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_in_flight_publishes() {
+        let c = Arc::new(composite(vec![Scripted::new("slow", 100, false)], Strategy::FailFast));
+        let publisher = {
+            let c = c.clone();
+            tokio::spawn(async move { c.publish_detailed(&DataMessage::new("t", "x")).await })
+        };
+        tokio::task::yield_now().await; // let the publish start
+        let started = tokio::time::Instant::now();
+        c.drain().await;
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert!(publisher.await.unwrap().is_ok());
     }
 
     #[test]

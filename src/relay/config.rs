@@ -1,0 +1,241 @@
+//! Where the relay's pipeline comes from: a manifest file, the seed's environment variables, or
+//! the built-in default (two memory providers, so dual-write works with no outside service).
+
+use std::collections::BTreeMap;
+
+use crate::api::{
+    DualWritePipeline, DualWritePipelineSpec, KafkaSpec, MemorySpec, NatsSpec, ProviderSpec,
+    ProviderType,
+};
+use crate::composite::Strategy;
+
+/// The seed's variables, read once. Empty values count as unset.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SeedEnv {
+    pub queue_type: Option<String>,
+    pub composite_providers: Option<String>,
+    pub composite_strategy: Option<String>,
+    pub queue_size: Option<String>,
+    pub nats_url: Option<String>,
+    pub nats_subject: Option<String>,
+    pub kafka_brokers: Option<String>,
+    pub kafka_topic: Option<String>,
+    pub publish_timeout: Option<String>,
+}
+
+impl SeedEnv {
+    pub fn from_process() -> Self {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        Self {
+            queue_type: get("QUEUE_TYPE"),
+            composite_providers: get("COMPOSITE_PROVIDERS"),
+            composite_strategy: get("COMPOSITE_STRATEGY"),
+            queue_size: get("QUEUE_SIZE"),
+            nats_url: get("NATS_URL"),
+            nats_subject: get("NATS_SUBJECT"),
+            kafka_brokers: get("KAFKA_BROKERS"),
+            kafka_topic: get("KAFKA_TOPIC"),
+            publish_timeout: get("PUBLISH_TIMEOUT"),
+        }
+    }
+
+    /// True when the variables describe a pipeline (rather than leaving the default in force).
+    pub fn describes_pipeline(&self) -> bool {
+        self.queue_type.is_some() || self.composite_providers.is_some()
+    }
+}
+
+/// Defaults of the seed's variables.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_NATS_SUBJECT: &str = "dualwrite.messages";
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+pub const DEFAULT_KAFKA_TOPIC: &str = "dualwrite-messages";
+
+/// The pipeline the seed's variables describe.
+pub fn spec_from_env(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
+    let queue_type = env.queue_type.as_deref().unwrap_or("composite").to_ascii_lowercase();
+    let types: Vec<ProviderType> = if queue_type == "composite" {
+        let list = env.composite_providers.as_deref().ok_or(
+            "QUEUE_TYPE=composite needs COMPOSITE_PROVIDERS, e.g. COMPOSITE_PROVIDERS=nats,kafka",
+        )?;
+        list.split(',')
+            .map(|t| t.parse::<ProviderType>().map_err(|e| format!("COMPOSITE_PROVIDERS: {e}")))
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![queue_type.parse::<ProviderType>().map_err(|_| {
+            format!("QUEUE_TYPE={queue_type:?} is unknown: use memory, nats, kafka or composite")
+        })?]
+    };
+    let strategy = match &env.composite_strategy {
+        None => Strategy::FailFast,
+        Some(s) => s.parse().map_err(|e| format!("COMPOSITE_STRATEGY: {e}"))?,
+    };
+    let capacity = match &env.queue_size {
+        None => None,
+        Some(s) => Some(
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("QUEUE_SIZE={s:?} must be a whole number above 0"))?,
+        ),
+    };
+    let count = |t: ProviderType| types.iter().filter(|x| **x == t).count();
+    let mut seen: std::collections::HashMap<ProviderType, usize> = Default::default();
+    let providers = types
+        .iter()
+        .map(|&t| {
+            let n = seen.entry(t).or_default();
+            *n += 1;
+            // The same type twice (memory,memory) gets numbered names; once, the bare type.
+            let name = if count(t) > 1 { format!("{t}-{n}") } else { t.to_string() };
+            ProviderSpec {
+                name,
+                kind: t,
+                memory: (t == ProviderType::Memory).then_some(MemorySpec { capacity }),
+                nats: (t == ProviderType::Nats).then(|| NatsSpec {
+                    url: env.nats_url.clone().unwrap_or_else(|| DEFAULT_NATS_URL.into()),
+                    subject: env.nats_subject.clone().unwrap_or_else(|| DEFAULT_NATS_SUBJECT.into()),
+                    stream: None,
+                    durable: None,
+                    duplicate_window: None,
+                }),
+                kafka: (t == ProviderType::Kafka).then(|| KafkaSpec {
+                    brokers: env
+                        .kafka_brokers
+                        .as_deref()
+                        .unwrap_or(DEFAULT_KAFKA_BROKERS)
+                        .split(',')
+                        .map(|b| b.trim().to_string())
+                        .collect(),
+                    topic: env.kafka_topic.clone().unwrap_or_else(|| DEFAULT_KAFKA_TOPIC.into()),
+                    partitions: None,
+                    replication_factor: None,
+                    group_id: None,
+                    config: BTreeMap::new(),
+                }),
+            }
+        })
+        .collect();
+    Ok(DualWritePipelineSpec {
+        providers,
+        strategy,
+        publish_timeout: env.publish_timeout.clone(),
+        ingest: None,
+        relay: None,
+        handoff: None,
+        migration: None,
+    })
+}
+
+/// The built-in pipeline: FailFast over two in-memory queues.
+pub fn default_spec() -> DualWritePipelineSpec {
+    let env = SeedEnv {
+        composite_providers: Some("memory,memory".into()),
+        ..SeedEnv::default()
+    };
+    spec_from_env(&env).expect("the default pipeline is valid")
+}
+
+/// Reads a `DualWritePipeline` manifest (the YAML a user would `kubectl apply`).
+pub fn spec_from_manifest(text: &str) -> Result<DualWritePipelineSpec, String> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| format!("the manifest is not valid YAML: {e}"))?;
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    if kind != "DualWritePipeline" {
+        return Err(format!(
+            "the manifest's kind is {kind:?}; expected a DualWritePipeline (apiVersion dualwrite.io/v1alpha1)"
+        ));
+    }
+    let pipeline: DualWritePipeline = serde_yaml::from_value(value)
+        .map_err(|e| format!("the manifest does not match DualWritePipeline: {e}"))?;
+    Ok(pipeline.spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> SeedEnv {
+        let map: BTreeMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        SeedEnv::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn seed_variables_build_a_composite() {
+        let spec = spec_from_env(&env(&[
+            ("QUEUE_TYPE", "composite"),
+            ("COMPOSITE_PROVIDERS", "nats,kafka"),
+            ("COMPOSITE_STRATEGY", "best-effort"),
+            ("NATS_URL", "nats://n:4222"),
+            ("KAFKA_BROKERS", "k1:9092, k2:9092"),
+            ("KAFKA_TOPIC", "orders"),
+        ]))
+        .unwrap();
+        assert_eq!(spec.strategy, Strategy::BestEffort);
+        let names: Vec<_> = spec.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["nats", "kafka"]);
+        assert_eq!(spec.providers[0].nats.as_ref().unwrap().url, "nats://n:4222");
+        let k = spec.providers[1].kafka.as_ref().unwrap();
+        assert_eq!(k.brokers, ["k1:9092", "k2:9092"]);
+        assert_eq!(k.topic, "orders");
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn same_type_twice_gets_numbered_names() {
+        let spec = spec_from_env(&env(&[
+            ("COMPOSITE_PROVIDERS", "memory,memory"),
+            ("QUEUE_SIZE", "5"),
+        ]))
+        .unwrap();
+        let names: Vec<_> = spec.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["memory-1", "memory-2"]);
+        assert_eq!(spec.providers[0].memory.as_ref().unwrap().capacity, Some(5));
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn single_queue_type() {
+        let spec = spec_from_env(&env(&[("QUEUE_TYPE", "memory")])).unwrap();
+        assert_eq!(spec.providers.len(), 1);
+        assert_eq!(spec.providers[0].name, "memory");
+    }
+
+    #[test]
+    fn errors_say_what_to_fix() {
+        for (vars, want) in [
+            (&[("COMPOSITE_PROVIDERS", "memory"), ("COMPOSITE_STRATEGY", "sometimes")][..], "use fail-fast or best-effort"),
+            (&[("QUEUE_TYPE", "composite")][..], "needs COMPOSITE_PROVIDERS"),
+            (&[("QUEUE_TYPE", "redis")][..], "use memory, nats, kafka or composite"),
+            (&[("COMPOSITE_PROVIDERS", "memory,rabbit")][..], "COMPOSITE_PROVIDERS: unknown provider type \"rabbit\""),
+            (&[("COMPOSITE_PROVIDERS", "memory"), ("QUEUE_SIZE", "0")][..], "QUEUE_SIZE"),
+        ] {
+            let err = spec_from_env(&env(vars)).unwrap_err();
+            assert!(err.contains(want), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn default_is_two_memory_providers_fail_fast() {
+        let spec = default_spec();
+        assert_eq!(spec.providers.len(), 2);
+        assert!(spec.providers.iter().all(|p| p.kind == ProviderType::Memory));
+        assert_eq!(spec.strategy, Strategy::FailFast);
+        assert!(!SeedEnv::default().describes_pipeline());
+    }
+
+    #[test]
+    fn manifests_are_checked_for_kind_and_shape() {
+        let ok = "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {name: x}\nspec:\n  providers: [{name: a, type: memory}]\n";
+        assert_eq!(spec_from_manifest(ok).unwrap().providers[0].name, "a");
+        assert!(spec_from_manifest("kind: ConfigMap\n").unwrap_err().contains("expected a DualWritePipeline"));
+        assert!(spec_from_manifest(": : :").unwrap_err().contains("not valid YAML"));
+        let bad = ok.replace("memory", "redis");
+        assert!(spec_from_manifest(&bad).unwrap_err().contains("redis"));
+    }
+}

@@ -1,0 +1,183 @@
+//! The ingest API (seed-compatible): `POST /api/v1/ingest` plus `/health`, `/ready`, `/stats`
+//! and `/metrics`. Every error is JSON with a message a person understands.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::metrics::{self, IngestMetrics};
+use super::Relay;
+use crate::composite::PublishError;
+use crate::message::{validate_id, DataMessage};
+
+/// The body of `POST /api/v1/ingest`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestRequest {
+    source: String,
+    data: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    /// Optional client-chosen id: a retry with the same id is de-duplicated by the brokers.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// The router of the ingest API.
+pub fn router(relay: Arc<Relay>) -> Router {
+    let max_body = relay.max_body_bytes();
+    Router::new()
+        .route(
+            "/api/v1/ingest",
+            post(ingest).fallback(|| async { method_not_allowed("POST") }),
+        )
+        .route("/health", get(health).fallback(|| async { method_not_allowed("GET") }))
+        .route("/ready", get(ready).fallback(|| async { method_not_allowed("GET") }))
+        .route("/stats", get(stats).fallback(|| async { method_not_allowed("GET") }))
+        .route("/metrics", get(prometheus).fallback(|| async { method_not_allowed("GET") }))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; try POST /api/v1/ingest, GET /health, /ready, /stats or /metrics",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(relay)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let m = &relay.metrics;
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            IngestMetrics::count(&m.too_large);
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than {} bytes; send smaller messages or raise spec.ingest.maxBodyBytes",
+                    relay.max_body_bytes()
+                ),
+            );
+        }
+        Err(rejection) => {
+            IngestMetrics::count(&m.bad_request);
+            return error(rejection.status(), format!("could not read the request body: {rejection}"));
+        }
+    };
+    let req: IngestRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            IngestMetrics::count(&m.bad_request);
+            let what = if e.is_data() { "invalid request" } else { "malformed JSON" };
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{what}: {e}; expected {{\"source\": \"...\", \"data\": \"...\", \"metadata\": {{...}}}}"),
+            );
+        }
+    };
+    let mut msg = DataMessage::new(req.source, req.data.into_bytes());
+    msg.metadata = req.metadata;
+    if let Some(id) = req.id {
+        if let Err(e) = validate_id(&id) {
+            IngestMetrics::count(&m.bad_request);
+            return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}"));
+        }
+        msg.id = id;
+    }
+
+    let mut composite = relay.composite();
+    let mut outcome = composite.publish_detailed(&msg).await;
+    if matches!(outcome, Err(PublishError::Closed)) {
+        // The provider list was swapped while this request held the old composite: retry once
+        // on the one in force now.
+        let current = relay.composite();
+        if !Arc::ptr_eq(&current, &composite) {
+            composite = current;
+            outcome = composite.publish_detailed(&msg).await;
+        }
+    }
+    match outcome {
+        Ok(report) => {
+            IngestMetrics::count(&m.accepted);
+            m.latency.record(started.elapsed());
+            let failed: Vec<&str> = report.failed.iter().map(|e| e.provider()).collect();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "messageId": msg.id,
+                    "status": "accepted",
+                    "strategy": composite.strategy(),
+                    "providers": report.accepted,
+                    "failedProviders": failed,
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            IngestMetrics::count(&m.unavailable);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "error": e.to_string(),
+                    "messageId": msg.id,
+                    "strategy": composite.strategy(),
+                    "failedProviders": e.failed_providers(),
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn health() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn ready(State(relay): State<Arc<Relay>>) -> Response {
+    let composite = relay.composite();
+    match composite.readiness() {
+        Ok(()) => Json(json!({ "status": "ready", "strategy": composite.strategy() })).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "strategy": composite.strategy(), "error": why })),
+        )
+            .into_response(),
+    }
+}
+
+async fn stats(State(relay): State<Arc<Relay>>) -> Response {
+    Json(relay.composite().stats_detailed()).into_response()
+}
+
+async fn prometheus(State(relay): State<Arc<Relay>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        metrics::render(&relay.metrics, &relay.composite()),
+    )
+        .into_response()
+}

@@ -1,0 +1,144 @@
+//! Black-box tests of the ingest API over real HTTP, on memory providers (no outside service).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dualwrite::composite::Strategy;
+use dualwrite::relay::{self, config, Relay};
+use serde_json::Value;
+
+struct Running {
+    base: String,
+    relay: Arc<Relay>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(spec: dualwrite::api::DualWritePipelineSpec) -> Running {
+    let composite = relay::build_composite(&spec).await.unwrap();
+    let relay = Relay::new(composite, spec);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(relay::serve(relay.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    Running { base, relay, stop: Some(tx), server }
+}
+
+impl Running {
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+#[tokio::test]
+async fn seed_request_is_accepted_and_counted_on_both_providers() {
+    let r = start(config::default_spec()).await;
+    let resp = client()
+        .post(format!("{}/api/v1/ingest", r.base))
+        .json(&serde_json::json!({"source": "test", "data": "dual-write test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "accepted");
+    assert!(!body["messageId"].as_str().unwrap().is_empty());
+
+    let stats: Value = client().get(format!("{}/stats", r.base)).send().await.unwrap().json().await.unwrap();
+    let rows = stats["providers"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_eq!(row["published"], 1, "{row}");
+        assert_eq!(row["type"], "memory");
+    }
+    assert_eq!(stats["total"]["published"], 2);
+
+    let metrics = client().get(format!("{}/metrics", r.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("dualwrite_provider_published_total{provider=\"memory-1\",type=\"memory\"} 1"), "{metrics}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_json_errors() {
+    let r = start(config::default_spec()).await;
+    let url = format!("{}/api/v1/ingest", r.base);
+    let c = client();
+
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (c.post(&url).body("{not json"), 400, "malformed JSON"),
+        (c.post(&url).body(r#"{"source":"x"}"#), 400, "missing field `data`"),
+        (c.post(&url).body(r#"{"source":"x","data":1}"#), 400, "invalid request"),
+        (c.post(&url).body(r#"{"source":"x","data":"y","extra":1}"#), 400, "unknown field `extra`"),
+        (c.post(&url).body(r#"{"source":"x","data":"y","id":"has space"}"#), 400, "id contains"),
+        (c.post(&url).body(vec![b'a'; 10 * 1024 * 1024]), 413, "larger than"),
+        (c.get(&url), 405, "use POST"),
+        (c.get(format!("{}/nope", r.base)), 404, "no such endpoint"),
+    ];
+    for (req, status, text) in cases {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        if status == 405 {
+            assert_eq!(resp.headers()["allow"], "POST");
+        }
+        let body: Value = resp.json().await.expect("error bodies are JSON");
+        let msg = body["error"].as_str().unwrap();
+        assert!(msg.contains(text), "{status}: {msg}");
+    }
+    // Nothing reached the providers.
+    let stats: Value = c.get(format!("{}/stats", r.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["total"]["published"], 0);
+    assert_eq!(stats["total"]["failed"], 0);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn fail_fast_answers_503_naming_the_full_provider_and_best_effort_202() {
+    let mut spec = config::default_spec();
+    spec.providers[1].memory.as_mut().unwrap().capacity = Some(1);
+    let r = start(spec).await;
+    let url = format!("{}/api/v1/ingest", r.base);
+    let send = |id: &str| {
+        client()
+            .post(&url)
+            .json(&serde_json::json!({"source": "t", "data": "x", "id": id}))
+            .send()
+    };
+    assert_eq!(send("m1").await.unwrap().status(), 202);
+    // memory-2 is now full.
+    let resp = send("m2").await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["failedProviders"], serde_json::json!(["memory-2"]));
+    assert_eq!(body["messageId"], "m2");
+    assert!(body["error"].as_str().unwrap().contains("queue full"), "{body}");
+    let ready = client().get(format!("{}/ready", r.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "memory providers stay healthy when full");
+
+    r.relay.composite().set_strategy(Strategy::BestEffort);
+    let resp = send("m3").await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["providers"], serde_json::json!(["memory-1"]));
+    assert_eq!(body["failedProviders"], serde_json::json!(["memory-2"]));
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_ready_and_graceful_shutdown() {
+    let r = start(config::default_spec()).await;
+    let c = client();
+    assert_eq!(c.get(format!("{}/health", r.base)).send().await.unwrap().status(), 200);
+    let ready: Value = c.get(format!("{}/ready", r.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    let composite = r.relay.composite();
+    r.shutdown().await;
+    // Shutdown closed the providers.
+    assert!(composite.stats_detailed().providers.iter().all(|p| !p.health.healthy));
+}
