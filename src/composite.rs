@@ -189,6 +189,8 @@ pub struct ProviderRow {
     pub timeouts: u64,
     pub latency: LatencySummary,
     pub health: Health,
+    /// The provider's backlog passed its limits: replay alone cannot make it complete.
+    pub needs_reconciliation: bool,
 }
 
 /// Stats of the whole composite: a row per provider, in pipeline order, and their sum.
@@ -355,6 +357,7 @@ impl Composite {
                     timeouts: lane.timeouts.load(Ordering::Relaxed),
                     latency: lane.latency.summary(),
                     health: lane.provider.health(),
+                    needs_reconciliation: false,
                 }
             })
             .collect();

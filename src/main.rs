@@ -3,6 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dualwrite::relay::{self, config};
@@ -34,6 +36,41 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "API_BIND", default_value = "0.0.0.0")]
         bind: IpAddr,
+        /// Serve the DualWritePipeline NAMESPACE/NAME from the cluster: follow its changes and
+        /// report this relay's numbers into its status (how the operator runs the relay).
+        #[arg(long, conflicts_with = "file")]
+        pipeline: Option<String>,
+        /// This relay's name in the pipeline status (the pod name in a cluster).
+        #[arg(long, env = "POD_NAME", requires = "pipeline")]
+        pod_name: Option<String>,
+        /// How often the relay considers reporting its numbers (reports only on change, plus a
+        /// heartbeat every four intervals).
+        #[arg(long, env = "REPORT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+        report_interval: Duration,
+    },
+    /// Run the operator: reconcile DualWritePipeline resources.
+    Operator {
+        /// Watch only this namespace (default: all).
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Image of the relay Deployments (default: the operator's own image).
+        #[arg(long, env = "RELAY_IMAGE", default_value = "ghcr.io/dualwrite/dualwrite:0.1.0")]
+        relay_image: String,
+        /// Port of /healthz, /readyz and /metrics.
+        #[arg(long, env = "PROBE_PORT", default_value_t = 8081)]
+        probe_port: u16,
+        /// Periodic resync of every pipeline.
+        #[arg(long, env = "RESYNC", default_value = "30s", value_parser = humantime::parse_duration)]
+        resync: Duration,
+        /// A relay report older than this no longer counts for health.
+        #[arg(long, env = "STALE_AFTER", default_value = "150s", value_parser = humantime::parse_duration)]
+        stale_after: Duration,
+        /// FailFast refusing every message this long marks the pipeline Stalled.
+        #[arg(long, env = "STALL_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
+        stall_after: Duration,
+        /// This operator's pod name (Event reporter instance).
+        #[arg(long, env = "POD_NAME")]
+        pod_name: Option<String>,
     },
     /// Print the DualWritePipeline CustomResourceDefinition (what crds/ holds).
     Crd,
@@ -78,6 +115,80 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: no new requests; finishing in-flight ones");
 }
 
+async fn run_relay_in_cluster(
+    pipeline: &str,
+    pod_name: Option<String>,
+    port: Option<u16>,
+    bind: IpAddr,
+    report_interval: Duration,
+) -> Result<(), String> {
+    let pipeline: relay::cluster::PipelineRef = pipeline.parse()?;
+    let pod = pod_name.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+        tracing::warn!(name = %host, "POD_NAME is not set; reporting under the host name");
+        host
+    });
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {e}"))?;
+    relay::cluster::run(
+        client,
+        pipeline,
+        pod,
+        SocketAddr::new(bind, 0),
+        port,
+        report_interval,
+        shutdown_signal(),
+    )
+    .await
+}
+
+struct OperatorArgs {
+    namespace: Option<String>,
+    relay_image: String,
+    probe_port: u16,
+    settings_resync: Duration,
+    stale_after: Duration,
+    stall_after: Duration,
+    pod_name: Option<String>,
+}
+
+async fn run_operator(a: OperatorArgs) -> Result<(), String> {
+    use dualwrite::controller;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {e}"))?;
+    let ctx = controller::Context::new(
+        client,
+        controller::Settings {
+            relay_image: a.relay_image,
+            resync: a.settings_resync,
+            stale_after: a.stale_after,
+            stall_after: a.stall_after,
+            instance: a.pod_name,
+        },
+    );
+    let probe_addr = SocketAddr::from(([0, 0, 0, 0], a.probe_port));
+    let listener = tokio::net::TcpListener::bind(probe_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {probe_addr} for probes: {e}; set --probe-port"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let probes = {
+        let (router, stop) = (controller::probes::router(Arc::clone(&ctx)), wait_stop(stop_rx.clone()));
+        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop).await })
+    };
+    tracing::info!(namespace = a.namespace.as_deref().unwrap_or("(all)"), probes = %probe_addr, "operator started");
+    let controller = tokio::spawn(controller::run(ctx, a.namespace, wait_stop(stop_rx)));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = controller.await;
+    let _ = probes.await;
+    Ok(())
+}
+
 async fn run_relay(file: Option<PathBuf>, port: Option<u16>, bind: IpAddr) -> Result<(), String> {
     let env = config::SeedEnv::from_process();
     let spec = match &file {
@@ -113,7 +224,35 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     let result = match cli.command {
-        Command::Relay { file, port, bind } => run_relay(file, port, bind).await,
+        Command::Relay {
+            pipeline: Some(pipeline),
+            pod_name,
+            port,
+            bind,
+            report_interval,
+            ..
+        } => run_relay_in_cluster(&pipeline, pod_name, port, bind, report_interval).await,
+        Command::Relay { file, port, bind, .. } => run_relay(file, port, bind).await,
+        Command::Operator {
+            namespace,
+            relay_image,
+            probe_port,
+            resync,
+            stale_after,
+            stall_after,
+            pod_name,
+        } => {
+            run_operator(OperatorArgs {
+                namespace,
+                relay_image,
+                probe_port,
+                settings_resync: resync,
+                stale_after,
+                stall_after,
+                pod_name,
+            })
+            .await
+        }
         Command::Crd => {
             print!("{}", dualwrite::api::crd_yaml());
             Ok(())

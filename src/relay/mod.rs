@@ -14,6 +14,7 @@ use crate::provider::memory::{MemoryProvider, DEFAULT_CAPACITY};
 use crate::provider::nats::NatsProvider;
 use crate::provider::Provider;
 
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;

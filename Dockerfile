@@ -1,0 +1,56 @@
+# syntax=docker/dockerfile:1
+#
+# The dualwrite image. One binary is both the operator (`dualwrite operator`, the control plane)
+# and the relay (`dualwrite relay`, the data plane): the operator deploys each pipeline's relay
+# with this same image (env RELAY_IMAGE, set by the Helm chart) unless the pipeline overrides it.
+#
+# Build (BuildKit, for the cache mounts):  docker build -t dualwrite:dev .
+# Run a demo relay (memory providers):     docker run --rm -p 8080:8080 dualwrite:dev
+#
+# NOTE: this file is not built by the project's checks: the development and CI machines have no
+# Docker engine. Keep it in step with Cargo.toml by hand (binary name, native dependencies).
+
+# ---- builder -------------------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+
+# rdkafka-sys builds librdkafka from source with its ./configure script and make: it needs make,
+# a C/C++ compiler and the zlib headers (curl, SSL and SASL are off, so no headers for them).
+# The rust:bookworm image has these already; they are listed so a slimmer base keeps working.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make g++ zlib1g-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+
+# The distroless runtime has no libz.so.1: link zlib statically (libz-sys builds its bundled copy).
+ENV LIBZ_SYS_STATIC=1 \
+    CARGO_TERM_COLOR=never
+
+WORKDIR /src
+COPY . .
+
+# Cache mounts keep the crates.io registry and the target directory between builds; the binary
+# is copied out of the (unpersisted) target mount into the layer.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin dualwrite \
+ && cp target/release/dualwrite /dualwrite
+
+# ---- runtime -------------------------------------------------------------------------------
+# glibc, libgcc and CA certificates, no shell, no package manager; runs as UID 65532 ("nonroot"),
+# which the Helm chart's restricted security context (runAsUser 65532) matches.
+FROM gcr.io/distroless/cc-debian12:nonroot
+
+LABEL org.opencontainers.image.title="dualwrite" \
+      org.opencontainers.image.description="Kubernetes operator and relay that dual-writes every message to several brokers (memory, NATS JetStream, Kafka)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+COPY --from=builder /dualwrite /dualwrite
+
+USER 65532:65532
+# 8080: relay ingest API (/api/v1/ingest, /health, /ready, /stats, /metrics).
+# 8081: operator /healthz, /readyz, /metrics.
+EXPOSE 8080 8081
+ENTRYPOINT ["/dualwrite"]
+# With no arguments: the relay with its built-in pipeline (two memory providers), as a demo.
+# The chart runs `operator`; the operator runs `relay --pipeline <namespace>/<name>`.
+CMD ["relay"]

@@ -1,0 +1,329 @@
+//! The control plane: reconciles each `DualWritePipeline` into the relay's Deployment, Service
+//! and RBAC (server-side apply under one field manager, owned through owner references), and
+//! writes the status: provider rows aggregated from the relays' reports, the effective strategy,
+//! and the Ready / Reconciling / Stalled / Degraded conditions.
+//!
+//! Decisions (aggregation, conditions) are pure functions in [`status`]; this module does I/O.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{DualWritePipeline, DualWritePipelineStatus};
+use crate::composite::Strategy;
+
+pub mod probes;
+pub mod resources;
+pub mod status;
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "dualwrite-operator";
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the pipeline has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// Settings of the operator, parsed once.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Image of the relay Deployments (the operator's own, unless a pipeline overrides it).
+    pub relay_image: String,
+    /// Periodic resync: notices stale relays and broker restarts without an event.
+    pub resync: Duration,
+    /// A relay report older than this no longer counts for health.
+    pub stale_after: Duration,
+    /// FailFast refusing every message for this long marks the pipeline Stalled.
+    pub stall_after: Duration,
+    /// Reporter instance for Events (the pod name).
+    pub instance: Option<String>,
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    settings: Settings,
+    /// Consecutive failures per pipeline, for exponential backoff (reset on success).
+    failures: Mutex<HashMap<String, u32>>,
+    pub metrics: OperatorMetrics,
+}
+
+/// Counters served on the operator's `/metrics`.
+#[derive(Debug, Default)]
+pub struct OperatorMetrics {
+    pub reconciles: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings) -> Arc<Self> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: settings.instance.clone(),
+            },
+        );
+        Arc::new(Self {
+            client,
+            recorder,
+            settings,
+            failures: Mutex::default(),
+            metrics: OperatorMetrics::default(),
+        })
+    }
+}
+
+/// Exponential backoff for the n-th consecutive failure: 1 s, 2 s, 4 s … capped at 5 minutes.
+pub fn backoff(consecutive_failures: u32) -> Duration {
+    let exp = consecutive_failures.saturating_sub(1).min(9);
+    Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
+}
+
+fn key(p: &DualWritePipeline) -> String {
+    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+}
+
+async fn publish_event(ctx: &Context, p: &DualWritePipeline, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &p.object_ref(&())).await {
+        tracing::warn!(pipeline = %key(p), error = %e, "could not record an Event");
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Server-side applies `obj` and says whether that created or changed it.
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<Change, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let before = api.get_opt(&name).await?;
+    let after = api
+        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await?;
+    Ok(match before {
+        None => Change::Created,
+        Some(b) if b.resource_version() != after.resource_version() => Change::Updated,
+        Some(_) => Change::Unchanged,
+    })
+}
+
+async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<(), Error> {
+    let c = &ctx.client;
+    let d = resources::deployment(p, &ctx.settings.relay_image);
+    let changes = [
+        ("ServiceAccount", apply(c, ns, &resources::service_account(p)).await?),
+        ("Role", apply(c, ns, &resources::role(p)).await?),
+        ("RoleBinding", apply(c, ns, &resources::role_binding(p)).await?),
+        ("Deployment", apply(c, ns, &d).await?),
+        ("Service", apply(c, ns, &resources::service(p)).await?),
+    ];
+    let name = resources::relay_name(&p.name_any());
+    for (kind, change) in changes {
+        let (reason, verb) = match change {
+            Change::Created => ("Created", "created"),
+            Change::Updated => ("Updated", "updated"),
+            Change::Unchanged => continue,
+        };
+        tracing::info!(pipeline = %key(p), kind, name = %name, "{verb}");
+        publish_event(ctx, p, EventType::Normal, reason, format!("{kind} {name} {verb}")).await;
+    }
+    Ok(())
+}
+
+/// The strategy and providers in force now. Without a migration: the spec's strategy over all
+/// providers.
+pub fn effective(p: &DualWritePipeline) -> (Strategy, Vec<String>, Option<String>) {
+    let providers = p.spec.providers.iter().map(|x| x.name.clone()).collect::<Vec<_>>();
+    let read_from = providers.first().cloned();
+    (p.spec.strategy, providers, read_from)
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// Computes the whole status from the pipeline, its previous status and `now`.
+pub fn next_status(p: &DualWritePipeline, settings: &Settings, now: Timestamp) -> DualWritePipelineStatus {
+    let prev = p.status.clone().unwrap_or_default();
+    let generation = p.metadata.generation.unwrap_or(0);
+    let invalid = p.spec.validate().err().map(|e| e.join("; "));
+    let (strategy, active, read_from) = effective(p);
+    let stale_after = signed(settings.stale_after);
+    let rows = status::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
+    let fresh: Vec<_> = prev
+        .relays
+        .iter()
+        .filter(|r| status::is_fresh(r, now, stale_after))
+        .collect();
+    let on_generation = fresh.iter().filter(|r| r.generation == Some(generation)).count();
+    // FailFast has been blocked since Ready last turned False for want of providers.
+    let blocked_since = prev
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::READY && c.status == "False" && c.reason == status::reason::PROVIDERS_NOT_READY)
+        .map(|c| c.last_transition_time.0);
+    let input = status::ConditionInput {
+        generation,
+        invalid,
+        strategy,
+        active: &active,
+        providers: &rows,
+        fresh_relays: fresh.len() as i32,
+        relays_on_generation: on_generation as i32,
+        desired_relays: p.spec.relay.as_ref().and_then(|r| r.replicas).unwrap_or(1),
+        blocked_since,
+        now,
+        stall_after: signed(settings.stall_after),
+        migrating: false,
+    };
+    let conditions = status::compute_conditions(&input, &prev.conditions);
+    DualWritePipelineStatus {
+        observed_generation: Some(generation),
+        strategy: Some(strategy),
+        active_providers: Some(active),
+        read_from,
+        replicas: fresh.len() as i32,
+        published: rows.iter().map(|r| r.published).sum(),
+        backlog: rows.iter().map(|r| r.backlog).sum(),
+        summary: Some(status::summary(&rows)),
+        providers: rows,
+        migration: None,
+        fallback: None,
+        consistency: prev.consistency.clone(),
+        relays: Vec::new(), // owned by the relays; never written by the operator
+        conditions,
+    }
+}
+
+async fn reconcile(p: Arc<DualWritePipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ns = p.namespace().ok_or(Error::NoNamespace)?;
+    if p.metadata.deletion_timestamp.is_some() {
+        // Owned objects go with their owner through garbage collection.
+        return Ok(Action::await_change());
+    }
+    let invalid = p.spec.validate().err();
+    if invalid.is_none() {
+        apply_owned(&p, &ns, &ctx).await?;
+    }
+    let next = next_status(&p, &ctx.settings, Timestamp::now());
+    let prev = p.status.clone().unwrap_or_default();
+    if let (Some(before), Some(after)) = (prev.strategy, next.strategy) {
+        if before != after {
+            publish_event(&ctx, &p, EventType::Normal, "StrategyChanged", format!("strategy {before} → {after}")).await;
+        }
+    }
+    if let Some(errs) = invalid {
+        publish_event(&ctx, &p, EventType::Warning, status::reason::INVALID_SPEC, errs.join("; ")).await;
+    }
+    let api: Api<DualWritePipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": "dualwrite.io/v1alpha1",
+        "kind": "DualWritePipeline",
+        "status": next,
+    });
+    api.patch_status(&p.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key(&p));
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+fn error_policy(p: Arc<DualWritePipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let n = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key(&p)).or_default();
+        *n += 1;
+        *n
+    };
+    let delay = backoff(n);
+    tracing::warn!(pipeline = %key(&p), error = %error, kind = error.metric_label(), attempt = n, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (pipelines, deployments, services): (Api<DualWritePipeline>, Api<Deployment>, Api<Service>) = match &namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=dualwrite-operator");
+    let (accounts, roles, bindings): (Api<ServiceAccount>, Api<Role>, Api<RoleBinding>) = match &namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
+    };
+    Controller::new(pipelines, watcher::Config::default())
+        .owns(deployments, owned.clone())
+        .owns(services, owned.clone())
+        .owns(accounts, owned.clone())
+        .owns(roles, owned.clone())
+        .owns(bindings, owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let got: Vec<u64> = [1, 2, 3, 4, 9, 10, 50].iter().map(|n| backoff(*n).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 256, 300, 300]);
+    }
+}
