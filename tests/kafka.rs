@@ -48,7 +48,8 @@ fn raw_consumer(brokers: &str, topic: &str) -> StreamConsumer {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
     c.assign(&tpl).unwrap();
     c
 }
@@ -56,8 +57,12 @@ fn raw_consumer(brokers: &str, topic: &str) -> StreamConsumer {
 #[tokio::test]
 async fn round_trip_in_order() {
     common::init_tracing();
-    let Some(brokers) = common::require_env("KAFKA_BROKERS") else { return };
-    let p = KafkaProvider::connect("kafka-rt", &spec(&brokers), TIMEOUT).await.unwrap();
+    let Some(brokers) = common::require_env("KAFKA_BROKERS") else {
+        return;
+    };
+    let p = KafkaProvider::connect("kafka-rt", &spec(&brokers), TIMEOUT)
+        .await
+        .unwrap();
     assert!(p.health().healthy, "{:?}", p.health());
     assert_eq!(p.health().reason, "Connected");
 
@@ -81,8 +86,12 @@ async fn round_trip_in_order() {
 
 #[tokio::test]
 async fn record_is_keyed_by_id_with_headers_and_the_design_json() {
-    let Some(brokers) = common::require_env("KAFKA_BROKERS") else { return };
-    let p = KafkaProvider::connect("kafka-raw", &spec(&brokers), TIMEOUT).await.unwrap();
+    let Some(brokers) = common::require_env("KAFKA_BROKERS") else {
+        return;
+    };
+    let p = KafkaProvider::connect("kafka-raw", &spec(&brokers), TIMEOUT)
+        .await
+        .unwrap();
     let m = message(7);
     p.publish(&m).await.unwrap();
 
@@ -116,13 +125,19 @@ async fn record_is_keyed_by_id_with_headers_and_the_design_json() {
 
 #[tokio::test]
 async fn topic_is_created_with_the_spec_partitions_and_reused() {
-    let Some(brokers) = common::require_env("KAFKA_BROKERS") else { return };
+    let Some(brokers) = common::require_env("KAFKA_BROKERS") else {
+        return;
+    };
     let mut s = spec(&brokers);
     s.partitions = Some(3);
-    let first = KafkaProvider::connect("kafka-create", &s, TIMEOUT).await.unwrap();
+    let first = KafkaProvider::connect("kafka-create", &s, TIMEOUT)
+        .await
+        .unwrap();
     first.publish(&message(1)).await.unwrap();
     // A second provider (another relay replica) finds the topic and writes to it.
-    let second = KafkaProvider::connect("kafka-create-2", &s, TIMEOUT).await.unwrap();
+    let second = KafkaProvider::connect("kafka-create-2", &s, TIMEOUT)
+        .await
+        .unwrap();
     assert!(second.health().healthy, "{:?}", second.health());
     second.publish(&message(2)).await.unwrap();
 
@@ -132,7 +147,11 @@ async fn topic_is_created_with_the_spec_partitions_and_reused() {
         .await
         .unwrap()
         .unwrap();
-    let t = md.topics().iter().find(|t| t.name() == s.topic).expect("topic listed");
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == s.topic)
+        .expect("topic listed");
     assert_eq!(t.partitions().len(), 3);
     first.close().await.unwrap();
     second.close().await.unwrap();
@@ -140,8 +159,12 @@ async fn topic_is_created_with_the_spec_partitions_and_reused() {
 
 #[tokio::test]
 async fn many_concurrent_publishes_share_one_producer() {
-    let Some(brokers) = common::require_env("KAFKA_BROKERS") else { return };
-    let p = KafkaProvider::connect("kafka-conc", &spec(&brokers), TIMEOUT).await.unwrap();
+    let Some(brokers) = common::require_env("KAFKA_BROKERS") else {
+        return;
+    };
+    let p = KafkaProvider::connect("kafka-conc", &spec(&brokers), TIMEOUT)
+        .await
+        .unwrap();
     const N: usize = 5000;
     let msgs: Vec<DataMessage> = (0..N).map(message).collect();
     // Warm up (the idempotent producer fetches its producer id on first use).
@@ -153,7 +176,11 @@ async fn many_concurrent_publishes_share_one_producer() {
         .collect::<Vec<_>>()
         .await;
     let took = started.elapsed();
-    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
     eprintln!(
         "kafka: {N} publishes, 512 in flight: {took:?} ({:.0}/s)",
         N as f64 / took.as_secs_f64()
@@ -165,7 +192,10 @@ async fn many_concurrent_publishes_share_one_producer() {
     for m in msgs.iter().take(20) {
         p.publish(m).await.unwrap();
     }
-    eprintln!("kafka: sequential publish latency {:?} each", started.elapsed() / 20);
+    eprintln!(
+        "kafka: sequential publish latency {:?} each",
+        started.elapsed() / 20
+    );
     p.close().await.unwrap();
 }
 
@@ -181,7 +211,9 @@ async fn unreachable_broker_starts_unhealthy_and_fails_within_the_deadline() {
         config: Default::default(),
     };
     let started = Instant::now();
-    let p = KafkaProvider::connect("kafka-down", &s, TIMEOUT).await.unwrap();
+    let p = KafkaProvider::connect("kafka-down", &s, TIMEOUT)
+        .await
+        .unwrap();
     let connect_took = started.elapsed();
     let h = p.health();
     assert!(!h.healthy);
@@ -201,11 +233,17 @@ async fn unreachable_broker_starts_unhealthy_and_fails_within_the_deadline() {
 
 #[tokio::test]
 async fn close_is_idempotent_and_publish_after_close_fails() {
-    let Some(brokers) = common::require_env("KAFKA_BROKERS") else { return };
-    let p = KafkaProvider::connect("kafka-close", &spec(&brokers), TIMEOUT).await.unwrap();
+    let Some(brokers) = common::require_env("KAFKA_BROKERS") else {
+        return;
+    };
+    let p = KafkaProvider::connect("kafka-close", &spec(&brokers), TIMEOUT)
+        .await
+        .unwrap();
     p.publish(&message(1)).await.unwrap();
     let mut sub = p.subscribe().await.unwrap();
-    let first = tokio::time::timeout(READ_TIMEOUT, sub.next()).await.expect("in time");
+    let first = tokio::time::timeout(READ_TIMEOUT, sub.next())
+        .await
+        .expect("in time");
     assert!(matches!(first, Some(Ok(_))), "{first:?}");
 
     let started = Instant::now();
@@ -213,12 +251,19 @@ async fn close_is_idempotent_and_publish_after_close_fails() {
     p.close().await.unwrap();
     eprintln!("kafka: close took {:?}", started.elapsed());
     let err = p.publish(&message(2)).await.unwrap_err();
-    assert_eq!(err, ProviderError::Closed { provider: "kafka-close".into() });
+    assert_eq!(
+        err,
+        ProviderError::Closed {
+            provider: "kafka-close".into()
+        }
+    );
     assert!(p.subscribe().await.is_err());
     let h = p.health();
     assert!(!h.healthy);
     assert_eq!(h.reason, "Closed");
     // The open subscription ends instead of hanging.
-    let end = tokio::time::timeout(TIMEOUT, sub.next()).await.expect("ends in time");
+    let end = tokio::time::timeout(TIMEOUT, sub.next())
+        .await
+        .expect("ends in time");
     assert!(end.is_none(), "{end:?}");
 }

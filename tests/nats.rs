@@ -50,8 +50,12 @@ async fn stream_messages(url: &str, stream: &str) -> u64 {
 #[tokio::test]
 async fn round_trip_in_order() {
     common::init_tracing();
-    let Some(url) = common::require_env("NATS_URL") else { return };
-    let p = NatsProvider::connect("nats-rt", &spec(&url), TIMEOUT).await.unwrap();
+    let Some(url) = common::require_env("NATS_URL") else {
+        return;
+    };
+    let p = NatsProvider::connect("nats-rt", &spec(&url), TIMEOUT)
+        .await
+        .unwrap();
     assert!(p.health().healthy, "{:?}", p.health());
     assert_eq!(p.health().reason, "Connected");
 
@@ -75,8 +79,12 @@ async fn round_trip_in_order() {
 
 #[tokio::test]
 async fn bytes_on_the_stream_are_the_design_json_with_msg_id_header() {
-    let Some(url) = common::require_env("NATS_URL") else { return };
-    let p = NatsProvider::connect("nats-raw", &spec(&url), TIMEOUT).await.unwrap();
+    let Some(url) = common::require_env("NATS_URL") else {
+        return;
+    };
+    let p = NatsProvider::connect("nats-raw", &spec(&url), TIMEOUT)
+        .await
+        .unwrap();
     let m = message(7);
     p.publish(&m).await.unwrap();
 
@@ -102,8 +110,12 @@ async fn bytes_on_the_stream_are_the_design_json_with_msg_id_header() {
 
 #[tokio::test]
 async fn a_retried_publish_is_stored_once() {
-    let Some(url) = common::require_env("NATS_URL") else { return };
-    let p = NatsProvider::connect("nats-dedup", &spec(&url), TIMEOUT).await.unwrap();
+    let Some(url) = common::require_env("NATS_URL") else {
+        return;
+    };
+    let p = NatsProvider::connect("nats-dedup", &spec(&url), TIMEOUT)
+        .await
+        .unwrap();
     let m = message(1);
     p.publish(&m).await.unwrap();
     // The retry is acknowledged (duplicate=true) and therefore a success.
@@ -116,11 +128,15 @@ async fn a_retried_publish_is_stored_once() {
 
 #[tokio::test]
 async fn stream_is_created_with_the_spec_and_reused() {
-    let Some(url) = common::require_env("NATS_URL") else { return };
+    let Some(url) = common::require_env("NATS_URL") else {
+        return;
+    };
     let mut s = spec(&url);
     s.stream = Some(common::unique("DWTEST").replace('-', "_"));
     s.duplicate_window = Some("45s".into());
-    let first = NatsProvider::connect("nats-create", &s, TIMEOUT).await.unwrap();
+    let first = NatsProvider::connect("nats-create", &s, TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(first.stream_name(), s.stream.as_deref().unwrap());
     first.publish(&message(1)).await.unwrap();
 
@@ -131,7 +147,9 @@ async fn stream_is_created_with_the_spec_and_reused() {
     assert_eq!(info.config.duplicate_window, Duration::from_secs(45));
 
     // A second provider (another relay replica) reuses the stream and its data.
-    let second = NatsProvider::connect("nats-create-2", &s, TIMEOUT).await.unwrap();
+    let second = NatsProvider::connect("nats-create-2", &s, TIMEOUT)
+        .await
+        .unwrap();
     second.publish(&message(2)).await.unwrap();
     assert_eq!(stream_messages(&url, first.stream_name()).await, 2);
     first.close().await.unwrap();
@@ -139,7 +157,9 @@ async fn stream_is_created_with_the_spec_and_reused() {
 
     // Without a stream name: the subject, upper-cased, '.' and '-' as '_'.
     let d = spec(&url);
-    let p = NatsProvider::connect("nats-default", &d, TIMEOUT).await.unwrap();
+    let p = NatsProvider::connect("nats-default", &d, TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(
         p.stream_name(),
         d.subject.to_uppercase().replace(['.', '-'], "_")
@@ -149,21 +169,33 @@ async fn stream_is_created_with_the_spec_and_reused() {
 
 #[tokio::test]
 async fn a_stream_that_does_not_capture_the_subject_is_a_config_error() {
-    let Some(url) = common::require_env("NATS_URL") else { return };
+    let Some(url) = common::require_env("NATS_URL") else {
+        return;
+    };
     let a = spec(&url);
     let p = NatsProvider::connect("nats-a", &a, TIMEOUT).await.unwrap();
     let mut b = spec(&url);
     b.stream = Some(p.stream_name().to_string());
-    let err = NatsProvider::connect("nats-b", &b, TIMEOUT).await.err().expect("refused");
+    let err = NatsProvider::connect("nats-b", &b, TIMEOUT)
+        .await
+        .err()
+        .expect("refused");
     assert!(matches!(err, ProviderError::Config { .. }), "{err}");
-    assert!(err.to_string().contains("does not capture subject"), "{err}");
+    assert!(
+        err.to_string().contains("does not capture subject"),
+        "{err}"
+    );
     p.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn many_concurrent_publishes_share_one_connection() {
-    let Some(url) = common::require_env("NATS_URL") else { return };
-    let p = NatsProvider::connect("nats-conc", &spec(&url), TIMEOUT).await.unwrap();
+    let Some(url) = common::require_env("NATS_URL") else {
+        return;
+    };
+    let p = NatsProvider::connect("nats-conc", &spec(&url), TIMEOUT)
+        .await
+        .unwrap();
     const N: usize = 2000;
     let msgs: Vec<DataMessage> = (0..N).map(message).collect();
     let started = Instant::now();
@@ -173,7 +205,11 @@ async fn many_concurrent_publishes_share_one_connection() {
         .collect::<Vec<_>>()
         .await;
     let took = started.elapsed();
-    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
     eprintln!(
         "nats: {N} publishes, 256 in flight: {took:?} ({:.0}/s)",
         N as f64 / took.as_secs_f64()
@@ -193,7 +229,9 @@ async fn unreachable_server_fails_within_the_deadline_naming_the_provider() {
         duplicate_window: None,
     };
     let started = Instant::now();
-    let p = NatsProvider::connect("nats-down", &s, TIMEOUT).await.unwrap();
+    let p = NatsProvider::connect("nats-down", &s, TIMEOUT)
+        .await
+        .unwrap();
     let connect_took = started.elapsed();
     let h = p.health();
     assert!(!h.healthy);
@@ -207,7 +245,10 @@ async fn unreachable_server_fails_within_the_deadline_naming_the_provider() {
     assert_eq!(err.provider(), "nats-down");
     assert!(err.to_string().contains("nats-down"), "{err}");
     assert!(
-        matches!(err, ProviderError::Unavailable { .. } | ProviderError::Timeout { .. }),
+        matches!(
+            err,
+            ProviderError::Unavailable { .. } | ProviderError::Timeout { .. }
+        ),
         "{err}"
     );
     assert_eq!(p.stats().failed, 1);
@@ -217,8 +258,12 @@ async fn unreachable_server_fails_within_the_deadline_naming_the_provider() {
 
 #[tokio::test]
 async fn close_is_idempotent_and_publish_after_close_fails() {
-    let Some(url) = common::require_env("NATS_URL") else { return };
-    let p = NatsProvider::connect("nats-close", &spec(&url), TIMEOUT).await.unwrap();
+    let Some(url) = common::require_env("NATS_URL") else {
+        return;
+    };
+    let p = NatsProvider::connect("nats-close", &spec(&url), TIMEOUT)
+        .await
+        .unwrap();
     p.publish(&message(1)).await.unwrap();
     let mut sub = p.subscribe().await.unwrap();
     assert!(sub.next().await.unwrap().is_ok());
@@ -226,12 +271,19 @@ async fn close_is_idempotent_and_publish_after_close_fails() {
     p.close().await.unwrap();
     p.close().await.unwrap();
     let err = p.publish(&message(2)).await.unwrap_err();
-    assert_eq!(err, ProviderError::Closed { provider: "nats-close".into() });
+    assert_eq!(
+        err,
+        ProviderError::Closed {
+            provider: "nats-close".into()
+        }
+    );
     assert!(p.subscribe().await.is_err());
     let h = p.health();
     assert!(!h.healthy);
     assert_eq!(h.reason, "Closed");
     // The open subscription ends instead of hanging.
-    let end = tokio::time::timeout(TIMEOUT, sub.next()).await.expect("ends in time");
+    let end = tokio::time::timeout(TIMEOUT, sub.next())
+        .await
+        .expect("ends in time");
     assert!(end.is_none(), "{end:?}");
 }

@@ -31,6 +31,7 @@ use futures::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -166,8 +167,44 @@ struct HealthContext {
     drives_health: bool,
 }
 
+// The consumer of `subscribe` uses this context too (with `drives_health: false`) so its
+// librdkafka logs and errors go through the same filtering.
+impl rdkafka::consumer::ConsumerContext for HealthContext {}
+
 impl ClientContext for HealthContext {
     // Called on librdkafka's own threads: only non-blocking work here.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let s = &self.shared;
+        // librdkafka logs every failed reconnect attempt (here up to once a second per client)
+        // at error level. The first one of an outage is worth a warning; the rest, while the
+        // provider is already reported down, only at debug.
+        if fac == "FAIL" {
+            if self.drives_health && s.health.get().healthy {
+                tracing::warn!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}");
+            } else {
+                tracing::debug!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}");
+            }
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}")
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let s = &self.shared;
         let code = error.rdkafka_error_code();
@@ -178,7 +215,13 @@ impl ClientContext for HealthContext {
         match code {
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 s.brokers_down.send_modify(|n| *n += 1);
-                tracing::warn!(provider = %s.name, brokers = %s.brokers, %reason, "kafka: all brokers down");
+                // librdkafka repeats this while brokers stay down (and while one restarts):
+                // warn on the transition only.
+                if s.health.get().healthy {
+                    tracing::warn!(provider = %s.name, brokers = %s.brokers, %reason, "kafka: all brokers down");
+                } else {
+                    tracing::debug!(provider = %s.name, brokers = %s.brokers, %reason, "kafka: all brokers down");
+                }
                 s.set_health(
                     false,
                     REASON_UNAVAILABLE,
@@ -689,6 +732,37 @@ async fn supervise(
     }
 }
 
+/// Connection-level consumer errors that librdkafka recovers from by itself.
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+    )
+}
+
+/// Decodes one consumed record (its offset is stored for commit when it is handed out).
+fn decode(shared: &Shared, m: &impl Message) -> Result<DataMessage, ProviderError> {
+    match DataMessage::from_wire(m.payload().unwrap_or_default()) {
+        Ok(msg) => {
+            shared.counters.consumed();
+            Ok(msg)
+        }
+        Err(e) => Err(ProviderError::Subscribe {
+            provider: shared.name.clone(),
+            reason: format!(
+                "topic {} partition {} offset {} is not a DataMessage ({e}); skipped",
+                m.topic(),
+                m.partition(),
+                m.offset()
+            ),
+        }),
+    }
+}
+
 #[async_trait]
 impl Provider for KafkaProvider {
     fn name(&self) -> &str {
@@ -730,9 +804,12 @@ impl Provider for KafkaProvider {
             provider: self.name.clone(),
             reason,
         };
-        let consumer: StreamConsumer = self
+        let consumer: StreamConsumer<HealthContext> = self
             .consumer_config
-            .create()
+            .create_with_context(HealthContext {
+                shared: self.shared.clone(),
+                drives_health: false,
+            })
             .map_err(|e| subscribe_err(format!("kafka consumer: {e}")))?;
         consumer
             .subscribe(&[&self.topic])
@@ -743,26 +820,22 @@ impl Provider for KafkaProvider {
         let stream = futures::stream::unfold(consumer, move |consumer| {
             let shared = shared.clone();
             async move {
-                let item = match consumer.recv().await {
-                    Ok(m) => match DataMessage::from_wire(m.payload().unwrap_or_default()) {
-                        Ok(msg) => {
-                            shared.counters.consumed();
-                            Ok(msg)
+                let item = loop {
+                    match consumer.recv().await {
+                        Ok(m) => break decode(&shared, &m),
+                        // librdkafka reports connection trouble through the consumer as well;
+                        // it reconnects by itself and the provider's health already says so.
+                        // These are not items of the stream.
+                        Err(KafkaError::MessageConsumption(code)) if is_transient(code) => {
+                            tracing::debug!(provider = %shared.name, %code, "kafka consumer: broker unreachable; retrying");
                         }
-                        Err(e) => Err(ProviderError::Subscribe {
-                            provider: shared.name.clone(),
-                            reason: format!(
-                                "topic {} partition {} offset {} is not a DataMessage ({e}); skipped",
-                                m.topic(),
-                                m.partition(),
-                                m.offset()
-                            ),
-                        }),
-                    },
-                    Err(e) => Err(ProviderError::Subscribe {
-                        provider: shared.name.clone(),
-                        reason: format!("reading topic {}: {e}", shared.topic),
-                    }),
+                        Err(e) => {
+                            break Err(ProviderError::Subscribe {
+                                provider: shared.name.clone(),
+                                reason: format!("reading topic {}: {e}", shared.topic),
+                            })
+                        }
+                    }
                 };
                 Some((item, consumer))
             }

@@ -6,14 +6,16 @@
 //! Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+/// kube-apiserver helpers (kubectl, kubeconfigs, namespaces) for the cluster tests.
+pub mod cluster;
+
 use std::fmt::Display;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How to get the brokers the tests need.
-pub const SETUP_HINT: &str =
-    "run `hack/test-env up nats kafka && . target/test-env/env.sh` first";
+pub const SETUP_HINT: &str = "run `hack/test-env up nats kafka && . target/test-env/env.sh` first";
 
 /// Whether this run is under CI, where a test that cannot run must fail, never skip.
 pub fn under_ci() -> bool {
@@ -68,12 +70,12 @@ where
     let mut pause = Duration::from_millis(20);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let last = match tokio::time::timeout(remaining.max(Duration::from_millis(1)), check()).await
-        {
-            Ok(Ok(v)) => return v,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "the check itself did not finish before the deadline".to_string(),
-        };
+        let last =
+            match tokio::time::timeout(remaining.max(Duration::from_millis(1)), check()).await {
+                Ok(Ok(v)) => return v,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the check itself did not finish before the deadline".to_string(),
+            };
         if Instant::now() >= deadline {
             panic!("{what}: not true within {timeout:?}; last: {last}");
         }
@@ -97,27 +99,30 @@ fn test_env_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hack/test-env")
 }
 
-/// Runs `hack/test-env ARGS` (e.g. `stop kafka`) and panics with its output when it fails.
-/// Bounded: the script waits for readiness itself (up to its own timeout); this adds a hard cap.
-pub async fn test_env(args: &[&str]) {
-    const CAP: Duration = Duration::from_secs(300);
+/// Runs `hack/test-env CMD SERVICE` (e.g. `stop kafka`) and panics with its output when it
+/// fails. Blocking (a few hundred milliseconds for stop, seconds for start); the script bounds
+/// itself (it waits for readiness up to its own timeout, then fails).
+pub fn test_env(cmd: &str, service: &str) {
     let started = Instant::now();
-    let child = tokio::process::Command::new(test_env_script())
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(CAP, child)
-        .await
-        .unwrap_or_else(|_| panic!("hack/test-env {args:?} did not finish within {CAP:?}"))
-        .unwrap_or_else(|e| panic!("cannot run hack/test-env {args:?}: {e}"));
+    let out = std::process::Command::new(test_env_script())
+        .args([cmd, service])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run hack/test-env {cmd} {service}: {e}"));
     assert!(
         out.status.success(),
-        "hack/test-env {args:?} failed ({}):\n{}{}",
+        "hack/test-env {cmd} {service} failed ({}):\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!("hack/test-env {} took {:?}", args.join(" "), started.elapsed());
+    eprintln!("hack/test-env {cmd} {service} took {:?}", started.elapsed());
+}
+
+/// [`test_env`] off the async runtime's threads.
+async fn test_env_async(cmd: &'static str, service: &'static str) {
+    if let Err(e) = tokio::task::spawn_blocking(move || test_env(cmd, service)).await {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 /// Stops a service of the test environment and starts it again when dropped, so a failing
@@ -129,7 +134,7 @@ pub struct StoppedService {
 
 impl StoppedService {
     pub async fn stop(service: &'static str) -> Self {
-        test_env(&["stop", service]).await;
+        test_env_async("stop", service).await;
         Self {
             service,
             started: false,
@@ -137,8 +142,9 @@ impl StoppedService {
     }
 
     pub async fn start(mut self) {
-        test_env(&["start", self.service]).await;
+        // Set first: if the start itself fails, Drop must not try again.
         self.started = true;
+        test_env_async("start", self.service).await;
     }
 }
 

@@ -1,0 +1,195 @@
+//! Helpers for tests against the real kube-apiserver of `hack/test-env up kube`: kubectl as a
+//! user runs it, kubeconfigs for other identities (the operator's token, the relay's service
+//! account by impersonation), the CRD, throwaway namespaces, and child processes that are
+//! killed when the test ends.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use super::require_env;
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+pub const BIN: &str = env!("CARGO_BIN_EXE_dualwrite");
+
+/// The API server of the test environment.
+#[derive(Clone, Debug)]
+pub struct KubeEnv {
+    pub kubeconfig: String,
+    pub server: String,
+    pub ca_file: String,
+    pub operator_token: String,
+}
+
+/// The API server's coordinates, or `None` (a loud skip; a failure under CI).
+pub fn kube_env() -> Option<KubeEnv> {
+    Some(KubeEnv {
+        kubeconfig: require_env("KUBECONFIG")?,
+        server: require_env("KUBE_APISERVER_URL")?,
+        ca_file: require_env("KUBE_CA_FILE")?,
+        operator_token: require_env("KUBE_OPERATOR_TOKEN")?,
+    })
+}
+
+/// Runs kubectl with the admin kubeconfig, optionally feeding `stdin`.
+pub fn kubectl(env: &KubeEnv, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("kubectl");
+    cmd.env("KUBECONFIG", &env.kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl is installed");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// kubectl that must succeed; returns stdout.
+pub fn kubectl_ok(env: &KubeEnv, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(env, args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Installs the CRD from `crds/` and waits until the API server serves it.
+pub fn install_crd(env: &KubeEnv) {
+    kubectl_ok(
+        env,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &format!("{REPO}/crds/"),
+        ],
+        None,
+    );
+    kubectl_ok(
+        env,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/dualwritepipelines.dualwrite.io",
+        ],
+        None,
+    );
+}
+
+/// Creates a namespace with a unique name.
+pub fn namespace(env: &KubeEnv, prefix: &str) -> String {
+    let ns = super::unique(prefix);
+    let ns = ns[..ns.len().min(50)].to_string();
+    kubectl_ok(env, &["create", "namespace", &ns], None);
+    ns
+}
+
+/// Writes a kubeconfig for `token`, optionally impersonating `as_user`.
+pub fn write_kubeconfig(env: &KubeEnv, path: &Path, token: &str, as_user: Option<&str>) {
+    let impersonate = as_user.map_or(String::new(), |u| format!("    as: {u}\n"));
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\n{impersonate}contexts:\n- name: c\n  context: {{cluster: test, user: u}}\ncurrent-context: c\n",
+            env.server, env.ca_file
+        ),
+    )
+    .unwrap();
+}
+
+/// The admin token of the test environment (from its kubeconfig).
+pub fn admin_token(env: &KubeEnv) -> String {
+    let text = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("token:")
+                .map(|t| t.trim().trim_matches('"').to_string())
+        })
+        .expect("the admin kubeconfig has a token")
+}
+
+/// Helm, installed (cached) by `hack/install-helm`.
+pub fn helm() -> PathBuf {
+    if let Ok(h) = std::env::var("HELM") {
+        return PathBuf::from(h);
+    }
+    let out = Command::new(format!("{REPO}/hack/install-helm"))
+        .output()
+        .expect("hack/install-helm runs");
+    assert!(
+        out.status.success(),
+        "hack/install-helm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim(),
+    )
+}
+
+/// A child process killed when dropped; its output goes to a log file the test can read.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait (the process finishes in-flight work and exits).
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
