@@ -57,8 +57,17 @@ enum Command {
         #[arg(long, env = "RELAY_IMAGE", default_value = "ghcr.io/dualwrite/dualwrite:0.1.0")]
         relay_image: String,
         /// Port of /healthz, /readyz and /metrics.
-        #[arg(long, env = "PROBE_PORT", default_value_t = 8081)]
-        probe_port: u16,
+        #[arg(long, env = "HTTP_PORT", default_value_t = 8081)]
+        http_port: u16,
+        /// Run only while holding a Lease (for more than one operator replica).
+        #[arg(long)]
+        leader_elect: bool,
+        /// Name of the Lease used with --leader-elect (in POD_NAMESPACE).
+        #[arg(long, default_value = "dualwrite-operator")]
+        lease_name: String,
+        /// Namespace of the Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        pod_namespace: String,
         /// Periodic resync of every pipeline.
         #[arg(long, env = "RESYNC", default_value = "30s", value_parser = humantime::parse_duration)]
         resync: Duration,
@@ -148,7 +157,10 @@ async fn run_relay_in_cluster(
 struct OperatorArgs {
     namespace: Option<String>,
     relay_image: String,
-    probe_port: u16,
+    http_port: u16,
+    leader_elect: bool,
+    lease_name: String,
+    pod_namespace: String,
     settings_resync: Duration,
     stale_after: Duration,
     stall_after: Duration,
@@ -161,16 +173,16 @@ async fn run_operator(a: OperatorArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {e}"))?;
     let ctx = controller::Context::new(
-        client,
+        client.clone(),
         controller::Settings {
             relay_image: a.relay_image,
             resync: a.settings_resync,
             stale_after: a.stale_after,
             stall_after: a.stall_after,
-            instance: a.pod_name,
+            instance: a.pod_name.clone(),
         },
     );
-    let probe_addr = SocketAddr::from(([0, 0, 0, 0], a.probe_port));
+    let probe_addr = SocketAddr::from(([0, 0, 0, 0], a.http_port));
     let listener = tokio::net::TcpListener::bind(probe_addr)
         .await
         .map_err(|e| format!("cannot listen on {probe_addr} for probes: {e}; set --probe-port"))?;
@@ -183,12 +195,67 @@ async fn run_operator(a: OperatorArgs) -> Result<(), String> {
         tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop).await })
     };
     tracing::info!(namespace = a.namespace.as_deref().unwrap_or("(all)"), probes = %probe_addr, "operator started");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    // With --leader-elect, reconcile only while holding the Lease; losing it ends the process so
+    // that Kubernetes restarts it as a follower (no two replicas ever reconcile at once).
+    let mut leadership = None;
+    if a.leader_elect {
+        let identity = a.pod_name.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &a.lease_name)
+            .with_namespace(&a.pod_namespace)
+            .with_identity(&identity)
+            .build()
+            .await
+            .map_err(|e| format!("leader election: {e}"))?;
+        let (mut is_leader, task) = manager.watch().await;
+        tracing::info!(lease = %a.lease_name, %identity, "waiting to become the leader");
+        loop {
+            if *is_leader.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                changed = is_leader.changed() => changed.map_err(|_| "leader election stopped".to_string())?,
+                _ = &mut shutdown => {
+                    let _ = stop_tx.send(true);
+                    let _ = probes.await;
+                    return Ok(());
+                }
+            }
+        }
+        tracing::info!(lease = %a.lease_name, "leading");
+        leadership = Some((is_leader, task));
+    }
     let controller = tokio::spawn(controller::run(ctx, a.namespace, wait_stop(stop_rx)));
-    shutdown_signal().await;
+    let lost = async {
+        match leadership.as_mut() {
+            Some((is_leader, _)) => {
+                while *is_leader.borrow_and_update() {
+                    if is_leader.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let result = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        _ = lost => Err("lost the leader Lease; exiting so that a new leader takes over".to_string()),
+    };
     let _ = stop_tx.send(true);
     let _ = controller.await;
+    if let Some((is_leader, task)) = leadership {
+        drop(is_leader); // ends the lease task, which hands the manager back for release
+        if let Ok(Ok(manager)) = task.await {
+            if let Err(e) = manager.release().await {
+                tracing::warn!(error = %e, "could not release the Lease");
+            }
+        }
+    }
     let _ = probes.await;
-    Ok(())
+    result
 }
 
 async fn run_relay(file: Option<PathBuf>, port: Option<u16>, bind: IpAddr) -> Result<(), String> {
@@ -238,7 +305,10 @@ async fn main() -> ExitCode {
         Command::Operator {
             namespace,
             relay_image,
-            probe_port,
+            http_port,
+            leader_elect,
+            lease_name,
+            pod_namespace,
             resync,
             stale_after,
             stall_after,
@@ -247,7 +317,10 @@ async fn main() -> ExitCode {
             run_operator(OperatorArgs {
                 namespace,
                 relay_image,
-                probe_port,
+                http_port,
+                leader_elect,
+                lease_name,
+                pod_namespace,
                 settings_resync: resync,
                 stale_after,
                 stall_after,

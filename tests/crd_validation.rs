@@ -35,9 +35,9 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
             "  providers:\n  - {name: k, type: kafka, kafka: {brokers: [b:9092], topic: \"\"}}\n",
             "spec.providers[0].kafka.topic",
         ),
-        ("  providers:\n  - {name: n, type: nats}\n", "a provider of type nats needs a nats block with url and subject"),
+        ("  providers:\n  - {name: nt, type: nats}\n", "a provider of type nats needs a nats block with url and subject"),
         (
-            "  providers:\n  - {name: n, type: memory, nats: {url: u, subject: s}}\n",
+            "  providers:\n  - {name: nm, type: memory, nats: {url: u, subject: s}}\n",
             "nats settings are only allowed on a provider of type nats",
         ),
         ("  providers:\n  - {name: r, type: redis}\n", "Unsupported value: \"redis\""),

@@ -138,7 +138,7 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
     write_kubeconfig(&env, &operator_kubeconfig, &env.operator_token, None);
     let mut op_cmd = Command::new(BIN);
     op_cmd
-        .args(["operator", "--probe-port", &free_port().to_string(), "--resync", "2s", "--stale-after", "20s"])
+        .args(["operator", "--http-port", &free_port().to_string(), "--resync", "2s", "--stale-after", "20s"])
         .args(["--relay-image", "example.org/dualwrite:e2e"])
         .env("KUBECONFIG", &operator_kubeconfig)
         .env("POD_NAME", "operator-e2e")
