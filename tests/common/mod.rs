@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 /// kube-apiserver helpers (kubectl, kubeconfigs, namespaces) for the cluster tests.
+pub mod brokers;
 pub mod cluster;
 
 use std::fmt::Display;
