@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod handoff;
 pub mod composite;
 pub mod latency;
 pub mod message;

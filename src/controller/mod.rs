@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::api::{DualWritePipeline, DualWritePipelineStatus};
 use crate::composite::Strategy;
 
+pub mod migration;
 pub mod probes;
 pub mod resources;
 pub mod status;

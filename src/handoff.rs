@@ -1,0 +1,1 @@
+//! Hinted handoff (being written).
