@@ -89,7 +89,10 @@ fn message(n: u64) -> DataMessage {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
     let levels: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "1,16,64".into())
         .split(',')
@@ -124,7 +127,12 @@ async fn main() {
 
     // HTTP ingest end to end: a relay over composite(nats, kafka) FailFast on loopback.
     let http_relay = Relay::new(
-        Composite::new(vec![nats_p.clone(), kafka_p.clone()], dualwrite::composite::Strategy::FailFast, timeout).unwrap(),
+        Composite::new(
+            vec![nats_p.clone(), kafka_p.clone()],
+            dualwrite::composite::Strategy::FailFast,
+            timeout,
+        )
+        .unwrap(),
         spec("providers: []"),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -133,29 +141,55 @@ async fn main() {
     let server = tokio::spawn(relay::serve(http_relay, listener, async {
         let _ = stop_rx.await;
     }));
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
 
     println!("| concurrency | target | msgs/s | p50 ms | p99 ms | errors |");
     println!("|---:|---|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
     for &c in &levels {
         let row = |name: &str, cell: &Cell| {
-            println!("| {c} | {name} | {:.0} | {:.2} | {:.2} | {} |", cell.msgs_per_sec, cell.p50_ms, cell.p99_ms, cell.errors);
+            println!(
+                "| {c} | {name} | {:.0} | {:.2} | {:.2} | {} |",
+                cell.msgs_per_sec, cell.p50_ms, cell.p99_ms, cell.errors
+            );
         };
         let p = memory.clone();
-        let m = measure(c, seconds, move |n| { let p = p.clone(); async move { p.publish(&message(n)).await.is_ok() } }).await;
+        let m = measure(c, seconds, move |n| {
+            let p = p.clone();
+            async move { p.publish(&message(n)).await.is_ok() }
+        })
+        .await;
         row("memory", &m);
         let p = nats_p.clone();
-        let n = measure(c, seconds, move |i| { let p = p.clone(); async move { p.publish(&message(i)).await.is_ok() } }).await;
+        let n = measure(c, seconds, move |i| {
+            let p = p.clone();
+            async move { p.publish(&message(i)).await.is_ok() }
+        })
+        .await;
         row("nats", &n);
         let p = kafka_p.clone();
-        let k = measure(c, seconds, move |i| { let p = p.clone(); async move { p.publish(&message(i)).await.is_ok() } }).await;
+        let k = measure(c, seconds, move |i| {
+            let p = p.clone();
+            async move { p.publish(&message(i)).await.is_ok() }
+        })
+        .await;
         row("kafka", &k);
         let p = ff.clone();
-        let f = measure(c, seconds, move |i| { let p = p.clone(); async move { p.publish_detailed(&message(i)).await.is_ok() } }).await;
+        let f = measure(c, seconds, move |i| {
+            let p = p.clone();
+            async move { p.publish_detailed(&message(i)).await.is_ok() }
+        })
+        .await;
         row("composite(nats,kafka) FailFast", &f);
         let p = be.clone();
-        let b = measure(c, seconds, move |i| { let p = p.clone(); async move { p.publish_detailed(&message(i)).await.is_ok() } }).await;
+        let b = measure(c, seconds, move |i| {
+            let p = p.clone();
+            async move { p.publish_detailed(&message(i)).await.is_ok() }
+        })
+        .await;
         row("composite(nats,kafka) BestEffort", &b);
         let (cl, u) = (client.clone(), url.clone());
         let h = measure(c, seconds, move |i| {

@@ -134,7 +134,9 @@ impl PublishError {
     pub fn failed_providers(&self) -> Vec<String> {
         match self {
             PublishError::Failed(e) => vec![e.provider().to_string()],
-            PublishError::AllFailed(errs) => errs.iter().map(|e| e.provider().to_string()).collect(),
+            PublishError::AllFailed(errs) => {
+                errs.iter().map(|e| e.provider().to_string()).collect()
+            }
             PublishError::Closed => Vec::new(),
         }
     }
@@ -370,9 +372,7 @@ impl Composite {
 
     /// Latency histograms per provider, for `/metrics`.
     pub fn latency_histograms(&self) -> impl Iterator<Item = (&str, &Histogram)> {
-        self.lanes
-            .iter()
-            .map(|l| (l.provider.name(), &l.latency))
+        self.lanes.iter().map(|l| (l.provider.name(), &l.latency))
     }
 
     /// Ok when the providers' health satisfies the current strategy; otherwise says which are down.
@@ -392,7 +392,10 @@ impl Composite {
             .map(|(n, h)| format!("{n}: {}", h.message))
             .collect::<Vec<_>>()
             .join("; ");
-        Err(format!("{} needs more providers up; down: {down}", self.strategy()))
+        Err(format!(
+            "{} needs more providers up; down: {down}",
+            self.strategy()
+        ))
     }
 
     /// Closes every provider (concurrently). Idempotent.
@@ -400,8 +403,12 @@ impl Composite {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let results = futures::future::join_all(self.lanes.iter().map(|l| l.provider.close())).await;
-        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+        let results =
+            futures::future::join_all(self.lanes.iter().map(|l| l.provider.close())).await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
     }
 }
 
@@ -441,7 +448,10 @@ impl Provider for Composite {
 
     fn health(&self) -> Health {
         match self.readiness() {
-            Ok(()) => Health::up("StrategySatisfied", format!("{} satisfied", self.strategy())),
+            Ok(()) => Health::up(
+                "StrategySatisfied",
+                format!("{} satisfied", self.strategy()),
+            ),
             Err(why) => Health::down("StrategyNotSatisfied", why),
         }
     }
@@ -559,7 +569,10 @@ mod tests {
         let a = Arc::new(MemoryProvider::new("a", 10));
         let b = Arc::new(MemoryProvider::new("b", 10));
         let c = composite(vec![a.clone(), b.clone()], Strategy::FailFast);
-        let report = c.publish_detailed(&DataMessage::new("test", "x")).await.unwrap();
+        let report = c
+            .publish_detailed(&DataMessage::new("test", "x"))
+            .await
+            .unwrap();
         assert_eq!(report.accepted.len(), 2);
         assert_eq!(a.stats().published, 1);
         assert_eq!(b.stats().published, 1);
@@ -568,7 +581,11 @@ mod tests {
         let stats = c.stats_detailed();
         assert_eq!(stats.total.published, 2);
         assert_eq!(
-            stats.providers.iter().map(|r| (r.name.as_str(), r.stats.published)).collect::<Vec<_>>(),
+            stats
+                .providers
+                .iter()
+                .map(|r| (r.name.as_str(), r.stats.published))
+                .collect::<Vec<_>>(),
             vec![("a", 1), ("b", 1)]
         );
     }
@@ -579,7 +596,10 @@ mod tests {
         let good = Arc::new(MemoryProvider::new("good", 10));
         let bad = Scripted::new("bad", 0, true);
         let c = composite(vec![good.clone(), bad.clone()], Strategy::BestEffort);
-        let report = c.publish_detailed(&DataMessage::new("test", "x")).await.unwrap();
+        let report = c
+            .publish_detailed(&DataMessage::new("test", "x"))
+            .await
+            .unwrap();
         assert_eq!(report.accepted, vec!["good".to_string()]);
         assert_eq!(report.failed.len(), 1);
         assert_eq!(report.failed[0].provider(), "bad");
@@ -591,11 +611,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn writes_run_concurrently() {
         let c = composite(
-            vec![Scripted::new("a", 200, false), Scripted::new("b", 200, false)],
+            vec![
+                Scripted::new("a", 200, false),
+                Scripted::new("b", 200, false),
+            ],
             Strategy::FailFast,
         );
         let started = tokio::time::Instant::now();
-        c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap();
+        c.publish_detailed(&DataMessage::new("t", "x"))
+            .await
+            .unwrap();
         // Sequential writes would take 400 ms of virtual time.
         assert_eq!(started.elapsed(), Duration::from_millis(200));
     }
@@ -603,12 +628,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fail_fast_returns_the_first_failure_at_once_and_names_it() {
         let c = composite(
-            vec![Scripted::new("slow", 1_000, false), Scripted::new("broken", 10, true)],
+            vec![
+                Scripted::new("slow", 1_000, false),
+                Scripted::new("broken", 10, true),
+            ],
             Strategy::FailFast,
         );
         let started = tokio::time::Instant::now();
-        let err = c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap_err();
-        assert_eq!(started.elapsed(), Duration::from_millis(10), "did not wait for the slow one");
+        let err = c
+            .publish_detailed(&DataMessage::new("t", "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(10),
+            "did not wait for the slow one"
+        );
         assert_eq!(err.failed_providers(), vec!["broken".to_string()]);
         assert!(err.to_string().contains("broken"), "{err}");
     }
@@ -620,7 +655,10 @@ mod tests {
             Strategy::BestEffort,
         );
         let started = tokio::time::Instant::now();
-        let err = c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap_err();
+        let err = c
+            .publish_detailed(&DataMessage::new("t", "x"))
+            .await
+            .unwrap_err();
         assert_eq!(started.elapsed(), Duration::from_millis(300));
         let mut names = err.failed_providers();
         names.sort();
@@ -631,28 +669,45 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hung_provider_becomes_a_timeout_error_naming_it() {
         let c = Composite::new(
-            vec![Scripted::new("hung", 3_600_000, false), Scripted::new("ok", 0, false)],
+            vec![
+                Scripted::new("hung", 3_600_000, false),
+                Scripted::new("ok", 0, false),
+            ],
             Strategy::FailFast,
             Duration::from_millis(250),
         )
         .unwrap();
         let started = tokio::time::Instant::now();
-        let err = c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap_err();
+        let err = c
+            .publish_detailed(&DataMessage::new("t", "x"))
+            .await
+            .unwrap_err();
         assert_eq!(started.elapsed(), Duration::from_millis(250));
-        assert!(matches!(err, PublishError::Failed(ProviderError::Timeout { ref provider, .. }) if provider == "hung"));
+        assert!(
+            matches!(err, PublishError::Failed(ProviderError::Timeout { ref provider, .. }) if provider == "hung")
+        );
         assert_eq!(c.stats_detailed().providers[0].timeouts, 1);
     }
 
     #[tokio::test]
     async fn strategy_switch_applies_to_the_next_publish() {
         let c = composite(
-            vec![Arc::new(MemoryProvider::new("m", 10)), Scripted::new("bad", 0, true)],
+            vec![
+                Arc::new(MemoryProvider::new("m", 10)),
+                Scripted::new("bad", 0, true),
+            ],
             Strategy::FailFast,
         );
-        assert!(c.publish_detailed(&DataMessage::new("t", "1")).await.is_err());
+        assert!(c
+            .publish_detailed(&DataMessage::new("t", "1"))
+            .await
+            .is_err());
         assert!(c.readiness().is_err());
         c.set_strategy(Strategy::BestEffort);
-        assert!(c.publish_detailed(&DataMessage::new("t", "2")).await.is_ok());
+        assert!(c
+            .publish_detailed(&DataMessage::new("t", "2"))
+            .await
+            .is_ok());
         assert!(c.readiness().is_ok());
     }
 
@@ -691,7 +746,11 @@ mod tests {
         let mut expected = vec![both.id, only_b.id];
         expected.sort();
         assert_eq!(ids, expected);
-        assert_eq!(a.stats().consumed + b.stats().consumed, 3, "the duplicate was read, then dropped");
+        assert_eq!(
+            a.stats().consumed + b.stats().consumed,
+            3,
+            "the duplicate was read, then dropped"
+        );
     }
 
     #[tokio::test]
@@ -704,14 +763,19 @@ mod tests {
         assert_eq!(a.closes.load(Ordering::Relaxed), 1);
         assert_eq!(b.closes.load(Ordering::Relaxed), 1);
         assert_eq!(
-            c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap_err(),
+            c.publish_detailed(&DataMessage::new("t", "x"))
+                .await
+                .unwrap_err(),
             PublishError::Closed
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn drain_waits_for_in_flight_publishes() {
-        let c = Arc::new(composite(vec![Scripted::new("slow", 100, false)], Strategy::FailFast));
+        let c = Arc::new(composite(
+            vec![Scripted::new("slow", 100, false)],
+            Strategy::FailFast,
+        ));
         let publisher = {
             let c = c.clone();
             tokio::spawn(async move { c.publish_detailed(&DataMessage::new("t", "x")).await })
@@ -745,7 +809,10 @@ mod tests {
             assert_eq!(text.parse::<Strategy>().unwrap(), want, "{text}");
         }
         let err = "sometimes".parse::<Strategy>().unwrap_err();
-        assert!(err.contains("fail-fast") && err.contains("best-effort"), "{err}");
+        assert!(
+            err.contains("fail-fast") && err.contains("best-effort"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -759,7 +826,11 @@ mod tests {
             (BestEffort, &[false, false][..], false),
             (BestEffort, &[][..], false),
         ] {
-            assert_eq!(strategy_satisfied(strategy, healthy), want, "{strategy} {healthy:?}");
+            assert_eq!(
+                strategy_satisfied(strategy, healthy),
+                want,
+                "{strategy} {healthy:?}"
+            );
         }
     }
 

@@ -20,9 +20,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod composite;
 pub mod controller;
 pub mod handoff;
-pub mod composite;
 pub mod latency;
 pub mod message;
 pub mod provider;

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use dualwrite::relay::{self, config};
 
 #[derive(Parser)]
-#[command(name = "dualwrite", version, about = "Dual-write relay and Kubernetes operator")]
+#[command(
+    name = "dualwrite",
+    version,
+    about = "Dual-write relay and Kubernetes operator"
+)]
 struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
@@ -54,7 +58,11 @@ enum Command {
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
         /// Image of the relay Deployments (default: the operator's own image).
-        #[arg(long, env = "RELAY_IMAGE", default_value = "ghcr.io/dualwrite/dualwrite:0.1.0")]
+        #[arg(
+            long,
+            env = "RELAY_IMAGE",
+            default_value = "ghcr.io/dualwrite/dualwrite:0.1.0"
+        )]
         relay_image: String,
         /// Port of /healthz, /readyz and /metrics.
         #[arg(long, env = "HTTP_PORT", default_value_t = 8081)]
@@ -90,7 +98,9 @@ fn init_logging(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {
@@ -191,8 +201,15 @@ async fn run_operator(a: OperatorArgs) -> Result<(), String> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let probes = {
-        let (router, stop) = (controller::probes::router(Arc::clone(&ctx)), wait_stop(stop_rx.clone()));
-        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop).await })
+        let (router, stop) = (
+            controller::probes::router(Arc::clone(&ctx)),
+            wait_stop(stop_rx.clone()),
+        );
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        })
     };
     tracing::info!(namespace = a.namespace.as_deref().unwrap_or("(all)"), probes = %probe_addr, "operator started");
     let shutdown = shutdown_signal();
@@ -202,7 +219,10 @@ async fn run_operator(a: OperatorArgs) -> Result<(), String> {
     // that Kubernetes restarts it as a follower (no two replicas ever reconcile at once).
     let mut leadership = None;
     if a.leader_elect {
-        let identity = a.pod_name.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let identity = a
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &a.lease_name)
             .with_namespace(&a.pod_namespace)
             .with_identity(&identity)
@@ -280,9 +300,9 @@ async fn run_relay(file: Option<PathBuf>, port: Option<u16>, bind: IpAddr) -> Re
     let composite = relay::build_composite(&spec).await?;
     let relay = relay::Relay::new(composite, spec);
     let addr = SocketAddr::new(bind, port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}; set API_PORT or --port to a free port"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen on {addr}: {e}; set API_PORT or --port to a free port")
+    })?;
     relay::serve(relay, listener, shutdown_signal())
         .await
         .map_err(|e| format!("ingest server failed: {e}"))
@@ -301,7 +321,9 @@ async fn main() -> ExitCode {
             report_interval,
             ..
         } => run_relay_in_cluster(&pipeline, pod_name, port, bind, report_interval).await,
-        Command::Relay { file, port, bind, .. } => run_relay(file, port, bind).await,
+        Command::Relay {
+            file, port, bind, ..
+        } => run_relay(file, port, bind).await,
         Command::Operator {
             namespace,
             relay_image,

@@ -130,7 +130,10 @@ mod tests {
             br#"{"id":"a","timestamp":1,"source":"s","payload":"%%","metadata":{}}"#,
         )
         .unwrap_err();
-        assert!(err.to_string().contains("payload is not standard base64"), "{err}");
+        assert!(
+            err.to_string().contains("payload is not standard base64"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@ mod common;
 
 use common::cluster::{install_crd, kube_env, kubectl, kubectl_ok, namespace, REPO};
 
-const HEAD: &str = "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata:\n  name: bad\nspec:\n";
+const HEAD: &str =
+    "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata:\n  name: bad\nspec:\n";
 
 #[test]
 fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
@@ -14,11 +15,27 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
     let ns = namespace(&env, "crd");
 
     for example in ["memory-pipeline.yaml", "nats-to-kafka-migration.yaml"] {
-        let out = kubectl_ok(&env, &["apply", "-n", &ns, "-f", &format!("{REPO}/examples/{example}")], None);
-        assert!(out.contains("created") || out.contains("configured"), "{example}: {out}");
+        let out = kubectl_ok(
+            &env,
+            &[
+                "apply",
+                "-n",
+                &ns,
+                "-f",
+                &format!("{REPO}/examples/{example}"),
+            ],
+            None,
+        );
+        assert!(
+            out.contains("created") || out.contains("configured"),
+            "{example}: {out}"
+        );
     }
     let got = kubectl_ok(&env, &["get", "dwp", "-n", &ns, "-o", "name"], None);
-    assert!(got.contains("memory-demo") && got.contains("orders"), "{got}");
+    assert!(
+        got.contains("memory-demo") && got.contains("orders"),
+        "{got}"
+    );
 
     let cases: &[(&str, &str)] = &[
         ("  providers: []\n", "should have at least 1 items"),
@@ -57,8 +74,14 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
         let manifest = format!("{HEAD}{body}");
         let out = kubectl(&env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "accepted a bad manifest:\n{manifest}");
-        assert!(stderr.contains(want), "manifest:\n{manifest}\nexpected {want:?} in:\n{stderr}");
+        assert!(
+            !out.status.success(),
+            "accepted a bad manifest:\n{manifest}"
+        );
+        assert!(
+            stderr.contains(want),
+            "manifest:\n{manifest}\nexpected {want:?} in:\n{stderr}"
+        );
     }
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }

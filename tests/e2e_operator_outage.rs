@@ -9,10 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{
-    admin_token, free_port, helm, install_crd, kube_env, kubectl, kubectl_ok, namespace, write_kubeconfig, KubeEnv, Proc,
-    BIN, REPO,
+    admin_token, free_port, helm, install_crd, kube_env, kubectl, kubectl_ok, namespace,
+    write_kubeconfig, KubeEnv, Proc, BIN, REPO,
 };
-use common::{eventually, outage_tests_enabled, require_env, unique};
+use common::{eventually, outage_tests_enabled, require_env, unique, StoppedService};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
@@ -20,10 +20,20 @@ use serde_json::Value;
 /// exactly what the chart grants.
 fn grant_chart_rbac(env: &KubeEnv) {
     let rendered = Command::new(helm())
-        .args(["template", "dw", &format!("{REPO}/charts/dualwrite-operator"), "--set", "crds.enabled=false"])
+        .args([
+            "template",
+            "dw",
+            &format!("{REPO}/charts/dualwrite-operator"),
+            "--set",
+            "crds.enabled=false",
+        ])
         .output()
         .unwrap();
-    assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
+    assert!(
+        rendered.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
     let text = String::from_utf8(rendered.stdout).unwrap();
     let roles: Vec<&str> = text
         .split("\n---")
@@ -41,16 +51,28 @@ fn grant_chart_rbac(env: &KubeEnv) {
             rules.contains("deployments") && rules.contains("dualwritepipelines")
         })
         .expect("the operator's ClusterRole");
-    let name = operator_role["metadata"]["name"].as_str().unwrap().to_string();
+    let name = operator_role["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let binding = format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: e2e-dualwrite-operator}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {name}}}\nsubjects:\n- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: dualwrite-operator}}\n"
     );
     kubectl_ok(env, &["apply", "-f", "-"], Some(&binding));
 }
 
-fn pipeline_manifest(ns: &str, name: &str, strategy: &str, port: u16, nats: &str, kafka: &str, subject: &str, topic: &str) -> String {
+/// A BestEffort pipeline over NATS and Kafka.
+fn pipeline_manifest(
+    ns: &str,
+    name: &str,
+    port: u16,
+    nats: &str,
+    kafka: &str,
+    subject: &str,
+    topic: &str,
+) -> String {
     format!(
-        "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  strategy: {strategy}\n  publishTimeout: 2s\n  ingest: {{port: {port}}}\n  relay: {{replicas: 1}}\n  providers:\n  - name: nats\n    type: nats\n    nats: {{url: \"{nats}\", subject: {subject}}}\n  - name: kafka\n    type: kafka\n    kafka: {{brokers: [\"{kafka}\"], topic: {topic}}}\n"
+        "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  strategy: BestEffort\n  publishTimeout: 2s\n  ingest: {{port: {port}}}\n  relay: {{replicas: 1}}\n  providers:\n  - name: nats\n    type: nats\n    nats: {{url: \"{nats}\", subject: {subject}}}\n  - name: kafka\n    type: kafka\n    kafka: {{brokers: [\"{kafka}\"], topic: {topic}}}\n"
     )
 }
 
@@ -88,7 +110,12 @@ async fn post(port: u16, id: &str) -> (u16, Value) {
 
 /// Starts the relay as the Deployment's pod template says: its args and env, with the downward
 /// API's POD_NAME filled in and the state volume mapped to a temp dir.
-fn start_relay_from_pod_template(env: &KubeEnv, d: &Deployment, dir: &Path, relay_kubeconfig: &Path) -> Proc {
+fn start_relay_from_pod_template(
+    env: &KubeEnv,
+    d: &Deployment,
+    dir: &Path,
+    relay_kubeconfig: &Path,
+) -> Proc {
     let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let c = &pod.containers[0];
     let mut cmd = Command::new(BIN);
@@ -102,7 +129,10 @@ fn start_relay_from_pod_template(env: &KubeEnv, d: &Deployment, dir: &Path, rela
             }
             (Some(v), _) => v,
             (None, Some(from)) => {
-                let path = from.field_ref.expect("only fieldRef env in the template").field_path;
+                let path = from
+                    .field_ref
+                    .expect("only fieldRef env in the template")
+                    .field_path;
                 assert_eq!(path, "metadata.name");
                 "e2e-relay-0".to_string()
             }
@@ -127,7 +157,9 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
         return;
     }
     let Some(env) = kube_env() else { return };
-    let (Some(nats), Some(kafka)) = (require_env("NATS_URL"), require_env("KAFKA_BROKERS")) else { return };
+    let (Some(nats), Some(kafka)) = (require_env("NATS_URL"), require_env("KAFKA_BROKERS")) else {
+        return;
+    };
     install_crd(&env);
     grant_chart_rbac(&env);
     let ns = namespace(&env, "e2e");
@@ -138,7 +170,15 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
     write_kubeconfig(&env, &operator_kubeconfig, &env.operator_token, None);
     let mut op_cmd = Command::new(BIN);
     op_cmd
-        .args(["operator", "--http-port", &free_port().to_string(), "--resync", "2s", "--stale-after", "20s"])
+        .args([
+            "operator",
+            "--http-port",
+            &free_port().to_string(),
+            "--resync",
+            "2s",
+            "--stale-after",
+            "20s",
+        ])
         .args(["--relay-image", "example.org/dualwrite:e2e"])
         .env("KUBECONFIG", &operator_kubeconfig)
         .env("POD_NAME", "operator-e2e")
@@ -148,52 +188,146 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
     let name = "orders";
     let port = free_port();
     let (subject, topic) = (unique("e2e.orders").replace('-', "_"), unique("e2e-orders"));
-    kubectl_ok(&env, &["apply", "-f", "-"], Some(&pipeline_manifest(&ns, name, "BestEffort", port, &nats, &kafka, &subject, &topic)));
+    kubectl_ok(
+        &env,
+        &["apply", "-f", "-"],
+        Some(&pipeline_manifest(
+            &ns, name, port, &nats, &kafka, &subject, &topic,
+        )),
+    );
 
     // 1. Owned objects appear with owner references, args and ports.
-    let admin = kube::Client::try_from(kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&env.kubeconfig).unwrap(),
-        &Default::default(),
+    let admin = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&env.kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
     )
-    .await
-    .unwrap())
     .unwrap();
     let deployments: kube::Api<Deployment> = kube::Api::namespaced(admin.clone(), &ns);
-    let d = eventually(Duration::from_secs(60), "the relay Deployment exists", || async {
-        deployments.get("orders-relay").await.map_err(|e| format!("{e}; operator log:\n{}", operator.log_text()))
-    })
+    let d = eventually(
+        Duration::from_secs(60),
+        "the relay Deployment exists",
+        || async {
+            deployments
+                .get("orders-relay")
+                .await
+                .map_err(|e| format!("{e}; operator log:\n{}", operator.log_text()))
+        },
+    )
     .await;
     let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("DualWritePipeline", name, Some(true)));
-    let c = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
-    assert_eq!(c.args.as_ref().unwrap(), &["relay".to_string(), "--pipeline".into(), format!("{ns}/{name}")]);
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("DualWritePipeline", name, Some(true))
+    );
+    let c = &d
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(
+        c.args.as_ref().unwrap(),
+        &[
+            "relay".to_string(),
+            "--pipeline".into(),
+            format!("{ns}/{name}")
+        ]
+    );
     assert_eq!(c.ports.as_ref().unwrap()[0].container_port, i32::from(port));
     assert_eq!(c.image.as_deref(), Some("example.org/dualwrite:e2e"));
     for kind in ["service", "serviceaccount", "role", "rolebinding"] {
-        let obj: Value = serde_json::from_str(&kubectl_ok(&env, &["get", kind, "orders-relay", "-n", &ns, "-o", "json"], None)).unwrap();
-        assert_eq!(obj["metadata"]["ownerReferences"][0]["name"], name, "{kind} owner");
+        let obj: Value = serde_json::from_str(&kubectl_ok(
+            &env,
+            &["get", kind, "orders-relay", "-n", &ns, "-o", "json"],
+            None,
+        ))
+        .unwrap();
+        assert_eq!(
+            obj["metadata"]["ownerReferences"][0]["name"], name,
+            "{kind} owner"
+        );
     }
-    let svc: Value = serde_json::from_str(&kubectl_ok(&env, &["get", "service", "orders-relay", "-n", &ns, "-o", "json"], None)).unwrap();
+    let svc: Value = serde_json::from_str(&kubectl_ok(
+        &env,
+        &["get", "service", "orders-relay", "-n", &ns, "-o", "json"],
+        None,
+    ))
+    .unwrap();
     assert_eq!(svc["spec"]["ports"][0]["port"], port);
 
     // Changing the spec updates the owned objects.
-    kubectl_ok(&env, &["patch", "dwp", name, "-n", &ns, "--type=merge", "-p", r#"{"spec":{"relay":{"replicas":2}}}"#], None);
-    eventually(Duration::from_secs(30), "the Deployment follows spec.relay.replicas", || async {
-        let d = deployments.get("orders-relay").await.map_err(|e| e.to_string())?;
-        let r = d.spec.unwrap().replicas;
-        if r == Some(2) { Ok(()) } else { Err(format!("replicas {r:?}")) }
-    })
+    kubectl_ok(
+        &env,
+        &[
+            "patch",
+            "dwp",
+            name,
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"relay":{"replicas":2}}}"#,
+        ],
+        None,
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the Deployment follows spec.relay.replicas",
+        || async {
+            let d = deployments
+                .get("orders-relay")
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = d.spec.unwrap().replicas;
+            if r == Some(2) {
+                Ok(())
+            } else {
+                Err(format!("replicas {r:?}"))
+            }
+        },
+    )
     .await;
-    kubectl_ok(&env, &["patch", "dwp", name, "-n", &ns, "--type=merge", "-p", r#"{"spec":{"relay":{"replicas":1}}}"#], None);
+    kubectl_ok(
+        &env,
+        &[
+            "patch",
+            "dwp",
+            name,
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"relay":{"replicas":1}}}"#,
+        ],
+        None,
+    );
 
     // 2. The relay, as the pod template says, under its own ServiceAccount's Role.
     let relay_kubeconfig = dir.path().join("relay.kubeconfig");
-    write_kubeconfig(&env, &relay_kubeconfig, &admin_token(&env), Some(&format!("system:serviceaccount:{ns}:orders-relay")));
+    write_kubeconfig(
+        &env,
+        &relay_kubeconfig,
+        &admin_token(&env),
+        Some(&format!("system:serviceaccount:{ns}:orders-relay")),
+    );
     let d = deployments.get("orders-relay").await.unwrap();
     let mut relay = start_relay_from_pod_template(&env, &d, dir.path(), &relay_kubeconfig);
-    eventually(Duration::from_secs(30), "the relay serves ingest", || async {
-        reqwest::get(format!("http://127.0.0.1:{port}/health")).await.map_err(|e| format!("{e}; relay log:\n{}", relay.log_text()))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the relay serves ingest",
+        || async {
+            reqwest::get(format!("http://127.0.0.1:{port}/health"))
+                .await
+                .map_err(|e| format!("{e}; relay log:\n{}", relay.log_text()))
+        },
+    )
     .await;
 
     const N: u64 = 20;
@@ -201,13 +335,21 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
         let (code, body) = post(port, &format!("m-{i}")).await;
         assert_eq!(code, 202, "{body}");
     }
-    let st = eventually(Duration::from_secs(60), "status counts every message on both brokers, Ready=True", || async {
-        let st = status(&env, &ns, name).await;
-        let ok = provider_row(&st, "nats")["published"] == N
-            && provider_row(&st, "kafka")["published"] == N
-            && condition(&st, "Ready") == "True";
-        if ok { Ok(st) } else { Err(format!("status: {st}\nrelay log:\n{}", relay.log_text())) }
-    })
+    let st = eventually(
+        Duration::from_secs(60),
+        "status counts every message on both brokers, Ready=True",
+        || async {
+            let st = status(&env, &ns, name).await;
+            let ok = provider_row(&st, "nats")["published"] == N
+                && provider_row(&st, "kafka")["published"] == N
+                && condition(&st, "Ready") == "True";
+            if ok {
+                Ok(st)
+            } else {
+                Err(format!("status: {st}\nrelay log:\n{}", relay.log_text()))
+            }
+        },
+    )
     .await;
     assert_eq!(st["published"], 2 * N);
     assert_eq!(st["replicas"], 1);
@@ -217,62 +359,128 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
     assert!(get.contains("BestEffort") && get.contains("True"), "{get}");
     let describe = kubectl_ok(&env, &["describe", "dwp", name, "-n", &ns], None);
     println!("$ kubectl describe dwp\n{describe}");
-    for needle in ["Conditions:", "Ready", "Degraded", "Reconciling", "Stalled", "Published:", "e2e-relay-0"] {
-        assert!(describe.contains(needle), "describe lacks {needle:?}:\n{describe}");
+    for needle in [
+        "Conditions:",
+        "Ready",
+        "Degraded",
+        "Reconciling",
+        "Stalled",
+        "Published:",
+        "e2e-relay-0",
+    ] {
+        assert!(
+            describe.contains(needle),
+            "describe lacks {needle:?}:\n{describe}"
+        );
     }
 
     // 3. Kafka stops: the row turns unhealthy and Degraded=True; BestEffort keeps answering 202.
-    common::test_env("stop", "kafka");
+    let kafka_down = StoppedService::stop("kafka").await;
     let mut i = N;
-    let st = eventually(Duration::from_secs(60), "kafka marked down and Degraded=True", || {
-        i += 1;
-        let id = format!("m-{i}");
-        async {
-            let (code, body) = post(port, &id).await;
-            if code != 202 {
-                return Err(format!("best-effort answered {code}: {body}"));
+    let (env_ref, ns_ref) = (&env, &ns);
+    let st = eventually(
+        Duration::from_secs(60),
+        "kafka marked down and Degraded=True",
+        || {
+            i += 1;
+            let id = format!("m-{i}");
+            let (env, ns) = (env_ref, ns_ref);
+            async move {
+                let (code, body) = post(port, &id).await;
+                if code != 202 {
+                    return Err(format!("best-effort answered {code}: {body}"));
+                }
+                let st = status(env, ns, name).await;
+                if provider_row(&st, "kafka")["ready"] == "False"
+                    && condition(&st, "Degraded") == "True"
+                {
+                    Ok(st)
+                } else {
+                    Err(format!("status: {st}"))
+                }
             }
-            let st = status(&env, &ns, name).await;
-            if provider_row(&st, "kafka")["ready"] == "False" && condition(&st, "Degraded") == "True" {
-                Ok(st)
-            } else {
-                Err(format!("status: {st}"))
-            }
-        }
-    })
+        },
+    )
     .await;
     println!("kafka down: {}", provider_row(&st, "kafka"));
 
     // Patching spec.strategy with kubectl switches the relay to FailFast: 503 naming kafka.
-    kubectl_ok(&env, &["patch", "dwp", name, "-n", &ns, "--type=merge", "-p", r#"{"spec":{"strategy":"FailFast"}}"#], None);
-    let body = eventually(Duration::from_secs(30), "fail-fast answers 503 naming kafka", || async {
-        let (code, body) = post(port, "ff-1").await;
-        if code == 503 { Ok(body) } else { Err(format!("{code}: {body}")) }
-    })
+    kubectl_ok(
+        &env,
+        &[
+            "patch",
+            "dwp",
+            name,
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"strategy":"FailFast"}}"#,
+        ],
+        None,
+    );
+    let body = eventually(
+        Duration::from_secs(30),
+        "fail-fast answers 503 naming kafka",
+        || async {
+            let (code, body) = post(port, "ff-1").await;
+            if code == 503 {
+                Ok(body)
+            } else {
+                Err(format!("{code}: {body}"))
+            }
+        },
+    )
     .await;
-    assert_eq!(body["failedProviders"], serde_json::json!(["kafka"]), "{body}");
+    assert_eq!(
+        body["failedProviders"],
+        serde_json::json!(["kafka"]),
+        "{body}"
+    );
     let events = kubectl_ok(&env, &["get", "events", "-n", &ns, "-o", "json"], None);
-    assert!(events.contains("StrategyChanged") && events.contains("BestEffort → FailFast"), "{events}");
+    assert!(
+        events.contains("StrategyChanged") && events.contains("BestEffort → FailFast"),
+        "{events}"
+    );
 
     // 4. Kafka returns: the same relay publishes again and the pipeline is Ready again.
-    common::test_env("start", "kafka");
-    eventually(Duration::from_secs(90), "fail-fast accepts again after kafka returned", || async {
-        let (code, body) = post(port, "ff-2").await;
-        if code == 202 { Ok(()) } else { Err(format!("{code}: {body}")) }
-    })
+    kafka_down.start().await;
+    eventually(
+        Duration::from_secs(90),
+        "fail-fast accepts again after kafka returned",
+        || async {
+            let (code, body) = post(port, "ff-2").await;
+            if code == 202 {
+                Ok(())
+            } else {
+                Err(format!("{code}: {body}"))
+            }
+        },
+    )
     .await;
-    eventually(Duration::from_secs(60), "Ready=True and Degraded=False again", || async {
-        let st = status(&env, &ns, name).await;
-        if condition(&st, "Ready") == "True" && condition(&st, "Degraded") == "False" && st["strategy"] == "FailFast" {
-            Ok(())
-        } else {
-            Err(format!("status: {st}"))
-        }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "Ready=True and Degraded=False again",
+        || async {
+            let st = status(&env, &ns, name).await;
+            if condition(&st, "Ready") == "True"
+                && condition(&st, "Degraded") == "False"
+                && st["strategy"] == "FailFast"
+            {
+                Ok(())
+            } else {
+                Err(format!("status: {st}"))
+            }
+        },
+    )
     .await;
 
     relay.terminate();
-    assert!(relay.log_text().contains("closing providers"), "graceful stop:\n{}", relay.log_text());
+    assert!(
+        relay.log_text().contains("closing providers"),
+        "graceful stop:\n{}",
+        relay.log_text()
+    );
     drop(operator);
     let _ = kubectl(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }

@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_dualwrite");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A relay child process, killed on drop; its log lines are collected from stderr/stdout.
@@ -28,12 +32,26 @@ impl Drop for RelayProcess {
 fn spawn(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
     let port = free_port();
     let mut cmd = Command::new(BIN);
-    cmd.arg("relay").args(args).env("API_PORT", port.to_string()).env("API_BIND", "127.0.0.1");
-    for k in ["QUEUE_TYPE", "COMPOSITE_PROVIDERS", "COMPOSITE_STRATEGY", "QUEUE_SIZE"] {
+    cmd.arg("relay")
+        .args(args)
+        .env("API_PORT", port.to_string())
+        .env("API_BIND", "127.0.0.1");
+    for k in [
+        "QUEUE_TYPE",
+        "COMPOSITE_PROVIDERS",
+        "COMPOSITE_STRATEGY",
+        "QUEUE_SIZE",
+    ] {
         cmd.env_remove(k);
     }
-    cmd.envs(env.iter().copied()).env("NO_COLOR", "1").env("RUST_LOG", "info");
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    cmd.envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     for out in [
         Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -48,7 +66,12 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
             }
         });
     }
-    RelayProcess { child, port, log: rx, seen: Vec::new() }
+    RelayProcess {
+        child,
+        port,
+        log: rx,
+        seen: Vec::new(),
+    }
 }
 
 impl RelayProcess {
@@ -83,7 +106,8 @@ mod http {
     pub fn request(port: u16, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -94,16 +118,31 @@ mod http {
         s.read_to_string(&mut raw).unwrap();
         let status: u16 = raw[9..12].parse().unwrap();
         let json = raw.split("\r\n\r\n").nth(1).unwrap_or("");
-        (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+        )
     }
 }
 
 const SEED_BODY: &str = r#"{"source":"test","data":"dual-write test"}"#;
 
 fn check_dual_write(relay: &mut RelayProcess, expected_providers: usize) {
-    assert!(relay.wait_for_log("ingest API listening"), "relay did not start: {:?}", relay.seen);
-    let created = relay.seen.iter().filter(|l| l.contains("memory adapter created")).count();
-    assert_eq!(created, expected_providers, "one 'adapter created' line per provider: {:?}", relay.seen);
+    assert!(
+        relay.wait_for_log("ingest API listening"),
+        "relay did not start: {:?}",
+        relay.seen
+    );
+    let created = relay
+        .seen
+        .iter()
+        .filter(|l| l.contains("memory adapter created"))
+        .count();
+    assert_eq!(
+        created, expected_providers,
+        "one 'adapter created' line per provider: {:?}",
+        relay.seen
+    );
     let (status, body) = relay.post(SEED_BODY);
     assert_eq!(status, 202, "{body}");
     let (_, stats) = http::request(relay.port, "GET", "/stats", "");
@@ -122,7 +161,11 @@ fn default_pipeline_dual_writes_to_two_memory_providers() {
 fn seed_variables_configure_a_best_effort_composite() {
     let mut relay = spawn(
         &[],
-        &[("QUEUE_TYPE", "composite"), ("COMPOSITE_PROVIDERS", "memory,memory"), ("COMPOSITE_STRATEGY", "best-effort")],
+        &[
+            ("QUEUE_TYPE", "composite"),
+            ("COMPOSITE_PROVIDERS", "memory,memory"),
+            ("COMPOSITE_STRATEGY", "best-effort"),
+        ],
     );
     check_dual_write(&mut relay, 2);
     let (_, stats) = http::request(relay.port, "GET", "/stats", "");
@@ -135,14 +178,26 @@ fn manifest_file_configures_the_pipeline() {
     let mut relay = spawn(&["-f", manifest], &[]);
     check_dual_write(&mut relay, 2);
     let (_, stats) = http::request(relay.port, "GET", "/stats", "");
-    let names: Vec<_> = stats["providers"].as_array().unwrap().iter().map(|r| r["name"].clone()).collect();
-    assert_eq!(names, [serde_json::json!("primary"), serde_json::json!("shadow")]);
+    let names: Vec<_> = stats["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [serde_json::json!("primary"), serde_json::json!("shadow")]
+    );
 }
 
 fn start_error(args: &[&str], env: &[(&str, &str)]) -> String {
     let mut relay = spawn(args, env);
     let status = relay.child.wait().unwrap();
-    assert_eq!(status.code(), Some(2), "a bad configuration exits with code 2");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "a bad configuration exits with code 2"
+    );
     let mut text = String::new();
     while let Ok(line) = relay.log.recv_timeout(Duration::from_secs(5)) {
         text.push_str(&line);
@@ -153,11 +208,23 @@ fn start_error(args: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn bad_configuration_stops_the_relay_with_a_message_that_says_what_to_fix() {
-    let err = start_error(&[], &[("COMPOSITE_PROVIDERS", "memory,memory"), ("COMPOSITE_STRATEGY", "sometimes")]);
-    assert!(err.contains("unknown strategy \"sometimes\": use fail-fast or best-effort"), "{err}");
+    let err = start_error(
+        &[],
+        &[
+            ("COMPOSITE_PROVIDERS", "memory,memory"),
+            ("COMPOSITE_STRATEGY", "sometimes"),
+        ],
+    );
+    assert!(
+        err.contains("unknown strategy \"sometimes\": use fail-fast or best-effort"),
+        "{err}"
+    );
 
     let err = start_error(&[], &[("QUEUE_TYPE", "redis")]);
-    assert!(err.contains("use memory, nats, kafka or composite"), "{err}");
+    assert!(
+        err.contains("use memory, nats, kafka or composite"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let dup = dir.path().join("dup.yaml");

@@ -23,7 +23,12 @@ async fn start(spec: dualwrite::api::DualWritePipelineSpec) -> Running {
     let server = tokio::spawn(relay::serve(relay.clone(), listener, async {
         let _ = rx.await;
     }));
-    Running { base, relay, stop: Some(tx), server }
+    Running {
+        base,
+        relay,
+        stop: Some(tx),
+        server,
+    }
 }
 
 impl Running {
@@ -34,7 +39,10 @@ impl Running {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -51,7 +59,14 @@ async fn seed_request_is_accepted_and_counted_on_both_providers() {
     assert_eq!(body["status"], "accepted");
     assert!(!body["messageId"].as_str().unwrap().is_empty());
 
-    let stats: Value = client().get(format!("{}/stats", r.base)).send().await.unwrap().json().await.unwrap();
+    let stats: Value = client()
+        .get(format!("{}/stats", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let rows = stats["providers"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     for row in rows {
@@ -60,8 +75,20 @@ async fn seed_request_is_accepted_and_counted_on_both_providers() {
     }
     assert_eq!(stats["total"]["published"], 2);
 
-    let metrics = client().get(format!("{}/metrics", r.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("dualwrite_provider_published_total{provider=\"memory-1\",type=\"memory\"} 1"), "{metrics}");
+    let metrics = client()
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "dualwrite_provider_published_total{provider=\"memory-1\",type=\"memory\"} 1"
+        ),
+        "{metrics}"
+    );
     r.shutdown().await;
 }
 
@@ -73,11 +100,32 @@ async fn bad_input_gets_clear_json_errors() {
 
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (c.post(&url).body("{not json"), 400, "malformed JSON"),
-        (c.post(&url).body(r#"{"source":"x"}"#), 400, "missing field `data`"),
-        (c.post(&url).body(r#"{"source":"x","data":1}"#), 400, "invalid request"),
-        (c.post(&url).body(r#"{"source":"x","data":"y","extra":1}"#), 400, "unknown field `extra`"),
-        (c.post(&url).body(r#"{"source":"x","data":"y","id":"has space"}"#), 400, "id contains"),
-        (c.post(&url).body(vec![b'a'; 10 * 1024 * 1024]), 413, "larger than"),
+        (
+            c.post(&url).body(r#"{"source":"x"}"#),
+            400,
+            "missing field `data`",
+        ),
+        (
+            c.post(&url).body(r#"{"source":"x","data":1}"#),
+            400,
+            "invalid request",
+        ),
+        (
+            c.post(&url).body(r#"{"source":"x","data":"y","extra":1}"#),
+            400,
+            "unknown field `extra`",
+        ),
+        (
+            c.post(&url)
+                .body(r#"{"source":"x","data":"y","id":"has space"}"#),
+            400,
+            "id contains",
+        ),
+        (
+            c.post(&url).body(vec![b'a'; 10 * 1024 * 1024]),
+            413,
+            "larger than",
+        ),
         (c.get(&url), 405, "use POST"),
         (c.get(format!("{}/nope", r.base)), 404, "no such endpoint"),
     ];
@@ -92,7 +140,14 @@ async fn bad_input_gets_clear_json_errors() {
         assert!(msg.contains(text), "{status}: {msg}");
     }
     // Nothing reached the providers.
-    let stats: Value = c.get(format!("{}/stats", r.base)).send().await.unwrap().json().await.unwrap();
+    let stats: Value = c
+        .get(format!("{}/stats", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["total"]["published"], 0);
     assert_eq!(stats["total"]["failed"], 0);
     r.shutdown().await;
@@ -117,9 +172,20 @@ async fn fail_fast_answers_503_naming_the_full_provider_and_best_effort_202() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["failedProviders"], serde_json::json!(["memory-2"]));
     assert_eq!(body["messageId"], "m2");
-    assert!(body["error"].as_str().unwrap().contains("queue full"), "{body}");
-    let ready = client().get(format!("{}/ready", r.base)).send().await.unwrap();
-    assert_eq!(ready.status(), 200, "memory providers stay healthy when full");
+    assert!(
+        body["error"].as_str().unwrap().contains("queue full"),
+        "{body}"
+    );
+    let ready = client()
+        .get(format!("{}/ready", r.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "memory providers stay healthy when full"
+    );
 
     r.relay.composite().set_strategy(Strategy::BestEffort);
     let resp = send("m3").await.unwrap();
@@ -134,11 +200,29 @@ async fn fail_fast_answers_503_naming_the_full_provider_and_best_effort_202() {
 async fn health_ready_and_graceful_shutdown() {
     let r = start(config::default_spec()).await;
     let c = client();
-    assert_eq!(c.get(format!("{}/health", r.base)).send().await.unwrap().status(), 200);
-    let ready: Value = c.get(format!("{}/ready", r.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        c.get(format!("{}/health", r.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready: Value = c
+        .get(format!("{}/ready", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["status"], "ready");
     let composite = r.relay.composite();
     r.shutdown().await;
     // Shutdown closed the providers.
-    assert!(composite.stats_detailed().providers.iter().all(|p| !p.health.healthy));
+    assert!(composite
+        .stats_detailed()
+        .providers
+        .iter()
+        .all(|p| !p.health.healthy));
 }

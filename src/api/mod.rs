@@ -22,6 +22,8 @@ pub const GROUP: &str = "dualwrite.io";
 pub const MAX_PROVIDERS: usize = 8;
 
 /// A pipeline that writes every ingested message to several brokers at once.
+// The printer columns repeat `type_ = ...`, which clippy takes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "dualwrite.io",
@@ -36,13 +38,35 @@ pub const MAX_PROVIDERS: usize = 8;
         status_replicas_path = ".status.replicas"
     ),
     printcolumn(name = "Strategy", type_ = "string", json_path = ".status.strategy"),
-    printcolumn(name = "Step", type_ = "string", json_path = ".status.migration.stepName"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Degraded", type_ = "string", json_path = ".status.conditions[?(@.type==\"Degraded\")].status", priority = 1),
+    printcolumn(
+        name = "Step",
+        type_ = "string",
+        json_path = ".status.migration.stepName"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Degraded",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].status",
+        priority = 1
+    ),
     printcolumn(name = "Providers", type_ = "string", json_path = ".status.summary"),
     printcolumn(name = "Published", type_ = "integer", json_path = ".status.published"),
-    printcolumn(name = "Backlog", type_ = "integer", json_path = ".status.backlog", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Backlog",
+        type_ = "integer",
+        json_path = ".status.backlog",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.providers.all(p, self.providers.exists_one(q, q.name == p.name))").message("spec.providers: provider names must be unique"))]
 #[x_kube(validation = Rule::new("!has(self.migration) || self.migration.steps.all(s, !has(s.readFrom) || self.providers.exists(p, p.name == s.readFrom))").message("spec.migration.steps[].readFrom must name a provider listed in spec.providers"))]
@@ -82,7 +106,10 @@ pub struct DualWritePipelineSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ProviderSpec {
     /// Unique within the pipeline; a DNS label (lower case, digits, '-').
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     #[serde(rename = "type")]
     pub kind: ProviderType,
@@ -109,7 +136,9 @@ impl std::str::FromStr for ProviderType {
             "memory" => Ok(ProviderType::Memory),
             "nats" => Ok(ProviderType::Nats),
             "kafka" => Ok(ProviderType::Kafka),
-            _ => Err(format!("unknown provider type {s:?}: use memory, nats or kafka")),
+            _ => Err(format!(
+                "unknown provider type {s:?}: use memory, nats or kafka"
+            )),
         }
     }
 }
@@ -475,7 +504,10 @@ impl DualWritePipelineSpec {
                 ));
             }
             if !names.insert(p.name.as_str()) {
-                errs.push(format!("{at}.name: {:?} is used twice; provider names must be unique", p.name));
+                errs.push(format!(
+                    "{at}.name: {:?} is used twice; provider names must be unique",
+                    p.name
+                ));
             }
             let blocks = [
                 (ProviderType::Memory, p.memory.is_some()),
@@ -484,15 +516,21 @@ impl DualWritePipelineSpec {
             ];
             for (kind, present) in blocks {
                 if present && kind != p.kind {
-                    errs.push(format!("{at}: {kind} settings are only allowed on a provider of type {kind}"));
+                    errs.push(format!(
+                        "{at}: {kind} settings are only allowed on a provider of type {kind}"
+                    ));
                 }
             }
             match p.kind {
                 ProviderType::Nats => match &p.nats {
-                    None => errs.push(format!("{at}: a provider of type nats needs a nats block with url and subject")),
+                    None => errs.push(format!(
+                        "{at}: a provider of type nats needs a nats block with url and subject"
+                    )),
                     Some(n) => {
                         if n.url.trim().is_empty() {
-                            errs.push(format!("{at}.nats.url: give the server URL, e.g. nats://nats:4222"));
+                            errs.push(format!(
+                                "{at}.nats.url: give the server URL, e.g. nats://nats:4222"
+                            ));
                         }
                         if n.subject.trim().is_empty() {
                             errs.push(format!("{at}.nats.subject: give the subject to publish on"));
@@ -500,10 +538,14 @@ impl DualWritePipelineSpec {
                     }
                 },
                 ProviderType::Kafka => match &p.kafka {
-                    None => errs.push(format!("{at}: a provider of type kafka needs a kafka block with brokers and topic")),
+                    None => errs.push(format!(
+                        "{at}: a provider of type kafka needs a kafka block with brokers and topic"
+                    )),
                     Some(k) => {
                         if k.brokers.is_empty() || k.brokers.iter().any(|b| b.trim().is_empty()) {
-                            errs.push(format!("{at}.kafka.brokers: list at least one broker as host:port"));
+                            errs.push(format!(
+                                "{at}.kafka.brokers: list at least one broker as host:port"
+                            ));
                         }
                         if k.topic.trim().is_empty() {
                             errs.push(format!("{at}.kafka.topic: give the topic to write to"));
@@ -519,7 +561,9 @@ impl DualWritePipelineSpec {
         }
         if let Some(t) = &self.publish_timeout {
             match parse_duration("spec.publishTimeout", t) {
-                Ok(d) if d.is_zero() => errs.push("spec.publishTimeout: must be more than 0".into()),
+                Ok(d) if d.is_zero() => {
+                    errs.push("spec.publishTimeout: must be more than 0".into())
+                }
                 Ok(_) => {}
                 Err(e) => errs.push(e),
             }
@@ -532,7 +576,9 @@ impl DualWritePipelineSpec {
                 let at = format!("spec.migration.steps[{i}]");
                 for n in s.providers.iter().flatten().chain(s.read_from.iter()) {
                     if !names.contains(n.as_str()) {
-                        errs.push(format!("{at}: {n:?} is not a provider listed in spec.providers"));
+                        errs.push(format!(
+                            "{at}: {n:?} is not a provider listed in spec.providers"
+                        ));
                     }
                 }
                 if let Some(min) = s.gates.as_ref().and_then(|g| g.min_duration.as_ref()) {
@@ -569,7 +615,8 @@ impl DualWritePipelineSpec {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -665,14 +712,18 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_types_are_rejected_when_parsing() {
-        let err = serde_yaml::from_str::<DualWritePipelineSpec>("providers: [{name: a, type: redis}]")
-            .unwrap_err();
+        let err =
+            serde_yaml::from_str::<DualWritePipelineSpec>("providers: [{name: a, type: redis}]")
+                .unwrap_err();
         assert!(err.to_string().contains("redis"), "{err}");
     }
 
     #[test]
     fn publish_timeout_defaults_and_parses() {
-        assert_eq!(spec("providers: []").publish_timeout(), crate::composite::DEFAULT_PUBLISH_TIMEOUT);
+        assert_eq!(
+            spec("providers: []").publish_timeout(),
+            crate::composite::DEFAULT_PUBLISH_TIMEOUT
+        );
         assert_eq!(
             spec("{providers: [], publishTimeout: 750ms}").publish_timeout(),
             Duration::from_millis(750)

@@ -18,8 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{
-    parse_duration, ConsistencyStatus, FallbackStatus, MigrationSpec, MigrationStatus, MigrationStep,
-    ProviderStatus, StepRecord,
+    parse_duration, ConsistencyStatus, FallbackStatus, MigrationSpec, MigrationStatus,
+    MigrationStep, ProviderStatus, StepRecord,
 };
 use crate::composite::Strategy;
 
@@ -142,11 +142,25 @@ fn label(m: &MigrationSpec, step: u32) -> String {
 /// every provider, consistent since the step started) either name what holds it or advance one.
 pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
     let m = input.migration;
-    let stay = |step: u32, reason: &'static str, message: String| StepDecision { step, reason, message, moved: false };
-    let go = |step: u32, reason: &'static str, message: String| StepDecision { step, reason, message, moved: true };
+    let stay = |step: u32, reason: &'static str, message: String| StepDecision {
+        step,
+        reason,
+        message,
+        moved: false,
+    };
+    let go = |step: u32, reason: &'static str, message: String| StepDecision {
+        step,
+        reason,
+        message,
+        moved: true,
+    };
 
     if m.steps.is_empty() {
-        return stay(0, reason::NO_STEPS, "spec.migration lists no steps: add at least one".into());
+        return stay(
+            0,
+            reason::NO_STEPS,
+            "spec.migration lists no steps: add at least one".into(),
+        );
     }
     let last = last_index(m);
     // A target past the end is rejected by validation; clamp it rather than index out of range.
@@ -154,8 +168,16 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
 
     let Some(current) = input.current else {
         let step = target.unwrap_or(0);
-        let how = if target.is_some() { "spec.migration.targetStep" } else { "the first step" };
-        return go(step, reason::STARTED, format!("migration started at step {} ({how})", label(m, step)));
+        let how = if target.is_some() {
+            "spec.migration.targetStep"
+        } else {
+            "the first step"
+        };
+        return go(
+            step,
+            reason::STARTED,
+            format!("migration started at step {} ({how})", label(m, step)),
+        );
     };
     let cur = current.current_step;
 
@@ -174,10 +196,26 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
 
     match target {
         Some(t) if t > cur => {
-            return go(t, reason::PROMOTED, format!("promoted by targetStep from step {} to step {}", label(m, cur), label(m, t)));
+            return go(
+                t,
+                reason::PROMOTED,
+                format!(
+                    "promoted by targetStep from step {} to step {}",
+                    label(m, cur),
+                    label(m, t)
+                ),
+            );
         }
         Some(t) if t < cur => {
-            return go(t, reason::ROLLED_BACK, format!("rolled back by targetStep from step {} to step {}", label(m, cur), label(m, t)));
+            return go(
+                t,
+                reason::ROLLED_BACK,
+                format!(
+                    "rolled back by targetStep from step {} to step {}",
+                    label(m, cur),
+                    label(m, t)
+                ),
+            );
         }
         Some(_) => {
             return stay(
@@ -190,16 +228,36 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
     }
 
     if m.paused {
-        return stay(cur, reason::PAUSED, format!("spec.migration.paused is true: step {} stays in force", label(m, cur)));
+        return stay(
+            cur,
+            reason::PAUSED,
+            format!(
+                "spec.migration.paused is true: step {} stays in force",
+                label(m, cur)
+            ),
+        );
     }
     if cur == last {
-        return stay(cur, reason::COMPLETED, format!("step {} is the last step: the migration is complete", label(m, cur)));
+        return stay(
+            cur,
+            reason::COMPLETED,
+            format!(
+                "step {} is the last step: the migration is complete",
+                label(m, cur)
+            ),
+        );
     }
 
     let step = &m.steps[cur as usize];
     let gates = match gates(step) {
         Ok(g) => g,
-        Err(e) => return stay(cur, reason::INVALID_GATE, format!("step {} stays: {e}", label(m, cur))),
+        Err(e) => {
+            return stay(
+                cur,
+                reason::INVALID_GATE,
+                format!("step {} stays: {e}", label(m, cur)),
+            )
+        }
     };
     let next = cur + 1;
 
@@ -207,7 +265,10 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
         return stay(
             cur,
             reason::AWAITING_PROMOTION,
-            format!("step {} is manual: set spec.migration.targetStep to {next} to continue", label(m, cur)),
+            format!(
+                "step {} is manual: set spec.migration.targetStep to {next} to continue",
+                label(m, cur)
+            ),
         );
     }
 
@@ -216,7 +277,10 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
     let spent = input.now.duration_since(started).max(SignedDuration::ZERO);
     if spent < gates.min_duration {
         let remaining = gates.min_duration - spent;
-        let at = started.checked_add(gates.min_duration).map(|t| t.to_string()).unwrap_or_else(|_| "never".into());
+        let at = started
+            .checked_add(gates.min_duration)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| "never".into());
         return stay(
             cur,
             reason::MIN_DURATION_NOT_REACHED,
@@ -234,18 +298,24 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
         let active = step_providers(step, input.providers.iter().map(|p| p.name.as_str()));
         let not_ready: Vec<String> = active
             .iter()
-            .filter_map(|name| match input.providers.iter().find(|p| p.name == *name) {
-                Some(p) if p.ready == "True" => None,
-                Some(p) if p.message.is_empty() => Some(format!("{} ({})", p.name, p.ready)),
-                Some(p) => Some(format!("{} ({}: {})", p.name, p.ready, p.message)),
-                None => Some(format!("{name} (Unknown: no status row)")),
-            })
+            .filter_map(
+                |name| match input.providers.iter().find(|p| p.name == *name) {
+                    Some(p) if p.ready == "True" => None,
+                    Some(p) if p.message.is_empty() => Some(format!("{} ({})", p.name, p.ready)),
+                    Some(p) => Some(format!("{} ({}: {})", p.name, p.ready, p.message)),
+                    None => Some(format!("{name} (Unknown: no status row)")),
+                },
+            )
             .collect();
         if !not_ready.is_empty() {
             return stay(
                 cur,
                 reason::PROVIDERS_NOT_READY,
-                format!("step {} waits for its providers to be ready: {}", label(m, cur), not_ready.join("; ")),
+                format!(
+                    "step {} waits for its providers to be ready: {}",
+                    label(m, cur),
+                    not_ready.join("; ")
+                ),
             );
         }
     }
@@ -263,7 +333,11 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
             return stay(
                 cur,
                 reason::BACKLOG_NOT_EMPTY,
-                format!("step {} waits for backlogs to drain: {}", label(m, cur), backlogs.join(", ")),
+                format!(
+                    "step {} waits for backlogs to drain: {}",
+                    label(m, cur),
+                    backlogs.join(", ")
+                ),
             );
         }
     }
@@ -276,10 +350,21 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
                 c.checked_at.0
             )),
             Some(c) if !c.consistent => {
-                let missing: Vec<String> =
-                    c.missing.iter().filter(|(_, n)| **n > 0).map(|(p, n)| format!("{p}={n}")).collect();
-                let detail = if missing.is_empty() { String::new() } else { format!("; missing: {}", missing.join(", ")) };
-                Some(format!("the consistency check at {} found differences{detail}", c.checked_at.0))
+                let missing: Vec<String> = c
+                    .missing
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(p, n)| format!("{p}={n}"))
+                    .collect();
+                let detail = if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; missing: {}", missing.join(", "))
+                };
+                Some(format!(
+                    "the consistency check at {} found differences{detail}",
+                    c.checked_at.0
+                ))
             }
             Some(_) => None,
         };
@@ -287,20 +372,35 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
             return stay(
                 cur,
                 reason::CONSISTENCY_NOT_CONFIRMED,
-                format!("step {} waits for a clean consistency check: {why}", label(m, cur)),
+                format!(
+                    "step {} waits for a clean consistency check: {why}",
+                    label(m, cur)
+                ),
             );
         }
     }
 
-    go(next, reason::GATES_PASSED, format!("the gates of step {} passed: advanced to step {}", label(m, cur), label(m, next)))
+    go(
+        next,
+        reason::GATES_PASSED,
+        format!(
+            "the gates of step {} passed: advanced to step {}",
+            label(m, cur),
+            label(m, next)
+        ),
+    )
 }
 
 /// The providers written in `step`: its `providers` in the order of `all` (the spec's order), or
 /// all of them. Names not in `all` are left out (validation reports them).
 fn step_providers<'a>(step: &MigrationStep, all: impl Iterator<Item = &'a str>) -> Vec<String> {
-    all.filter(|name| step.providers.as_ref().is_none_or(|ps| ps.iter().any(|p| p == name)))
-        .map(String::from)
-        .collect()
+    all.filter(|name| {
+        step.providers
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p == name))
+    })
+    .map(String::from)
+    .collect()
 }
 
 /// What a step means: (strategy, providers written in spec order, provider consumers read from).
@@ -310,8 +410,15 @@ pub type StepView = (Strategy, Vec<String>, Option<String>);
 /// and the provider consumers read from (default the first written). A step past the end means
 /// the last step; a migration without steps means FailFast over all providers.
 pub fn step_view(migration: &MigrationSpec, step: u32, all_providers: &[String]) -> StepView {
-    let Some(s) = migration.steps.get((step as usize).min(migration.steps.len().saturating_sub(1))) else {
-        return (Strategy::default(), all_providers.to_vec(), all_providers.first().cloned());
+    let Some(s) = migration
+        .steps
+        .get((step as usize).min(migration.steps.len().saturating_sub(1)))
+    else {
+        return (
+            Strategy::default(),
+            all_providers.to_vec(),
+            all_providers.first().cloned(),
+        );
     };
     let active = step_providers(s, all_providers.iter().map(String::as_str));
     let read_from = s.read_from.clone().or_else(|| active.first().cloned());
@@ -320,7 +427,12 @@ pub fn step_view(migration: &MigrationSpec, step: u32, all_providers: &[String])
 
 /// `prev` with a record of entering `decision.step` appended when the decision moved, trimmed
 /// to the newest [`HISTORY_LIMIT`] records.
-pub fn record_history(prev: &[StepRecord], decision: &StepDecision, migration: &MigrationSpec, now: Timestamp) -> Vec<StepRecord> {
+pub fn record_history(
+    prev: &[StepRecord],
+    decision: &StepDecision,
+    migration: &MigrationSpec,
+    now: Timestamp,
+) -> Vec<StepRecord> {
     let mut history = prev.to_vec();
     if decision.moved {
         let step = migration.steps.get(decision.step as usize);
@@ -356,7 +468,12 @@ pub fn next_migration_status(input: &StepInput<'_>, decision: &StepDecision) -> 
         reason: decision.reason.to_string(),
         message: decision.message.clone(),
         step_started_at,
-        history: record_history(prev.map(|p| p.history.as_slice()).unwrap_or_default(), decision, input.migration, input.now),
+        history: record_history(
+            prev.map(|p| p.history.as_slice()).unwrap_or_default(),
+            decision,
+            input.migration,
+            input.now,
+        ),
     }
 }
 
@@ -376,7 +493,10 @@ pub struct FallbackInput<'a> {
 
 /// The active providers that have been ready "False" for at least `fallback_after`, with the
 /// time they went down. Unknown rows never count: no report is no proof of an outage.
-fn down_too_long<'a>(input: &FallbackInput<'a>, after: SignedDuration) -> Vec<(&'a ProviderStatus, Timestamp)> {
+fn down_too_long<'a>(
+    input: &FallbackInput<'a>,
+    after: SignedDuration,
+) -> Vec<(&'a ProviderStatus, Timestamp)> {
     input
         .providers
         .iter()
@@ -393,12 +513,14 @@ fn not_caught_up(input: &FallbackInput<'_>) -> Vec<String> {
     input
         .active
         .iter()
-        .filter_map(|name| match input.providers.iter().find(|p| p.name == *name) {
-            None => Some(format!("{name} has no status row")),
-            Some(p) if p.ready != "True" => Some(format!("{name} is not ready ({})", p.ready)),
-            Some(p) if p.backlog > 0 => Some(format!("{name} has a backlog of {}", p.backlog)),
-            Some(_) => None,
-        })
+        .filter_map(
+            |name| match input.providers.iter().find(|p| p.name == *name) {
+                None => Some(format!("{name} has no status row")),
+                Some(p) if p.ready != "True" => Some(format!("{name} is not ready ({})", p.ready)),
+                Some(p) if p.backlog > 0 => Some(format!("{name} has a backlog of {}", p.backlog)),
+                Some(_) => None,
+            },
+        )
         .collect()
 }
 
@@ -423,7 +545,11 @@ pub fn decide_fallback(input: &FallbackInput<'_>) -> (Strategy, Option<FallbackS
     };
     if was_active {
         if not_caught_up(input).is_empty() {
-            let status = FallbackStatus { active: false, reason: reason::RECOVERED.into(), since: Some(Time(input.now)) };
+            let status = FallbackStatus {
+                active: false,
+                reason: reason::RECOVERED.into(),
+                since: Some(Time(input.now)),
+            };
             return (Strategy::FailFast, Some(status));
         }
         let mut status = input.previous.cloned().unwrap_or_default();
@@ -431,7 +557,11 @@ pub fn decide_fallback(input: &FallbackInput<'_>) -> (Strategy, Option<FallbackS
         return (Strategy::BestEffort, Some(status));
     }
     if !down_too_long(input, after).is_empty() {
-        let status = FallbackStatus { active: true, reason: reason::PROVIDER_DOWN.into(), since: Some(Time(input.now)) };
+        let status = FallbackStatus {
+            active: true,
+            reason: reason::PROVIDER_DOWN.into(),
+            since: Some(Time(input.now)),
+        };
         return (Strategy::BestEffort, Some(status));
     }
     (input.strategy, input.previous.cloned())
@@ -439,7 +569,10 @@ pub fn decide_fallback(input: &FallbackInput<'_>) -> (Strategy, Option<FallbackS
 
 /// The Event for a fallback flip (reason, note), or None when `next` does not flip it. The note
 /// names the providers: down since when, or what kept the fallback until now.
-pub fn fallback_event(input: &FallbackInput<'_>, next: Option<&FallbackStatus>) -> Option<(&'static str, String)> {
+pub fn fallback_event(
+    input: &FallbackInput<'_>,
+    next: Option<&FallbackStatus>,
+) -> Option<(&'static str, String)> {
     let was_active = input.previous.is_some_and(|p| p.active);
     let is_active = next.is_some_and(|n| n.active);
     match (was_active, is_active) {
@@ -448,7 +581,11 @@ pub fn fallback_event(input: &FallbackInput<'_>, next: Option<&FallbackStatus>) 
             let down: Vec<String> = down_too_long(input, after)
                 .iter()
                 .map(|(p, since)| {
-                    let why = if p.message.is_empty() { String::new() } else { format!(": {}", p.message) };
+                    let why = if p.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", p.message)
+                    };
                     format!("{} down since {since}{why}", p.name)
                 })
                 .collect();
@@ -462,14 +599,25 @@ pub fn fallback_event(input: &FallbackInput<'_>, next: Option<&FallbackStatus>) 
             ))
         }
         (true, false) => {
-            let reason = if next.is_some_and(|n| n.reason == reason::RECOVERED) { reason::RECOVERED } else { reason::DISABLED };
-            let since = input.previous.and_then(|p| p.since.as_ref()).map(|t| format!(" (in force since {})", t.0)).unwrap_or_default();
+            let reason = if next.is_some_and(|n| n.reason == reason::RECOVERED) {
+                reason::RECOVERED
+            } else {
+                reason::DISABLED
+            };
+            let since = input
+                .previous
+                .and_then(|p| p.since.as_ref())
+                .map(|t| format!(" (in force since {})", t.0))
+                .unwrap_or_default();
             let why = if reason == reason::RECOVERED {
                 "every provider is ready and its backlog replayed".to_string()
             } else {
                 format!("automatic fallback no longer applies to {}", input.strategy)
             };
-            Some((reason, format!("fallback ended{since}: {why}; strategy {}", input.strategy)))
+            Some((
+                reason,
+                format!("fallback ended{since}: {why}; strategy {}", input.strategy),
+            ))
         }
         _ => None,
     }
@@ -519,7 +667,11 @@ mod tests {
             kind: "nats".into(),
             ready: ready.into(),
             reason: String::new(),
-            message: if ready == "False" { "connection refused".into() } else { String::new() },
+            message: if ready == "False" {
+                "connection refused".into()
+            } else {
+                String::new()
+            },
             backlog,
             ..ProviderStatus::default()
         }
@@ -540,7 +692,11 @@ mod tests {
         ConsistencyStatus {
             checked_at: Time(t(checked)),
             seen: BTreeMap::new(),
-            missing: if ok { BTreeMap::new() } else { BTreeMap::from([("kafka".to_string(), 3)]) },
+            missing: if ok {
+                BTreeMap::new()
+            } else {
+                BTreeMap::from([("kafka".to_string(), 3)])
+            },
             duplicates: BTreeMap::new(),
             consistent: ok,
         }
@@ -568,35 +724,325 @@ mod tests {
     #[test]
     fn decide_step_table() {
         let cases = vec![
-            Case { name: "first reconcile starts at step 0", gates0: OPEN, extra: "", current: None, rows: healthy(), consistency: None, now: 0, want: (0, reason::STARTED, true), says: &["step 0 (dual)"] },
-            Case { name: "first reconcile starts at targetStep", gates0: OPEN, extra: ", targetStep: 1", current: None, rows: healthy(), consistency: None, now: 0, want: (1, reason::STARTED, true), says: &["targetStep"] },
-            Case { name: "first reconcile clamps a target past the end", gates0: OPEN, extra: ", targetStep: 9", current: None, rows: healthy(), consistency: None, now: 0, want: (2, reason::STARTED, true), says: &[] },
-            Case { name: "targetStep higher promotes past closed gates", gates0: "{manual: true}", extra: ", targetStep: 2", current: Some((0, 0)), rows: vec![row("nats", "False", 5)], consistency: None, now: 1, want: (2, reason::PROMOTED, true), says: &["from step 0 (dual) to step 2 (done)"] },
-            Case { name: "targetStep lower rolls back", gates0: OPEN, extra: ", targetStep: 0", current: Some((2, 0)), rows: healthy(), consistency: None, now: 1, want: (0, reason::ROLLED_BACK, true), says: &["rolled back"] },
-            Case { name: "targetStep equal pins even with open gates", gates0: OPEN, extra: ", targetStep: 0", current: Some((0, 0)), rows: healthy(), consistency: None, now: 1000, want: (0, reason::PINNED, false), says: &["unset targetStep"] },
-            Case { name: "paused holds open gates", gates0: OPEN, extra: ", paused: true", current: Some((0, 0)), rows: healthy(), consistency: None, now: 1000, want: (0, reason::PAUSED, false), says: &["paused"] },
-            Case { name: "paused with a target still moves", gates0: OPEN, extra: ", paused: true, targetStep: 1", current: Some((0, 0)), rows: healthy(), consistency: None, now: 1, want: (1, reason::PROMOTED, true), says: &[] },
-            Case { name: "last step is completed", gates0: OPEN, extra: "", current: Some((2, 0)), rows: healthy(), consistency: None, now: 1000, want: (2, reason::COMPLETED, false), says: &["complete"] },
-            Case { name: "manual gate awaits promotion", gates0: "{manual: true}", extra: "", current: Some((0, 0)), rows: healthy(), consistency: None, now: 1000, want: (0, reason::AWAITING_PROMOTION, false), says: &["targetStep to 1"] },
-            Case { name: "minDuration not reached", gates0: "{minDuration: 10m}", extra: "", current: Some((0, 0)), rows: healthy(), consistency: None, now: 270, want: (0, reason::MIN_DURATION_NOT_REACHED, false), says: &["5m30s remain", "of its minDuration 10m"] },
-            Case { name: "minDuration reached", gates0: "{minDuration: 10m}", extra: "", current: Some((0, 0)), rows: healthy(), consistency: None, now: 600, want: (1, reason::GATES_PASSED, true), says: &["advanced to step 1 (kafka-first)"] },
-            Case { name: "clock behind the step start waits the full minDuration", gates0: "{minDuration: 1m}", extra: "", current: Some((0, 100)), rows: healthy(), consistency: None, now: 50, want: (0, reason::MIN_DURATION_NOT_REACHED, false), says: &["1m remain"] },
-            Case { name: "provider down blocks", gates0: OPEN, extra: "", current: Some((0, 0)), rows: vec![row("nats", "True", 0), row("kafka", "False", 0)], consistency: None, now: 1, want: (0, reason::PROVIDERS_NOT_READY, false), says: &["kafka (False: connection refused)"] },
-            Case { name: "unknown provider blocks", gates0: OPEN, extra: "", current: Some((0, 0)), rows: vec![row("nats", "Unknown", 0), row("kafka", "True", 0)], consistency: None, now: 1, want: (0, reason::PROVIDERS_NOT_READY, false), says: &["nats (Unknown)"] },
-            Case { name: "provider not in the step does not block", gates0: OPEN, extra: "", current: Some((1, 0)), rows: vec![row("nats", "False", 0), row("kafka", "True", 0)], consistency: None, now: 1, want: (2, reason::GATES_PASSED, true), says: &[] },
-            Case { name: "allHealthy off lets a down provider pass", gates0: "{allHealthy: false}", extra: "", current: Some((0, 0)), rows: vec![row("nats", "True", 0), row("kafka", "False", 0)], consistency: None, now: 1, want: (1, reason::GATES_PASSED, true), says: &[] },
-            Case { name: "backlog blocks", gates0: OPEN, extra: "", current: Some((0, 0)), rows: vec![row("nats", "True", 0), row("kafka", "True", 42)], consistency: None, now: 1, want: (0, reason::BACKLOG_NOT_EMPTY, false), says: &["kafka=42"] },
-            Case { name: "backlog of a provider outside the step still blocks", gates0: OPEN, extra: "", current: Some((1, 0)), rows: vec![row("nats", "True", 7), row("kafka", "True", 0)], consistency: None, now: 1, want: (1, reason::BACKLOG_NOT_EMPTY, false), says: &["nats=7"] },
-            Case { name: "backlog gate disabled", gates0: "{backlogEmpty: false}", extra: "", current: Some((0, 0)), rows: vec![row("nats", "True", 0), row("kafka", "True", 42)], consistency: None, now: 1, want: (1, reason::GATES_PASSED, true), says: &[] },
-            Case { name: "consistency required and missing", gates0: "{consistent: true}", extra: "", current: Some((0, 0)), rows: healthy(), consistency: None, now: 1, want: (0, reason::CONSISTENCY_NOT_CONFIRMED, false), says: &["no consistency check"] },
-            Case { name: "consistency checked before the step started", gates0: "{consistent: true}", extra: "", current: Some((0, 100)), rows: healthy(), consistency: Some(consistency(50, true)), now: 200, want: (0, reason::CONSISTENCY_NOT_CONFIRMED, false), says: &["before the step started"] },
-            Case { name: "consistency check found differences", gates0: "{consistent: true}", extra: "", current: Some((0, 100)), rows: healthy(), consistency: Some(consistency(150, false)), now: 200, want: (0, reason::CONSISTENCY_NOT_CONFIRMED, false), says: &["missing: kafka=3"] },
-            Case { name: "consistency ok", gates0: "{consistent: true}", extra: "", current: Some((0, 100)), rows: healthy(), consistency: Some(consistency(150, true)), now: 200, want: (1, reason::GATES_PASSED, true), says: &[] },
-            Case { name: "consistency not required ignores a bad check", gates0: OPEN, extra: "", current: Some((0, 100)), rows: healthy(), consistency: Some(consistency(150, false)), now: 200, want: (1, reason::GATES_PASSED, true), says: &[] },
-            Case { name: "manual wins over every other gate", gates0: "{manual: true, minDuration: 1h}", extra: "", current: Some((0, 0)), rows: vec![row("nats", "False", 3)], consistency: None, now: 1, want: (0, reason::AWAITING_PROMOTION, false), says: &[] },
-            Case { name: "steps removed: clamp to the last", gates0: OPEN, extra: "", current: Some((7, 0)), rows: healthy(), consistency: None, now: 1, want: (2, reason::STEPS_CHANGED, true), says: &["step 7 (step-7) no longer exists", "last step, 2 (done)"] },
-            Case { name: "steps removed beats targetStep", gates0: OPEN, extra: ", targetStep: 0", current: Some((7, 0)), rows: healthy(), consistency: None, now: 1, want: (2, reason::STEPS_CHANGED, true), says: &[] },
-            Case { name: "unreadable minDuration holds the step", gates0: "{minDuration: soon}", extra: "", current: Some((0, 0)), rows: healthy(), consistency: None, now: 1000, want: (0, reason::INVALID_GATE, false), says: &["soon"] },
+            Case {
+                name: "first reconcile starts at step 0",
+                gates0: OPEN,
+                extra: "",
+                current: None,
+                rows: healthy(),
+                consistency: None,
+                now: 0,
+                want: (0, reason::STARTED, true),
+                says: &["step 0 (dual)"],
+            },
+            Case {
+                name: "first reconcile starts at targetStep",
+                gates0: OPEN,
+                extra: ", targetStep: 1",
+                current: None,
+                rows: healthy(),
+                consistency: None,
+                now: 0,
+                want: (1, reason::STARTED, true),
+                says: &["targetStep"],
+            },
+            Case {
+                name: "first reconcile clamps a target past the end",
+                gates0: OPEN,
+                extra: ", targetStep: 9",
+                current: None,
+                rows: healthy(),
+                consistency: None,
+                now: 0,
+                want: (2, reason::STARTED, true),
+                says: &[],
+            },
+            Case {
+                name: "targetStep higher promotes past closed gates",
+                gates0: "{manual: true}",
+                extra: ", targetStep: 2",
+                current: Some((0, 0)),
+                rows: vec![row("nats", "False", 5)],
+                consistency: None,
+                now: 1,
+                want: (2, reason::PROMOTED, true),
+                says: &["from step 0 (dual) to step 2 (done)"],
+            },
+            Case {
+                name: "targetStep lower rolls back",
+                gates0: OPEN,
+                extra: ", targetStep: 0",
+                current: Some((2, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1,
+                want: (0, reason::ROLLED_BACK, true),
+                says: &["rolled back"],
+            },
+            Case {
+                name: "targetStep equal pins even with open gates",
+                gates0: OPEN,
+                extra: ", targetStep: 0",
+                current: Some((0, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1000,
+                want: (0, reason::PINNED, false),
+                says: &["unset targetStep"],
+            },
+            Case {
+                name: "paused holds open gates",
+                gates0: OPEN,
+                extra: ", paused: true",
+                current: Some((0, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1000,
+                want: (0, reason::PAUSED, false),
+                says: &["paused"],
+            },
+            Case {
+                name: "paused with a target still moves",
+                gates0: OPEN,
+                extra: ", paused: true, targetStep: 1",
+                current: Some((0, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1,
+                want: (1, reason::PROMOTED, true),
+                says: &[],
+            },
+            Case {
+                name: "last step is completed",
+                gates0: OPEN,
+                extra: "",
+                current: Some((2, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1000,
+                want: (2, reason::COMPLETED, false),
+                says: &["complete"],
+            },
+            Case {
+                name: "manual gate awaits promotion",
+                gates0: "{manual: true}",
+                extra: "",
+                current: Some((0, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1000,
+                want: (0, reason::AWAITING_PROMOTION, false),
+                says: &["targetStep to 1"],
+            },
+            Case {
+                name: "minDuration not reached",
+                gates0: "{minDuration: 10m}",
+                extra: "",
+                current: Some((0, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 270,
+                want: (0, reason::MIN_DURATION_NOT_REACHED, false),
+                says: &["5m30s remain", "of its minDuration 10m"],
+            },
+            Case {
+                name: "minDuration reached",
+                gates0: "{minDuration: 10m}",
+                extra: "",
+                current: Some((0, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 600,
+                want: (1, reason::GATES_PASSED, true),
+                says: &["advanced to step 1 (kafka-first)"],
+            },
+            Case {
+                name: "clock behind the step start waits the full minDuration",
+                gates0: "{minDuration: 1m}",
+                extra: "",
+                current: Some((0, 100)),
+                rows: healthy(),
+                consistency: None,
+                now: 50,
+                want: (0, reason::MIN_DURATION_NOT_REACHED, false),
+                says: &["1m remain"],
+            },
+            Case {
+                name: "provider down blocks",
+                gates0: OPEN,
+                extra: "",
+                current: Some((0, 0)),
+                rows: vec![row("nats", "True", 0), row("kafka", "False", 0)],
+                consistency: None,
+                now: 1,
+                want: (0, reason::PROVIDERS_NOT_READY, false),
+                says: &["kafka (False: connection refused)"],
+            },
+            Case {
+                name: "unknown provider blocks",
+                gates0: OPEN,
+                extra: "",
+                current: Some((0, 0)),
+                rows: vec![row("nats", "Unknown", 0), row("kafka", "True", 0)],
+                consistency: None,
+                now: 1,
+                want: (0, reason::PROVIDERS_NOT_READY, false),
+                says: &["nats (Unknown)"],
+            },
+            Case {
+                name: "provider not in the step does not block",
+                gates0: OPEN,
+                extra: "",
+                current: Some((1, 0)),
+                rows: vec![row("nats", "False", 0), row("kafka", "True", 0)],
+                consistency: None,
+                now: 1,
+                want: (2, reason::GATES_PASSED, true),
+                says: &[],
+            },
+            Case {
+                name: "allHealthy off lets a down provider pass",
+                gates0: "{allHealthy: false}",
+                extra: "",
+                current: Some((0, 0)),
+                rows: vec![row("nats", "True", 0), row("kafka", "False", 0)],
+                consistency: None,
+                now: 1,
+                want: (1, reason::GATES_PASSED, true),
+                says: &[],
+            },
+            Case {
+                name: "backlog blocks",
+                gates0: OPEN,
+                extra: "",
+                current: Some((0, 0)),
+                rows: vec![row("nats", "True", 0), row("kafka", "True", 42)],
+                consistency: None,
+                now: 1,
+                want: (0, reason::BACKLOG_NOT_EMPTY, false),
+                says: &["kafka=42"],
+            },
+            Case {
+                name: "backlog of a provider outside the step still blocks",
+                gates0: OPEN,
+                extra: "",
+                current: Some((1, 0)),
+                rows: vec![row("nats", "True", 7), row("kafka", "True", 0)],
+                consistency: None,
+                now: 1,
+                want: (1, reason::BACKLOG_NOT_EMPTY, false),
+                says: &["nats=7"],
+            },
+            Case {
+                name: "backlog gate disabled",
+                gates0: "{backlogEmpty: false}",
+                extra: "",
+                current: Some((0, 0)),
+                rows: vec![row("nats", "True", 0), row("kafka", "True", 42)],
+                consistency: None,
+                now: 1,
+                want: (1, reason::GATES_PASSED, true),
+                says: &[],
+            },
+            Case {
+                name: "consistency required and missing",
+                gates0: "{consistent: true}",
+                extra: "",
+                current: Some((0, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1,
+                want: (0, reason::CONSISTENCY_NOT_CONFIRMED, false),
+                says: &["no consistency check"],
+            },
+            Case {
+                name: "consistency checked before the step started",
+                gates0: "{consistent: true}",
+                extra: "",
+                current: Some((0, 100)),
+                rows: healthy(),
+                consistency: Some(consistency(50, true)),
+                now: 200,
+                want: (0, reason::CONSISTENCY_NOT_CONFIRMED, false),
+                says: &["before the step started"],
+            },
+            Case {
+                name: "consistency check found differences",
+                gates0: "{consistent: true}",
+                extra: "",
+                current: Some((0, 100)),
+                rows: healthy(),
+                consistency: Some(consistency(150, false)),
+                now: 200,
+                want: (0, reason::CONSISTENCY_NOT_CONFIRMED, false),
+                says: &["missing: kafka=3"],
+            },
+            Case {
+                name: "consistency ok",
+                gates0: "{consistent: true}",
+                extra: "",
+                current: Some((0, 100)),
+                rows: healthy(),
+                consistency: Some(consistency(150, true)),
+                now: 200,
+                want: (1, reason::GATES_PASSED, true),
+                says: &[],
+            },
+            Case {
+                name: "consistency not required ignores a bad check",
+                gates0: OPEN,
+                extra: "",
+                current: Some((0, 100)),
+                rows: healthy(),
+                consistency: Some(consistency(150, false)),
+                now: 200,
+                want: (1, reason::GATES_PASSED, true),
+                says: &[],
+            },
+            Case {
+                name: "manual wins over every other gate",
+                gates0: "{manual: true, minDuration: 1h}",
+                extra: "",
+                current: Some((0, 0)),
+                rows: vec![row("nats", "False", 3)],
+                consistency: None,
+                now: 1,
+                want: (0, reason::AWAITING_PROMOTION, false),
+                says: &[],
+            },
+            Case {
+                name: "steps removed: clamp to the last",
+                gates0: OPEN,
+                extra: "",
+                current: Some((7, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1,
+                want: (2, reason::STEPS_CHANGED, true),
+                says: &["step 7 (step-7) no longer exists", "last step, 2 (done)"],
+            },
+            Case {
+                name: "steps removed beats targetStep",
+                gates0: OPEN,
+                extra: ", targetStep: 0",
+                current: Some((7, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1,
+                want: (2, reason::STEPS_CHANGED, true),
+                says: &[],
+            },
+            Case {
+                name: "unreadable minDuration holds the step",
+                gates0: "{minDuration: soon}",
+                extra: "",
+                current: Some((0, 0)),
+                rows: healthy(),
+                consistency: None,
+                now: 1000,
+                want: (0, reason::INVALID_GATE, false),
+                says: &["soon"],
+            },
         ];
         assert!(cases.len() >= 20);
         for c in cases {
@@ -610,22 +1056,47 @@ mod tests {
                 now: t(c.now),
             };
             let d = decide_step(&input);
-            assert_eq!((d.step, d.reason, d.moved), c.want, "{}: {}", c.name, d.message);
+            assert_eq!(
+                (d.step, d.reason, d.moved),
+                c.want,
+                "{}: {}",
+                c.name,
+                d.message
+            );
             assert!(!d.message.is_empty(), "{}", c.name);
             for word in c.says {
-                assert!(d.message.contains(word), "{}: {:?} lacks {word:?}", c.name, d.message);
+                assert!(
+                    d.message.contains(word),
+                    "{}: {:?} lacks {word:?}",
+                    c.name,
+                    d.message
+                );
             }
         }
     }
 
     #[test]
     fn no_steps_does_not_panic() {
-        let m = MigrationSpec { steps: vec![], paused: false, target_step: Some(3), fallback_after: None };
-        let input = StepInput { migration: &m, current: None, providers: &[], consistency: None, now: t(0) };
+        let m = MigrationSpec {
+            steps: vec![],
+            paused: false,
+            target_step: Some(3),
+            fallback_after: None,
+        };
+        let input = StepInput {
+            migration: &m,
+            current: None,
+            providers: &[],
+            consistency: None,
+            now: t(0),
+        };
         let d = decide_step(&input);
         assert_eq!((d.step, d.reason, d.moved), (0, reason::NO_STEPS, false));
         let all = vec!["a".to_string()];
-        assert_eq!(step_view(&m, 0, &all), (Strategy::FailFast, all.clone(), Some("a".into())));
+        assert_eq!(
+            step_view(&m, 0, &all),
+            (Strategy::FailFast, all.clone(), Some("a".into()))
+        );
     }
 
     #[test]
@@ -641,10 +1112,31 @@ mod tests {
         let all: Vec<String> = ["nats", "kafka", "memory"].map(String::from).to_vec();
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let cases: Vec<(u32, StepView)> = vec![
-            (0, (Strategy::FailFast, s(&["nats", "kafka", "memory"]), Some("nats".into()))),
+            (
+                0,
+                (
+                    Strategy::FailFast,
+                    s(&["nats", "kafka", "memory"]),
+                    Some("nats".into()),
+                ),
+            ),
             // Spec order, not the step's order; readFrom defaults to the first written.
-            (1, (Strategy::BestEffort, s(&["nats", "kafka"]), Some("nats".into()))),
-            (2, (Strategy::BestEffort, s(&["nats", "kafka"]), Some("kafka".into()))),
+            (
+                1,
+                (
+                    Strategy::BestEffort,
+                    s(&["nats", "kafka"]),
+                    Some("nats".into()),
+                ),
+            ),
+            (
+                2,
+                (
+                    Strategy::BestEffort,
+                    s(&["nats", "kafka"]),
+                    Some("kafka".into()),
+                ),
+            ),
             (3, (Strategy::FailFast, s(&["kafka"]), Some("kafka".into()))),
             // Past the end: the last step.
             (9, (Strategy::FailFast, s(&["kafka"]), Some("kafka".into()))),
@@ -660,27 +1152,60 @@ mod tests {
         let g = gates(&m.steps[1]).unwrap();
         assert_eq!(
             g,
-            Gates { all_healthy: true, backlog_empty: true, consistent: false, manual: false, min_duration: SignedDuration::ZERO }
+            Gates {
+                all_healthy: true,
+                backlog_empty: true,
+                consistent: false,
+                manual: false,
+                min_duration: SignedDuration::ZERO
+            }
         );
-        let m = migration("{minDuration: 1h30m, allHealthy: false, consistent: true}", "");
+        let m = migration(
+            "{minDuration: 1h30m, allHealthy: false, consistent: true}",
+            "",
+        );
         let g = gates(&m.steps[0]).unwrap();
         assert_eq!(g.min_duration, SignedDuration::from_secs(5400));
         assert!(!g.all_healthy && g.consistent && g.backlog_empty);
     }
 
     fn record(step: u32) -> StepRecord {
-        StepRecord { step, name: format!("s{step}"), strategy: Strategy::FailFast, reason: "x".into(), entered_at: Time(t(step as i64)) }
+        StepRecord {
+            step,
+            name: format!("s{step}"),
+            strategy: Strategy::FailFast,
+            reason: "x".into(),
+            entered_at: Time(t(step as i64)),
+        }
     }
 
     #[test]
     fn history_appends_on_move_and_keeps_the_newest_twenty() {
         let m = migration(OPEN, "");
-        let moved = StepDecision { step: 1, reason: reason::GATES_PASSED, message: String::new(), moved: true };
-        let stayed = StepDecision { step: 1, reason: reason::PAUSED, message: String::new(), moved: false };
+        let moved = StepDecision {
+            step: 1,
+            reason: reason::GATES_PASSED,
+            message: String::new(),
+            moved: true,
+        };
+        let stayed = StepDecision {
+            step: 1,
+            reason: reason::PAUSED,
+            message: String::new(),
+            moved: false,
+        };
 
         let h = record_history(&[], &moved, &m, t(99));
         assert_eq!(h.len(), 1);
-        assert_eq!((h[0].step, h[0].name.as_str(), h[0].strategy, h[0].reason.as_str()), (1, "kafka-first", Strategy::BestEffort, "GatesPassed"));
+        assert_eq!(
+            (
+                h[0].step,
+                h[0].name.as_str(),
+                h[0].strategy,
+                h[0].reason.as_str()
+            ),
+            (1, "kafka-first", Strategy::BestEffort, "GatesPassed")
+        );
         assert_eq!(h[0].entered_at, Time(t(99)));
 
         let full: Vec<StepRecord> = (0..HISTORY_LIMIT as u32).map(record).collect();
@@ -703,33 +1228,62 @@ mod tests {
         let rows = healthy();
         let prev = status(0, 0);
 
-        let waiting = StepInput { migration: &m, current: Some(&prev), providers: &rows, consistency: None, now: t(60) };
+        let waiting = StepInput {
+            migration: &m,
+            current: Some(&prev),
+            providers: &rows,
+            consistency: None,
+            now: t(60),
+        };
         let d = decide_step(&waiting);
         let s = next_migration_status(&waiting, &d);
-        assert_eq!((s.current_step, s.step_name.as_str(), s.reason.as_str()), (0, "dual", reason::MIN_DURATION_NOT_REACHED));
+        assert_eq!(
+            (s.current_step, s.step_name.as_str(), s.reason.as_str()),
+            (0, "dual", reason::MIN_DURATION_NOT_REACHED)
+        );
         assert_eq!(s.step_started_at, Time(t(0)));
         assert!(s.history.is_empty());
 
-        let passing = StepInput { now: t(600), ..waiting };
+        let passing = StepInput {
+            now: t(600),
+            ..waiting
+        };
         let d = decide_step(&passing);
         let s = next_migration_status(&passing, &d);
-        assert_eq!((s.current_step, s.step_name.as_str(), s.reason.as_str()), (1, "kafka-first", reason::GATES_PASSED));
+        assert_eq!(
+            (s.current_step, s.step_name.as_str(), s.reason.as_str()),
+            (1, "kafka-first", reason::GATES_PASSED)
+        );
         assert_eq!(s.step_started_at, Time(t(600)));
         assert_eq!(s.history.len(), 1);
         assert_eq!(s.message, d.message);
 
-        let first = StepInput { current: None, now: t(5), ..waiting };
+        let first = StepInput {
+            current: None,
+            now: t(5),
+            ..waiting
+        };
         let s = next_migration_status(&first, &decide_step(&first));
-        assert_eq!((s.current_step, s.reason.as_str(), s.step_started_at.clone()), (0, reason::STARTED, Time(t(5))));
+        assert_eq!(
+            (s.current_step, s.reason.as_str(), s.step_started_at.clone()),
+            (0, reason::STARTED, Time(t(5)))
+        );
         assert_eq!(s.history.len(), 1);
     }
 
     fn down_row(name: &str, ready: &str, since: i64, backlog: u64) -> ProviderStatus {
-        ProviderStatus { last_transition_time: Some(Time(t(since))), ..row(name, ready, backlog) }
+        ProviderStatus {
+            last_transition_time: Some(Time(t(since))),
+            ..row(name, ready, backlog)
+        }
     }
 
     fn fb(active: bool, reason: &str, since: i64) -> FallbackStatus {
-        FallbackStatus { active, reason: reason.into(), since: Some(Time(t(since))) }
+        FallbackStatus {
+            active,
+            reason: reason.into(),
+            since: Some(Time(t(since))),
+        }
     }
 
     #[test]
@@ -747,22 +1301,195 @@ mod tests {
         const NOW: i64 = 1000;
         let both: &[&str] = &["nats", "kafka"];
         let cases = vec![
-            Case { name: "down shorter than fallbackAfter", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "False", NOW - 60, 0)], previous: None, want: (FailFast, None) },
-            Case { name: "down exactly fallbackAfter", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "False", NOW - 120, 0)], previous: None, want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, NOW))) },
-            Case { name: "down longer than fallbackAfter", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "False", NOW - 600, 0)], previous: None, want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, NOW))) },
-            Case { name: "still down keeps the first since", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "False", 0, 9)], previous: Some(fb(true, reason::PROVIDER_DOWN, 300)), want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, 300))) },
-            Case { name: "back but backlog left: stay", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "True", 900, 17)], previous: Some(fb(true, reason::PROVIDER_DOWN, 300)), want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, 300))) },
-            Case { name: "back, Unknown: stay", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "Unknown", 900, 0)], previous: Some(fb(true, reason::PROVIDER_DOWN, 300)), want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, 300))) },
-            Case { name: "back and caught up: recover", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "True", 900, 0)], previous: Some(fb(true, reason::PROVIDER_DOWN, 300)), want: (FailFast, Some(fb(false, reason::RECOVERED, NOW))) },
-            Case { name: "recovered record is kept while healthy", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "True", 900, 0)], previous: Some(fb(false, reason::RECOVERED, 950)), want: (FailFast, Some(fb(false, reason::RECOVERED, 950))) },
-            Case { name: "BestEffort strategy: no fallback", strategy: BestEffort, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "False", 0, 0)], previous: None, want: (BestEffort, None) },
-            Case { name: "no fallbackAfter: no fallback", strategy: FailFast, after: None, active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "False", 0, 0)], previous: None, want: (FailFast, None) },
-            Case { name: "inactive provider down: no fallback", strategy: FailFast, after: Some(120), active: &["kafka"], rows: vec![down_row("nats", "False", 0, 0), down_row("kafka", "True", 0, 0)], previous: None, want: (FailFast, None) },
-            Case { name: "inactive provider with backlog does not hold a fallback", strategy: FailFast, after: Some(120), active: &["kafka"], rows: vec![down_row("nats", "False", 0, 50), down_row("kafka", "True", 0, 0)], previous: Some(fb(true, reason::PROVIDER_DOWN, 300)), want: (FailFast, Some(fb(false, reason::RECOVERED, NOW))) },
-            Case { name: "fallback disabled while active", strategy: FailFast, after: None, active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "False", 0, 0)], previous: Some(fb(true, reason::PROVIDER_DOWN, 300)), want: (FailFast, Some(fb(false, reason::DISABLED, NOW))) },
-            Case { name: "step turned BestEffort while active", strategy: BestEffort, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), down_row("kafka", "False", 0, 0)], previous: Some(fb(true, reason::PROVIDER_DOWN, 300)), want: (BestEffort, Some(fb(false, reason::DISABLED, NOW))) },
-            Case { name: "Unknown rows do not trigger", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "Unknown", 0, 0), down_row("kafka", "Unknown", 0, 0)], previous: None, want: (FailFast, None) },
-            Case { name: "False without a transition time does not trigger", strategy: FailFast, after: Some(120), active: both, rows: vec![down_row("nats", "True", 0, 0), row("kafka", "False", 0)], previous: None, want: (FailFast, None) },
+            Case {
+                name: "down shorter than fallbackAfter",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "False", NOW - 60, 0),
+                ],
+                previous: None,
+                want: (FailFast, None),
+            },
+            Case {
+                name: "down exactly fallbackAfter",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "False", NOW - 120, 0),
+                ],
+                previous: None,
+                want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, NOW))),
+            },
+            Case {
+                name: "down longer than fallbackAfter",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "False", NOW - 600, 0),
+                ],
+                previous: None,
+                want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, NOW))),
+            },
+            Case {
+                name: "still down keeps the first since",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "False", 0, 9),
+                ],
+                previous: Some(fb(true, reason::PROVIDER_DOWN, 300)),
+                want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, 300))),
+            },
+            Case {
+                name: "back but backlog left: stay",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "True", 900, 17),
+                ],
+                previous: Some(fb(true, reason::PROVIDER_DOWN, 300)),
+                want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, 300))),
+            },
+            Case {
+                name: "back, Unknown: stay",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "Unknown", 900, 0),
+                ],
+                previous: Some(fb(true, reason::PROVIDER_DOWN, 300)),
+                want: (BestEffort, Some(fb(true, reason::PROVIDER_DOWN, 300))),
+            },
+            Case {
+                name: "back and caught up: recover",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "True", 900, 0),
+                ],
+                previous: Some(fb(true, reason::PROVIDER_DOWN, 300)),
+                want: (FailFast, Some(fb(false, reason::RECOVERED, NOW))),
+            },
+            Case {
+                name: "recovered record is kept while healthy",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "True", 900, 0),
+                ],
+                previous: Some(fb(false, reason::RECOVERED, 950)),
+                want: (FailFast, Some(fb(false, reason::RECOVERED, 950))),
+            },
+            Case {
+                name: "BestEffort strategy: no fallback",
+                strategy: BestEffort,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "False", 0, 0),
+                ],
+                previous: None,
+                want: (BestEffort, None),
+            },
+            Case {
+                name: "no fallbackAfter: no fallback",
+                strategy: FailFast,
+                after: None,
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "False", 0, 0),
+                ],
+                previous: None,
+                want: (FailFast, None),
+            },
+            Case {
+                name: "inactive provider down: no fallback",
+                strategy: FailFast,
+                after: Some(120),
+                active: &["kafka"],
+                rows: vec![
+                    down_row("nats", "False", 0, 0),
+                    down_row("kafka", "True", 0, 0),
+                ],
+                previous: None,
+                want: (FailFast, None),
+            },
+            Case {
+                name: "inactive provider with backlog does not hold a fallback",
+                strategy: FailFast,
+                after: Some(120),
+                active: &["kafka"],
+                rows: vec![
+                    down_row("nats", "False", 0, 50),
+                    down_row("kafka", "True", 0, 0),
+                ],
+                previous: Some(fb(true, reason::PROVIDER_DOWN, 300)),
+                want: (FailFast, Some(fb(false, reason::RECOVERED, NOW))),
+            },
+            Case {
+                name: "fallback disabled while active",
+                strategy: FailFast,
+                after: None,
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "False", 0, 0),
+                ],
+                previous: Some(fb(true, reason::PROVIDER_DOWN, 300)),
+                want: (FailFast, Some(fb(false, reason::DISABLED, NOW))),
+            },
+            Case {
+                name: "step turned BestEffort while active",
+                strategy: BestEffort,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "True", 0, 0),
+                    down_row("kafka", "False", 0, 0),
+                ],
+                previous: Some(fb(true, reason::PROVIDER_DOWN, 300)),
+                want: (BestEffort, Some(fb(false, reason::DISABLED, NOW))),
+            },
+            Case {
+                name: "Unknown rows do not trigger",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![
+                    down_row("nats", "Unknown", 0, 0),
+                    down_row("kafka", "Unknown", 0, 0),
+                ],
+                previous: None,
+                want: (FailFast, None),
+            },
+            Case {
+                name: "False without a transition time does not trigger",
+                strategy: FailFast,
+                after: Some(120),
+                active: both,
+                rows: vec![down_row("nats", "True", 0, 0), row("kafka", "False", 0)],
+                previous: None,
+                want: (FailFast, None),
+            },
         ];
         for c in cases {
             let active: Vec<String> = c.active.iter().map(|s| s.to_string()).collect();
@@ -781,7 +1508,10 @@ mod tests {
     #[test]
     fn fallback_events_name_the_provider_on_flips_only() {
         let active = vec!["nats".to_string(), "kafka".to_string()];
-        let rows = vec![down_row("nats", "True", 0, 0), down_row("kafka", "False", 100, 0)];
+        let rows = vec![
+            down_row("nats", "True", 0, 0),
+            down_row("kafka", "False", 100, 0),
+        ];
         let mut input = FallbackInput {
             strategy: Strategy::FailFast,
             fallback_after: Some(SignedDuration::from_secs(120)),
@@ -793,15 +1523,27 @@ mod tests {
         let (_, next) = decide_fallback(&input);
         let (reason, note) = fallback_event(&input, next.as_ref()).expect("a flip");
         assert_eq!(reason, reason::PROVIDER_DOWN);
-        assert!(note.contains("kafka down since") && note.contains("connection refused") && note.contains("fallbackAfter 2m"), "{note}");
+        assert!(
+            note.contains("kafka down since")
+                && note.contains("connection refused")
+                && note.contains("fallbackAfter 2m"),
+            "{note}"
+        );
 
         // Still down: no new Event.
         input.previous = next.as_ref();
         let (_, again) = decide_fallback(&input);
         assert_eq!(fallback_event(&input, again.as_ref()), None);
 
-        let healed = vec![down_row("nats", "True", 0, 0), down_row("kafka", "True", 500, 0)];
-        let back = FallbackInput { providers: &healed, now: t(600), ..input };
+        let healed = vec![
+            down_row("nats", "True", 0, 0),
+            down_row("kafka", "True", 500, 0),
+        ];
+        let back = FallbackInput {
+            providers: &healed,
+            now: t(600),
+            ..input
+        };
         let (strategy, recovered) = decide_fallback(&back);
         assert_eq!(strategy, Strategy::FailFast);
         let (reason, note) = fallback_event(&back, recovered.as_ref()).expect("a flip back");
@@ -811,7 +1553,15 @@ mod tests {
 
     #[test]
     fn human_durations() {
-        let cases = [(0, "0s"), (45, "45s"), (60, "1m"), (270, "4m30s"), (3600, "1h"), (3900, "1h5m"), (-5, "0s")];
+        let cases = [
+            (0, "0s"),
+            (45, "45s"),
+            (60, "1m"),
+            (270, "4m30s"),
+            (3600, "1h"),
+            (3900, "1h5m"),
+            (-5, "0s"),
+        ];
         for (secs, want) in cases {
             assert_eq!(human(SignedDuration::from_secs(secs)), want);
         }

@@ -114,7 +114,13 @@ fn key(p: &DualWritePipeline) -> String {
     format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
 }
 
-async fn publish_event(ctx: &Context, p: &DualWritePipeline, type_: EventType, reason: &str, note: String) {
+async fn publish_event(
+    ctx: &Context,
+    p: &DualWritePipeline,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -137,13 +143,21 @@ enum Change {
 /// Server-side applies `obj` and says whether that created or changed it.
 async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<Change, Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
     let before = api.get_opt(&name).await?;
     let after = api
-        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
         .await?;
     Ok(match before {
         None => Change::Created,
@@ -156,9 +170,15 @@ async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<(
     let c = &ctx.client;
     let d = resources::deployment(p, &ctx.settings.relay_image);
     let changes = [
-        ("ServiceAccount", apply(c, ns, &resources::service_account(p)).await?),
+        (
+            "ServiceAccount",
+            apply(c, ns, &resources::service_account(p)).await?,
+        ),
         ("Role", apply(c, ns, &resources::role(p)).await?),
-        ("RoleBinding", apply(c, ns, &resources::role_binding(p)).await?),
+        (
+            "RoleBinding",
+            apply(c, ns, &resources::role_binding(p)).await?,
+        ),
         ("Deployment", apply(c, ns, &d).await?),
         ("Service", apply(c, ns, &resources::service(p)).await?),
     ];
@@ -170,7 +190,14 @@ async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<(
             Change::Unchanged => continue,
         };
         tracing::info!(pipeline = %key(p), kind, name = %name, "{verb}");
-        publish_event(ctx, p, EventType::Normal, reason, format!("{kind} {name} {verb}")).await;
+        publish_event(
+            ctx,
+            p,
+            EventType::Normal,
+            reason,
+            format!("{kind} {name} {verb}"),
+        )
+        .await;
     }
     Ok(())
 }
@@ -178,7 +205,12 @@ async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<(
 /// The strategy and providers in force now. Without a migration: the spec's strategy over all
 /// providers.
 pub fn effective(p: &DualWritePipeline) -> (Strategy, Vec<String>, Option<String>) {
-    let providers = p.spec.providers.iter().map(|x| x.name.clone()).collect::<Vec<_>>();
+    let providers = p
+        .spec
+        .providers
+        .iter()
+        .map(|x| x.name.clone())
+        .collect::<Vec<_>>();
     let read_from = providers.first().cloned();
     (p.spec.strategy, providers, read_from)
 }
@@ -188,24 +220,36 @@ fn signed(d: Duration) -> SignedDuration {
 }
 
 /// Computes the whole status from the pipeline, its previous status and `now`.
-pub fn next_status(p: &DualWritePipeline, settings: &Settings, now: Timestamp) -> DualWritePipelineStatus {
+pub fn next_status(
+    p: &DualWritePipeline,
+    settings: &Settings,
+    now: Timestamp,
+) -> DualWritePipelineStatus {
     let prev = p.status.clone().unwrap_or_default();
     let generation = p.metadata.generation.unwrap_or(0);
     let invalid = p.spec.validate().err().map(|e| e.join("; "));
     let (strategy, active, read_from) = effective(p);
     let stale_after = signed(settings.stale_after);
-    let rows = status::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
+    let rows =
+        status::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
     let fresh: Vec<_> = prev
         .relays
         .iter()
         .filter(|r| status::is_fresh(r, now, stale_after))
         .collect();
-    let on_generation = fresh.iter().filter(|r| r.generation == Some(generation)).count();
+    let on_generation = fresh
+        .iter()
+        .filter(|r| r.generation == Some(generation))
+        .count();
     // FailFast has been blocked since Ready last turned False for want of providers.
     let blocked_since = prev
         .conditions
         .iter()
-        .find(|c| c.type_ == status::READY && c.status == "False" && c.reason == status::reason::PROVIDERS_NOT_READY)
+        .find(|c| {
+            c.type_ == status::READY
+                && c.status == "False"
+                && c.reason == status::reason::PROVIDERS_NOT_READY
+        })
         .map(|c| c.last_transition_time.0);
     let input = status::ConditionInput {
         generation,
@@ -241,7 +285,9 @@ pub fn next_status(p: &DualWritePipeline, settings: &Settings, now: Timestamp) -
 }
 
 async fn reconcile(p: Arc<DualWritePipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.metrics
+        .reconciles
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let ns = p.namespace().ok_or(Error::NoNamespace)?;
     if p.metadata.deletion_timestamp.is_some() {
         // Owned objects go with their owner through garbage collection.
@@ -255,11 +301,25 @@ async fn reconcile(p: Arc<DualWritePipeline>, ctx: Arc<Context>) -> Result<Actio
     let prev = p.status.clone().unwrap_or_default();
     if let (Some(before), Some(after)) = (prev.strategy, next.strategy) {
         if before != after {
-            publish_event(&ctx, &p, EventType::Normal, "StrategyChanged", format!("strategy {before} → {after}")).await;
+            publish_event(
+                &ctx,
+                &p,
+                EventType::Normal,
+                "StrategyChanged",
+                format!("strategy {before} → {after}"),
+            )
+            .await;
         }
     }
     if let Some(errs) = invalid {
-        publish_event(&ctx, &p, EventType::Warning, status::reason::INVALID_SPEC, errs.join("; ")).await;
+        publish_event(
+            &ctx,
+            &p,
+            EventType::Warning,
+            status::reason::INVALID_SPEC,
+            errs.join("; "),
+        )
+        .await;
     }
     let api: Api<DualWritePipeline> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({
@@ -267,14 +327,23 @@ async fn reconcile(p: Arc<DualWritePipeline>, ctx: Arc<Context>) -> Result<Actio
         "kind": "DualWritePipeline",
         "status": next,
     });
-    api.patch_status(&p.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
-    ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key(&p));
+    api.patch_status(
+        &p.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key(&p));
     Ok(Action::requeue(ctx.settings.resync))
 }
 
 fn error_policy(p: Arc<DualWritePipeline>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.metrics
+        .failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let n = {
         let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = failures.entry(key(&p)).or_default();
@@ -293,15 +362,37 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (pipelines, deployments, services): (Api<DualWritePipeline>, Api<Deployment>, Api<Service>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    let (pipelines, deployments, services): (
+        Api<DualWritePipeline>,
+        Api<Deployment>,
+        Api<Service>,
+    ) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=dualwrite-operator");
-    let (accounts, roles, bindings): (Api<ServiceAccount>, Api<Role>, Api<RoleBinding>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
-    };
+    let owned =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=dualwrite-operator");
+    let (accounts, roles, bindings): (Api<ServiceAccount>, Api<Role>, Api<RoleBinding>) =
+        match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client),
+            ),
+        };
     Controller::new(pipelines, watcher::Config::default())
         .owns(deployments, owned.clone())
         .owns(services, owned.clone())
@@ -324,7 +415,10 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let got: Vec<u64> = [1, 2, 3, 4, 9, 10, 50].iter().map(|n| backoff(*n).as_secs()).collect();
+        let got: Vec<u64> = [1, 2, 3, 4, 9, 10, 50]
+            .iter()
+            .map(|n| backoff(*n).as_secs())
+            .collect();
         assert_eq!(got, [1, 2, 4, 8, 256, 300, 300]);
     }
 }

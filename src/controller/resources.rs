@@ -4,11 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -30,7 +33,10 @@ fn labels(p: &DualWritePipeline) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "dualwrite-relay".into()),
         ("app.kubernetes.io/instance".into(), p.name_any()),
-        ("app.kubernetes.io/managed-by".into(), "dualwrite-operator".into()),
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "dualwrite-operator".into(),
+        ),
         ("dualwrite.io/pipeline".into(), p.name_any()),
     ])
 }
@@ -53,7 +59,11 @@ fn meta(p: &DualWritePipeline) -> ObjectMeta {
 }
 
 pub fn ingest_port(p: &DualWritePipeline) -> u16 {
-    p.spec.ingest.as_ref().and_then(|i| i.port).unwrap_or(DEFAULT_PORT)
+    p.spec
+        .ingest
+        .as_ref()
+        .and_then(|i| i.port)
+        .unwrap_or(DEFAULT_PORT)
 }
 
 pub fn service_account(p: &DualWritePipeline) -> ServiceAccount {
@@ -278,13 +288,19 @@ mod tests {
         let d = deployment(&pipeline(), "dualwrite:default");
         assert_eq!(d.metadata.name.as_deref(), Some("orders-relay"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("DualWritePipeline", "orders", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("DualWritePipeline", "orders", Some(true))
+        );
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
         let pod = spec.template.spec.unwrap();
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("custom:1"));
-        assert_eq!(c.args.as_ref().unwrap(), &["relay", "--pipeline", "shop/orders"]);
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &["relay", "--pipeline", "shop/orders"]
+        );
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 9000);
         assert_eq!(pod.service_account_name.as_deref(), Some("orders-relay"));
     }
@@ -305,8 +321,14 @@ mod tests {
     fn relay_role_is_limited_to_its_own_pipeline() {
         let r = role(&pipeline());
         for rule in r.rules.unwrap() {
-            assert_eq!(rule.resource_names.as_deref(), Some(&["orders".to_string()][..]));
-            assert!(!rule.verbs.iter().any(|v| v == "delete" || v == "update" || v == "create"));
+            assert_eq!(
+                rule.resource_names.as_deref(),
+                Some(&["orders".to_string()][..])
+            );
+            assert!(!rule
+                .verbs
+                .iter()
+                .any(|v| v == "delete" || v == "update" || v == "create"));
         }
     }
 }

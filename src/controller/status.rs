@@ -125,7 +125,14 @@ pub struct ConditionInput<'a> {
     pub migrating: bool,
 }
 
-fn condition(type_: &str, status: &str, reason: &str, message: String, generation: i64, now: Timestamp) -> Condition {
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: Timestamp,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status: status.into(),
@@ -143,7 +150,7 @@ pub fn compute_conditions(input: &ConditionInput<'_>, previous: &[Condition]) ->
     let active: Vec<&ProviderStatus> = input
         .providers
         .iter()
-        .filter(|p| input.active.iter().any(|a| *a == p.name))
+        .filter(|p| input.active.contains(&p.name))
         .collect();
     let down: Vec<String> = active
         .iter()
@@ -160,22 +167,82 @@ pub fn compute_conditions(input: &ConditionInput<'_>, previous: &[Condition]) ->
     let ready = if let Some(why) = &input.invalid {
         condition(READY, "False", reason::INVALID_SPEC, why.clone(), g, now)
     } else if input.fresh_relays == 0 || (unknown > 0 && down.is_empty() && up == 0) {
-        condition(READY, "Unknown", reason::WAITING_FOR_RELAYS, "no relay has reported its providers yet".into(), g, now)
+        condition(
+            READY,
+            "Unknown",
+            reason::WAITING_FOR_RELAYS,
+            "no relay has reported its providers yet".into(),
+            g,
+            now,
+        )
     } else if satisfied && down.is_empty() && unknown == 0 {
-        condition(READY, "True", reason::ALL_PROVIDERS_READY, format!("{} over {} provider(s), all healthy", input.strategy, active.len()), g, now)
+        condition(
+            READY,
+            "True",
+            reason::ALL_PROVIDERS_READY,
+            format!(
+                "{} over {} provider(s), all healthy",
+                input.strategy,
+                active.len()
+            ),
+            g,
+            now,
+        )
     } else if satisfied {
-        condition(READY, "True", reason::PROVIDER_DOWN, format!("{} is satisfied; down: {}", input.strategy, down.join("; ")), g, now)
+        condition(
+            READY,
+            "True",
+            reason::PROVIDER_DOWN,
+            format!("{} is satisfied; down: {}", input.strategy, down.join("; ")),
+            g,
+            now,
+        )
     } else {
-        let detail = if down.is_empty() { "waiting for reports".to_string() } else { down.join("; ") };
-        condition(READY, "False", reason::PROVIDERS_NOT_READY, format!("{} needs more providers: {detail}", input.strategy), g, now)
+        let detail = if down.is_empty() {
+            "waiting for reports".to_string()
+        } else {
+            down.join("; ")
+        };
+        condition(
+            READY,
+            "False",
+            reason::PROVIDERS_NOT_READY,
+            format!("{} needs more providers: {detail}", input.strategy),
+            g,
+            now,
+        )
     };
 
     let degraded = if input.invalid.is_none() && satisfied && !down.is_empty() {
-        condition(DEGRADED, "True", reason::PROVIDER_DOWN, format!("running on the remaining providers; down: {}", down.join("; ")), g, now)
+        condition(
+            DEGRADED,
+            "True",
+            reason::PROVIDER_DOWN,
+            format!(
+                "running on the remaining providers; down: {}",
+                down.join("; ")
+            ),
+            g,
+            now,
+        )
     } else if input.fresh_relays == 0 {
-        condition(DEGRADED, "Unknown", reason::WAITING_FOR_RELAYS, "no relay has reported yet".into(), g, now)
+        condition(
+            DEGRADED,
+            "Unknown",
+            reason::WAITING_FOR_RELAYS,
+            "no relay has reported yet".into(),
+            g,
+            now,
+        )
     } else {
-        condition(DEGRADED, "False", reason::ALL_PROVIDERS_READY, "no provider is down while the pipeline runs on the rest".into(), g, now)
+        condition(
+            DEGRADED,
+            "False",
+            reason::ALL_PROVIDERS_READY,
+            "no provider is down while the pipeline runs on the rest".into(),
+            g,
+            now,
+        )
     };
 
     let blocked_too_long = input.strategy == Strategy::FailFast
@@ -186,16 +253,50 @@ pub fn compute_conditions(input: &ConditionInput<'_>, previous: &[Condition]) ->
     let stalled = if let Some(why) = &input.invalid {
         condition(STALLED, "True", reason::INVALID_SPEC, why.clone(), g, now)
     } else if blocked_too_long {
-        condition(STALLED, "True", reason::FAIL_FAST_BLOCKED, format!("FailFast has refused every message for over {}: {}", humanize(input.stall_after), down.join("; ")), g, now)
+        condition(
+            STALLED,
+            "True",
+            reason::FAIL_FAST_BLOCKED,
+            format!(
+                "FailFast has refused every message for over {}: {}",
+                humanize(input.stall_after),
+                down.join("; ")
+            ),
+            g,
+            now,
+        )
     } else {
-        condition(STALLED, "False", reason::RECONCILED, "nothing blocks progress".into(), g, now)
+        condition(
+            STALLED,
+            "False",
+            reason::RECONCILED,
+            "nothing blocks progress".into(),
+            g,
+            now,
+        )
     };
 
     let reconciling = if input.invalid.is_some() {
-        condition(RECONCILING, "False", reason::INVALID_SPEC, "fix the spec to continue".into(), g, now)
+        condition(
+            RECONCILING,
+            "False",
+            reason::INVALID_SPEC,
+            "fix the spec to continue".into(),
+            g,
+            now,
+        )
     } else if input.migrating {
-        condition(RECONCILING, "True", reason::PROGRESSING, "a migration step change is under way".into(), g, now)
-    } else if input.fresh_relays < input.desired_relays || input.relays_on_generation < input.fresh_relays {
+        condition(
+            RECONCILING,
+            "True",
+            reason::PROGRESSING,
+            "a migration step change is under way".into(),
+            g,
+            now,
+        )
+    } else if input.fresh_relays < input.desired_relays
+        || input.relays_on_generation < input.fresh_relays
+    {
         condition(
             RECONCILING,
             "True",
@@ -208,7 +309,14 @@ pub fn compute_conditions(input: &ConditionInput<'_>, previous: &[Condition]) ->
             now,
         )
     } else {
-        condition(RECONCILING, "False", reason::RECONCILED, format!("{} relay(s) run generation {g}", input.fresh_relays), g, now)
+        condition(
+            RECONCILING,
+            "False",
+            reason::RECONCILED,
+            format!("{} relay(s) run generation {g}", input.fresh_relays),
+            g,
+            now,
+        )
     };
 
     [ready, reconciling, stalled, degraded]
@@ -276,7 +384,11 @@ mod tests {
                     name: n.to_string(),
                     healthy: *healthy,
                     reason: String::new(),
-                    message: if *healthy { "ok".into() } else { "connection refused".into() },
+                    message: if *healthy {
+                        "ok".into()
+                    } else {
+                        "connection refused".into()
+                    },
                     published: *published,
                     latency_p99_ms: Some(*published as f64),
                     ..ProviderReport::default()
@@ -290,9 +402,19 @@ mod tests {
     #[test]
     fn aggregation_table() {
         // (reports, now, expected (nats ready, kafka ready, nats published, kafka published))
-        let cases: Vec<(Vec<RelayReport>, i64, (&str, &str, u64, u64))> = vec![
+        // (reports, now, (nats ready, kafka ready, nats published, kafka published))
+        type Case = (
+            Vec<RelayReport>,
+            i64,
+            (&'static str, &'static str, u64, u64),
+        );
+        let cases: Vec<Case> = vec![
             (vec![], 0, ("Unknown", "Unknown", 0, 0)),
-            (vec![report("r1", 0, &[("nats", true, 5), ("kafka", true, 5)])], 10, ("True", "True", 5, 5)),
+            (
+                vec![report("r1", 0, &[("nats", true, 5), ("kafka", true, 5)])],
+                10,
+                ("True", "True", 5, 5),
+            ),
             (
                 vec![
                     report("r1", 0, &[("nats", true, 5), ("kafka", true, 5)]),
@@ -310,24 +432,41 @@ mod tests {
                 10,
                 ("True", "True", 8, 8),
             ),
-            (vec![report("old", -500, &[("nats", true, 2)])], 10, ("Unknown", "Unknown", 2, 0)),
+            (
+                vec![report("old", -500, &[("nats", true, 2)])],
+                10,
+                ("Unknown", "Unknown", 2, 0),
+            ),
         ];
         for (i, (reports, now, want)) in cases.into_iter().enumerate() {
             let rows = aggregate_providers(&spec(), &reports, &[], t(now), STALE);
-            let got = (rows[0].ready.as_str(), rows[1].ready.as_str(), rows[0].published, rows[1].published);
+            let got = (
+                rows[0].ready.as_str(),
+                rows[1].ready.as_str(),
+                rows[0].published,
+                rows[1].published,
+            );
             assert_eq!(got, want, "case {i}");
         }
     }
 
     #[test]
     fn down_rows_name_the_relay_and_keep_transition_time_while_unchanged() {
-        let reports = vec![report("relay-a", 0, &[("nats", true, 1), ("kafka", false, 1)])];
+        let reports = vec![report(
+            "relay-a",
+            0,
+            &[("nats", true, 1), ("kafka", false, 1)],
+        )];
         let first = aggregate_providers(&spec(), &reports, &[], t(1), STALE);
         assert_eq!(first[1].reason, reason::REPORTED_DOWN);
         assert!(first[1].message.contains("relay-a: connection refused"));
         let second = aggregate_providers(&spec(), &reports, &first, t(30), STALE);
         assert_eq!(second[1].last_transition_time, Some(Time(t(1))));
-        let healed = vec![report("relay-a", 40, &[("nats", true, 1), ("kafka", true, 1)])];
+        let healed = vec![report(
+            "relay-a",
+            40,
+            &[("nats", true, 1), ("kafka", true, 1)],
+        )];
         let third = aggregate_providers(&spec(), &healed, &second, t(41), STALE);
         assert_eq!(third[1].last_transition_time, Some(Time(t(41))));
         assert_eq!(summary(&third), "nats=1 kafka=1");
@@ -339,7 +478,11 @@ mod tests {
             name: name.into(),
             kind: "nats".into(),
             ready: ready.into(),
-            message: if ready == "False" { "refused".into() } else { String::new() },
+            message: if ready == "False" {
+                "refused".into()
+            } else {
+                String::new()
+            },
             ..ProviderStatus::default()
         }
     }
@@ -358,14 +501,86 @@ mod tests {
             want: [&'static str; 4], // Ready, Reconciling, Stalled, Degraded
         }
         let cases = vec![
-            Case { name: "first reconcile, no reports", strategy: Strategy::FailFast, rows: vec![row("nats", "Unknown"), row("kafka", "Unknown")], fresh: 0, on_gen: 0, invalid: None, blocked_for: None, want: ["Unknown", "True", "False", "Unknown"] },
-            Case { name: "all healthy", strategy: Strategy::FailFast, rows: vec![row("nats", "True"), row("kafka", "True")], fresh: 1, on_gen: 1, invalid: None, blocked_for: None, want: ["True", "False", "False", "False"] },
-            Case { name: "fail-fast, kafka down", strategy: Strategy::FailFast, rows: vec![row("nats", "True"), row("kafka", "False")], fresh: 1, on_gen: 1, invalid: None, blocked_for: Some(10), want: ["False", "False", "False", "False"] },
-            Case { name: "fail-fast, kafka down too long", strategy: Strategy::FailFast, rows: vec![row("nats", "True"), row("kafka", "False")], fresh: 1, on_gen: 1, invalid: None, blocked_for: Some(600), want: ["False", "False", "True", "False"] },
-            Case { name: "best-effort, kafka down", strategy: Strategy::BestEffort, rows: vec![row("nats", "True"), row("kafka", "False")], fresh: 1, on_gen: 1, invalid: None, blocked_for: None, want: ["True", "False", "False", "True"] },
-            Case { name: "best-effort, all down", strategy: Strategy::BestEffort, rows: vec![row("nats", "False"), row("kafka", "False")], fresh: 1, on_gen: 1, invalid: None, blocked_for: None, want: ["False", "False", "False", "False"] },
-            Case { name: "relay on old generation", strategy: Strategy::FailFast, rows: vec![row("nats", "True"), row("kafka", "True")], fresh: 1, on_gen: 0, invalid: None, blocked_for: None, want: ["True", "True", "False", "False"] },
-            Case { name: "invalid spec", strategy: Strategy::FailFast, rows: vec![], fresh: 0, on_gen: 0, invalid: Some("bad"), blocked_for: None, want: ["False", "False", "True", "Unknown"] },
+            Case {
+                name: "first reconcile, no reports",
+                strategy: Strategy::FailFast,
+                rows: vec![row("nats", "Unknown"), row("kafka", "Unknown")],
+                fresh: 0,
+                on_gen: 0,
+                invalid: None,
+                blocked_for: None,
+                want: ["Unknown", "True", "False", "Unknown"],
+            },
+            Case {
+                name: "all healthy",
+                strategy: Strategy::FailFast,
+                rows: vec![row("nats", "True"), row("kafka", "True")],
+                fresh: 1,
+                on_gen: 1,
+                invalid: None,
+                blocked_for: None,
+                want: ["True", "False", "False", "False"],
+            },
+            Case {
+                name: "fail-fast, kafka down",
+                strategy: Strategy::FailFast,
+                rows: vec![row("nats", "True"), row("kafka", "False")],
+                fresh: 1,
+                on_gen: 1,
+                invalid: None,
+                blocked_for: Some(10),
+                want: ["False", "False", "False", "False"],
+            },
+            Case {
+                name: "fail-fast, kafka down too long",
+                strategy: Strategy::FailFast,
+                rows: vec![row("nats", "True"), row("kafka", "False")],
+                fresh: 1,
+                on_gen: 1,
+                invalid: None,
+                blocked_for: Some(600),
+                want: ["False", "False", "True", "False"],
+            },
+            Case {
+                name: "best-effort, kafka down",
+                strategy: Strategy::BestEffort,
+                rows: vec![row("nats", "True"), row("kafka", "False")],
+                fresh: 1,
+                on_gen: 1,
+                invalid: None,
+                blocked_for: None,
+                want: ["True", "False", "False", "True"],
+            },
+            Case {
+                name: "best-effort, all down",
+                strategy: Strategy::BestEffort,
+                rows: vec![row("nats", "False"), row("kafka", "False")],
+                fresh: 1,
+                on_gen: 1,
+                invalid: None,
+                blocked_for: None,
+                want: ["False", "False", "False", "False"],
+            },
+            Case {
+                name: "relay on old generation",
+                strategy: Strategy::FailFast,
+                rows: vec![row("nats", "True"), row("kafka", "True")],
+                fresh: 1,
+                on_gen: 0,
+                invalid: None,
+                blocked_for: None,
+                want: ["True", "True", "False", "False"],
+            },
+            Case {
+                name: "invalid spec",
+                strategy: Strategy::FailFast,
+                rows: vec![],
+                fresh: 0,
+                on_gen: 0,
+                invalid: Some("bad"),
+                blocked_for: None,
+                want: ["False", "False", "True", "Unknown"],
+            },
         ];
         for c in cases {
             let input = ConditionInput {
@@ -385,8 +600,17 @@ mod tests {
             let conds = compute_conditions(&input, &[]);
             let got: Vec<&str> = conds.iter().map(|c| c.status.as_str()).collect();
             assert_eq!(got, c.want, "{}", c.name);
-            assert_eq!(conds.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), [READY, RECONCILING, STALLED, DEGRADED]);
-            assert!(conds.iter().all(|c| c.observed_generation == Some(1) && !c.reason.is_empty()), "{}", c.name);
+            assert_eq!(
+                conds.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
+                [READY, RECONCILING, STALLED, DEGRADED]
+            );
+            assert!(
+                conds
+                    .iter()
+                    .all(|c| c.observed_generation == Some(1) && !c.reason.is_empty()),
+                "{}",
+                c.name
+            );
         }
     }
 

@@ -132,7 +132,10 @@ mod tests {
         p.publish(&DataMessage::new("t", "1")).await.unwrap();
         p.publish(&DataMessage::new("t", "2")).await.unwrap();
         let err = p.publish(&DataMessage::new("t", "3")).await.unwrap_err();
-        assert!(matches!(err, ProviderError::QueueFull { capacity: 2, .. }), "{err}");
+        assert!(
+            matches!(err, ProviderError::QueueFull { capacity: 2, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("queue full"));
         let s = p.stats();
         assert_eq!((s.published, s.failed, s.depth), (2, 1, 2));
@@ -151,12 +154,20 @@ mod tests {
         p.close().await.unwrap();
         p.close().await.unwrap();
         let err = p.publish(&DataMessage::new("t", "late")).await.unwrap_err();
-        assert_eq!(err, ProviderError::Closed { provider: "mem".into() });
+        assert_eq!(
+            err,
+            ProviderError::Closed {
+                provider: "mem".into()
+            }
+        );
         assert!(!p.health().healthy);
         // What was accepted before close is still delivered.
         let mut sub = p.subscribe().await.unwrap();
         assert_eq!(&sub.next().await.unwrap().unwrap().payload[..], b"kept");
-        assert!(sub.next().await.is_none(), "the stream ends after a closed queue drains");
+        assert!(
+            sub.next().await.is_none(),
+            "the stream ends after a closed queue drains"
+        );
     }
 
     #[tokio::test]

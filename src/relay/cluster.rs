@@ -30,10 +30,12 @@ impl std::str::FromStr for PipelineRef {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(Self {
-                namespace: ns.into(),
-                name: name.into(),
-            }),
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self {
+                    namespace: ns.into(),
+                    name: name.into(),
+                })
+            }
             _ => Err(format!("--pipeline {s:?}: expected NAMESPACE/NAME")),
         }
     }
@@ -65,11 +67,18 @@ pub fn effective_spec(p: &DualWritePipeline) -> DualWritePipelineSpec {
 }
 
 fn to_time(t: chrono::DateTime<chrono::Utc>) -> Option<Time> {
-    Timestamp::from_microsecond(t.timestamp_micros()).ok().map(Time)
+    Timestamp::from_microsecond(t.timestamp_micros())
+        .ok()
+        .map(Time)
 }
 
 /// This relay's report from the composite's stats.
-pub fn report(pod: &str, generation: Option<i64>, stats: &CompositeStats, now: Timestamp) -> RelayReport {
+pub fn report(
+    pod: &str,
+    generation: Option<i64>,
+    stats: &CompositeStats,
+    now: Timestamp,
+) -> RelayReport {
     RelayReport {
         name: pod.to_string(),
         reported_at: Time(now),
@@ -96,7 +105,12 @@ pub fn report(pod: &str, generation: Option<i64>, stats: &CompositeStats, now: T
 
 /// Decides whether to write a report: when anything but the time changed, or when the last one
 /// is a heartbeat old (so the operator can tell a live relay from a dead one).
-pub fn should_report(last: Option<&(RelayReport, Timestamp)>, next: &RelayReport, now: Timestamp, heartbeat: Duration) -> bool {
+pub fn should_report(
+    last: Option<&(RelayReport, Timestamp)>,
+    next: &RelayReport,
+    now: Timestamp,
+    heartbeat: Duration,
+) -> bool {
     match last {
         None => true,
         Some((prev, at)) => {
@@ -119,7 +133,10 @@ pub async fn run(
 ) -> Result<(), String> {
     let api: Api<DualWritePipeline> = Api::namespaced(client, &pipeline.namespace);
     let p = api.get(&pipeline.name).await.map_err(|e| {
-        format!("cannot read DualWritePipeline {}/{}: {e}", pipeline.namespace, pipeline.name)
+        format!(
+            "cannot read DualWritePipeline {}/{}: {e}",
+            pipeline.namespace, pipeline.name
+        )
     })?;
     let spec = effective_spec(&p);
     let composite = super::build_composite(&spec).await?;
@@ -137,15 +154,27 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let server = tokio::spawn(super::serve(relay.clone(), listener, stopped(stop_rx.clone())));
+    let server = tokio::spawn(super::serve(
+        relay.clone(),
+        listener,
+        stopped(stop_rx.clone()),
+    ));
 
     // Follow the pipeline: every change is applied without dropping in-flight messages.
     let follower = {
-        let (api, relay, generation, name) = (api.clone(), relay.clone(), generation.clone(), pipeline.name.clone());
+        let (api, relay, generation, name) = (
+            api.clone(),
+            relay.clone(),
+            generation.clone(),
+            pipeline.name.clone(),
+        );
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            let mut changes = watcher(api, config).default_backoff().applied_objects().boxed();
+            let mut changes = watcher(api, config)
+                .default_backoff()
+                .applied_objects()
+                .boxed();
             tokio::pin!(stop);
             loop {
                 tokio::select! {
@@ -168,7 +197,13 @@ pub async fn run(
 
     // Report this relay's numbers at a throttled interval.
     let reporter = {
-        let (api, relay, generation, name, pod) = (api.clone(), relay.clone(), generation.clone(), pipeline.name.clone(), pod.clone());
+        let (api, relay, generation, name, pod) = (
+            api.clone(),
+            relay.clone(),
+            generation.clone(),
+            pipeline.name.clone(),
+            pod.clone(),
+        );
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
             let manager = format!("dualwrite-relay-{pod}");
@@ -183,7 +218,12 @@ pub async fn run(
                     _ = tick.tick() => false,
                 };
                 let now = Timestamp::now();
-                let next = report(&pod, Some(generation.load(Ordering::Acquire)), &relay.composite().stats_detailed(), now);
+                let next = report(
+                    &pod,
+                    Some(generation.load(Ordering::Acquire)),
+                    &relay.composite().stats_detailed(),
+                    now,
+                );
                 if stopping || should_report(last.as_ref(), &next, now, heartbeat) {
                     let patch = serde_json::json!({
                         "apiVersion": "dualwrite.io/v1alpha1",
@@ -191,9 +231,16 @@ pub async fn run(
                         "status": { "relays": [next] },
                     });
                     let params = PatchParams::apply(&manager).force();
-                    match tokio::time::timeout(Duration::from_secs(10), api.patch_status(&name, &params, &Patch::Apply(&patch))).await {
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        api.patch_status(&name, &params, &Patch::Apply(&patch)),
+                    )
+                    .await
+                    {
                         Ok(Ok(_)) => last = Some((next, now)),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "could not report to the pipeline status"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not report to the pipeline status")
+                        }
                         Err(_) => tracing::warn!("reporting to the pipeline status timed out"),
                     }
                 }
@@ -206,7 +253,9 @@ pub async fn run(
 
     shutdown.await;
     let _ = stop_tx.send(true);
-    let served = server.await.map_err(|e| format!("ingest server task failed: {e}"))?;
+    let served = server
+        .await
+        .map_err(|e| format!("ingest server task failed: {e}"))?;
     // The reporter sends a last report after the server finished: final counters.
     let _ = follower.await;
     let _ = reporter.await;
@@ -222,7 +271,10 @@ mod tests {
     fn pipeline_ref_parsing() {
         assert_eq!(
             "shop/orders".parse::<PipelineRef>().unwrap(),
-            PipelineRef { namespace: "shop".into(), name: "orders".into() }
+            PipelineRef {
+                namespace: "shop".into(),
+                name: "orders".into()
+            }
         );
         for bad in ["orders", "/x", "x/", "a/b/c"] {
             assert!(bad.parse::<PipelineRef>().is_err(), "{bad}");
@@ -255,15 +307,29 @@ mod tests {
             reported_at: Time(at),
             strategy: Strategy::FailFast,
             generation: Some(1),
-            providers: vec![ProviderReport { name: "a".into(), healthy: true, published, ..Default::default() }],
+            providers: vec![ProviderReport {
+                name: "a".into(),
+                healthy: true,
+                published,
+                ..Default::default()
+            }],
         };
         let hb = Duration::from_secs(60);
         let last = (r(1, t0), t0);
         let t10 = Timestamp::from_second(1_800_000_010).unwrap();
         let t70 = Timestamp::from_second(1_800_000_070).unwrap();
         assert!(should_report(None, &r(1, t0), t0, hb));
-        assert!(!should_report(Some(&last), &r(1, t10), t10, hb), "nothing changed");
-        assert!(should_report(Some(&last), &r(2, t10), t10, hb), "a counter moved");
-        assert!(should_report(Some(&last), &r(1, t70), t70, hb), "heartbeat due");
+        assert!(
+            !should_report(Some(&last), &r(1, t10), t10, hb),
+            "nothing changed"
+        );
+        assert!(
+            should_report(Some(&last), &r(2, t10), t10, hb),
+            "a counter moved"
+        );
+        assert!(
+            should_report(Some(&last), &r(1, t70), t70, hb),
+            "heartbeat due"
+        );
     }
 }

@@ -29,7 +29,11 @@ impl SeedEnv {
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
-        let get = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         Self {
             queue_type: get("QUEUE_TYPE"),
             composite_providers: get("COMPOSITE_PROVIDERS"),
@@ -57,13 +61,20 @@ pub const DEFAULT_KAFKA_TOPIC: &str = "dualwrite-messages";
 
 /// The pipeline the seed's variables describe.
 pub fn spec_from_env(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
-    let queue_type = env.queue_type.as_deref().unwrap_or("composite").to_ascii_lowercase();
+    let queue_type = env
+        .queue_type
+        .as_deref()
+        .unwrap_or("composite")
+        .to_ascii_lowercase();
     let types: Vec<ProviderType> = if queue_type == "composite" {
         let list = env.composite_providers.as_deref().ok_or(
             "QUEUE_TYPE=composite needs COMPOSITE_PROVIDERS, e.g. COMPOSITE_PROVIDERS=nats,kafka",
         )?;
         list.split(',')
-            .map(|t| t.parse::<ProviderType>().map_err(|e| format!("COMPOSITE_PROVIDERS: {e}")))
+            .map(|t| {
+                t.parse::<ProviderType>()
+                    .map_err(|e| format!("COMPOSITE_PROVIDERS: {e}"))
+            })
             .collect::<Result<_, _>>()?
     } else {
         vec![queue_type.parse::<ProviderType>().map_err(|_| {
@@ -91,14 +102,24 @@ pub fn spec_from_env(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
             let n = seen.entry(t).or_default();
             *n += 1;
             // The same type twice (memory,memory) gets numbered names; once, the bare type.
-            let name = if count(t) > 1 { format!("{t}-{n}") } else { t.to_string() };
+            let name = if count(t) > 1 {
+                format!("{t}-{n}")
+            } else {
+                t.to_string()
+            };
             ProviderSpec {
                 name,
                 kind: t,
                 memory: (t == ProviderType::Memory).then_some(MemorySpec { capacity }),
                 nats: (t == ProviderType::Nats).then(|| NatsSpec {
-                    url: env.nats_url.clone().unwrap_or_else(|| DEFAULT_NATS_URL.into()),
-                    subject: env.nats_subject.clone().unwrap_or_else(|| DEFAULT_NATS_SUBJECT.into()),
+                    url: env
+                        .nats_url
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_NATS_URL.into()),
+                    subject: env
+                        .nats_subject
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_NATS_SUBJECT.into()),
                     stream: None,
                     durable: None,
                     duplicate_window: None,
@@ -111,7 +132,10 @@ pub fn spec_from_env(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
                         .split(',')
                         .map(|b| b.trim().to_string())
                         .collect(),
-                    topic: env.kafka_topic.clone().unwrap_or_else(|| DEFAULT_KAFKA_TOPIC.into()),
+                    topic: env
+                        .kafka_topic
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_KAFKA_TOPIC.into()),
                     partitions: None,
                     replication_factor: None,
                     group_id: None,
@@ -160,8 +184,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> SeedEnv {
-        let map: BTreeMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         SeedEnv::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -179,7 +205,10 @@ mod tests {
         assert_eq!(spec.strategy, Strategy::BestEffort);
         let names: Vec<_> = spec.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["nats", "kafka"]);
-        assert_eq!(spec.providers[0].nats.as_ref().unwrap().url, "nats://n:4222");
+        assert_eq!(
+            spec.providers[0].nats.as_ref().unwrap().url,
+            "nats://n:4222"
+        );
         let k = spec.providers[1].kafka.as_ref().unwrap();
         assert_eq!(k.brokers, ["k1:9092", "k2:9092"]);
         assert_eq!(k.topic, "orders");
@@ -209,11 +238,29 @@ mod tests {
     #[test]
     fn errors_say_what_to_fix() {
         for (vars, want) in [
-            (&[("COMPOSITE_PROVIDERS", "memory"), ("COMPOSITE_STRATEGY", "sometimes")][..], "use fail-fast or best-effort"),
-            (&[("QUEUE_TYPE", "composite")][..], "needs COMPOSITE_PROVIDERS"),
-            (&[("QUEUE_TYPE", "redis")][..], "use memory, nats, kafka or composite"),
-            (&[("COMPOSITE_PROVIDERS", "memory,rabbit")][..], "COMPOSITE_PROVIDERS: unknown provider type \"rabbit\""),
-            (&[("COMPOSITE_PROVIDERS", "memory"), ("QUEUE_SIZE", "0")][..], "QUEUE_SIZE"),
+            (
+                &[
+                    ("COMPOSITE_PROVIDERS", "memory"),
+                    ("COMPOSITE_STRATEGY", "sometimes"),
+                ][..],
+                "use fail-fast or best-effort",
+            ),
+            (
+                &[("QUEUE_TYPE", "composite")][..],
+                "needs COMPOSITE_PROVIDERS",
+            ),
+            (
+                &[("QUEUE_TYPE", "redis")][..],
+                "use memory, nats, kafka or composite",
+            ),
+            (
+                &[("COMPOSITE_PROVIDERS", "memory,rabbit")][..],
+                "COMPOSITE_PROVIDERS: unknown provider type \"rabbit\"",
+            ),
+            (
+                &[("COMPOSITE_PROVIDERS", "memory"), ("QUEUE_SIZE", "0")][..],
+                "QUEUE_SIZE",
+            ),
         ] {
             let err = spec_from_env(&env(vars)).unwrap_err();
             assert!(err.contains(want), "{vars:?}: {err}");
@@ -224,7 +271,10 @@ mod tests {
     fn default_is_two_memory_providers_fail_fast() {
         let spec = default_spec();
         assert_eq!(spec.providers.len(), 2);
-        assert!(spec.providers.iter().all(|p| p.kind == ProviderType::Memory));
+        assert!(spec
+            .providers
+            .iter()
+            .all(|p| p.kind == ProviderType::Memory));
         assert_eq!(spec.strategy, Strategy::FailFast);
         assert!(!SeedEnv::default().describes_pipeline());
     }
@@ -233,8 +283,12 @@ mod tests {
     fn manifests_are_checked_for_kind_and_shape() {
         let ok = "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {name: x}\nspec:\n  providers: [{name: a, type: memory}]\n";
         assert_eq!(spec_from_manifest(ok).unwrap().providers[0].name, "a");
-        assert!(spec_from_manifest("kind: ConfigMap\n").unwrap_err().contains("expected a DualWritePipeline"));
-        assert!(spec_from_manifest(": : :").unwrap_err().contains("not valid YAML"));
+        assert!(spec_from_manifest("kind: ConfigMap\n")
+            .unwrap_err()
+            .contains("expected a DualWritePipeline"));
+        assert!(spec_from_manifest(": : :")
+            .unwrap_err()
+            .contains("not valid YAML"));
         let bad = ok.replace("memory", "redis");
         assert!(spec_from_manifest(&bad).unwrap_err().contains("redis"));
     }

@@ -86,14 +86,21 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
         }
         Err(rejection) => {
             IngestMetrics::count(&m.bad_request);
-            return error(rejection.status(), format!("could not read the request body: {rejection}"));
+            return error(
+                rejection.status(),
+                format!("could not read the request body: {rejection}"),
+            );
         }
     };
     let req: IngestRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             IngestMetrics::count(&m.bad_request);
-            let what = if e.is_data() { "invalid request" } else { "malformed JSON" };
+            let what = if e.is_data() {
+                "invalid request"
+            } else {
+                "malformed JSON"
+            };
             return error(
                 StatusCode::BAD_REQUEST,
                 format!("{what}: {e}; expected {{\"source\": \"...\", \"data\": \"...\", \"metadata\": {{...}}}}"),
@@ -161,7 +168,9 @@ async fn health() -> Response {
 async fn ready(State(relay): State<Arc<Relay>>) -> Response {
     let composite = relay.composite();
     match composite.readiness() {
-        Ok(()) => Json(json!({ "status": "ready", "strategy": composite.strategy() })).into_response(),
+        Ok(()) => {
+            Json(json!({ "status": "ready", "strategy": composite.strategy() })).into_response()
+        }
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not ready", "strategy": composite.strategy(), "error": why })),
@@ -176,7 +185,10 @@ async fn stats(State(relay): State<Arc<Relay>>) -> Response {
 
 async fn prometheus(State(relay): State<Arc<Relay>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         metrics::render(&relay.metrics, &relay.composite()),
     )
         .into_response()

@@ -47,7 +47,10 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
         let le = BOUNDS_SECONDS
             .get(i)
             .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+        );
     }
     let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds());
     let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
@@ -58,7 +61,12 @@ pub fn render(ingest: &IngestMetrics, composite: &Composite) -> String {
     let stats = composite.stats_detailed();
     let mut out = String::with_capacity(4096);
 
-    header(&mut out, "dualwrite_ingest_requests_total", "counter", "Ingest requests by outcome.");
+    header(
+        &mut out,
+        "dualwrite_ingest_requests_total",
+        "counter",
+        "Ingest requests by outcome.",
+    );
     for (outcome, c) in [
         ("accepted", &ingest.accepted),
         ("bad_request", &ingest.bad_request),
@@ -71,11 +79,29 @@ pub fn render(ingest: &IngestMetrics, composite: &Composite) -> String {
             c.load(Ordering::Relaxed)
         );
     }
-    header(&mut out, "dualwrite_ingest_duration_seconds", "histogram", "Time to answer an accepted ingest request.");
-    histogram(&mut out, "dualwrite_ingest_duration_seconds", "", &ingest.latency);
+    header(
+        &mut out,
+        "dualwrite_ingest_duration_seconds",
+        "histogram",
+        "Time to answer an accepted ingest request.",
+    );
+    histogram(
+        &mut out,
+        "dualwrite_ingest_duration_seconds",
+        "",
+        &ingest.latency,
+    );
 
-    header(&mut out, "dualwrite_strategy_info", "gauge", "The strategy in force (1 for the current one).");
-    for s in [crate::composite::Strategy::FailFast, crate::composite::Strategy::BestEffort] {
+    header(
+        &mut out,
+        "dualwrite_strategy_info",
+        "gauge",
+        "The strategy in force (1 for the current one).",
+    );
+    for s in [
+        crate::composite::Strategy::FailFast,
+        crate::composite::Strategy::BestEffort,
+    ] {
         let v = u8::from(stats.strategy == s);
         let _ = writeln!(out, "dualwrite_strategy_info{{strategy=\"{s}\"}} {v}");
     }
@@ -83,16 +109,62 @@ pub fn render(ingest: &IngestMetrics, composite: &Composite) -> String {
     let rows: Vec<_> = stats
         .providers
         .iter()
-        .map(|r| (format!("provider=\"{}\",type=\"{}\"", escape(&r.name), r.kind), r))
+        .map(|r| {
+            (
+                format!("provider=\"{}\",type=\"{}\"", escape(&r.name), r.kind),
+                r,
+            )
+        })
         .collect();
-    let series: [(&str, &str, &str, fn(&crate::composite::ProviderRow) -> f64); 7] = [
-        ("dualwrite_provider_published_total", "counter", "Messages the provider acknowledged.", |r| r.stats.published as f64),
-        ("dualwrite_provider_failed_total", "counter", "Writes to the provider that failed (timeouts included).", |r| r.stats.failed as f64),
-        ("dualwrite_provider_timeouts_total", "counter", "Writes abandoned at the publish deadline.", |r| r.timeouts as f64),
-        ("dualwrite_provider_consumed_total", "counter", "Messages read back from the provider.", |r| r.stats.consumed as f64),
-        ("dualwrite_provider_depth", "gauge", "Messages waiting in an in-memory queue.", |r| r.stats.depth as f64),
-        ("dualwrite_provider_backlog", "gauge", "Messages waiting in the provider's hinted-handoff backlog.", |r| r.stats.backlog as f64),
-        ("dualwrite_provider_healthy", "gauge", "1 when the provider takes writes.", |r| f64::from(u8::from(r.health.healthy))),
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&crate::composite::ProviderRow) -> f64,
+    );
+    let series: [Series; 7] = [
+        (
+            "dualwrite_provider_published_total",
+            "counter",
+            "Messages the provider acknowledged.",
+            |r| r.stats.published as f64,
+        ),
+        (
+            "dualwrite_provider_failed_total",
+            "counter",
+            "Writes to the provider that failed (timeouts included).",
+            |r| r.stats.failed as f64,
+        ),
+        (
+            "dualwrite_provider_timeouts_total",
+            "counter",
+            "Writes abandoned at the publish deadline.",
+            |r| r.timeouts as f64,
+        ),
+        (
+            "dualwrite_provider_consumed_total",
+            "counter",
+            "Messages read back from the provider.",
+            |r| r.stats.consumed as f64,
+        ),
+        (
+            "dualwrite_provider_depth",
+            "gauge",
+            "Messages waiting in an in-memory queue.",
+            |r| r.stats.depth as f64,
+        ),
+        (
+            "dualwrite_provider_backlog",
+            "gauge",
+            "Messages waiting in the provider's hinted-handoff backlog.",
+            |r| r.stats.backlog as f64,
+        ),
+        (
+            "dualwrite_provider_healthy",
+            "gauge",
+            "1 when the provider takes writes.",
+            |r| f64::from(u8::from(r.health.healthy)),
+        ),
     ];
     for (name, kind, help, value) in series {
         header(&mut out, name, kind, help);
@@ -101,9 +173,19 @@ pub fn render(ingest: &IngestMetrics, composite: &Composite) -> String {
         }
     }
     let name = "dualwrite_provider_publish_duration_seconds";
-    header(&mut out, name, "histogram", "Time from write to acknowledgement, per provider.");
+    header(
+        &mut out,
+        name,
+        "histogram",
+        "Time from write to acknowledgement, per provider.",
+    );
     for (provider, h) in composite.latency_histograms() {
-        histogram(&mut out, name, &format!("provider=\"{}\"", escape(provider)), h);
+        histogram(
+            &mut out,
+            name,
+            &format!("provider=\"{}\"", escape(provider)),
+            h,
+        );
     }
     out
 }
@@ -128,7 +210,9 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        c.publish_detailed(&DataMessage::new("t", "x")).await.unwrap();
+        c.publish_detailed(&DataMessage::new("t", "x"))
+            .await
+            .unwrap();
         let ingest = IngestMetrics::default();
         IngestMetrics::count(&ingest.accepted);
         let text = render(&ingest, &c);
@@ -141,7 +225,10 @@ mod tests {
             "dualwrite_provider_publish_duration_seconds_count{provider=\"a\"} 1",
             "dualwrite_provider_publish_duration_seconds_bucket{provider=\"a\",le=\"+Inf\"} 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         // Every sample line is `name{labels} number`.
         for l in text.lines().filter(|l| !l.starts_with('#')) {

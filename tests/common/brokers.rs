@@ -43,7 +43,12 @@ pub async fn nats_ids(url: &str, stream: &str) -> Vec<String> {
 
 /// Every record's id on `topic` (all partitions), read from the beginning until `quiet` passes
 /// with nothing new after at least `expect_at_least` records (or 60 s in all).
-pub async fn kafka_ids(brokers: &str, topic: &str, expect_at_least: usize, quiet: Duration) -> Vec<String> {
+pub async fn kafka_ids(
+    brokers: &str,
+    topic: &str,
+    expect_at_least: usize,
+    quiet: Duration,
+) -> Vec<String> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", super::unique("dwtest-read"))
@@ -55,7 +60,11 @@ pub async fn kafka_ids(brokers: &str, topic: &str, expect_at_least: usize, quiet
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut ids = Vec::new();
     loop {
-        let wait = if ids.len() >= expect_at_least { quiet } else { Duration::from_secs(5) };
+        let wait = if ids.len() >= expect_at_least {
+            quiet
+        } else {
+            Duration::from_secs(5)
+        };
         match tokio::time::timeout(wait, c.recv()).await {
             Ok(Ok(m)) => {
                 let payload = m.payload().expect("record has a payload");
