@@ -25,7 +25,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{DualWritePipeline, DualWritePipelineStatus};
-use crate::composite::Strategy;
 
 pub mod migration;
 pub mod probes;
@@ -202,54 +201,78 @@ async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<(
     Ok(())
 }
 
-/// The strategy and providers in force now. Without a migration: the spec's strategy over all
-/// providers.
-pub fn effective(p: &DualWritePipeline) -> (Strategy, Vec<String>, Option<String>) {
-    let providers = p
-        .spec
-        .providers
-        .iter()
-        .map(|x| x.name.clone())
-        .collect::<Vec<_>>();
-    let read_from = providers.first().cloned();
-    (p.spec.strategy, providers, read_from)
-}
-
 fn signed(d: Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
-/// Computes the whole status from the pipeline, its previous status and `now`.
+/// Computes the whole status from the pipeline, its previous status and `now`, plus the Events
+/// (reason, note) its decisions call for. Pure: the reconciler does the I/O.
 pub fn next_status(
     p: &DualWritePipeline,
     settings: &Settings,
     now: Timestamp,
-) -> DualWritePipelineStatus {
+) -> (DualWritePipelineStatus, Vec<(&'static str, String)>) {
     let prev = p.status.clone().unwrap_or_default();
     let generation = p.metadata.generation.unwrap_or(0);
     let invalid = p.spec.validate().err().map(|e| e.join("; "));
-    let (strategy, active, read_from) = effective(p);
     let stale_after = signed(settings.stale_after);
-    let rows =
-        status::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
+    let rows = status::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
+    let mut events = Vec::new();
+
+    // The migration step (if any) decides the strategy and the providers written; the automatic
+    // fallback may then relax FailFast to BestEffort while a provider is down.
+    let all: Vec<String> = p.spec.providers.iter().map(|x| x.name.clone()).collect();
+    let (step_strategy, active, read_from, migration, migrating, fallback_after) = match &p.spec.migration {
+        Some(m) if invalid.is_none() => {
+            let input = migration::StepInput {
+                migration: m,
+                current: prev.migration.as_ref(),
+                providers: &rows,
+                consistency: prev.consistency.as_ref(),
+                now,
+            };
+            let decision = migration::decide_step(&input);
+            let next = migration::next_migration_status(&input, &decision);
+            let (strategy, active, read_from) = migration::step_view(m, decision.step, &all);
+            if decision.moved {
+                events.push((
+                    "StepChanged",
+                    format!("step {} ({}), {strategy}: {} — {}", decision.step, next.step_name, decision.reason, decision.message),
+                ));
+            }
+            let fallback_after = m
+                .fallback_after
+                .as_deref()
+                .and_then(|t| crate::api::parse_duration("spec.migration.fallbackAfter", t).ok())
+                .map(signed);
+            (strategy, active, read_from, Some(next), decision.moved, fallback_after)
+        }
+        _ => (p.spec.strategy, all.clone(), all.first().cloned(), None, false, None),
+    };
+    let fallback_input = migration::FallbackInput {
+        strategy: step_strategy,
+        fallback_after,
+        active: &active,
+        providers: &rows,
+        previous: prev.fallback.as_ref(),
+        now,
+    };
+    let (strategy, fallback) = migration::decide_fallback(&fallback_input);
+    if let Some(event) = migration::fallback_event(&fallback_input, fallback.as_ref()) {
+        events.push(event);
+    }
+
     let fresh: Vec<_> = prev
         .relays
         .iter()
         .filter(|r| status::is_fresh(r, now, stale_after))
         .collect();
-    let on_generation = fresh
-        .iter()
-        .filter(|r| r.generation == Some(generation))
-        .count();
+    let on_generation = fresh.iter().filter(|r| r.generation == Some(generation)).count();
     // FailFast has been blocked since Ready last turned False for want of providers.
     let blocked_since = prev
         .conditions
         .iter()
-        .find(|c| {
-            c.type_ == status::READY
-                && c.status == "False"
-                && c.reason == status::reason::PROVIDERS_NOT_READY
-        })
+        .find(|c| c.type_ == status::READY && c.status == "False" && c.reason == status::reason::PROVIDERS_NOT_READY)
         .map(|c| c.last_transition_time.0);
     let input = status::ConditionInput {
         generation,
@@ -263,10 +286,10 @@ pub fn next_status(
         blocked_since,
         now,
         stall_after: signed(settings.stall_after),
-        migrating: false,
+        migrating,
     };
     let conditions = status::compute_conditions(&input, &prev.conditions);
-    DualWritePipelineStatus {
+    let next = DualWritePipelineStatus {
         observed_generation: Some(generation),
         strategy: Some(strategy),
         active_providers: Some(active),
@@ -276,12 +299,13 @@ pub fn next_status(
         backlog: rows.iter().map(|r| r.backlog).sum(),
         summary: Some(status::summary(&rows)),
         providers: rows,
-        migration: None,
-        fallback: None,
+        migration,
+        fallback,
         consistency: prev.consistency.clone(),
         relays: Vec::new(), // owned by the relays; never written by the operator
         conditions,
-    }
+    };
+    (next, events)
 }
 
 async fn reconcile(p: Arc<DualWritePipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -297,8 +321,11 @@ async fn reconcile(p: Arc<DualWritePipeline>, ctx: Arc<Context>) -> Result<Actio
     if invalid.is_none() {
         apply_owned(&p, &ns, &ctx).await?;
     }
-    let next = next_status(&p, &ctx.settings, Timestamp::now());
+    let (next, events) = next_status(&p, &ctx.settings, Timestamp::now());
     let prev = p.status.clone().unwrap_or_default();
+    for (reason, note) in events {
+        publish_event(&ctx, &p, EventType::Normal, reason, note).await;
+    }
     if let (Some(before), Some(after)) = (prev.strategy, next.strategy) {
         if before != after {
             publish_event(
