@@ -28,6 +28,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::handoff::Backlog;
 use crate::latency::{Histogram, LatencySummary};
 use crate::message::DataMessage;
 use crate::provider::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
@@ -147,6 +148,9 @@ impl PublishError {
 pub struct PublishReport {
     /// Providers that acknowledged the message.
     pub accepted: Vec<String>,
+    /// BestEffort only: providers that will get the message from their hinted-handoff backlog
+    /// (stored durably on the relay, replayed in order when the provider is back).
+    pub deferred: Vec<String>,
     /// BestEffort only: providers that failed (already logged and counted).
     pub failed: Vec<ProviderError>,
 }
@@ -157,9 +161,75 @@ struct Lane {
     latency: Histogram,
     /// Writes the composite abandoned at its deadline (the provider never answered).
     timeouts: AtomicU64,
+    /// Hinted handoff: where BestEffort keeps the writes this provider missed.
+    backlog: Option<Arc<Backlog>>,
+}
+
+/// How one provider took one message.
+enum LaneOutcome {
+    Acked,
+    /// Stored in the provider's backlog, to be replayed.
+    Deferred,
+    Failed(ProviderError),
 }
 
 impl Lane {
+    /// Writes to the provider, or (BestEffort, with hinted handoff) to its backlog: behind a
+    /// non-empty backlog so the provider receives messages in ingest order, or after a failed
+    /// write.
+    async fn publish_with_handoff(
+        &self,
+        msg: &DataMessage,
+        deadline: Duration,
+        strategy: Strategy,
+    ) -> LaneOutcome {
+        let Some(backlog) = &self.backlog else {
+            return match self.publish(msg, deadline).await {
+                Ok(()) => LaneOutcome::Acked,
+                Err(e) => LaneOutcome::Failed(e),
+            };
+        };
+        let name = self.provider.name();
+        if !backlog.is_empty() {
+            if strategy == Strategy::FailFast {
+                // Writing past the backlog would reorder the provider's messages; FailFast needs
+                // an acknowledgement now, so it waits for the replay to catch up.
+                return LaneOutcome::Failed(ProviderError::Unavailable {
+                    provider: name.to_string(),
+                    reason: format!(
+                        "replaying {} missed message(s) first; retry shortly",
+                        backlog.len()
+                    ),
+                });
+            }
+            return self.defer(backlog, msg, None).await;
+        }
+        match self.publish(msg, deadline).await {
+            Ok(()) => LaneOutcome::Acked,
+            Err(e) if strategy == Strategy::BestEffort => self.defer(backlog, msg, Some(e)).await,
+            Err(e) => LaneOutcome::Failed(e),
+        }
+    }
+
+    async fn defer(
+        &self,
+        backlog: &Backlog,
+        msg: &DataMessage,
+        cause: Option<ProviderError>,
+    ) -> LaneOutcome {
+        match backlog.append(msg).await {
+            Ok(()) => LaneOutcome::Deferred,
+            Err(e) => {
+                let provider = self.provider.name().to_string();
+                let reason = match cause {
+                    Some(c) => format!("{c}; and its backlog refused the message: {e}"),
+                    None => format!("its backlog refused the message: {e}"),
+                };
+                LaneOutcome::Failed(ProviderError::Unavailable { provider, reason })
+            }
+        }
+    }
+
     async fn publish(&self, msg: &DataMessage, deadline: Duration) -> Result<(), ProviderError> {
         let started = Instant::now();
         let outcome = match tokio::time::timeout(deadline, self.provider.publish(msg)).await {
@@ -215,6 +285,9 @@ pub struct Composite {
     publish_timeout: Duration,
     closed: AtomicBool,
     inflight: tokio::sync::Semaphore,
+    /// Stops the replay tasks; they are joined on close.
+    replay_stop: tokio::sync::watch::Sender<bool>,
+    replayers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Composite {
@@ -244,13 +317,57 @@ impl Composite {
                     provider,
                     latency: Histogram::default(),
                     timeouts: AtomicU64::new(0),
+                    backlog: None,
                 })
                 .collect(),
             strategy: AtomicU8::new(strategy.to_u8()),
             publish_timeout,
             closed: AtomicBool::new(false),
             inflight: tokio::sync::Semaphore::new(INFLIGHT_PERMITS as usize),
+            replay_stop: tokio::sync::watch::channel(false).0,
+            replayers: std::sync::Mutex::default(),
         })
+    }
+
+    /// Gives each provider a hinted-handoff backlog (`backlogs` by provider name; providers not
+    /// named get none). Replay starts with [`Composite::start_replay`].
+    pub fn with_backlogs(
+        mut self,
+        mut backlogs: std::collections::HashMap<String, Arc<Backlog>>,
+    ) -> Self {
+        for lane in &mut self.lanes {
+            lane.backlog = backlogs.remove(lane.provider.name());
+        }
+        self
+    }
+
+    /// Starts one replay task per backlog (stopped and joined by [`Composite::close_all`]).
+    /// Separate from construction so that a composite being replaced stops replaying before its
+    /// successor starts: two replayers of one backlog would send messages twice.
+    pub fn start_replay(&self) {
+        let mut tasks = self.replayers.lock().unwrap_or_else(|p| p.into_inner());
+        if !tasks.is_empty() {
+            return;
+        }
+        for lane in &self.lanes {
+            if let Some(backlog) = &lane.backlog {
+                tasks.push(tokio::spawn(crate::handoff::replay(
+                    backlog.clone(),
+                    lane.provider.clone(),
+                    self.publish_timeout,
+                    self.replay_stop.subscribe(),
+                )));
+            }
+        }
+    }
+
+    /// Stops the replay tasks and waits for them.
+    async fn stop_replay(&self) {
+        let _ = self.replay_stop.send(true);
+        let tasks = std::mem::take(&mut *self.replayers.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     /// Waits until every publish that has started has finished (used before closing a composite
@@ -294,26 +411,32 @@ impl Composite {
             .map(|lane| async move {
                 (
                     lane.provider.name(),
-                    lane.publish(msg, self.publish_timeout).await,
+                    lane.publish_with_handoff(msg, self.publish_timeout, strategy)
+                        .await,
                 )
             })
             .collect();
         let mut report = PublishReport::default();
         while let Some((name, outcome)) = writes.next().await {
             match outcome {
-                Ok(()) => report.accepted.push(name.to_string()),
-                Err(e) if strategy == Strategy::FailFast => {
+                LaneOutcome::Acked => report.accepted.push(name.to_string()),
+                LaneOutcome::Deferred => {
+                    tracing::debug!(provider = name, message_id = %msg.id, "kept in the provider's backlog for replay");
+                    report.deferred.push(name.to_string());
+                }
+                LaneOutcome::Failed(e) if strategy == Strategy::FailFast => {
                     tracing::warn!(provider = name, error = %e, message_id = %msg.id, "fail-fast publish failed");
                     // Dropping `writes` abandons the other writes: the caller hears at once.
                     return Err(PublishError::Failed(e));
                 }
-                Err(e) => {
+                LaneOutcome::Failed(e) => {
                     tracing::warn!(provider = name, error = %e, message_id = %msg.id, "best-effort write failed; continuing with the other providers");
                     report.failed.push(e);
                 }
             }
         }
-        if report.accepted.is_empty() {
+        // A message counts as accepted once a provider or a durable backlog holds it.
+        if report.accepted.is_empty() && report.deferred.is_empty() {
             return Err(PublishError::AllFailed(report.failed));
         }
         Ok(report)
@@ -350,7 +473,10 @@ impl Composite {
             .lanes
             .iter()
             .map(|lane| {
-                let stats = lane.provider.stats();
+                let mut stats = lane.provider.stats();
+                if let Some(b) = &lane.backlog {
+                    stats.backlog = b.len();
+                }
                 total.add(&stats);
                 ProviderRow {
                     name: lane.provider.name().to_string(),
@@ -359,7 +485,10 @@ impl Composite {
                     timeouts: lane.timeouts.load(Ordering::Relaxed),
                     latency: lane.latency.summary(),
                     health: lane.provider.health(),
-                    needs_reconciliation: false,
+                    needs_reconciliation: lane
+                        .backlog
+                        .as_ref()
+                        .is_some_and(|b| b.needs_reconciliation()),
                 }
             })
             .collect();
@@ -403,6 +532,7 @@ impl Composite {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.stop_replay().await;
         let results =
             futures::future::join_all(self.lanes.iter().map(|l| l.provider.close())).await;
         results
@@ -502,9 +632,12 @@ mod tests {
     struct Scripted {
         name: String,
         delay: Duration,
-        fail: bool,
+        fail: AtomicBool,
         counters: crate::provider::Counters,
         closes: AtomicU64,
+        /// Ids acknowledged, in order, and a wake-up for each.
+        received: std::sync::Mutex<Vec<String>>,
+        arrived: tokio::sync::Notify,
     }
 
     impl Scripted {
@@ -512,10 +645,27 @@ mod tests {
             Arc::new(Self {
                 name: name.into(),
                 delay: Duration::from_millis(delay_ms),
-                fail,
+                fail: AtomicBool::new(fail),
                 counters: Default::default(),
                 closes: AtomicU64::new(0),
+                received: Default::default(),
+                arrived: Default::default(),
             })
+        }
+
+        fn received(&self) -> Vec<String> {
+            self.received.lock().unwrap().clone()
+        }
+
+        /// Waits until `n` messages were acknowledged.
+        async fn wait_for(&self, n: usize) {
+            loop {
+                let notified = self.arrived.notified();
+                if self.received.lock().unwrap().len() >= n {
+                    return;
+                }
+                notified.await;
+            }
         }
     }
 
@@ -527,14 +677,16 @@ mod tests {
         fn kind(&self) -> ProviderKind {
             ProviderKind::Memory
         }
-        async fn publish(&self, _msg: &DataMessage) -> Result<(), ProviderError> {
+        async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
             tokio::time::sleep(self.delay).await;
-            let outcome = if self.fail {
+            let outcome = if self.fail.load(Ordering::Acquire) {
                 Err(ProviderError::Unavailable {
                     provider: self.name.clone(),
                     reason: "scripted failure".into(),
                 })
             } else {
+                self.received.lock().unwrap().push(msg.id.clone());
+                self.arrived.notify_waiters();
                 Ok(())
             };
             self.counters.record(&outcome);
@@ -547,7 +699,7 @@ mod tests {
             self.counters.snapshot()
         }
         fn health(&self) -> Health {
-            if self.fail {
+            if self.fail.load(Ordering::Acquire) {
                 Health::down("PublishFailed", "scripted failure")
             } else {
                 Health::up("Connected", "ok")
@@ -785,6 +937,119 @@ mod tests {
         c.drain().await;
         assert_eq!(started.elapsed(), Duration::from_millis(100));
         assert!(publisher.await.unwrap().is_ok());
+    }
+
+    fn with_handoff(
+        providers: Vec<Arc<dyn Provider>>,
+        strategy: Strategy,
+        dir: &std::path::Path,
+    ) -> Composite {
+        let store = crate::handoff::HandoffStore::open(dir).unwrap();
+        let backlogs = providers
+            .iter()
+            .map(|p| {
+                (
+                    p.name().to_string(),
+                    store.backlog(p.name(), Default::default()).unwrap(),
+                )
+            })
+            .collect();
+        composite(providers, strategy).with_backlogs(backlogs)
+    }
+
+    #[tokio::test]
+    async fn best_effort_keeps_missed_writes_and_replays_them_in_ingest_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = Scripted::new("good", 0, false);
+        let flaky = Scripted::new("flaky", 0, true);
+        let c = with_handoff(
+            vec![good.clone(), flaky.clone()],
+            Strategy::BestEffort,
+            dir.path(),
+        );
+        let ids: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+        for id in &ids[..3] {
+            let mut m = DataMessage::new("t", "x");
+            m.id = id.clone();
+            let report = c.publish_detailed(&m).await.unwrap();
+            assert_eq!(report.accepted, ["good"]);
+            assert_eq!(report.deferred, ["flaky"]);
+        }
+        assert_eq!(c.stats_detailed().providers[1].stats.backlog, 3);
+        flaky.fail.store(false, Ordering::Release);
+        // While flaky still has a backlog, new messages for it go behind the backlog.
+        for id in &ids[3..] {
+            let mut m = DataMessage::new("t", "x");
+            m.id = id.clone();
+            let report = c.publish_detailed(&m).await.unwrap();
+            assert_eq!(report.deferred, ["flaky"], "goes behind the backlog");
+        }
+        c.start_replay();
+        flaky.wait_for(5).await;
+        assert_eq!(
+            flaky.received(),
+            ids,
+            "flaky received every message in ingest order"
+        );
+        assert_eq!(good.received(), ids);
+        c.close_all().await.unwrap();
+        assert_eq!(c.stats_detailed().providers[1].stats.backlog, 0);
+    }
+
+    #[tokio::test]
+    async fn best_effort_with_every_provider_down_succeeds_only_into_backlogs() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = with_handoff(
+            vec![Scripted::new("x", 0, true), Scripted::new("y", 0, true)],
+            Strategy::BestEffort,
+            dir.path(),
+        );
+        let report = c
+            .publish_detailed(&DataMessage::new("t", "x"))
+            .await
+            .unwrap();
+        assert!(report.accepted.is_empty());
+        assert_eq!(report.deferred.len(), 2, "held durably for both");
+        // Without handoff the same publish fails: a message that went nowhere is not accepted.
+        let bare = composite(vec![Scripted::new("x", 0, true)], Strategy::BestEffort);
+        assert!(matches!(
+            bare.publish_detailed(&DataMessage::new("t", "x")).await,
+            Err(PublishError::AllFailed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn fail_fast_refuses_while_a_backlog_is_replaying_rather_than_reorder() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Scripted::new("flaky", 0, true);
+        let c = with_handoff(
+            vec![Scripted::new("good", 0, false), flaky.clone()],
+            Strategy::BestEffort,
+            dir.path(),
+        );
+        c.publish_detailed(&DataMessage::new("t", "missed"))
+            .await
+            .unwrap();
+        flaky.fail.store(false, Ordering::Release);
+        c.set_strategy(Strategy::FailFast);
+        let err = c
+            .publish_detailed(&DataMessage::new("t", "next"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("replaying 1 missed message"),
+            "{err}"
+        );
+        c.start_replay();
+        flaky.wait_for(1).await;
+        // Replay finished (remove happens after the ack): wait for the backlog to read empty.
+        while c.stats_detailed().providers[1].stats.backlog > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(c
+            .publish_detailed(&DataMessage::new("t", "after"))
+            .await
+            .is_ok());
     }
 
     #[test]

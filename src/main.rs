@@ -47,6 +47,10 @@ enum Command {
         /// This relay's name in the pipeline status (the pod name in a cluster).
         #[arg(long, env = "POD_NAME", requires = "pipeline")]
         pod_name: Option<String>,
+        /// Directory of the hinted-handoff backlog (missed writes kept for replay). Unset: no
+        /// handoff, and a BestEffort write a provider missed is only counted.
+        #[arg(long, env = "DUALWRITE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
         /// How often the relay considers reporting its numbers (reports only on change, plus a
         /// heartbeat every four intervals).
         #[arg(long, env = "REPORT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -136,12 +140,30 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: no new requests; finishing in-flight ones");
 }
 
+/// Opens the hinted-handoff store in `dir`, if given.
+fn open_handoff(
+    dir: Option<&std::path::Path>,
+) -> Result<Option<Arc<dualwrite::handoff::HandoffStore>>, String> {
+    match dir {
+        None => {
+            tracing::warn!("hinted handoff is off (no DUALWRITE_STATE_DIR): a write a provider misses under BestEffort is counted, not kept for replay");
+            Ok(None)
+        }
+        Some(dir) => {
+            let store = dualwrite::handoff::HandoffStore::open(dir).map_err(|e| e.to_string())?;
+            tracing::info!(path = %store.path().display(), "hinted handoff on");
+            Ok(Some(store))
+        }
+    }
+}
+
 async fn run_relay_in_cluster(
     pipeline: &str,
     pod_name: Option<String>,
     port: Option<u16>,
     bind: IpAddr,
     report_interval: Duration,
+    state_dir: Option<PathBuf>,
 ) -> Result<(), String> {
     let pipeline: relay::cluster::PipelineRef = pipeline.parse()?;
     let pod = pod_name.unwrap_or_else(|| {
@@ -152,16 +174,14 @@ async fn run_relay_in_cluster(
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {e}"))?;
-    relay::cluster::run(
-        client,
-        pipeline,
+    let options = relay::cluster::Options {
         pod,
-        SocketAddr::new(bind, 0),
+        bind,
         port,
-        report_interval,
-        shutdown_signal(),
-    )
-    .await
+        report_every: report_interval,
+        handoff: open_handoff(state_dir.as_deref())?,
+    };
+    relay::cluster::run(client, pipeline, options, shutdown_signal()).await
 }
 
 struct OperatorArgs {
@@ -278,7 +298,12 @@ async fn run_operator(a: OperatorArgs) -> Result<(), String> {
     result
 }
 
-async fn run_relay(file: Option<PathBuf>, port: Option<u16>, bind: IpAddr) -> Result<(), String> {
+async fn run_relay(
+    file: Option<PathBuf>,
+    port: Option<u16>,
+    bind: IpAddr,
+    state_dir: Option<PathBuf>,
+) -> Result<(), String> {
     let env = config::SeedEnv::from_process();
     let spec = match &file {
         Some(path) => {
@@ -297,8 +322,9 @@ async fn run_relay(file: Option<PathBuf>, port: Option<u16>, bind: IpAddr) -> Re
     let port = port
         .or(spec.ingest.as_ref().and_then(|i| i.port))
         .unwrap_or(relay::DEFAULT_PORT);
-    let composite = relay::build_composite(&spec).await?;
-    let relay = relay::Relay::new(composite, spec);
+    let handoff = open_handoff(state_dir.as_deref())?;
+    let composite = relay::build_composite_with(&spec, handoff.as_ref()).await?;
+    let relay = relay::Relay::with_handoff(composite, spec, handoff);
     let addr = SocketAddr::new(bind, port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         format!("cannot listen on {addr}: {e}; set API_PORT or --port to a free port")
@@ -319,11 +345,18 @@ async fn main() -> ExitCode {
             port,
             bind,
             report_interval,
+            state_dir,
             ..
-        } => run_relay_in_cluster(&pipeline, pod_name, port, bind, report_interval).await,
+        } => {
+            run_relay_in_cluster(&pipeline, pod_name, port, bind, report_interval, state_dir).await
+        }
         Command::Relay {
-            file, port, bind, ..
-        } => run_relay(file, port, bind).await,
+            file,
+            port,
+            bind,
+            state_dir,
+            ..
+        } => run_relay(file, port, bind, state_dir).await,
         Command::Operator {
             namespace,
             relay_image,

@@ -228,6 +228,21 @@ async fn unreachable_broker_starts_unhealthy_and_fails_within_the_deadline() {
     assert_eq!(err.provider(), "kafka-down");
     assert!(err.to_string().contains("kafka-down"), "{err}");
     assert_eq!(p.stats().failed, 1);
+    // Health keeps the broker's answer rather than a generic publish failure.
+    assert_eq!(p.health().reason, "Unavailable", "{:?}", p.health());
+    let started = Instant::now();
+    let err = p
+        .subscribe()
+        .await
+        .err()
+        .expect("no subscription without a broker");
+    assert!(
+        started.elapsed() <= TIMEOUT + MARGIN,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, ProviderError::Subscribe { .. }), "{err}");
+    assert_eq!(err.provider(), "kafka-down");
     p.close().await.unwrap();
 }
 

@@ -43,20 +43,19 @@ fn spec(brokers: &str) -> KafkaSpec {
     }
 }
 
-/// The next message of `sub`, skipping error items (counted) such as "broker unreachable".
+/// The next message of `sub` within [`RECOVER`], skipping error items (counted).
 async fn next_message(sub: &mut dualwrite::provider::MessageStream) -> (DataMessage, usize) {
+    let deadline = tokio::time::Instant::now() + RECOVER;
     let mut errors = 0;
     loop {
-        match tokio::time::timeout(RECOVER, sub.next())
-            .await
-            .expect("a message in time")
-        {
-            Some(Ok(m)) => return (m, errors),
-            Some(Err(e)) => {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Err(_) => panic!("no message within {RECOVER:?} ({errors} errors seen)"),
+            Ok(Some(Ok(m))) => return (m, errors),
+            Ok(Some(Err(e))) => {
                 eprintln!("subscription error: {e}");
                 errors += 1;
             }
-            None => panic!("the subscription ended"),
+            Ok(None) => panic!("the subscription ended"),
         }
     }
 }

@@ -253,6 +253,19 @@ async fn unreachable_server_fails_within_the_deadline_naming_the_provider() {
     );
     assert_eq!(p.stats().failed, 1);
     assert!(!p.health().healthy);
+    let started = Instant::now();
+    let err = p
+        .subscribe()
+        .await
+        .err()
+        .expect("no subscription without a server");
+    assert!(
+        started.elapsed() <= TIMEOUT + MARGIN,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, ProviderError::Subscribe { .. }), "{err}");
+    assert_eq!(err.provider(), "nats-down");
     p.close().await.unwrap();
 }
 

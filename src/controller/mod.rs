@@ -216,13 +216,17 @@ pub fn next_status(
     let generation = p.metadata.generation.unwrap_or(0);
     let invalid = p.spec.validate().err().map(|e| e.join("; "));
     let stale_after = signed(settings.stale_after);
-    let rows = status::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
+    let rows =
+        status::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
     let mut events = Vec::new();
 
     // The migration step (if any) decides the strategy and the providers written; the automatic
     // fallback may then relax FailFast to BestEffort while a provider is down.
     let all: Vec<String> = p.spec.providers.iter().map(|x| x.name.clone()).collect();
-    let (step_strategy, active, read_from, migration, migrating, fallback_after) = match &p.spec.migration {
+    let (step_strategy, active, read_from, migration, migrating, fallback_after) = match &p
+        .spec
+        .migration
+    {
         Some(m) if invalid.is_none() => {
             let input = migration::StepInput {
                 migration: m,
@@ -237,7 +241,10 @@ pub fn next_status(
             if decision.moved {
                 events.push((
                     "StepChanged",
-                    format!("step {} ({}), {strategy}: {} — {}", decision.step, next.step_name, decision.reason, decision.message),
+                    format!(
+                        "step {} ({}), {strategy}: {} — {}",
+                        decision.step, next.step_name, decision.reason, decision.message
+                    ),
                 ));
             }
             let fallback_after = m
@@ -245,9 +252,23 @@ pub fn next_status(
                 .as_deref()
                 .and_then(|t| crate::api::parse_duration("spec.migration.fallbackAfter", t).ok())
                 .map(signed);
-            (strategy, active, read_from, Some(next), decision.moved, fallback_after)
+            (
+                strategy,
+                active,
+                read_from,
+                Some(next),
+                decision.moved,
+                fallback_after,
+            )
         }
-        _ => (p.spec.strategy, all.clone(), all.first().cloned(), None, false, None),
+        _ => (
+            p.spec.strategy,
+            all.clone(),
+            all.first().cloned(),
+            None,
+            false,
+            None,
+        ),
     };
     let fallback_input = migration::FallbackInput {
         strategy: step_strategy,
@@ -267,12 +288,19 @@ pub fn next_status(
         .iter()
         .filter(|r| status::is_fresh(r, now, stale_after))
         .collect();
-    let on_generation = fresh.iter().filter(|r| r.generation == Some(generation)).count();
+    let on_generation = fresh
+        .iter()
+        .filter(|r| r.generation == Some(generation))
+        .count();
     // FailFast has been blocked since Ready last turned False for want of providers.
     let blocked_since = prev
         .conditions
         .iter()
-        .find(|c| c.type_ == status::READY && c.status == "False" && c.reason == status::reason::PROVIDERS_NOT_READY)
+        .find(|c| {
+            c.type_ == status::READY
+                && c.status == "False"
+                && c.reason == status::reason::PROVIDERS_NOT_READY
+        })
         .map(|c| c.last_transition_time.0);
     let input = status::ConditionInput {
         generation,

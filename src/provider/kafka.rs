@@ -149,7 +149,7 @@ impl Shared {
     }
 
     /// Records a publish outcome. A message-specific rejection (too large) says nothing about
-    /// the broker, and "topic not created yet" is already reflected, so both leave health alone.
+    /// the broker, so it leaves health alone.
     fn observe(&self, outcome: &Result<(), ProviderError>) {
         if self.is_closed() || matches!(outcome, Err(ProviderError::Rejected { .. })) {
             return;
@@ -548,15 +548,8 @@ impl KafkaProvider {
         }
     }
 
+    /// Writes one record and awaits its delivery report (the caller applies the deadline).
     async fn send(&self, msg: &DataMessage) -> Result<(), ProviderError> {
-        if !self.shared.topic_ready.load(Ordering::Acquire) {
-            self.shared.kick.notify_one();
-            return Err(self.unavailable(format!(
-                "topic {} is not created yet ({})",
-                self.topic,
-                self.shared.health.get().message
-            )));
-        }
         let producer = self.producer.get();
         let payload = msg.to_wire();
         let headers = OwnedHeaders::new_with_capacity(2)
@@ -774,18 +767,31 @@ impl Provider for KafkaProvider {
     }
 
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
-        let outcome = if self.shared.is_closed() {
-            Err(ProviderError::Closed {
+        if self.shared.is_closed() {
+            let closed = Err(ProviderError::Closed {
                 provider: self.name.clone(),
-            })
-        } else {
-            match tokio::time::timeout(self.publish_timeout, self.send(msg)).await {
-                Ok(r) => r,
-                Err(_) => Err(ProviderError::Timeout {
-                    provider: self.name.clone(),
-                    after: self.publish_timeout,
-                }),
-            }
+            });
+            self.shared.counters.record(&closed);
+            return closed;
+        }
+        if !self.shared.topic_ready.load(Ordering::Acquire) {
+            // Fail at once; health already says why (`Unavailable`, with the broker's answer)
+            // and keeps saying it: this outcome is not observed as a publish failure.
+            self.shared.kick.notify_one();
+            let not_ready = Err(self.unavailable(format!(
+                "topic {} is not created yet ({})",
+                self.topic,
+                self.shared.health.get().message
+            )));
+            self.shared.counters.record(&not_ready);
+            return not_ready;
+        }
+        let outcome = match tokio::time::timeout(self.publish_timeout, self.send(msg)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Timeout {
+                provider: self.name.clone(),
+                after: self.publish_timeout,
+            }),
         };
         self.shared.counters.record(&outcome);
         self.shared.observe(&outcome);
@@ -804,6 +810,16 @@ impl Provider for KafkaProvider {
             provider: self.name.clone(),
             reason,
         };
+        if !self.shared.topic_ready.load(Ordering::Acquire) {
+            // Subscribing to a missing topic would wait for librdkafka's next metadata refresh
+            // (minutes) after the supervisor creates it; better to fail now and be retried.
+            self.shared.kick.notify_one();
+            return Err(subscribe_err(format!(
+                "topic {} is not created yet ({}); subscribe again once the provider is healthy",
+                self.topic,
+                self.shared.health.get().message
+            )));
+        }
         let consumer: StreamConsumer<HealthContext> = self
             .consumer_config
             .create_with_context(HealthContext {

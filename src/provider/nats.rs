@@ -7,8 +7,11 @@
 //! Lifecycle, and why it is shaped this way:
 //! - `connect` fails only on configuration errors (a bad URL or subject, a stream that cannot
 //!   hold the subject). An unreachable server does not fail it: the relay must start when one
-//!   broker is down (BestEffort), so the provider is built with its health down and async-nats
-//!   keeps (re)connecting in the background (`retry_on_initial_connect`, no reconnect limit).
+//!   broker is down (BestEffort), so the provider is built with its health down and its
+//!   supervisor task dials again every [`PROBE_INTERVAL`]. Once connected, async-nats reconnects
+//!   by itself after any later loss (no reconnect limit). The first connection is not left to
+//!   async-nats' `retry_on_initial_connect`: a client closed before it ever connected would keep
+//!   that background connect loop running forever.
 //! - Health follows the connection: a `Disconnected` event marks it down at once; after a
 //!   `Connected` event a small supervisor task verifies JetStream answers (and creates the stream
 //!   if it could not be created before) and only then marks it up. A failed publish marks it
@@ -134,14 +137,12 @@ fn check_subject(subject: &str) -> Result<(), String> {
 /// The connection as the event callback last saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Link {
-    /// No attempt has finished yet.
-    Pending,
     Up,
     Down,
 }
 
-/// Why the stream could not be ensured: a configuration problem (fail `connect`) or a passing
-/// condition (keep the provider, retry later).
+/// Why the connection or the stream could not be set up: a configuration problem (fail
+/// `connect`) or a passing condition (keep the provider, retry later).
 #[derive(Debug)]
 enum EnsureError {
     Config(String),
@@ -287,6 +288,58 @@ impl StreamSetup {
     }
 }
 
+/// A live connection and what the stream needs; set once the first connection succeeded.
+struct Conn {
+    client: async_nats::Client,
+    setup: StreamSetup,
+}
+
+/// Makes the first connection (async-nats reconnects by itself after that).
+struct Dialer {
+    options: ConnectOptions,
+    addrs: Vec<ServerAddr>,
+    publish_timeout: Duration,
+    stream: stream::Config,
+    subject: String,
+}
+
+impl Dialer {
+    /// One round of connection attempts over the configured servers, bounded by
+    /// [`SETUP_TIMEOUT`] (each server by [`CONNECT_ATTEMPT_TIMEOUT`]).
+    async fn dial(&self) -> Result<Conn, EnsureError> {
+        let client = tokio::time::timeout(
+            SETUP_TIMEOUT,
+            self.options.clone().connect(self.addrs.clone()),
+        )
+        .await
+        .map_err(|_| {
+            EnsureError::Transient(format!("no answer within {}ms", SETUP_TIMEOUT.as_millis()))
+        })?
+        .map_err(|e| match e.kind() {
+            // Retrying cannot fix these; `connect` turns them into configuration errors.
+            async_nats::ConnectErrorKind::Authentication
+            | async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::ServerParse => EnsureError::Config(e.to_string()),
+            _ => EnsureError::Transient(e.to_string()),
+        })?;
+        // The context timeout bounds JetStream API requests and PubAck waits; `ack_timeout`
+        // bounds acks whose future was dropped (a publish cut by its deadline), so they do not
+        // hold one of the in-flight permits for the default 30s.
+        let js = jetstream::ContextBuilder::new()
+            .timeout(self.publish_timeout)
+            .ack_timeout(self.publish_timeout)
+            .build(client.clone());
+        Ok(Conn {
+            client,
+            setup: StreamSetup {
+                js,
+                config: self.stream.clone(),
+                subject: self.subject.clone(),
+            },
+        })
+    }
+}
+
 fn classify_stream_error(stream: &str, e: CreateStreamError) -> EnsureError {
     let text = format!("stream {stream}: {e}");
     match e.kind() {
@@ -307,8 +360,8 @@ pub struct NatsProvider {
     stream_name: String,
     durable: String,
     publish_timeout: Duration,
-    client: async_nats::Client,
-    setup: StreamSetup,
+    /// Empty until the first connection succeeded (at `connect` or later by the supervisor).
+    conn: Arc<OnceLock<Conn>>,
     shared: Arc<Shared>,
     /// `true` asks the supervisor and subscription streams to stop; dropping the provider
     /// drops the sender, which stops them too.
@@ -368,7 +421,7 @@ impl NatsProvider {
             return Err(config_err("publishTimeout must be more than 0".into()));
         }
 
-        let (link, _) = watch::channel(Link::Pending);
+        let (link, _) = watch::channel(Link::Down);
         let shared = Arc::new(Shared {
             name: name.to_string(),
             url: spec.url.clone(),
@@ -384,31 +437,20 @@ impl NatsProvider {
         });
 
         let events = shared.clone();
-        let client = ConnectOptions::new()
+        let options = ConnectOptions::new()
             .name(format!("dualwrite-{name}"))
             .connection_timeout(CONNECT_ATTEMPT_TIMEOUT)
-            // Keep trying in the background: the relay starts while a broker is down.
-            .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
             .event_callback(move |event| {
                 let shared = events.clone();
                 async move { shared.on_event(event) }
-            })
-            .connect(addrs)
-            .await
-            .map_err(|e| config_err(format!("nats.url {:?}: {e}", spec.url)))?;
-
-        // The context timeout bounds JetStream API requests and PubAck waits; `ack_timeout`
-        // bounds acks whose future was dropped (a publish cut by its deadline), so they do not
-        // hold one of the in-flight permits for the default 30s.
-        let js = jetstream::ContextBuilder::new()
-            .timeout(publish_timeout)
-            .ack_timeout(publish_timeout)
-            .build(client.clone());
-        let setup = StreamSetup {
-            js,
-            config: stream::Config {
+            });
+        let dialer = Dialer {
+            options,
+            addrs,
+            publish_timeout,
+            stream: stream::Config {
                 name: stream_name.clone(),
                 subjects: vec![subject.clone()],
                 duplicate_window,
@@ -418,54 +460,58 @@ impl NatsProvider {
             subject: subject.clone(),
         };
 
-        // Wait for the first connection attempt's outcome (bounded), then for the stream.
-        let mut link_rx = shared.link.subscribe();
-        let _ =
-            tokio::time::timeout(SETUP_TIMEOUT, link_rx.wait_for(|l| *l != Link::Pending)).await;
-        if client.connection_state() == State::Connected {
-            match tokio::time::timeout(SETUP_TIMEOUT, setup.ensure()).await {
-                Ok(Ok(())) => {
-                    shared.stream_ready.store(true, Ordering::Release);
-                    shared.health.set(
-                        true,
-                        REASON_CONNECTED,
-                        format!("connected to {}; stream {stream_name} ready", spec.url),
-                    );
+        let conn = Arc::new(OnceLock::new());
+        match dialer.dial().await {
+            Ok(c) => {
+                match tokio::time::timeout(SETUP_TIMEOUT, c.setup.ensure()).await {
+                    Ok(Ok(())) => {
+                        shared.stream_ready.store(true, Ordering::Release);
+                        shared.health.set(
+                            true,
+                            REASON_CONNECTED,
+                            format!("connected to {}; stream {stream_name} ready", spec.url),
+                        );
+                    }
+                    Ok(Err(EnsureError::Config(reason))) => {
+                        // Close the connection we opened; the caller gets no provider to close.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, c.client.drain()).await;
+                        return Err(config_err(reason));
+                    }
+                    Ok(Err(EnsureError::Transient(reason))) => {
+                        tracing::warn!(provider = %name, %reason, "nats: stream not ready yet; will retry");
+                        shared.health.set(false, REASON_STREAM, reason);
+                    }
+                    Err(_) => {
+                        let reason = format!(
+                            "JetStream did not answer within {}ms when checking stream {stream_name}",
+                            SETUP_TIMEOUT.as_millis()
+                        );
+                        tracing::warn!(provider = %name, %reason, "nats: stream not ready yet; will retry");
+                        shared.health.set(false, REASON_STREAM, reason);
+                    }
                 }
-                Ok(Err(EnsureError::Config(reason))) => {
-                    // Close the connection we opened; the caller gets no provider to close.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, client.drain()).await;
-                    return Err(config_err(reason));
-                }
-                Ok(Err(EnsureError::Transient(reason))) => {
-                    tracing::warn!(provider = %name, %reason, "nats: stream not ready yet; will retry");
-                    shared.health.set(false, REASON_STREAM, reason);
-                }
-                Err(_) => {
-                    let reason = format!(
-                        "JetStream did not answer within {}ms when checking stream {stream_name}",
-                        SETUP_TIMEOUT.as_millis()
-                    );
-                    tracing::warn!(provider = %name, %reason, "nats: stream not ready yet; will retry");
-                    shared.health.set(false, REASON_STREAM, reason);
-                }
+                let _ = conn.set(c);
             }
-        } else {
-            tracing::warn!(
-                provider = %name,
-                url = %spec.url,
-                health = %shared.health.get().message,
-                "nats: server unreachable at start; the provider starts unhealthy and keeps reconnecting"
-            );
+            Err(EnsureError::Config(reason)) => {
+                return Err(config_err(format!("nats.url {:?}: {reason}", spec.url)));
+            }
+            Err(EnsureError::Transient(e)) => {
+                tracing::warn!(
+                    provider = %name,
+                    url = %spec.url,
+                    error = %e,
+                    "nats: server unreachable at start; the provider starts unhealthy and keeps dialing"
+                );
+                shared.health.set(
+                    false,
+                    REASON_DISCONNECTED,
+                    format!("cannot connect to {}: {e}", spec.url),
+                );
+            }
         }
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let supervisor = tokio::spawn(supervise(
-            shared.clone(),
-            client.clone(),
-            setup.clone(),
-            shutdown_rx,
-        ));
+        let supervisor = tokio::spawn(supervise(shared.clone(), conn.clone(), dialer, shutdown_rx));
 
         Ok(NatsProvider {
             name: name.to_string(),
@@ -473,8 +519,7 @@ impl NatsProvider {
             stream_name,
             durable,
             publish_timeout,
-            client,
-            setup,
+            conn,
             shared,
             shutdown,
             supervisor: Mutex::new(Some(supervisor)),
@@ -514,39 +559,44 @@ impl NatsProvider {
         }
     }
 
-    /// Returns once the client is connected, or fails after [`RECONNECT_GRACE`].
-    async fn wait_connected(&self) -> Result<(), ProviderError> {
-        if self.client.connection_state() == State::Connected {
-            return Ok(());
+    /// The connection once it is up; waits at most [`RECONNECT_GRACE`] for a lost one to come
+    /// back, then fails with `Unavailable`.
+    async fn connection(&self) -> Result<&Conn, ProviderError> {
+        let not_connected = || {
+            self.unavailable(format!(
+                "not connected to {} ({})",
+                self.shared.url,
+                self.shared.health.get().message
+            ))
+        };
+        let conn = self.conn.get().ok_or_else(not_connected)?;
+        if conn.client.connection_state() == State::Connected {
+            return Ok(conn);
         }
         let mut link = self.shared.link.subscribe();
         let wait = async {
             // The event callback trails the client's own state a little; re-check the state on
             // every link change instead of trusting either alone.
-            while self.client.connection_state() != State::Connected {
+            while conn.client.connection_state() != State::Connected {
                 if link.changed().await.is_err() {
                     return;
                 }
             }
         };
         let _ = tokio::time::timeout(RECONNECT_GRACE, wait).await;
-        if self.client.connection_state() == State::Connected {
-            Ok(())
+        if conn.client.connection_state() == State::Connected {
+            Ok(conn)
         } else {
-            Err(self.unavailable(format!(
-                "not connected to {} ({})",
-                self.shared.url,
-                self.shared.health.get().message
-            )))
+            Err(not_connected())
         }
     }
 
     /// Publish and PubAck, without the overall deadline (the caller applies it).
     async fn publish_acked(&self, msg: &DataMessage) -> Result<(), ProviderError> {
-        self.wait_connected().await?;
+        let conn = self.connection().await?;
         if !self.shared.stream_ready.load(Ordering::Acquire) {
             // Idempotent on the server, so concurrent publishes racing here are harmless.
-            self.setup
+            conn.setup
                 .ensure()
                 .await
                 .map_err(|e| self.unavailable(e.reason().to_string()))?;
@@ -554,7 +604,7 @@ impl NatsProvider {
         }
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID_HEADER, msg.id.as_str());
-        let ack = self
+        let ack = conn
             .setup
             .js
             .publish_with_headers(self.subject.clone(), headers, Bytes::from(msg.to_wire()))
@@ -605,13 +655,14 @@ fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis(1u64 << exp).min(MAX_RECONNECT_DELAY)
 }
 
-/// Keeps health honest while it is down: once connected, checks that JetStream answers and the
-/// stream exists (creating it when it could not be created at start), then marks the provider
-/// healthy. Stops when `shutdown` turns true or its sender is dropped.
+/// Makes the first connection when `connect` could not, and keeps health honest while it is
+/// down: once connected, checks that JetStream answers and the stream exists (creating it when
+/// it could not be created before), then marks the provider healthy. Stops when `shutdown`
+/// turns true or its sender is dropped.
 async fn supervise(
     shared: Arc<Shared>,
-    client: async_nats::Client,
-    setup: StreamSetup,
+    conn: Arc<OnceLock<Conn>>,
+    dialer: Dialer,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
@@ -629,35 +680,57 @@ async fn supervise(
         if shared.is_closed() {
             break;
         }
+        let c = match conn.get() {
+            Some(c) => c,
+            None => {
+                let dialed = tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    r = dialer.dial() => r,
+                };
+                match dialed {
+                    Ok(c) => {
+                        tracing::info!(provider = %shared.name, url = %shared.url, "nats: first connection made");
+                        // Only this task sets it after `connect`, so this cannot be taken.
+                        conn.get_or_init(|| c)
+                    }
+                    Err(e) => {
+                        shared.health.set(
+                            false,
+                            REASON_DISCONNECTED,
+                            format!("cannot connect to {}: {}", shared.url, e.reason()),
+                        );
+                        continue;
+                    }
+                }
+            }
+        };
         let ready = shared.stream_ready.load(Ordering::Acquire);
         if ready && shared.health.get().healthy {
             continue;
         }
-        if client.connection_state() != State::Connected {
+        if c.client.connection_state() != State::Connected {
             // The event callback already reports why; nothing to probe.
             continue;
         }
         let outcome = tokio::select! {
             // Stop promptly even mid-probe.
             _ = shutdown.wait_for(|s| *s) => break,
-            r = tokio::time::timeout(PROBE_TIMEOUT, setup.ensure()) => r,
+            r = tokio::time::timeout(PROBE_TIMEOUT, c.setup.ensure()) => r,
         };
         if shared.is_closed() {
             break;
         }
+        let stream = &c.setup.config.name;
         match outcome {
             Ok(Ok(())) => {
                 shared.stream_ready.store(true, Ordering::Release);
                 if !shared.health.get().healthy {
-                    tracing::info!(provider = %shared.name, stream = %setup.config.name, "nats: healthy again");
+                    tracing::info!(provider = %shared.name, %stream, "nats: healthy again");
                 }
                 shared.health.set(
                     true,
                     REASON_CONNECTED,
-                    format!(
-                        "connected to {}; stream {} ready",
-                        shared.url, setup.config.name
-                    ),
+                    format!("connected to {}; stream {stream} ready", shared.url),
                 );
             }
             Ok(Err(e)) => shared
@@ -667,9 +740,8 @@ async fn supervise(
                 false,
                 REASON_STREAM,
                 format!(
-                    "JetStream did not answer within {}ms when checking stream {}",
-                    PROBE_TIMEOUT.as_millis(),
-                    setup.config.name
+                    "JetStream did not answer within {}ms when checking stream {stream}",
+                    PROBE_TIMEOUT.as_millis()
                 ),
             ),
         }
@@ -752,15 +824,20 @@ impl Provider for NatsProvider {
             provider: self.name.clone(),
             reason,
         };
+        // Not connected: fail now rather than queue JetStream requests until they time out.
+        let conn = self.connection().await.map_err(|e| match e {
+            ProviderError::Unavailable { reason, .. } => subscribe_err(reason),
+            other => other,
+        })?;
         let open = async {
             if !self.shared.stream_ready.load(Ordering::Acquire) {
-                self.setup
+                conn.setup
                     .ensure()
                     .await
                     .map_err(|e| subscribe_err(e.reason().to_string()))?;
                 self.shared.stream_ready.store(true, Ordering::Release);
             }
-            let stream = self
+            let stream = conn
                 .setup
                 .js
                 .get_stream(&self.stream_name)
@@ -844,10 +921,17 @@ impl Provider for NatsProvider {
         }
         // Drain: ends subscriptions and flushes what is buffered. Every acknowledged publish is
         // already stored, so a slow drain loses nothing the caller was told succeeded.
-        match tokio::time::timeout(CLOSE_TIMEOUT, self.client.drain()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(provider = %self.name, error = %e, "nats: drain failed"),
-            Err(_) => tracing::warn!(provider = %self.name, "nats: drain did not finish in time"),
+        // Never connected: nothing to drain, and no async-nats task is left behind.
+        if let Some(conn) = self.conn.get() {
+            match tokio::time::timeout(CLOSE_TIMEOUT, conn.client.drain()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(provider = %self.name, error = %e, "nats: drain failed")
+                }
+                Err(_) => {
+                    tracing::warn!(provider = %self.name, "nats: drain did not finish in time")
+                }
+            }
         }
         Ok(())
     }

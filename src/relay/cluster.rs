@@ -121,16 +121,33 @@ pub fn should_report(
     }
 }
 
+/// How a relay in a cluster runs.
+pub struct Options {
+    /// This relay's name in the status (the pod name).
+    pub pod: String,
+    /// Address to listen on.
+    pub bind: std::net::IpAddr,
+    /// Overrides the pipeline's ingest port.
+    pub port: Option<u16>,
+    /// How often to consider reporting (see [`should_report`]).
+    pub report_every: Duration,
+    pub handoff: Option<Arc<crate::handoff::HandoffStore>>,
+}
+
 /// Runs the relay for `pipeline` until `shutdown` resolves.
 pub async fn run(
     client: Client,
     pipeline: PipelineRef,
-    pod: String,
-    listen: std::net::SocketAddr,
-    port_override: Option<u16>,
-    report_every: Duration,
+    options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let Options {
+        pod,
+        bind,
+        port: port_override,
+        report_every,
+        handoff,
+    } = options;
     let api: Api<DualWritePipeline> = Api::namespaced(client, &pipeline.namespace);
     let p = api.get(&pipeline.name).await.map_err(|e| {
         format!(
@@ -139,13 +156,13 @@ pub async fn run(
         )
     })?;
     let spec = effective_spec(&p);
-    let composite = super::build_composite(&spec).await?;
+    let composite = super::build_composite_with(&spec, handoff.as_ref()).await?;
     let port = port_override
         .or(spec.ingest.as_ref().and_then(|i| i.port))
         .unwrap_or(super::DEFAULT_PORT);
-    let relay = Relay::new(composite, spec);
+    let relay = Relay::with_handoff(composite, spec, handoff);
     let generation = Arc::new(AtomicI64::new(p.metadata.generation.unwrap_or(0)));
-    let addr = std::net::SocketAddr::new(listen.ip(), port);
+    let addr = std::net::SocketAddr::new(bind, port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

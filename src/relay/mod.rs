@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::api::{DualWritePipelineSpec, ProviderSpec, ProviderType};
 use crate::composite::Composite;
+use crate::handoff::{HandoffStore, Limits};
 use crate::provider::kafka::KafkaProvider;
 use crate::provider::memory::{MemoryProvider, DEFAULT_CAPACITY};
 use crate::provider::nats::NatsProvider;
@@ -66,8 +67,29 @@ pub async fn build_provider(
     Ok(provider)
 }
 
-/// Validates `spec` and builds its composite. On failure, closes whatever was already created.
+/// Validates `spec` and builds its composite, without hinted handoff.
 pub async fn build_composite(spec: &DualWritePipelineSpec) -> Result<Composite, String> {
+    build_composite_with(spec, None).await
+}
+
+/// The backlog limits of `spec.handoff`.
+fn handoff_limits(spec: &DualWritePipelineSpec) -> Limits {
+    let h = spec.handoff.as_ref();
+    Limits {
+        max_messages: h.and_then(|h| h.max_messages),
+        max_age: h
+            .and_then(|h| h.max_age.as_deref())
+            .and_then(|t| crate::api::parse_duration("spec.handoff.maxAge", t).ok()),
+    }
+}
+
+/// Validates `spec` and builds its composite; with a handoff store (and `spec.handoff.enabled`
+/// not false) every provider gets a durable backlog. Replay is started by [`Relay`]. On failure,
+/// closes whatever was already created.
+pub async fn build_composite_with(
+    spec: &DualWritePipelineSpec,
+    handoff: Option<&Arc<HandoffStore>>,
+) -> Result<Composite, String> {
     spec.validate().map_err(|errs| errs.join("\n"))?;
     let timeout = spec.publish_timeout();
     let mut providers = Vec::with_capacity(spec.providers.len());
@@ -82,7 +104,20 @@ pub async fn build_composite(spec: &DualWritePipelineSpec) -> Result<Composite, 
             }
         }
     }
-    Composite::new(providers, spec.strategy, timeout)
+    let composite = Composite::new(providers, spec.strategy, timeout)?;
+    let enabled = spec.handoff.as_ref().and_then(|h| h.enabled) != Some(false);
+    match handoff {
+        Some(store) if enabled => {
+            let limits = handoff_limits(spec);
+            let mut backlogs = std::collections::HashMap::new();
+            for p in &spec.providers {
+                let backlog = store.backlog(&p.name, limits).map_err(|e| e.to_string())?;
+                backlogs.insert(p.name.clone(), backlog);
+            }
+            Ok(composite.with_backlogs(backlogs))
+        }
+        _ => Ok(composite),
+    }
 }
 
 /// The running relay's state, shared by the HTTP handlers.
@@ -91,12 +126,25 @@ pub struct Relay {
     // lock across an await (std RwLock: held for a pointer copy only).
     composite: RwLock<Arc<Composite>>,
     spec: RwLock<DualWritePipelineSpec>,
+    handoff: Option<Arc<HandoffStore>>,
     pub metrics: metrics::IngestMetrics,
     max_body_bytes: usize,
 }
 
 impl Relay {
+    /// A relay serving `composite` (built from `spec`), without hinted handoff.
     pub fn new(composite: Composite, spec: DualWritePipelineSpec) -> Arc<Self> {
+        Self::with_handoff(composite, spec, None)
+    }
+
+    /// A relay whose composites keep missed writes in `handoff` (the same store across provider
+    /// list changes); starts the composite's replay.
+    pub fn with_handoff(
+        composite: Composite,
+        spec: DualWritePipelineSpec,
+        handoff: Option<Arc<HandoffStore>>,
+    ) -> Arc<Self> {
+        composite.start_replay();
         let max_body_bytes = spec
             .ingest
             .as_ref()
@@ -105,6 +153,7 @@ impl Relay {
         Arc::new(Self {
             composite: RwLock::new(Arc::new(composite)),
             spec: RwLock::new(spec),
+            handoff,
             metrics: Default::default(),
             max_body_bytes,
         })
@@ -142,16 +191,18 @@ impl Relay {
                 composite.set_strategy(new.strategy);
             }
         } else {
-            let fresh = Arc::new(build_composite(&new).await?);
+            let fresh = Arc::new(build_composite_with(&new, self.handoff.as_ref()).await?);
             let previous = std::mem::replace(
                 &mut *self.composite.write().unwrap_or_else(|p| p.into_inner()),
                 fresh,
             );
             tracing::info!("provider list changed; new composite in force, closing the old one after in-flight publishes");
             previous.drain().await;
+            // Closing stops the old replay tasks before the new composite starts its own.
             if let Err(e) = previous.close_all().await {
                 tracing::warn!(error = %e, "closing the previous providers failed");
             }
+            self.composite().start_replay();
         }
         *self.spec.write().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(())
