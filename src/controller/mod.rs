@@ -120,11 +120,15 @@ async fn publish_event(
     reason: &str,
     note: String,
 ) {
+    // kube's recorder folds Events with the same (reason, action, object) into one series and
+    // keeps the first note; an action derived from the note keeps each distinct change (another
+    // kind created, another strategy flip) its own Event. The API caps action at 128 bytes.
+    let action: String = note.chars().take(100).collect();
     let event = Event {
         type_,
         reason: reason.into(),
         note: Some(note),
-        action: "Reconcile".into(),
+        action,
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &p.object_ref(&())).await {
