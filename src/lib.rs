@@ -27,3 +27,4 @@ pub mod latency;
 pub mod message;
 pub mod provider;
 pub mod relay;
+pub mod verify;

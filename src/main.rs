@@ -93,6 +93,24 @@ enum Command {
         #[arg(long, env = "POD_NAME")]
         pod_name: Option<String>,
     },
+    /// Check that the brokers agree: every message id on one is on the others, none twice.
+    ///
+    /// Exit code 0 when consistent, 1 when not, 2 on error. With --pipeline the result is also
+    /// written to the pipeline's status.consistency (a migration gate reads it).
+    Verify {
+        /// A DualWritePipeline manifest.
+        #[arg(short = 'f', long = "file", conflicts_with = "pipeline", required_unless_present = "pipeline")]
+        file: Option<PathBuf>,
+        /// The DualWritePipeline NAMESPACE/NAME in the cluster.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Only messages ingested within this span (default: everything the brokers hold).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+        /// Leave out messages younger than this (writes may still be in flight).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+    },
     /// Print the DualWritePipeline CustomResourceDefinition (what crds/ holds).
     Crd,
 }
@@ -298,6 +316,50 @@ async fn run_operator(a: OperatorArgs) -> Result<(), String> {
     result
 }
 
+/// Runs the consistency check; `Ok(false)` when the brokers disagree.
+async fn run_verify(
+    file: Option<PathBuf>,
+    pipeline: Option<String>,
+    window: Option<Duration>,
+    settle: Duration,
+) -> Result<bool, String> {
+    use kube::api::{Patch, PatchParams};
+    let (spec, target) = match (file, pipeline) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            (config::spec_from_manifest(&text).map_err(|e| format!("{}: {e}", path.display()))?, None)
+        }
+        (None, Some(p)) => {
+            let r: relay::cluster::PipelineRef = p.parse()?;
+            let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+            let api: kube::Api<dualwrite::api::DualWritePipeline> = kube::Api::namespaced(client, &r.namespace);
+            let obj = api.get(&r.name).await.map_err(|e| format!("cannot read {p}: {e}"))?;
+            (obj.spec, Some((api, r.name)))
+        }
+        (None, None) => return Err("give -f FILE or --pipeline NAMESPACE/NAME".into()),
+    };
+    let report = dualwrite::verify::check(&spec, window, settle).await?;
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    if let Some((api, name)) = target {
+        let status = dualwrite::api::ConsistencyStatus {
+            checked_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+            seen: report.seen.clone(),
+            missing: report.missing.clone(),
+            duplicates: report.duplicates.clone(),
+            consistent: report.consistent,
+        };
+        let patch = serde_json::json!({
+            "apiVersion": "dualwrite.io/v1alpha1",
+            "kind": "DualWritePipeline",
+            "status": { "consistency": status },
+        });
+        api.patch_status(&name, &PatchParams::apply("dualwrite-verify").force(), &Patch::Apply(&patch))
+            .await
+            .map_err(|e| format!("cannot write status.consistency: {e}"))?;
+    }
+    Ok(report.consistent)
+}
+
 async fn run_relay(
     file: Option<PathBuf>,
     port: Option<u16>,
@@ -383,6 +445,14 @@ async fn main() -> ExitCode {
             })
             .await
         }
+        Command::Verify { file, pipeline, window, settle } => match run_verify(file, pipeline, window, settle).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                eprintln!("the brokers disagree: see missing/duplicates above");
+                return ExitCode::from(1);
+            }
+            Err(e) => Err(e),
+        },
         Command::Crd => {
             print!("{}", dualwrite::api::crd_yaml());
             Ok(())

@@ -129,8 +129,8 @@ async fn seed_scenario_fail_fast_then_kafka_down() {
             "counters grow for kafka"
         );
     }
-    let on_nats = nats_ids(&nats, &default_stream_name(&subject)).await;
-    let on_kafka = kafka_ids(&kafka, &topic, accepted.len(), Duration::from_secs(1)).await;
+    let on_nats = nats_ids(&nats, &subject, &default_stream_name(&subject)).await;
+    let on_kafka = kafka_ids(&kafka, &topic).await;
     assert_eq!(on_nats, accepted, "every message on NATS, in order");
     assert_eq!(on_kafka, accepted, "every message on Kafka, in order");
 
@@ -179,7 +179,7 @@ async fn seed_scenario_fail_fast_then_kafka_down() {
     }
     let s = stats(port).await;
     assert_eq!(published(&s, "nats"), 3);
-    let on_nats = nats_ids(&nats, &default_stream_name(&subject)).await;
+    let on_nats = nats_ids(&nats, &subject, &default_stream_name(&subject)).await;
     assert!(
         during_outage.iter().all(|id| on_nats.contains(id)),
         "NATS received every best-effort message"

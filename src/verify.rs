@@ -1,0 +1,247 @@
+//! The consistency check: reads what each broker of a pipeline holds and reports, per provider,
+//! the message ids it lacks compared with the others and the ids it holds more than once (as
+//! Uber's Chaperone audits that every tier saw the same messages).
+//!
+//! Reading is bounded: each broker is read up to what it held when the check started (JetStream's
+//! last sequence, Kafka's high watermarks), so the check ends even under live traffic; messages
+//! younger than `settle` are left out on every broker, so a write still in flight to one of them
+//! does not count as missing. Brokers are read with plain clients, never through a relay's
+//! providers, so a check never consumes or moves a consumer group.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::api::{DualWritePipelineSpec, KafkaSpec, NatsSpec, ProviderType};
+use crate::message::DataMessage;
+use crate::provider::nats::default_stream_name;
+
+/// Deadline of each broker call in a check.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one provider holds: every message id in the window, in broker order (duplicates kept).
+#[derive(Clone, Debug)]
+pub struct Holdings {
+    pub provider: String,
+    pub ids: Vec<String>,
+}
+
+/// The result of a check, per provider.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub seen: BTreeMap<String, u64>,
+    pub missing: BTreeMap<String, u64>,
+    pub duplicates: BTreeMap<String, u64>,
+    /// Up to 10 missing ids per provider, to start an investigation.
+    pub missing_examples: BTreeMap<String, Vec<String>>,
+    pub consistent: bool,
+}
+
+/// Compares the providers' holdings. Pure.
+pub fn compare(holdings: &[Holdings]) -> Report {
+    let sets: Vec<HashSet<&str>> = holdings
+        .iter()
+        .map(|h| h.ids.iter().map(String::as_str).collect())
+        .collect();
+    let union: HashSet<&str> = sets.iter().flatten().copied().collect();
+    let mut report = Report::default();
+    for (h, set) in holdings.iter().zip(&sets) {
+        let mut missing: Vec<&str> = union.iter().filter(|id| !set.contains(*id)).copied().collect();
+        missing.sort_unstable();
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for id in &h.ids {
+            *counts.entry(id).or_default() += 1;
+        }
+        report.seen.insert(h.provider.clone(), h.ids.len() as u64);
+        report.missing.insert(h.provider.clone(), missing.len() as u64);
+        report.duplicates.insert(h.provider.clone(), counts.values().filter(|c| **c > 1).count() as u64);
+        report.missing_examples.insert(
+            h.provider.clone(),
+            missing.iter().take(10).map(|s| s.to_string()).collect(),
+        );
+    }
+    report.consistent = report.missing.values().all(|m| *m == 0) && report.duplicates.values().all(|d| *d == 0);
+    report
+}
+
+/// Whether a message falls in the window `[since, until)` of unix seconds.
+fn in_window(msg: &DataMessage, since: Option<i64>, until: i64) -> bool {
+    since.is_none_or(|s| msg.timestamp >= s) && msg.timestamp < until
+}
+
+/// Every message id on the NATS stream of `spec` with a timestamp in the window.
+pub async fn nats_ids(spec: &NatsSpec, since: Option<i64>, until: i64) -> Result<Vec<String>, String> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let stream_name = spec.stream.clone().unwrap_or_else(|| default_stream_name(&spec.subject));
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("nats {}: {what}: {e}", spec.url);
+    let client = tokio::time::timeout(CALL_TIMEOUT, async_nats::connect(spec.url.as_str()))
+        .await
+        .map_err(|e| fail("connect", &e))?
+        .map_err(|e| fail("connect", &e))?;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(&stream_name).await.map_err(|e| fail(&format!("stream {stream_name}"), &e))?;
+    let last = stream.info().await.map_err(|e| fail("stream info", &e))?.state.last_sequence;
+    let mut ids = Vec::new();
+    if last == 0 {
+        return Ok(ids);
+    }
+    let consumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            filter_subject: spec.subject.clone(),
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| fail("ephemeral consumer", &e))?;
+    let mut messages = consumer.messages().await.map_err(|e| fail("read", &e))?;
+    loop {
+        let m = match tokio::time::timeout(CALL_TIMEOUT, messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(fail("read", &e)),
+            Ok(None) => break,
+            Err(_) => return Err(fail("read", &"no message within 10s before the end of the stream")),
+        };
+        let seq = m.info().map_err(|e| fail("message info", &e))?.stream_sequence;
+        if let Ok(msg) = DataMessage::from_wire(&m.payload) {
+            if in_window(&msg, since, until) {
+                ids.push(msg.id);
+            }
+        }
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(ids)
+}
+
+/// Every message id on the Kafka topic of `spec` (all partitions, up to the high watermarks at
+/// the start) with a timestamp in the window.
+pub async fn kafka_ids(spec: &KafkaSpec, since: Option<i64>, until: i64) -> Result<Vec<String>, String> {
+    let spec = spec.clone();
+    // rdkafka's BaseConsumer blocks: read on the blocking pool.
+    tokio::task::spawn_blocking(move || {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("kafka {}: {what}: {e}", spec.topic);
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", spec.brokers.join(","))
+            .set("group.id", format!("dualwrite-verify-{}", uuid::Uuid::new_v4().simple()))
+            .set("enable.auto.commit", "false");
+        for (k, v) in &spec.config {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config.create().map_err(|e| fail("consumer", &e))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&spec.topic), CALL_TIMEOUT)
+            .map_err(|e| fail("metadata", &e))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut remaining: HashMap<i32, i64> = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for p in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&spec.topic, p, CALL_TIMEOUT)
+                .map_err(|e| fail("watermarks", &e))?;
+            if high > low {
+                remaining.insert(p, high);
+                assignment
+                    .add_partition_offset(&spec.topic, p, Offset::Offset(low))
+                    .map_err(|e| fail("assign", &e))?;
+            }
+        }
+        let mut ids = Vec::new();
+        if remaining.is_empty() {
+            return Ok(ids);
+        }
+        consumer.assign(&assignment).map_err(|e| fail("assign", &e))?;
+        while !remaining.is_empty() {
+            let m = match consumer.poll(CALL_TIMEOUT) {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err(fail("read", &e)),
+                None => return Err(fail("read", &"no record within 10s before the high watermark")),
+            };
+            if let Some(Ok(msg)) = m.payload().map(DataMessage::from_wire) {
+                if in_window(&msg, since, until) {
+                    ids.push(msg.id);
+                }
+            }
+            if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+                remaining.remove(&m.partition());
+            }
+        }
+        Ok(ids)
+    })
+    .await
+    .map_err(|e| format!("kafka read task failed: {e}"))?
+}
+
+/// Reads every NATS and Kafka provider of `spec` (memory providers are skipped: nothing outside
+/// the relay can read them) and compares them. `window`: only messages ingested in that span
+/// before now - `settle`.
+pub async fn check(spec: &DualWritePipelineSpec, window: Option<Duration>, settle: Duration) -> Result<Report, String> {
+    let now = chrono::Utc::now().timestamp();
+    let until = now - settle.as_secs() as i64;
+    let since = window.map(|w| until - w.as_secs() as i64);
+    let mut holdings = Vec::new();
+    for p in &spec.providers {
+        let ids = match (p.kind, &p.nats, &p.kafka) {
+            (ProviderType::Nats, Some(n), _) => nats_ids(n, since, until).await?,
+            (ProviderType::Kafka, _, Some(k)) => kafka_ids(k, since, until).await?,
+            _ => continue,
+        };
+        holdings.push(Holdings { provider: p.name.clone(), ids });
+    }
+    if holdings.len() < 2 {
+        return Err("a consistency check needs at least two nats or kafka providers".into());
+    }
+    Ok(compare(&holdings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(provider: &str, ids: &[&str]) -> Holdings {
+        Holdings { provider: provider.into(), ids: ids.iter().map(|s| s.to_string()).collect() }
+    }
+
+    #[test]
+    fn compare_table() {
+        // (holdings, missing per provider, duplicates per provider, consistent)
+        let cases = [
+            (vec![h("a", &["1", "2"]), h("b", &["2", "1"])], [0, 0], [0, 0], true),
+            (vec![h("a", &["1", "2", "3"]), h("b", &["1", "3"])], [0, 1], [0, 0], false),
+            (vec![h("a", &["1"]), h("b", &["2"])], [1, 1], [0, 0], false),
+            (vec![h("a", &["1", "1", "2"]), h("b", &["1", "2"])], [0, 0], [1, 0], false),
+            (vec![h("a", &[]), h("b", &[])], [0, 0], [0, 0], true),
+        ];
+        for (i, (holdings, missing, dups, consistent)) in cases.into_iter().enumerate() {
+            let r = compare(&holdings);
+            assert_eq!([r.missing["a"], r.missing["b"]], missing, "case {i}");
+            assert_eq!([r.duplicates["a"], r.duplicates["b"]], dups, "case {i}");
+            assert_eq!(r.consistent, consistent, "case {i}");
+        }
+        let r = compare(&[h("a", &["1", "2", "3"]), h("b", &["1"])]);
+        assert_eq!(r.missing_examples["b"], ["2", "3"]);
+        assert_eq!(r.seen["a"], 3);
+    }
+
+    #[test]
+    fn window_bounds() {
+        let mut m = DataMessage::new("s", "x");
+        m.timestamp = 100;
+        assert!(in_window(&m, None, 101));
+        assert!(in_window(&m, Some(100), 101));
+        assert!(!in_window(&m, Some(101), 200));
+        assert!(!in_window(&m, None, 100), "settling messages are left out");
+    }
+}
