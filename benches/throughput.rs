@@ -129,7 +129,12 @@ async fn main() {
     let state = tempfile::tempdir().unwrap();
     let store = dualwrite::handoff::HandoffStore::open(state.path()).unwrap();
     let be_handoff = {
-        let c = Composite::new(vec![nats_p.clone(), kafka_p.clone()], dualwrite::composite::Strategy::BestEffort, timeout).unwrap();
+        let c = Composite::new(
+            vec![nats_p.clone(), kafka_p.clone()],
+            dualwrite::composite::Strategy::BestEffort,
+            timeout,
+        )
+        .unwrap();
         let backlogs = ["nats", "kafka"]
             .iter()
             .map(|n| (n.to_string(), store.backlog(n, Default::default()).unwrap()))
@@ -206,7 +211,15 @@ async fn main() {
         .await;
         row("composite(nats,kafka) BestEffort", &b);
         let p = be_handoff.clone();
-        let bh = measure(c, seconds, move |i| { let p = p.clone(); async move { p.publish_detailed(&message(i)).await.is_ok_and(|r| r.deferred.is_empty()) } }).await;
+        let bh = measure(c, seconds, move |i| {
+            let p = p.clone();
+            async move {
+                p.publish_detailed(&message(i))
+                    .await
+                    .is_ok_and(|r| r.deferred.is_empty())
+            }
+        })
+        .await;
         row("composite(nats,kafka) BestEffort + hinted handoff", &bh);
         let (cl, u) = (client.clone(), url.clone());
         let h = measure(c, seconds, move |i| {
@@ -222,7 +235,12 @@ async fn main() {
         .await;
         row("HTTP ingest → composite FailFast", &h);
         let slower = n.msgs_per_sec.min(k.msgs_per_sec);
-        ratios.push((c, f.msgs_per_sec / slower, b.msgs_per_sec / slower, bh.msgs_per_sec / b.msgs_per_sec));
+        ratios.push((
+            c,
+            f.msgs_per_sec / slower,
+            b.msgs_per_sec / slower,
+            bh.msgs_per_sec / b.msgs_per_sec,
+        ));
     }
     println!();
     println!("| concurrency | FailFast / slower broker | BestEffort / slower broker | BestEffort with handoff / without |");

@@ -99,7 +99,12 @@ enum Command {
     /// written to the pipeline's status.consistency (a migration gate reads it).
     Verify {
         /// A DualWritePipeline manifest.
-        #[arg(short = 'f', long = "file", conflicts_with = "pipeline", required_unless_present = "pipeline")]
+        #[arg(
+            short = 'f',
+            long = "file",
+            conflicts_with = "pipeline",
+            required_unless_present = "pipeline"
+        )]
         file: Option<PathBuf>,
         /// The DualWritePipeline NAMESPACE/NAME in the cluster.
         #[arg(long)]
@@ -326,23 +331,39 @@ async fn run_verify(
     use kube::api::{Patch, PatchParams};
     let (spec, target) = match (file, pipeline) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            (config::spec_from_manifest(&text).map_err(|e| format!("{}: {e}", path.display()))?, None)
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            (
+                config::spec_from_manifest(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                None,
+            )
         }
         (None, Some(p)) => {
             let r: relay::cluster::PipelineRef = p.parse()?;
-            let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
-            let api: kube::Api<dualwrite::api::DualWritePipeline> = kube::Api::namespaced(client, &r.namespace);
-            let obj = api.get(&r.name).await.map_err(|e| format!("cannot read {p}: {e}"))?;
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+            let api: kube::Api<dualwrite::api::DualWritePipeline> =
+                kube::Api::namespaced(client, &r.namespace);
+            let obj = api
+                .get(&r.name)
+                .await
+                .map_err(|e| format!("cannot read {p}: {e}"))?;
             (obj.spec, Some((api, r.name)))
         }
         (None, None) => return Err("give -f FILE or --pipeline NAMESPACE/NAME".into()),
     };
     let report = dualwrite::verify::check(&spec, window, settle).await?;
-    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
     if let Some((api, name)) = target {
         let status = dualwrite::api::ConsistencyStatus {
-            checked_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+            checked_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
             seen: report.seen.clone(),
             missing: report.missing.clone(),
             duplicates: report.duplicates.clone(),
@@ -353,9 +374,13 @@ async fn run_verify(
             "kind": "DualWritePipeline",
             "status": { "consistency": status },
         });
-        api.patch_status(&name, &PatchParams::apply("dualwrite-verify").force(), &Patch::Apply(&patch))
-            .await
-            .map_err(|e| format!("cannot write status.consistency: {e}"))?;
+        api.patch_status(
+            &name,
+            &PatchParams::apply("dualwrite-verify").force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| format!("cannot write status.consistency: {e}"))?;
     }
     Ok(report.consistent)
 }
@@ -445,7 +470,12 @@ async fn main() -> ExitCode {
             })
             .await
         }
-        Command::Verify { file, pipeline, window, settle } => match run_verify(file, pipeline, window, settle).await {
+        Command::Verify {
+            file,
+            pipeline,
+            window,
+            settle,
+        } => match run_verify(file, pipeline, window, settle).await {
             Ok(true) => Ok(()),
             Ok(false) => {
                 eprintln!("the brokers disagree: see missing/duplicates above");

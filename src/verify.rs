@@ -30,7 +30,7 @@ pub struct Holdings {
     pub ids: Vec<String>,
 }
 
-/// The result of a check, per provider.
+/// The result of a check, per provider. `consistent` means no provider lacks an id another has.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
@@ -51,21 +51,33 @@ pub fn compare(holdings: &[Holdings]) -> Report {
     let union: HashSet<&str> = sets.iter().flatten().copied().collect();
     let mut report = Report::default();
     for (h, set) in holdings.iter().zip(&sets) {
-        let mut missing: Vec<&str> = union.iter().filter(|id| !set.contains(*id)).copied().collect();
+        let mut missing: Vec<&str> = union
+            .iter()
+            .filter(|id| !set.contains(*id))
+            .copied()
+            .collect();
         missing.sort_unstable();
         let mut counts: HashMap<&str, u64> = HashMap::new();
         for id in &h.ids {
             *counts.entry(id).or_default() += 1;
         }
         report.seen.insert(h.provider.clone(), h.ids.len() as u64);
-        report.missing.insert(h.provider.clone(), missing.len() as u64);
-        report.duplicates.insert(h.provider.clone(), counts.values().filter(|c| **c > 1).count() as u64);
+        report
+            .missing
+            .insert(h.provider.clone(), missing.len() as u64);
+        report.duplicates.insert(
+            h.provider.clone(),
+            counts.values().filter(|c| **c > 1).count() as u64,
+        );
         report.missing_examples.insert(
             h.provider.clone(),
             missing.iter().take(10).map(|s| s.to_string()).collect(),
         );
     }
-    report.consistent = report.missing.values().all(|m| *m == 0) && report.duplicates.values().all(|d| *d == 0);
+    // Consistent = nothing missing anywhere. Duplicates are reported but do not fail the check:
+    // Kafka is at-least-once (a client retry or a replay after a crash is a second record with
+    // the same key), so they are a fact to know, not a lost message.
+    report.consistent = report.missing.values().all(|m| *m == 0);
     report
 }
 
@@ -75,17 +87,32 @@ fn in_window(msg: &DataMessage, since: Option<i64>, until: i64) -> bool {
 }
 
 /// Every message id on the NATS stream of `spec` with a timestamp in the window.
-pub async fn nats_ids(spec: &NatsSpec, since: Option<i64>, until: i64) -> Result<Vec<String>, String> {
+pub async fn nats_ids(
+    spec: &NatsSpec,
+    since: Option<i64>,
+    until: i64,
+) -> Result<Vec<String>, String> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-    let stream_name = spec.stream.clone().unwrap_or_else(|| default_stream_name(&spec.subject));
+    let stream_name = spec
+        .stream
+        .clone()
+        .unwrap_or_else(|| default_stream_name(&spec.subject));
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("nats {}: {what}: {e}", spec.url);
     let client = tokio::time::timeout(CALL_TIMEOUT, async_nats::connect(spec.url.as_str()))
         .await
         .map_err(|e| fail("connect", &e))?
         .map_err(|e| fail("connect", &e))?;
     let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream(&stream_name).await.map_err(|e| fail(&format!("stream {stream_name}"), &e))?;
-    let last = stream.info().await.map_err(|e| fail("stream info", &e))?.state.last_sequence;
+    let mut stream = js
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| fail(&format!("stream {stream_name}"), &e))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| fail("stream info", &e))?
+        .state
+        .last_sequence;
     let mut ids = Vec::new();
     if last == 0 {
         return Ok(ids);
@@ -106,9 +133,17 @@ pub async fn nats_ids(spec: &NatsSpec, since: Option<i64>, until: i64) -> Result
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => return Err(fail("read", &e)),
             Ok(None) => break,
-            Err(_) => return Err(fail("read", &"no message within 10s before the end of the stream")),
+            Err(_) => {
+                return Err(fail(
+                    "read",
+                    &"no message within 10s before the end of the stream",
+                ))
+            }
         };
-        let seq = m.info().map_err(|e| fail("message info", &e))?.stream_sequence;
+        let seq = m
+            .info()
+            .map_err(|e| fail("message info", &e))?
+            .stream_sequence;
         if let Ok(msg) = DataMessage::from_wire(&m.payload) {
             if in_window(&msg, since, until) {
                 ids.push(msg.id);
@@ -123,15 +158,23 @@ pub async fn nats_ids(spec: &NatsSpec, since: Option<i64>, until: i64) -> Result
 
 /// Every message id on the Kafka topic of `spec` (all partitions, up to the high watermarks at
 /// the start) with a timestamp in the window.
-pub async fn kafka_ids(spec: &KafkaSpec, since: Option<i64>, until: i64) -> Result<Vec<String>, String> {
+pub async fn kafka_ids(
+    spec: &KafkaSpec,
+    since: Option<i64>,
+    until: i64,
+) -> Result<Vec<String>, String> {
     let spec = spec.clone();
     // rdkafka's BaseConsumer blocks: read on the blocking pool.
     tokio::task::spawn_blocking(move || {
-        let fail = |what: &str, e: &dyn std::fmt::Display| format!("kafka {}: {what}: {e}", spec.topic);
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| format!("kafka {}: {what}: {e}", spec.topic);
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", spec.brokers.join(","))
-            .set("group.id", format!("dualwrite-verify-{}", uuid::Uuid::new_v4().simple()))
+            .set(
+                "group.id",
+                format!("dualwrite-verify-{}", uuid::Uuid::new_v4().simple()),
+            )
             .set("enable.auto.commit", "false");
         for (k, v) in &spec.config {
             config.set(k, v);
@@ -162,19 +205,29 @@ pub async fn kafka_ids(spec: &KafkaSpec, since: Option<i64>, until: i64) -> Resu
         if remaining.is_empty() {
             return Ok(ids);
         }
-        consumer.assign(&assignment).map_err(|e| fail("assign", &e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| fail("assign", &e))?;
         while !remaining.is_empty() {
             let m = match consumer.poll(CALL_TIMEOUT) {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => return Err(fail("read", &e)),
-                None => return Err(fail("read", &"no record within 10s before the high watermark")),
+                None => {
+                    return Err(fail(
+                        "read",
+                        &"no record within 10s before the high watermark",
+                    ))
+                }
             };
             if let Some(Ok(msg)) = m.payload().map(DataMessage::from_wire) {
                 if in_window(&msg, since, until) {
                     ids.push(msg.id);
                 }
             }
-            if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+            if remaining
+                .get(&m.partition())
+                .is_some_and(|high| m.offset() + 1 >= *high)
+            {
                 remaining.remove(&m.partition());
             }
         }
@@ -187,7 +240,11 @@ pub async fn kafka_ids(spec: &KafkaSpec, since: Option<i64>, until: i64) -> Resu
 /// Reads every NATS and Kafka provider of `spec` (memory providers are skipped: nothing outside
 /// the relay can read them) and compares them. `window`: only messages ingested in that span
 /// before now - `settle`.
-pub async fn check(spec: &DualWritePipelineSpec, window: Option<Duration>, settle: Duration) -> Result<Report, String> {
+pub async fn check(
+    spec: &DualWritePipelineSpec,
+    window: Option<Duration>,
+    settle: Duration,
+) -> Result<Report, String> {
     let now = chrono::Utc::now().timestamp();
     let until = now - settle.as_secs() as i64;
     let since = window.map(|w| until - w.as_secs() as i64);
@@ -198,7 +255,10 @@ pub async fn check(spec: &DualWritePipelineSpec, window: Option<Duration>, settl
             (ProviderType::Kafka, _, Some(k)) => kafka_ids(k, since, until).await?,
             _ => continue,
         };
-        holdings.push(Holdings { provider: p.name.clone(), ids });
+        holdings.push(Holdings {
+            provider: p.name.clone(),
+            ids,
+        });
     }
     if holdings.len() < 2 {
         return Err("a consistency check needs at least two nats or kafka providers".into());
@@ -211,17 +271,35 @@ mod tests {
     use super::*;
 
     fn h(provider: &str, ids: &[&str]) -> Holdings {
-        Holdings { provider: provider.into(), ids: ids.iter().map(|s| s.to_string()).collect() }
+        Holdings {
+            provider: provider.into(),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
     fn compare_table() {
         // (holdings, missing per provider, duplicates per provider, consistent)
         let cases = [
-            (vec![h("a", &["1", "2"]), h("b", &["2", "1"])], [0, 0], [0, 0], true),
-            (vec![h("a", &["1", "2", "3"]), h("b", &["1", "3"])], [0, 1], [0, 0], false),
+            (
+                vec![h("a", &["1", "2"]), h("b", &["2", "1"])],
+                [0, 0],
+                [0, 0],
+                true,
+            ),
+            (
+                vec![h("a", &["1", "2", "3"]), h("b", &["1", "3"])],
+                [0, 1],
+                [0, 0],
+                false,
+            ),
             (vec![h("a", &["1"]), h("b", &["2"])], [1, 1], [0, 0], false),
-            (vec![h("a", &["1", "1", "2"]), h("b", &["1", "2"])], [0, 0], [1, 0], false),
+            (
+                vec![h("a", &["1", "1", "2"]), h("b", &["1", "2"])],
+                [0, 0],
+                [1, 0],
+                true,
+            ),
             (vec![h("a", &[]), h("b", &[])], [0, 0], [0, 0], true),
         ];
         for (i, (holdings, missing, dups, consistent)) in cases.into_iter().enumerate() {

@@ -4,62 +4,16 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{
-    admin_token, free_port, helm, install_crd, kube_env, kubectl, kubectl_ok, namespace,
-    write_kubeconfig, KubeEnv, Proc, BIN, REPO,
+    admin_token, free_port, grant_chart_rbac, install_crd, kube_env, kubectl, kubectl_ok,
+    namespace, start_relay_from_pod_template, write_kubeconfig, KubeEnv, Proc, BIN,
 };
 use common::{eventually, outage_tests_enabled, require_env, unique, StoppedService};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
-
-/// The chart's ClusterRole(s), bound to the user of the operator's token: the operator gets
-/// exactly what the chart grants.
-fn grant_chart_rbac(env: &KubeEnv) {
-    let rendered = Command::new(helm())
-        .args([
-            "template",
-            "dw",
-            &format!("{REPO}/charts/dualwrite-operator"),
-            "--set",
-            "crds.enabled=false",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        rendered.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-    let text = String::from_utf8(rendered.stdout).unwrap();
-    let roles: Vec<&str> = text
-        .split("\n---")
-        .filter(|doc| doc.contains("kind: ClusterRole\n"))
-        .collect();
-    assert!(!roles.is_empty(), "the chart renders a ClusterRole");
-    for doc in &roles {
-        kubectl_ok(env, &["apply", "-f", "-"], Some(doc));
-    }
-    let operator_role = roles
-        .iter()
-        .map(|doc| serde_yaml::from_str::<Value>(doc).unwrap())
-        .find(|v| {
-            let rules = v["rules"].to_string();
-            rules.contains("deployments") && rules.contains("dualwritepipelines")
-        })
-        .expect("the operator's ClusterRole");
-    let name = operator_role["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let binding = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: e2e-dualwrite-operator}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {name}}}\nsubjects:\n- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: dualwrite-operator}}\n"
-    );
-    kubectl_ok(env, &["apply", "-f", "-"], Some(&binding));
-}
 
 /// A BestEffort pipeline over NATS and Kafka.
 fn pipeline_manifest(
@@ -106,49 +60,6 @@ async fn post(port: u16, id: &str) -> (u16, Value) {
         .unwrap();
     let code = resp.status().as_u16();
     (code, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Starts the relay as the Deployment's pod template says: its args and env, with the downward
-/// API's POD_NAME filled in and the state volume mapped to a temp dir.
-fn start_relay_from_pod_template(
-    env: &KubeEnv,
-    d: &Deployment,
-    dir: &Path,
-    relay_kubeconfig: &Path,
-) -> Proc {
-    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    let c = &pod.containers[0];
-    let mut cmd = Command::new(BIN);
-    cmd.args(c.args.clone().unwrap());
-    for e in c.env.clone().unwrap_or_default() {
-        let value = match (e.value, e.value_from) {
-            (Some(v), _) if e.name == "DUALWRITE_STATE_DIR" => {
-                let local = dir.join(v.trim_start_matches('/'));
-                std::fs::create_dir_all(&local).unwrap();
-                local.to_string_lossy().into_owned()
-            }
-            (Some(v), _) => v,
-            (None, Some(from)) => {
-                let path = from
-                    .field_ref
-                    .expect("only fieldRef env in the template")
-                    .field_path;
-                assert_eq!(path, "metadata.name");
-                "e2e-relay-0".to_string()
-            }
-            (None, None) => String::new(),
-        };
-        cmd.env(e.name, value);
-    }
-    // Outside the pod: the API server comes from a kubeconfig that impersonates the relay's
-    // ServiceAccount, so the relay runs with exactly the Role the operator made for it.
-    cmd.env("KUBECONFIG", relay_kubeconfig)
-        .env("API_BIND", "127.0.0.1")
-        .env("REPORT_INTERVAL", "1s")
-        .env("LOG_FORMAT", "text")
-        .env("RUST_LOG", "info");
-    let _ = env;
-    Proc::spawn(cmd, dir.join("relay.log"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +229,7 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
         Some(&format!("system:serviceaccount:{ns}:orders-relay")),
     );
     let d = deployments.get("orders-relay").await.unwrap();
-    let mut relay = start_relay_from_pod_template(&env, &d, dir.path(), &relay_kubeconfig);
+    let mut relay = start_relay_from_pod_template(&d, dir.path(), &relay_kubeconfig);
     eventually(
         Duration::from_secs(30),
         "the relay serves ingest",

@@ -333,7 +333,7 @@ pub fn next_status(
         providers: rows,
         migration,
         fallback,
-        consistency: None,  // owned by `dualwrite verify`; never written by the operator
+        consistency: None, // owned by `dualwrite verify`; never written by the operator
         relays: Vec::new(), // owned by the relays; never written by the operator
         conditions,
     };

@@ -140,6 +140,7 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
                     "status": "accepted",
                     "strategy": composite.strategy(),
                     "providers": report.accepted,
+                    "deferredProviders": report.deferred,
                     "failedProviders": failed,
                 })),
             )

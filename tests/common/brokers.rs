@@ -13,7 +13,9 @@ pub async fn nats_ids(url: &str, subject: &str, stream: &str) -> Vec<String> {
         durable: None,
         duplicate_window: None,
     };
-    dualwrite::verify::nats_ids(&spec, None, i64::MAX).await.expect("read the NATS stream")
+    dualwrite::verify::nats_ids(&spec, None, i64::MAX)
+        .await
+        .expect("read the NATS stream")
 }
 
 /// Every record's id on `topic` (all partitions, partition order).
@@ -26,5 +28,7 @@ pub async fn kafka_ids(brokers: &str, topic: &str) -> Vec<String> {
         group_id: None,
         config: Default::default(),
     };
-    dualwrite::verify::kafka_ids(&spec, None, i64::MAX).await.expect("read the Kafka topic")
+    dualwrite::verify::kafka_ids(&spec, None, i64::MAX)
+        .await
+        .expect("read the Kafka topic")
 }

@@ -7,6 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use serde_json::Value;
+
 use super::require_env;
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -192,4 +195,90 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The chart's ClusterRole(s), bound to the user of the operator's token: the operator gets
+/// exactly what the chart grants.
+pub fn grant_chart_rbac(env: &KubeEnv) {
+    let rendered = Command::new(helm())
+        .args([
+            "template",
+            "dw",
+            &format!("{REPO}/charts/dualwrite-operator"),
+            "--set",
+            "crds.enabled=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let text = String::from_utf8(rendered.stdout).unwrap();
+    let roles: Vec<&str> = text
+        .split("\n---")
+        .filter(|doc| doc.contains("kind: ClusterRole\n"))
+        .collect();
+    assert!(!roles.is_empty(), "the chart renders a ClusterRole");
+    for doc in &roles {
+        kubectl_ok(env, &["apply", "-f", "-"], Some(doc));
+    }
+    let operator_role = roles
+        .iter()
+        .map(|doc| serde_yaml::from_str::<Value>(doc).unwrap())
+        .find(|v| {
+            let rules = v["rules"].to_string();
+            rules.contains("deployments") && rules.contains("dualwritepipelines")
+        })
+        .expect("the operator's ClusterRole");
+    let name = operator_role["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let binding = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: e2e-dualwrite-operator}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {name}}}\nsubjects:\n- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: dualwrite-operator}}\n"
+    );
+    kubectl_ok(env, &["apply", "-f", "-"], Some(&binding));
+}
+
+/// Starts the relay as the Deployment's pod template says: its args and env, with the downward
+/// API's POD_NAME filled in and the state volume mapped to a temp dir.
+pub fn start_relay_from_pod_template(d: &Deployment, dir: &Path, relay_kubeconfig: &Path) -> Proc {
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    let mut cmd = Command::new(BIN);
+    cmd.args(c.args.clone().unwrap());
+    for e in c.env.clone().unwrap_or_default() {
+        let value = match (e.value, e.value_from) {
+            (Some(v), _) if e.name == "DUALWRITE_STATE_DIR" => {
+                let local = dir.join(v.trim_start_matches('/'));
+                std::fs::create_dir_all(&local).unwrap();
+                local.to_string_lossy().into_owned()
+            }
+            (Some(v), _) => v,
+            (None, Some(from)) => {
+                let path = from
+                    .field_ref
+                    .expect("only fieldRef env in the template")
+                    .field_path;
+                assert_eq!(path, "metadata.name");
+                "e2e-relay-0".to_string()
+            }
+            (None, None) => String::new(),
+        };
+        cmd.env(e.name, value);
+    }
+    // Outside the pod: the API server comes from a kubeconfig that impersonates the relay's
+    // ServiceAccount, so the relay runs with exactly the Role the operator made for it.
+    cmd.env("KUBECONFIG", relay_kubeconfig)
+        .env("API_BIND", "127.0.0.1")
+        .env("REPORT_INTERVAL", "1s")
+        .env("LOG_FORMAT", "text")
+        .env("RUST_LOG", "info");
+    Proc::spawn(cmd, dir.join(format!("relay-{}.log", unique_suffix())))
+}
+
+fn unique_suffix() -> String {
+    super::unique("r")
 }
