@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use common::brokers::{kafka_ids, nats_ids};
 use common::cluster::{
-    admin_token, free_port, grant_chart_rbac, install_crd, kube_env, kubectl_ok, namespace,
-    start_relay_from_pod_template, write_kubeconfig, KubeEnv, Proc, BIN,
+    admin_token, free_port, install_crd, kube_env, kubectl_ok, namespace, relay_deployment,
+    start_operator, start_relay_from_pod_template, write_kubeconfig, KubeEnv, BIN,
 };
 use common::{eventually, outage_tests_enabled, require_env, unique, StoppedService};
 use dualwrite::provider::nats::default_stream_name;
-use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
 /// One 202: the id and the brokers the relay said hold it (acknowledged or kept for replay).
@@ -144,25 +143,14 @@ async fn migration_walks_every_step_under_load_without_losing_a_message() {
         return;
     };
     install_crd(&env);
-    grant_chart_rbac(&env);
     let ns = namespace(&env, "mig");
     let dir = tempfile::tempdir().unwrap();
 
-    let operator_kubeconfig = dir.path().join("operator.kubeconfig");
-    write_kubeconfig(&env, &operator_kubeconfig, &env.operator_token, None);
-    let mut op = Command::new(BIN);
-    op.args([
-        "operator",
-        "--http-port",
-        &free_port().to_string(),
-        "--resync",
-        "1s",
-        "--stale-after",
-        "30s",
-    ])
-    .env("KUBECONFIG", &operator_kubeconfig)
-    .env("RUST_LOG", "info,kube=warn");
-    let operator = Proc::spawn(op, dir.path().join("operator.log"));
+    let operator = start_operator(
+        &env,
+        dir.path(),
+        &["--resync", "1s", "--stale-after", "30s"],
+    );
 
     let port = free_port();
     let (subject, topic) = (unique("mig.orders").replace('-', "_"), unique("mig-orders"));
@@ -172,27 +160,7 @@ async fn migration_walks_every_step_under_load_without_losing_a_message() {
         Some(&manifest(&ns, port, &nats, &kafka, &subject, &topic)),
     );
 
-    let admin = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&env.kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
-    let deployments: kube::Api<Deployment> = kube::Api::namespaced(admin, &ns);
-    let d = eventually(
-        Duration::from_secs(60),
-        "the relay Deployment exists",
-        || async {
-            deployments
-                .get("orders-relay")
-                .await
-                .map_err(|e| format!("{e}; operator log:\n{}", operator.log_text()))
-        },
-    )
-    .await;
+    let d = relay_deployment(&env, &ns, "orders", &operator).await;
     let relay_kubeconfig = dir.path().join("relay.kubeconfig");
     write_kubeconfig(
         &env,

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{
-    admin_token, free_port, grant_chart_rbac, install_crd, kube_env, kubectl, kubectl_ok,
-    namespace, start_relay_from_pod_template, write_kubeconfig, KubeEnv, Proc, BIN,
+    admin_client, admin_token, free_port, install_crd, kube_env, kubectl, kubectl_ok, namespace,
+    relay_deployment, start_operator, start_relay_from_pod_template, write_kubeconfig, KubeEnv,
 };
 use common::{eventually, outage_tests_enabled, require_env, unique, StoppedService};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -72,29 +71,22 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
         return;
     };
     install_crd(&env);
-    grant_chart_rbac(&env);
     let ns = namespace(&env, "e2e");
     let dir = tempfile::tempdir().unwrap();
 
     // The operator, with only the chart's permissions.
-    let operator_kubeconfig = dir.path().join("operator.kubeconfig");
-    write_kubeconfig(&env, &operator_kubeconfig, &env.operator_token, None);
-    let mut op_cmd = Command::new(BIN);
-    op_cmd
-        .args([
-            "operator",
-            "--http-port",
-            &free_port().to_string(),
+    let operator = start_operator(
+        &env,
+        dir.path(),
+        &[
             "--resync",
             "2s",
             "--stale-after",
             "20s",
-        ])
-        .args(["--relay-image", "example.org/dualwrite:e2e"])
-        .env("KUBECONFIG", &operator_kubeconfig)
-        .env("POD_NAME", "operator-e2e")
-        .env("RUST_LOG", "info,kube=warn");
-    let operator = Proc::spawn(op_cmd, dir.path().join("operator.log"));
+            "--relay-image",
+            "example.org/dualwrite:e2e",
+        ],
+    );
 
     let name = "orders";
     let port = free_port();
@@ -108,27 +100,8 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
     );
 
     // 1. Owned objects appear with owner references, args and ports.
-    let admin = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&env.kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
-    let deployments: kube::Api<Deployment> = kube::Api::namespaced(admin.clone(), &ns);
-    let d = eventually(
-        Duration::from_secs(60),
-        "the relay Deployment exists",
-        || async {
-            deployments
-                .get("orders-relay")
-                .await
-                .map_err(|e| format!("{e}; operator log:\n{}", operator.log_text()))
-        },
-    )
-    .await;
+    let d = relay_deployment(&env, &ns, name, &operator).await;
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(admin_client(&env).await, &ns);
     let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str(), owner.controller),

@@ -282,3 +282,44 @@ pub fn start_relay_from_pod_template(d: &Deployment, dir: &Path, relay_kubeconfi
 fn unique_suffix() -> String {
     super::unique("r")
 }
+
+/// Starts `dualwrite operator` as a local process with only the chart's permissions (the
+/// operator token's user bound to the chart's ClusterRole by [`grant_chart_rbac`]).
+pub fn start_operator(env: &KubeEnv, dir: &Path, extra_args: &[&str]) -> Proc {
+    grant_chart_rbac(env);
+    let kubeconfig = dir.join("operator.kubeconfig");
+    write_kubeconfig(env, &kubeconfig, &env.operator_token, None);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["operator", "--http-port", &free_port().to_string()])
+        .args(extra_args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", "operator-e2e")
+        .env("RUST_LOG", "info,kube=warn");
+    Proc::spawn(cmd, dir.join("operator.log"))
+}
+
+/// A kube client with the admin kubeconfig.
+pub async fn admin_client(env: &KubeEnv) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// Waits for the relay Deployment the operator creates for pipeline `name`.
+pub async fn relay_deployment(env: &KubeEnv, ns: &str, name: &str, operator: &Proc) -> Deployment {
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(admin_client(env).await, ns);
+    let relay = format!("{name}-relay");
+    super::eventually(
+        std::time::Duration::from_secs(60),
+        "the relay Deployment exists",
+        || async {
+            deployments
+                .get(&relay)
+                .await
+                .map_err(|e| format!("{e}; operator log:\n{}", operator.log_text()))
+        },
+    )
+    .await
+}
