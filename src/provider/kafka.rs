@@ -23,7 +23,7 @@
 //!   unusable; the supervisor replaces it with a fresh one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,10 +38,10 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 
 use super::{
     Counters, Health, HealthTracker, MessageStream, Provider, ProviderError, ProviderKind, Stats,
+    Supervisor,
 };
 use crate::message::DataMessage;
 
@@ -350,11 +350,8 @@ pub struct KafkaProvider {
     consumer_config: ClientConfig,
     producer: Arc<ProducerSlot>,
     shared: Arc<Shared>,
-    /// `true` asks the supervisor and subscription streams to stop; dropping the provider
-    /// drops the sender, which stops them too.
-    shutdown: watch::Sender<bool>,
-    /// std Mutex: only `take()`n in `close`, never held across an await.
-    supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// The health supervisor; its stop signal also ends subscription streams.
+    supervisor: Supervisor,
 }
 
 impl KafkaProvider {
@@ -504,14 +501,10 @@ impl KafkaProvider {
             context: producer_context,
             current: RwLock::new(producer),
         });
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let supervisor = tokio::spawn(supervise(
-            shared.clone(),
-            slot.clone(),
-            admin,
-            topic_spec,
-            shutdown_rx,
-        ));
+        let supervisor = {
+            let (shared, slot) = (shared.clone(), slot.clone());
+            Supervisor::spawn(move |stop| supervise(shared, slot, admin, topic_spec, stop))
+        };
 
         Ok(KafkaProvider {
             name: name.to_string(),
@@ -521,8 +514,7 @@ impl KafkaProvider {
             consumer_config,
             producer: slot,
             shared,
-            shutdown,
-            supervisor: Mutex::new(Some(supervisor)),
+            supervisor,
         })
     }
 
@@ -832,7 +824,7 @@ impl Provider for KafkaProvider {
             .map_err(|e| subscribe_err(format!("subscribing to topic {}: {e}", self.topic)))?;
 
         let shared = self.shared.clone();
-        let mut stop = self.shutdown.subscribe();
+        let mut stop = self.supervisor.subscribe();
         let stream = futures::stream::unfold(consumer, move |consumer| {
             let shared = shared.clone();
             async move {
@@ -884,20 +876,7 @@ impl Provider for KafkaProvider {
         {
             return Ok(()); // already closed
         }
-        self.shutdown.send_replace(true);
-        let supervisor = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(mut handle) = supervisor {
-            if tokio::time::timeout(CLOSE_TIMEOUT, &mut handle)
-                .await
-                .is_err()
-            {
-                handle.abort();
-            }
-        }
+        self.supervisor.stop(CLOSE_TIMEOUT).await;
         // Deliver what is queued. Nothing queued can outlive message.timeout.ms (= the publish
         // timeout), so that plus a margin bounds the flush; flush blocks, so off the runtime.
         let producer = self.producer.get();

@@ -226,6 +226,46 @@ impl HealthTracker {
     }
 }
 
+/// A broker provider's background task (late setup, health probes) and the stop signal it shares
+/// with the provider's subscription streams. Dropping it drops the sender, which stops them too.
+#[derive(Debug)]
+pub struct Supervisor {
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// std Mutex: only `take()`n in `stop`, never held across an await.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Supervisor {
+    /// Spawns `task`, handing it the stop signal.
+    pub fn spawn<F>(task: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(task(rx));
+        Self {
+            shutdown,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// The stop signal, for a subscription stream to end with the provider.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Signals stop and waits for the task, at most `bound` (then aborts it). Idempotent.
+    pub async fn stop(&self, bound: Duration) {
+        self.shutdown.send_replace(true);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut handle) = task {
+            if tokio::time::timeout(bound, &mut handle).await.is_err() {
+                handle.abort();
+            }
+        }
+    }
+}
+
 /// A broker adapter: memory, NATS JetStream or Kafka.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {

@@ -28,7 +28,7 @@
 //!   by `publish_timeout`; setup, probes, acks and close by the constants below.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -42,10 +42,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 
 use super::{
     Counters, Health, HealthTracker, MessageStream, Provider, ProviderError, ProviderKind, Stats,
+    Supervisor,
 };
 use crate::message::DataMessage;
 
@@ -363,11 +363,8 @@ pub struct NatsProvider {
     /// Empty until the first connection succeeded (at `connect` or later by the supervisor).
     conn: Arc<OnceLock<Conn>>,
     shared: Arc<Shared>,
-    /// `true` asks the supervisor and subscription streams to stop; dropping the provider
-    /// drops the sender, which stops them too.
-    shutdown: watch::Sender<bool>,
-    /// std Mutex: only `take()`n in `close`, never held across an await.
-    supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// The health supervisor; its stop signal also ends subscription streams.
+    supervisor: Supervisor,
 }
 
 impl NatsProvider {
@@ -510,8 +507,10 @@ impl NatsProvider {
             }
         }
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let supervisor = tokio::spawn(supervise(shared.clone(), conn.clone(), dialer, shutdown_rx));
+        let supervisor = {
+            let (shared, conn) = (shared.clone(), conn.clone());
+            Supervisor::spawn(move |stop| supervise(shared, conn, dialer, stop))
+        };
 
         Ok(NatsProvider {
             name: name.to_string(),
@@ -521,8 +520,7 @@ impl NatsProvider {
             publish_timeout,
             conn,
             shared,
-            shutdown,
-            supervisor: Mutex::new(Some(supervisor)),
+            supervisor,
         })
     }
 
@@ -872,7 +870,7 @@ impl Provider for NatsProvider {
 
         let shared = self.shared.clone();
         let stream = self.stream_name.clone();
-        let mut stop = self.shutdown.subscribe();
+        let mut stop = self.supervisor.subscribe();
         Ok(messages
             .then(move |item| {
                 let (shared, stream) = (shared.clone(), stream.clone());
@@ -905,20 +903,7 @@ impl Provider for NatsProvider {
         {
             return Ok(()); // already closed
         }
-        self.shutdown.send_replace(true);
-        let supervisor = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(mut handle) = supervisor {
-            if tokio::time::timeout(CLOSE_TIMEOUT, &mut handle)
-                .await
-                .is_err()
-            {
-                handle.abort();
-            }
-        }
+        self.supervisor.stop(CLOSE_TIMEOUT).await;
         // Drain: ends subscriptions and flushes what is buffered. Every acknowledged publish is
         // already stored, so a slow drain loses nothing the caller was told succeeded.
         // Never connected: nothing to drain, and no async-nats task is left behind.
