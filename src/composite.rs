@@ -527,11 +527,15 @@ impl Composite {
         ))
     }
 
-    /// Closes every provider (concurrently). Idempotent.
+    /// Refuses new publishes, waits for the running ones, stops replay, then closes every
+    /// provider (concurrently). Idempotent.
     pub async fn close_all(&self) -> Result<(), ProviderError> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // New publishes are refused from here (a relay retries them on its new composite);
+        // the ones already running finish before any provider closes.
+        self.drain().await;
         self.stop_replay().await;
         let results =
             futures::future::join_all(self.lanes.iter().map(|l| l.provider.close())).await;

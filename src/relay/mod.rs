@@ -197,8 +197,8 @@ impl Relay {
                 fresh,
             );
             tracing::info!("provider list changed; new composite in force, closing the old one after in-flight publishes");
-            previous.drain().await;
-            // Closing stops the old replay tasks before the new composite starts its own.
+            // Closing waits for publishes still running on the old composite and stops its
+            // replay tasks before the new composite starts its own.
             if let Err(e) = previous.close_all().await {
                 tracing::warn!(error = %e, "closing the previous providers failed");
             }
@@ -223,7 +223,6 @@ pub async fn serve(
         .await?;
     tracing::info!("ingest stopped; in-flight requests finished; closing providers");
     let composite = relay.composite();
-    composite.drain().await;
     if let Err(e) = composite.close_all().await {
         tracing::warn!(error = %e, "closing providers failed");
     }
