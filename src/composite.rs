@@ -206,6 +206,9 @@ impl Lane {
         }
         match self.publish(msg, deadline).await {
             Ok(()) => LaneOutcome::Acked,
+            // A message the provider refuses for itself (too large, say) would fail every
+            // replay too and block the backlog behind it: fail the lane instead.
+            Err(e @ ProviderError::Rejected { .. }) => LaneOutcome::Failed(e),
             Err(e) if strategy == Strategy::BestEffort => self.defer(backlog, msg, Some(e)).await,
             Err(e) => LaneOutcome::Failed(e),
         }
@@ -1020,6 +1023,55 @@ mod tests {
             bare.publish_detailed(&DataMessage::new("t", "x")).await,
             Err(PublishError::AllFailed(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_message_a_provider_rejects_for_good_is_not_kept_for_replay() {
+        struct Rejecting;
+        #[async_trait]
+        impl Provider for Rejecting {
+            fn name(&self) -> &str {
+                "small"
+            }
+            fn kind(&self) -> ProviderKind {
+                ProviderKind::Nats
+            }
+            async fn publish(&self, _m: &DataMessage) -> Result<(), ProviderError> {
+                Err(ProviderError::Rejected {
+                    provider: "small".into(),
+                    reason: "message too large".into(),
+                })
+            }
+            async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
+                Ok(futures::stream::empty().boxed())
+            }
+            fn stats(&self) -> Stats {
+                Stats::default()
+            }
+            fn health(&self) -> Health {
+                Health::up("Connected", "ok")
+            }
+            async fn close(&self) -> Result<(), ProviderError> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let c = with_handoff(
+            vec![Scripted::new("good", 0, false), Arc::new(Rejecting)],
+            Strategy::BestEffort,
+            dir.path(),
+        );
+        let report = c
+            .publish_detailed(&DataMessage::new("t", "big"))
+            .await
+            .unwrap();
+        assert_eq!(report.accepted, ["good"]);
+        assert!(
+            report.deferred.is_empty(),
+            "not deferred: it would block the backlog forever"
+        );
+        assert!(matches!(report.failed[0], ProviderError::Rejected { .. }));
+        assert_eq!(c.stats_detailed().providers[1].stats.backlog, 0);
     }
 
     #[tokio::test]
