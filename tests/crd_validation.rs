@@ -69,6 +69,27 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
             "  providers:\n  - {name: a, type: memory}\n  migration:\n    steps:\n    - {name: s, strategy: FailFast, providers: [a, ghost]}\n",
             "spec.migration.steps[].providers may only name providers listed in spec.providers",
         ),
+        (
+            "  providers:\n  - {name: a, type: memory}\n  migration:\n    targetStep: 3\n    steps:\n    - {name: s, strategy: FailFast}\n",
+            "spec.migration.targetStep must name an existing step",
+        ),
+        (
+            "  providers:\n  - {name: a, type: memory}\n  - {name: b, type: memory}\n  migration:\n    steps:\n    - {name: s, strategy: FailFast, providers: [a], readFrom: b}\n",
+            "readFrom must be one of the step's providers",
+        ),
+        ("  publishTimeout: 0s\n  providers:\n  - {name: a, type: memory}\n", "spec.publishTimeout"),
+        (
+            "  providers:\n  - {name: k, type: kafka, kafka: {brokers: [\"b:9092\"], topic: \"a/b\"}}\n",
+            "spec.providers[0].kafka.topic",
+        ),
+        (
+            "  providers:\n  - {name: k, type: kafka, kafka: {brokers: [\"no-port\"], topic: t}}\n",
+            "spec.providers[0].kafka.brokers[0]",
+        ),
+        (
+            "  providers:\n  - {name: nt, type: nats, nats: {url: \"nats://x:4222\", subject: \"orders.*\"}}\n",
+            "spec.providers[0].nats.subject",
+        ),
     ];
     for (body, want) in cases {
         let manifest = format!("{HEAD}{body}");

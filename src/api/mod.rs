@@ -35,7 +35,8 @@ pub const MAX_PROVIDERS: usize = 8;
     status = "DualWritePipelineStatus",
     scale(
         spec_replicas_path = ".spec.relay.replicas",
-        status_replicas_path = ".status.replicas"
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
     ),
     printcolumn(name = "Strategy", type_ = "string", json_path = ".status.strategy"),
     printcolumn(
@@ -82,7 +83,7 @@ pub struct DualWritePipelineSpec {
     pub strategy: Strategy,
     /// Deadline of one write to one provider, e.g. `5s` or `750ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]*[1-9][0-9]*(ms|s|m))+$"))]
     pub publish_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestSpec>,
@@ -168,8 +169,8 @@ pub struct NatsSpec {
     /// Server URL(s), e.g. `nats://nats:4222` (comma-separated for several).
     #[schemars(length(min = 1, max = 1024))]
     pub url: String,
-    /// Subject the messages are published on.
-    #[schemars(length(min = 1, max = 255))]
+    /// Subject the messages are published on (no wildcards, no spaces).
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s*>]+$"))]
     pub subject: String,
     /// JetStream stream holding the subject; created when missing. Default: the subject in upper
     /// case with '.' and '-' turned into '_'.
@@ -190,9 +191,10 @@ pub struct NatsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
     /// Bootstrap servers, `host:port`.
-    #[schemars(length(min = 1, max = 32))]
+    #[schemars(length(min = 1, max = 32), inner(regex(pattern = r"^[^\s,]+:[0-9]+$")))]
     pub brokers: Vec<String>,
-    #[schemars(length(min = 1, max = 249))]
+    /// Letters, digits, '.', '_' and '-' (Kafka's rule).
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub topic: String,
     /// Partitions when the topic is created (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,7 +256,8 @@ pub struct HandoffSpec {
 }
 
 /// A migration: ordered steps, each with a strategy and gates to leave it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.targetStep) || self.targetStep < size(self.steps)").message("spec.migration.targetStep must name an existing step: 0 to the number of steps - 1"))]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationSpec {
     #[schemars(length(min = 1, max = 16))]
@@ -274,7 +277,8 @@ pub struct MigrationSpec {
     pub fallback_after: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.providers) || !has(self.readFrom) || self.readFrom in self.providers").message("spec.migration.steps[].readFrom must be one of the step's providers"))]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationStep {
     #[schemars(length(min = 1, max = 63))]
@@ -331,6 +335,9 @@ pub struct DualWritePipelineStatus {
     /// Relay pods that reported recently.
     #[serde(default)]
     pub replicas: i32,
+    /// Label selector of the relay pods (for the scale subresource, e.g. an HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Messages acknowledged, summed over providers and fresh relays.
     #[serde(default)]
     pub published: u64,
@@ -534,6 +541,11 @@ impl DualWritePipelineSpec {
                         }
                         if n.subject.trim().is_empty() {
                             errs.push(format!("{at}.nats.subject: give the subject to publish on"));
+                        } else if n
+                            .subject
+                            .contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
+                        {
+                            errs.push(format!("{at}.nats.subject: {:?} must be one subject, without wildcards or spaces", n.subject));
                         }
                     }
                 },
@@ -549,6 +561,12 @@ impl DualWritePipelineSpec {
                         }
                         if k.topic.trim().is_empty() {
                             errs.push(format!("{at}.kafka.topic: give the topic to write to"));
+                        } else if !k
+                            .topic
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                        {
+                            errs.push(format!("{at}.kafka.topic: {:?} may hold only letters, digits, '.', '_' and '-'", k.topic));
                         }
                     }
                 },

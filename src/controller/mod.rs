@@ -282,9 +282,19 @@ pub fn next_status(
         previous: prev.fallback.as_ref(),
         now,
     };
-    let (strategy, fallback) = migration::decide_fallback(&fallback_input);
+    let (mut strategy, mut fallback) = migration::decide_fallback(&fallback_input);
     if let Some(event) = migration::fallback_event(&fallback_input, fallback.as_ref()) {
         events.push(event);
+    }
+    let (mut active, mut read_from, mut migration) = (active, read_from, migration);
+    if invalid.is_some() && prev.strategy.is_some() {
+        // An invalid spec (one the CRD's rules let through) changes nothing that runs: the
+        // relays keep the strategy, providers and migration step they had, and Stalled says why.
+        strategy = prev.strategy.unwrap_or(strategy);
+        active = prev.active_providers.clone().unwrap_or(active);
+        read_from = prev.read_from.clone();
+        migration = prev.migration.clone();
+        fallback = prev.fallback.clone();
     }
 
     let fresh: Vec<_> = prev
@@ -327,6 +337,7 @@ pub fn next_status(
         active_providers: Some(active),
         read_from,
         replicas: fresh.len() as i32,
+        selector: Some(format!("dualwrite.io/pipeline={}", p.name_any())),
         published: rows.iter().map(|r| r.published).sum(),
         backlog: rows.iter().map(|r| r.backlog).sum(),
         summary: Some(status::summary(&rows)),
@@ -471,6 +482,78 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::composite::Strategy;
+
+    fn settings() -> Settings {
+        Settings {
+            relay_image: "img".into(),
+            resync: Duration::from_secs(30),
+            stale_after: Duration::from_secs(150),
+            stall_after: Duration::from_secs(300),
+            instance: None,
+        }
+    }
+
+    fn pipeline(yaml: &str) -> DualWritePipeline {
+        let mut p: DualWritePipeline = serde_yaml::from_str(yaml).unwrap();
+        p.metadata.generation = Some(1);
+        p
+    }
+
+    const MIGRATION: &str = "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {name: p, namespace: n}\nspec:\n  providers: [{name: a, type: memory}, {name: b, type: memory}]\n  migration:\n    steps:\n    - {name: only-a, strategy: FailFast, providers: [a]}\n    - {name: both, strategy: BestEffort}\n";
+
+    #[test]
+    fn first_status_enters_step_zero_with_its_strategy_and_providers() {
+        let p = pipeline(MIGRATION);
+        let (st, events) = next_status(
+            &p,
+            &settings(),
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        );
+        assert_eq!(st.strategy, Some(Strategy::FailFast));
+        assert_eq!(st.active_providers.as_deref(), Some(&["a".to_string()][..]));
+        assert_eq!(st.migration.as_ref().unwrap().current_step, 0);
+        assert!(
+            events.iter().any(|(r, _)| *r == "StepChanged"),
+            "{events:?}"
+        );
+        assert_eq!(st.conditions.len(), 4);
+    }
+
+    #[test]
+    fn an_invalid_spec_keeps_what_runs_and_stalls() {
+        let mut p = pipeline(MIGRATION);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let (mut st, _) = next_status(&p, &settings(), now);
+        // Move to step 1, then make the spec invalid (a target past the last step).
+        p.spec.migration.as_mut().unwrap().target_step = Some(1);
+        p.status = Some(st.clone());
+        (st, _) = next_status(&p, &settings(), now);
+        assert_eq!(st.migration.as_ref().unwrap().current_step, 1);
+        p.spec.migration.as_mut().unwrap().target_step = Some(7);
+        p.status = Some(st.clone());
+        let (next, _) = next_status(&p, &settings(), now);
+        assert_eq!(next.strategy, st.strategy, "strategy kept");
+        assert_eq!(next.active_providers, st.active_providers, "providers kept");
+        assert_eq!(
+            next.migration, st.migration,
+            "migration step and history kept"
+        );
+        let stalled = next
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::STALLED)
+            .unwrap();
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", status::reason::INVALID_SPEC)
+        );
+        assert!(
+            stalled.message.contains("targetStep"),
+            "{}",
+            stalled.message
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
