@@ -94,7 +94,9 @@ fn load_generator(
             n += 1;
             let id = format!("load-{n}");
             let mut done = false;
-            for _attempt in 0..50 {
+            // Retry for up to 30 s: long enough for a relay restart on a loaded machine.
+            let give_up_at = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::time::Instant::now() < give_up_at {
                 let resp = client
                     .post(format!("http://127.0.0.1:{port}/api/v1/ingest"))
                     .json(&serde_json::json!({"source": "load", "data": format!("message {n}"), "id": id}))

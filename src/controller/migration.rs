@@ -46,6 +46,7 @@ pub mod reason {
     pub const AWAITING_PROMOTION: &str = "AwaitingPromotion";
     /// The step has not lasted its `minDuration` yet.
     pub const MIN_DURATION_NOT_REACHED: &str = "MinDurationNotReached";
+    pub const WAITING_FOR_RELAYS: &str = "WaitingForRelays";
     /// A provider written in this step is not ready (`allHealthy`).
     pub const PROVIDERS_NOT_READY: &str = "ProvidersNotReady";
     /// A provider still has a backlog to replay (`backlogEmpty`).
@@ -68,7 +69,7 @@ pub mod reason {
 }
 
 /// What [`decide_step`] looks at.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StepInput<'a> {
     pub migration: &'a MigrationSpec,
     /// The previous status (None: the first reconcile of this migration).
@@ -76,6 +77,9 @@ pub struct StepInput<'a> {
     /// The aggregated rows, one per provider in spec order (ready "True"/"False"/"Unknown").
     pub providers: &'a [ProviderStatus],
     pub consistency: Option<&'a ConsistencyStatus>,
+    /// Ok when every fresh relay has reported since the step began, running its strategy; else
+    /// why not. The gates judge the step by what the relays did in it, not by older reports.
+    pub relays_in_step: Result<(), String>,
     pub now: Timestamp,
 }
 
@@ -290,6 +294,17 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
                 human(spent),
                 human(gates.min_duration),
                 human(remaining)
+            ),
+        );
+    }
+
+    if let Err(why) = &input.relays_in_step {
+        return stay(
+            cur,
+            reason::WAITING_FOR_RELAYS,
+            format!(
+                "step {} stays until the relays run it: {why}",
+                label(m, cur)
             ),
         );
     }
@@ -1053,6 +1068,7 @@ mod tests {
                 current: current.as_ref(),
                 providers: &c.rows,
                 consistency: c.consistency.as_ref(),
+                relays_in_step: Ok(()),
                 now: t(c.now),
             };
             let d = decide_step(&input);
@@ -1088,6 +1104,7 @@ mod tests {
             current: None,
             providers: &[],
             consistency: None,
+            relays_in_step: Ok(()),
             now: t(0),
         };
         let d = decide_step(&input);
@@ -1233,6 +1250,7 @@ mod tests {
             current: Some(&prev),
             providers: &rows,
             consistency: None,
+            relays_in_step: Ok(()),
             now: t(60),
         };
         let d = decide_step(&waiting);
@@ -1245,6 +1263,7 @@ mod tests {
         assert!(s.history.is_empty());
 
         let passing = StepInput {
+            relays_in_step: Ok(()),
             now: t(600),
             ..waiting
         };
@@ -1260,6 +1279,7 @@ mod tests {
 
         let first = StepInput {
             current: None,
+            relays_in_step: Ok(()),
             now: t(5),
             ..waiting
         };

@@ -209,6 +209,38 @@ fn signed(d: Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
+/// Whether every fresh relay has reported since the current step began, running the strategy
+/// the operator decided: only then do the step's gates judge what the relays did in it.
+fn relays_in_step(
+    prev: &DualWritePipelineStatus,
+    now: Timestamp,
+    stale_after: SignedDuration,
+) -> Result<(), String> {
+    let Some(current) = &prev.migration else {
+        return Ok(());
+    };
+    let fresh: Vec<_> = prev
+        .relays
+        .iter()
+        .filter(|r| status::is_fresh(r, now, stale_after))
+        .collect();
+    if fresh.is_empty() {
+        return Err("no relay has reported recently".into());
+    }
+    for r in fresh {
+        if r.reported_at.0 <= current.step_started_at.0 {
+            return Err(format!(
+                "relay {} has not reported since the step began",
+                r.name
+            ));
+        }
+        if Some(r.strategy) != prev.strategy {
+            return Err(format!("relay {} still runs {}", r.name, r.strategy));
+        }
+    }
+    Ok(())
+}
+
 /// Computes the whole status from the pipeline, its previous status and `now`, plus the Events
 /// (reason, note) its decisions call for. Pure: the reconciler does the I/O.
 pub fn next_status(
@@ -233,6 +265,7 @@ pub fn next_status(
     {
         Some(m) if invalid.is_none() => {
             let input = migration::StepInput {
+                relays_in_step: relays_in_step(&prev, now, stale_after),
                 migration: m,
                 current: prev.migration.as_ref(),
                 providers: &rows,
@@ -403,11 +436,70 @@ async fn reconcile(p: Arc<DualWritePipeline>, ctx: Arc<Context>) -> Result<Actio
         &Patch::Apply(&patch),
     )
     .await?;
+    prune_gone_relays(&api, &p, &ctx.settings).await?;
     ctx.failures
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&key(&p));
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// Relay reports this much older than the staleness limit belong to pods that are gone: they
+/// are removed so the status does not grow with every rollout.
+const PRUNE_AFTER_STALE: u32 = 4;
+
+/// Removes reports of relays gone for long (`PRUNE_AFTER_STALE` × stale-after). A JSON patch
+/// with a `test` per entry: a relay writing its entry at the same moment makes the patch fail
+/// harmlessly (retried next reconcile) instead of removing the wrong entry.
+async fn prune_gone_relays(
+    api: &Api<DualWritePipeline>,
+    p: &DualWritePipeline,
+    settings: &Settings,
+) -> Result<(), Error> {
+    let Some(status) = &p.status else {
+        return Ok(());
+    };
+    let limit = signed(settings.stale_after * PRUNE_AFTER_STALE);
+    let now = Timestamp::now();
+    let gone: Vec<(usize, &str)> = status
+        .relays
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| now.duration_since(r.reported_at.0) > limit)
+        .map(|(i, r)| (i, r.name.as_str()))
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    // From the highest index down, so earlier removals do not shift later ones.
+    let ops: Vec<serde_json::Value> = gone
+        .iter()
+        .rev()
+        .flat_map(|(i, name)| {
+            [
+                serde_json::json!({"op": "test", "path": format!("/status/relays/{i}/name"), "value": name}),
+                serde_json::json!({"op": "remove", "path": format!("/status/relays/{i}")}),
+            ]
+        })
+        .collect();
+    let patch = serde_json::from_value(serde_json::Value::Array(ops))
+        .expect("a JSON patch of test/remove ops");
+    match api
+        .patch_status(
+            &p.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(pipeline = %key(p), relays = ?gone.iter().map(|(_, n)| *n).collect::<Vec<_>>(), "removed reports of relays gone for long");
+            Ok(())
+        }
+        // A concurrent write moved the list: try again on the next reconcile.
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn error_policy(p: Arc<DualWritePipeline>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -553,6 +645,38 @@ mod tests {
             "{}",
             stalled.message
         );
+    }
+
+    #[test]
+    fn gates_wait_for_relays_to_report_from_inside_the_step() {
+        use crate::api::{ProviderReport, RelayReport};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut p = pipeline(MIGRATION);
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let (st, _) = next_status(&p, &settings(), t(0));
+        p.status = Some(st);
+        let report = |at: i64| RelayReport {
+            name: "relay-0".into(),
+            reported_at: Time(t(at)),
+            strategy: Strategy::FailFast,
+            generation: Some(1),
+            providers: ["a", "b"]
+                .iter()
+                .map(|n| ProviderReport { name: n.to_string(), healthy: true, ..Default::default() })
+                .collect(),
+        };
+        // A report from before the step began does not open its gates.
+        p.status.as_mut().unwrap().relays = vec![report(-1)];
+        let (st, _) = next_status(&p, &settings(), t(5));
+        let m = st.migration.as_ref().unwrap();
+        assert_eq!((m.current_step, m.reason.as_str()), (0, migration::reason::WAITING_FOR_RELAYS), "{}", m.message);
+        // A healthy report from inside the step does.
+        let mut prev = st;
+        prev.relays = vec![report(4)];
+        p.status = Some(prev);
+        let (st, _) = next_status(&p, &settings(), t(6));
+        assert_eq!(st.migration.as_ref().unwrap().current_step, 1);
+        assert_eq!(st.strategy, Some(Strategy::BestEffort));
     }
 
     #[test]

@@ -35,8 +35,9 @@ pub fn is_fresh(report: &RelayReport, now: Timestamp, stale_after: SignedDuratio
     now.duration_since(report.reported_at.0) <= stale_after
 }
 
-/// One row per provider in spec order, from the relays' reports. Counters are summed over every
-/// report (each relay counts what it wrote); health comes from fresh reports only: a provider is
+/// One row per provider in spec order, from the relays' reports. Published and failed are summed
+/// over every report (each relay counts what it wrote); backlog and health come from fresh
+/// reports only: a provider is
 /// ready when every fresh relay finds it healthy, not ready when any finds it down, and Unknown
 /// when no fresh relay has reported it. `lastTransitionTime` moves only when `ready` changes.
 pub fn aggregate_providers(
@@ -65,11 +66,13 @@ pub fn aggregate_providers(
                 };
                 row.published += r.published;
                 row.failed += r.failed;
-                row.backlog += r.backlog;
-                row.needs_reconciliation |= r.needs_reconciliation;
                 if !is_fresh(report, now, stale_after) {
                     continue;
                 }
+                // A gone relay's backlog is gone with it (or waits on its volume for its
+                // return): it must not hold gates or the fallback forever.
+                row.backlog += r.backlog;
+                row.needs_reconciliation |= r.needs_reconciliation;
                 fresh_seen = true;
                 row.latency_p99_ms = match (row.latency_p99_ms, r.latency_p99_ms) {
                     (Some(a), Some(b)) => Some(a.max(b)),
