@@ -729,7 +729,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_and_types_are_rejected_when_parsing() {
+    fn unknown_provider_types_are_rejected_when_parsing() {
         let err =
             serde_yaml::from_str::<DualWritePipelineSpec>("providers: [{name: a, type: redis}]")
                 .unwrap_err();

@@ -662,14 +662,23 @@ mod tests {
             generation: Some(1),
             providers: ["a", "b"]
                 .iter()
-                .map(|n| ProviderReport { name: n.to_string(), healthy: true, ..Default::default() })
+                .map(|n| ProviderReport {
+                    name: n.to_string(),
+                    healthy: true,
+                    ..Default::default()
+                })
                 .collect(),
         };
         // A report from before the step began does not open its gates.
         p.status.as_mut().unwrap().relays = vec![report(-1)];
         let (st, _) = next_status(&p, &settings(), t(5));
         let m = st.migration.as_ref().unwrap();
-        assert_eq!((m.current_step, m.reason.as_str()), (0, migration::reason::WAITING_FOR_RELAYS), "{}", m.message);
+        assert_eq!(
+            (m.current_step, m.reason.as_str()),
+            (0, migration::reason::WAITING_FOR_RELAYS),
+            "{}",
+            m.message
+        );
         // A healthy report from inside the step does.
         let mut prev = st;
         prev.relays = vec![report(4)];

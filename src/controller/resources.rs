@@ -218,6 +218,14 @@ pub fn deployment(p: &DualWritePipeline, default_image: &str) -> Deployment {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
+                    // The relay reads its ingest settings once at start: a change here rolls it.
+                    annotations: Some(BTreeMap::from([(
+                        "dualwrite.io/ingest".to_string(),
+                        format!(
+                            "port={port},maxBodyBytes={}",
+                            crate::relay::max_body_bytes(&p.spec)
+                        ),
+                    )])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -303,6 +311,11 @@ mod tests {
         );
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 9000);
         assert_eq!(pod.service_account_name.as_deref(), Some("orders-relay"));
+        let annotations = spec.template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(
+            annotations["dualwrite.io/ingest"],
+            "port=9000,maxBodyBytes=1048576"
+        );
     }
 
     #[test]

@@ -174,8 +174,23 @@ pub fn spec_from_manifest(text: &str) -> Result<DualWritePipelineSpec, String> {
             "the manifest's kind is {kind:?}; expected a DualWritePipeline (apiVersion dualwrite.io/v1alpha1)"
         ));
     }
-    let pipeline: DualWritePipeline = serde_yaml::from_value(value)
-        .map_err(|e| format!("the manifest does not match DualWritePipeline: {e}"))?;
+    // A misspelt field (`stratgy:`) would otherwise be dropped without a word and the relay
+    // would run something else than the file says; the API server prunes such fields, so only
+    // a manifest read from a file needs this.
+    let mut unknown = Vec::new();
+    let pipeline: DualWritePipeline = serde_ignored::deserialize(value, |path| {
+        let path = path.to_string();
+        if path.starts_with("spec") {
+            unknown.push(path);
+        }
+    })
+    .map_err(|e| format!("the manifest does not match DualWritePipeline: {e}"))?;
+    if !unknown.is_empty() {
+        return Err(format!(
+            "the manifest has fields DualWritePipeline does not know: {} (misspelt?)",
+            unknown.join(", ")
+        ));
+    }
     Ok(pipeline.spec)
 }
 
@@ -291,5 +306,11 @@ mod tests {
             .contains("not valid YAML"));
         let bad = ok.replace("memory", "redis");
         assert!(spec_from_manifest(&bad).unwrap_err().contains("redis"));
+        let typo = ok.replace("  providers:", "  stratgy: BestEffort\n  providers:");
+        let err = spec_from_manifest(&typo).unwrap_err();
+        assert!(
+            err.contains("spec.stratgy") && err.contains("misspelt"),
+            "{err}"
+        );
     }
 }

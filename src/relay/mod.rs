@@ -25,6 +25,14 @@ pub const DEFAULT_PORT: u16 = 8080;
 /// Largest request body accepted by default.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// The largest ingest body `spec` accepts.
+pub fn max_body_bytes(spec: &DualWritePipelineSpec) -> usize {
+    spec.ingest
+        .as_ref()
+        .and_then(|i| i.max_body_bytes)
+        .map_or(DEFAULT_MAX_BODY_BYTES, |b| b as usize)
+}
+
 /// Creates one provider from its spec and logs "<type> adapter created" (the seed's check that
 /// each adapter came up).
 pub async fn build_provider(
@@ -145,11 +153,7 @@ impl Relay {
         handoff: Option<Arc<HandoffStore>>,
     ) -> Arc<Self> {
         composite.start_replay();
-        let max_body_bytes = spec
-            .ingest
-            .as_ref()
-            .and_then(|i| i.max_body_bytes)
-            .map_or(DEFAULT_MAX_BODY_BYTES, |b| b as usize);
+        let max_body_bytes = max_body_bytes(&spec);
         Arc::new(Self {
             composite: RwLock::new(Arc::new(composite)),
             spec: RwLock::new(spec),
@@ -176,14 +180,20 @@ impl Relay {
     }
 
     /// Applies a changed spec without dropping in-flight messages: a strategy change takes effect
-    /// for the next publish; a changed provider list builds a new composite, swaps it in, waits for
-    /// publishes still running on the old one, then closes it.
+    /// for the next publish; a changed provider list, publish timeout or handoff setting builds a
+    /// new composite, swaps it in, waits for publishes still running on the old one, then closes
+    /// it.
     pub async fn apply(&self, new: DualWritePipelineSpec) -> Result<(), String> {
         let old = self.spec();
         if old == new {
             return Ok(());
         }
-        if old.providers == new.providers && old.publish_timeout == new.publish_timeout {
+        // Ingest settings (port, body limit) are fixed for the process: the operator puts them
+        // in the pod template, so a change rolls the relays.
+        if old.providers == new.providers
+            && old.publish_timeout == new.publish_timeout
+            && old.handoff == new.handoff
+        {
             new.validate().map_err(|e| e.join("\n"))?;
             let composite = self.composite();
             if composite.strategy() != new.strategy {
