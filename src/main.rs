@@ -238,7 +238,7 @@ async fn run_operator(a: OperatorArgs) -> Result<(), String> {
     let probe_addr = SocketAddr::from(([0, 0, 0, 0], a.http_port));
     let listener = tokio::net::TcpListener::bind(probe_addr)
         .await
-        .map_err(|e| format!("cannot listen on {probe_addr} for probes: {e}; set --probe-port"))?;
+        .map_err(|e| format!("cannot listen on {probe_addr} for probes: {e}; set --http-port"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
