@@ -196,6 +196,108 @@ async fn fail_fast_answers_503_naming_the_full_provider_and_best_effort_202() {
     r.shutdown().await;
 }
 
+/// A provider whose publish waits for the test's go-ahead, and that records whether it was
+/// closed while a publish was still running.
+struct Gated {
+    started: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    in_flight: std::sync::atomic::AtomicBool,
+    closed_while_in_flight: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl dualwrite::provider::Provider for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    fn kind(&self) -> dualwrite::provider::ProviderKind {
+        dualwrite::provider::ProviderKind::Memory
+    }
+    async fn publish(
+        &self,
+        _m: &dualwrite::message::DataMessage,
+    ) -> Result<(), dualwrite::provider::ProviderError> {
+        use std::sync::atomic::Ordering;
+        self.in_flight.store(true, Ordering::SeqCst);
+        self.started.notify_one();
+        self.release.notified().await;
+        self.in_flight.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn subscribe(
+        &self,
+    ) -> Result<dualwrite::provider::MessageStream, dualwrite::provider::ProviderError> {
+        Err(dualwrite::provider::ProviderError::Subscribe {
+            provider: "gated".into(),
+            reason: "none".into(),
+        })
+    }
+    fn stats(&self) -> dualwrite::provider::Stats {
+        Default::default()
+    }
+    fn health(&self) -> dualwrite::provider::Health {
+        dualwrite::provider::Health::up("Connected", "ok")
+    }
+    async fn close(&self) -> Result<(), dualwrite::provider::ProviderError> {
+        use std::sync::atomic::Ordering;
+        if self.in_flight.load(Ordering::SeqCst) {
+            self.closed_while_in_flight.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_request_in_flight_before_closing_providers() {
+    use std::sync::atomic::Ordering;
+    let gated = Arc::new(Gated {
+        started: Default::default(),
+        release: Default::default(),
+        in_flight: Default::default(),
+        closed_while_in_flight: Default::default(),
+    });
+    let composite = dualwrite::composite::Composite::new(
+        vec![gated.clone()],
+        Strategy::FailFast,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let relay = Relay::new(composite, config::default_spec());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api/v1/ingest", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(relay::serve(relay, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let request = tokio::spawn(async move {
+        client()
+            .post(url)
+            .json(&serde_json::json!({"source": "t", "data": "x"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    gated.started.notified().await; // the publish is running
+    stop_tx.send(()).unwrap(); // SIGTERM, as far as the server knows
+    tokio::task::yield_now().await;
+    assert!(
+        !server.is_finished(),
+        "the server waits for the request in flight"
+    );
+    gated.release.notify_one();
+    assert_eq!(
+        request.await.unwrap(),
+        202,
+        "the in-flight request is answered"
+    );
+    server.await.unwrap().unwrap();
+    assert!(
+        !gated.closed_while_in_flight.load(Ordering::SeqCst),
+        "providers closed only after the publish finished"
+    );
+}
+
 #[tokio::test]
 async fn health_ready_and_graceful_shutdown() {
     let r = start(config::default_spec()).await;
