@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::brokers::{kafka_ids, nats_ids};
 use common::cluster::{
-    admin_token, free_port, install_crd, kube_env, kubectl_ok, namespace, relay_deployment,
-    start_operator, start_relay_from_pod_template, write_kubeconfig, KubeEnv, BIN,
+    free_port, install_crd, kube_env, kubectl_ok, namespace, relay_deployment, relay_kubeconfig,
+    start_operator, start_relay_from_pod_template, KubeEnv, BIN,
 };
 use common::{eventually, outage_tests_enabled, require_env, unique, StoppedService};
 use dualwrite::provider::nats::default_stream_name;
@@ -163,13 +163,7 @@ async fn migration_walks_every_step_under_load_without_losing_a_message() {
     );
 
     let d = relay_deployment(&env, &ns, "orders", &operator).await;
-    let relay_kubeconfig = dir.path().join("relay.kubeconfig");
-    write_kubeconfig(
-        &env,
-        &relay_kubeconfig,
-        &admin_token(&env),
-        Some(&format!("system:serviceaccount:{ns}:orders-relay")),
-    );
+    let relay_kubeconfig = relay_kubeconfig(&env, &ns, "orders", dir.path());
     // The state directory (the pod's volume) is the same across the relay restart below.
     let mut relay = start_relay_from_pod_template(&d, dir.path(), &relay_kubeconfig);
     eventually(

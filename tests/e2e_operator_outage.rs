@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{
-    admin_client, admin_token, free_port, install_crd, kube_env, kubectl, kubectl_ok, namespace,
-    relay_deployment, start_operator, start_relay_from_pod_template, write_kubeconfig, KubeEnv,
+    admin_client, free_port, install_crd, kube_env, kubectl, kubectl_ok, namespace,
+    relay_deployment, relay_kubeconfig, start_operator, start_relay_from_pod_template, KubeEnv,
 };
 use common::{eventually, outage_tests_enabled, require_env, unique, StoppedService};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -194,13 +194,7 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
     );
 
     // 2. The relay, as the pod template says, under its own ServiceAccount's Role.
-    let relay_kubeconfig = dir.path().join("relay.kubeconfig");
-    write_kubeconfig(
-        &env,
-        &relay_kubeconfig,
-        &admin_token(&env),
-        Some(&format!("system:serviceaccount:{ns}:orders-relay")),
-    );
+    let relay_kubeconfig = relay_kubeconfig(&env, &ns, "orders", dir.path());
     let d = deployments.get("orders-relay").await.unwrap();
     let mut relay = start_relay_from_pod_template(&d, dir.path(), &relay_kubeconfig);
     eventually(

@@ -323,3 +323,12 @@ pub async fn relay_deployment(env: &KubeEnv, ns: &str, name: &str, operator: &Pr
     )
     .await
 }
+
+/// A kubeconfig (written into `dir`) that impersonates the relay ServiceAccount the operator made
+/// for pipeline `name`: a relay run with it has exactly the Role the operator granted.
+pub fn relay_kubeconfig(env: &KubeEnv, ns: &str, name: &str, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("relay.kubeconfig");
+    let account = format!("system:serviceaccount:{ns}:{name}-relay");
+    write_kubeconfig(env, &path, &admin_token(env), Some(&account));
+    path
+}
