@@ -364,6 +364,38 @@ impl Composite {
         }
     }
 
+    /// Waits until every backlog is empty, at most `grace`.
+    async fn wait_for_backlogs(&self, grace: Duration) {
+        let left = || -> u64 {
+            self.lanes
+                .iter()
+                .filter_map(|l| l.backlog.as_ref())
+                .map(|b| b.len())
+                .sum()
+        };
+        if grace.is_zero()
+            || left() == 0
+            || self
+                .replayers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        {
+            return;
+        }
+        tracing::info!(backlog = left(), grace = ?grace, "stopping: giving the replay time to empty the backlogs");
+        let deadline = tokio::time::Instant::now() + grace;
+        while left() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(backlog = left(), "stopping with messages still in backlogs: they stay in the state directory for the next start");
+                return;
+            }
+            // Replay removes whole batches; a coarse look at its counter is enough here.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!("backlogs empty");
+    }
+
     /// Stops the replay tasks and waits for them.
     async fn stop_replay(&self) {
         let _ = self.replay_stop.send(true);
@@ -533,12 +565,20 @@ impl Composite {
     /// Refuses new publishes, waits for the running ones, stops replay, then closes every
     /// provider (concurrently). Idempotent.
     pub async fn close_all(&self) -> Result<(), ProviderError> {
+        self.close_with_grace(Duration::ZERO).await
+    }
+
+    /// As [`Composite::close_all`], but first gives the replay up to `grace` to empty the
+    /// backlogs, so a relay that is shut down (a rollout, a scale-down) hands its missed writes
+    /// to the providers rather than leaving them on a disk that may go with the pod.
+    pub async fn close_with_grace(&self, grace: Duration) -> Result<(), ProviderError> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         // New publishes are refused from here (a relay retries them on its new composite);
         // the ones already running finish before any provider closes.
         self.drain().await;
+        self.wait_for_backlogs(grace).await;
         self.stop_replay().await;
         let results =
             futures::future::join_all(self.lanes.iter().map(|l| l.provider.close())).await;
@@ -1000,6 +1040,30 @@ mod tests {
         );
         assert_eq!(good.received(), ids);
         c.close_all().await.unwrap();
+        assert_eq!(c.stats_detailed().providers[1].stats.backlog, 0);
+    }
+
+    #[tokio::test]
+    async fn closing_with_grace_lets_the_replay_empty_the_backlogs_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Scripted::new("flaky", 0, true);
+        let c = with_handoff(
+            vec![Scripted::new("good", 0, false), flaky.clone()],
+            Strategy::BestEffort,
+            dir.path(),
+        );
+        c.start_replay();
+        let mut m = DataMessage::new("t", "x");
+        m.id = "kept".into();
+        assert_eq!(c.publish_detailed(&m).await.unwrap().deferred, ["flaky"]);
+        flaky.fail.store(false, Ordering::Release);
+        c.close_with_grace(Duration::from_secs(20)).await.unwrap();
+        assert_eq!(
+            flaky.received(),
+            ["kept"],
+            "delivered before the providers closed"
+        );
+        assert_eq!(flaky.closes.load(Ordering::Relaxed), 1);
         assert_eq!(c.stats_detailed().providers[1].stats.backlog, 0);
     }
 

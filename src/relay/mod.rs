@@ -233,8 +233,12 @@ pub async fn serve(
         .await?;
     tracing::info!("ingest stopped; in-flight requests finished; closing providers");
     let composite = relay.composite();
-    if let Err(e) = composite.close_all().await {
+    if let Err(e) = composite.close_with_grace(BACKLOG_GRACE).await {
         tracing::warn!(error = %e, "closing providers failed");
     }
     Ok(())
 }
+
+/// How long a stopping relay lets the replay empty its backlogs (within the pod's 30 s
+/// termination grace period, leaving time to close the providers).
+pub const BACKLOG_GRACE: Duration = Duration::from_secs(20);
