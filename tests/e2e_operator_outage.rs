@@ -146,6 +146,68 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
     .unwrap();
     assert_eq!(svc["spec"]["ports"][0]["port"], port);
 
+    // A report of a relay gone for long (here: one hour old, written as a relay would, under its
+    // own field manager) is pruned by the operator, and never counts toward health or backlog.
+    let gone = serde_json::json!({
+        "apiVersion": "dualwrite.io/v1alpha1",
+        "kind": "DualWritePipeline",
+        "status": {"relays": [{
+            "name": "gone-relay",
+            "reportedAt": (chrono::Utc::now() - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "strategy": "BestEffort",
+            "providers": [{"name": "kafka", "healthy": false, "backlog": 99}]
+        }]}
+    });
+    kubectl_ok(
+        &env,
+        &[
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            "--field-manager=dualwrite-relay-gone",
+            "-f",
+            "-",
+        ],
+        Some(&format!(
+            "{}\n",
+            serde_json::to_string(&{
+                let mut g = gone.clone();
+                g["metadata"] = serde_json::json!({"name": name, "namespace": ns});
+                g
+            })
+            .unwrap()
+        )),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the operator prunes the report of a relay gone for long",
+        || async {
+            let st = status(&env, &ns, name).await;
+            let names: Vec<String> = st["relays"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .map(|x| x["name"].as_str().unwrap_or("").to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if names.iter().any(|n| n == "gone-relay") {
+                Err(format!("relays: {names:?}"))
+            } else if !operator
+                .log_text()
+                .contains("removed reports of relays gone for long")
+            {
+                // Proves the entry was written and then pruned, not never written.
+                Err("the operator has not logged the pruning yet".to_string())
+            } else if st["backlog"] != 0 {
+                Err(format!("backlog {}", st["backlog"]))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+
     // Changing the spec updates the owned objects.
     kubectl_ok(
         &env,
