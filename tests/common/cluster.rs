@@ -286,6 +286,13 @@ fn unique_suffix() -> String {
 /// Starts `dualwrite operator` as a local process with only the chart's permissions (the
 /// operator token's user bound to the chart's ClusterRole by [`grant_chart_rbac`]).
 pub fn start_operator(env: &KubeEnv, dir: &Path, extra_args: &[&str]) -> Proc {
+    start_operator_named(env, dir, "operator-e2e", extra_args)
+}
+
+/// [`start_operator`] with a pod name of its own (leader election tells replicas apart by it);
+/// its kubeconfig and log go into `dir`.
+pub fn start_operator_named(env: &KubeEnv, dir: &Path, pod: &str, extra_args: &[&str]) -> Proc {
+    std::fs::create_dir_all(dir).unwrap();
     grant_chart_rbac(env);
     let kubeconfig = dir.join("operator.kubeconfig");
     write_kubeconfig(env, &kubeconfig, &env.operator_token, None);
@@ -293,7 +300,7 @@ pub fn start_operator(env: &KubeEnv, dir: &Path, extra_args: &[&str]) -> Proc {
     cmd.args(["operator", "--http-port", &free_port().to_string()])
         .args(extra_args)
         .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", "operator-e2e")
+        .env("POD_NAME", pod)
         .env("RUST_LOG", "info,kube=warn");
     Proc::spawn(cmd, dir.join("operator.log"))
 }
