@@ -122,7 +122,7 @@ pub fn render(ingest: &IngestMetrics, composite: &Composite) -> String {
         &'static str,
         fn(&crate::composite::ProviderRow) -> f64,
     );
-    let series: [Series; 7] = [
+    let series: [Series; 8] = [
         (
             "dualwrite_provider_published_total",
             "counter",
@@ -164,6 +164,12 @@ pub fn render(ingest: &IngestMetrics, composite: &Composite) -> String {
             "gauge",
             "1 when the provider takes writes.",
             |r| f64::from(u8::from(r.health.healthy)),
+        ),
+        (
+            "dualwrite_provider_needs_reconciliation",
+            "gauge",
+            "1 when the provider's backlog passed its limits: replay alone cannot make it complete.",
+            |r| f64::from(u8::from(r.needs_reconciliation)),
         ),
     ];
     for (name, kind, help, value) in series {
@@ -221,6 +227,7 @@ mod tests {
             "dualwrite_provider_published_total{provider=\"a\",type=\"memory\"} 1",
             "dualwrite_provider_published_total{provider=\"b\",type=\"memory\"} 1",
             "dualwrite_provider_depth{provider=\"b\",type=\"memory\"} 1",
+            "dualwrite_provider_needs_reconciliation{provider=\"a\",type=\"memory\"} 0",
             "dualwrite_strategy_info{strategy=\"FailFast\"} 1",
             "dualwrite_provider_publish_duration_seconds_count{provider=\"a\"} 1",
             "dualwrite_provider_publish_duration_seconds_bucket{provider=\"a\",le=\"+Inf\"} 1",
