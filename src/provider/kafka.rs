@@ -23,7 +23,7 @@
 //!   unusable; the supervisor replaces it with a fresh one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -71,7 +71,6 @@ const REASON_CONNECTING: &str = "Connecting";
 const REASON_UNAVAILABLE: &str = "Unavailable";
 const REASON_FATAL: &str = "ProducerFatal";
 const REASON_AUTH: &str = "AuthenticationFailed";
-const REASON_CLOSED: &str = "Closed";
 
 /// A legal Kafka topic name: 1–249 of `[A-Za-z0-9._-]`, not `.` or `..`.
 fn check_topic(topic: &str) -> Result<(), String> {
@@ -129,33 +128,10 @@ struct Shared {
     counters: Counters,
     /// The topic exists (created by us or found); publishing is allowed.
     topic_ready: AtomicBool,
-    /// Set once by `close`; `health()` reports it from then on.
-    closed: OnceLock<Health>,
     /// Bumped on every `AllBrokersDown`; `connect` watches it to stop waiting early.
     brokers_down: watch::Sender<u64>,
     /// Wakes the supervisor before its next tick.
     kick: Notify,
-}
-
-impl Shared {
-    fn is_closed(&self) -> bool {
-        self.closed.get().is_some()
-    }
-
-    fn set_health(&self, healthy: bool, reason: &str, message: impl Into<String>) {
-        if !self.is_closed() {
-            self.health.set(healthy, reason, message);
-        }
-    }
-
-    /// Records a publish outcome. A message-specific rejection (too large) says nothing about
-    /// the broker, so it leaves health alone.
-    fn observe(&self, outcome: &Result<(), ProviderError>) {
-        if self.is_closed() || matches!(outcome, Err(ProviderError::Rejected { .. })) {
-            return;
-        }
-        self.health.observe(outcome);
-    }
 }
 
 /// librdkafka client context: turns its error callbacks into health (for the producer) or
@@ -222,7 +198,7 @@ impl ClientContext for HealthContext {
                 } else {
                     tracing::debug!(provider = %s.name, brokers = %s.brokers, %reason, "kafka: all brokers down");
                 }
-                s.set_health(
+                s.health.set(
                     false,
                     REASON_UNAVAILABLE,
                     format!("no broker reachable at {}: {reason}", s.brokers),
@@ -230,7 +206,7 @@ impl ClientContext for HealthContext {
             }
             Some(RDKafkaErrorCode::Fatal) => {
                 tracing::error!(provider = %s.name, %reason, "kafka: fatal producer error; replacing the producer");
-                s.set_health(
+                s.health.set(
                     false,
                     REASON_FATAL,
                     format!("fatal producer error: {reason}"),
@@ -239,7 +215,7 @@ impl ClientContext for HealthContext {
             }
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
                 tracing::error!(provider = %s.name, %reason, "kafka: authentication failed");
-                s.set_health(
+                s.health.set(
                     false,
                     REASON_AUTH,
                     format!("authentication failed: {reason}"),
@@ -402,7 +378,6 @@ impl KafkaProvider {
             )),
             counters: Counters::default(),
             topic_ready: AtomicBool::new(false),
-            closed: OnceLock::new(),
             brokers_down,
             kick: Notify::new(),
         });
@@ -479,7 +454,7 @@ impl KafkaProvider {
         match first {
             Ok(()) => {
                 shared.topic_ready.store(true, Ordering::Release);
-                shared.set_health(
+                shared.health.set(
                     true,
                     REASON_CONNECTED,
                     format!("connected to {brokers}; topic {topic} ready"),
@@ -492,7 +467,7 @@ impl KafkaProvider {
                     %reason,
                     "kafka: broker not ready at start; the provider starts unhealthy and creates the topic once the broker answers"
                 );
-                shared.set_health(false, REASON_UNAVAILABLE, reason);
+                shared.health.set(false, REASON_UNAVAILABLE, reason);
             }
         }
 
@@ -618,7 +593,7 @@ async fn supervise(
             _ = shared.kick.notified() => {}
             _ = tick.tick() => {}
         }
-        if shared.is_closed() {
+        if shared.health.is_closed() {
             break;
         }
 
@@ -643,7 +618,7 @@ async fn supervise(
                 Ok(Ok(())) => {
                     shared.topic_ready.store(true, Ordering::Release);
                     tracing::info!(provider = %shared.name, topic = %topic.name, "kafka: topic ready; provider healthy");
-                    shared.set_health(
+                    shared.health.set(
                         true,
                         REASON_CONNECTED,
                         format!(
@@ -652,8 +627,10 @@ async fn supervise(
                         ),
                     );
                 }
-                Ok(Err(e)) => shared.set_health(false, REASON_UNAVAILABLE, e.reason().to_string()),
-                Err(_) => shared.set_health(
+                Ok(Err(e)) => shared
+                    .health
+                    .set(false, REASON_UNAVAILABLE, e.reason().to_string()),
+                Err(_) => shared.health.set(
                     false,
                     REASON_UNAVAILABLE,
                     format!(
@@ -691,7 +668,7 @@ async fn supervise(
         match outcome {
             Ok(Ok(Ok(true))) => {
                 tracing::info!(provider = %shared.name, "kafka: broker reachable again; provider healthy");
-                shared.set_health(
+                shared.health.set(
                     true,
                     REASON_CONNECTED,
                     format!(
@@ -700,7 +677,7 @@ async fn supervise(
                     ),
                 );
             }
-            Ok(Ok(Ok(false))) => shared.set_health(
+            Ok(Ok(Ok(false))) => shared.health.set(
                 false,
                 REASON_UNAVAILABLE,
                 format!("topic {} has partitions without a leader", topic.name),
@@ -759,7 +736,7 @@ impl Provider for KafkaProvider {
     }
 
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
-        if self.shared.is_closed() {
+        if self.shared.health.is_closed() {
             let closed = Err(ProviderError::Closed {
                 provider: self.name.clone(),
             });
@@ -786,14 +763,14 @@ impl Provider for KafkaProvider {
             }),
         };
         self.shared.counters.record(&outcome);
-        self.shared.observe(&outcome);
+        self.shared.health.observe(&outcome);
         outcome
     }
 
     /// Reads the topic with the consumer group (from the earliest offset when the group has
     /// none), in partition order. Offsets are committed as messages are handed out.
     async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
-        if self.shared.is_closed() {
+        if self.shared.health.is_closed() {
             return Err(ProviderError::Closed {
                 provider: self.name.clone(),
             });
@@ -861,19 +838,11 @@ impl Provider for KafkaProvider {
     }
 
     fn health(&self) -> Health {
-        match self.shared.closed.get() {
-            Some(closed) => closed.clone(),
-            None => self.shared.health.get(),
-        }
+        self.shared.health.get()
     }
 
     async fn close(&self) -> Result<(), ProviderError> {
-        if self
-            .shared
-            .closed
-            .set(Health::down(REASON_CLOSED, "provider closed"))
-            .is_err()
-        {
+        if !self.shared.health.close() {
             return Ok(()); // already closed
         }
         self.supervisor.stop(CLOSE_TIMEOUT).await;

@@ -107,7 +107,7 @@ impl Provider for MemoryProvider {
     fn health(&self) -> Health {
         let closed = self.tx.read().unwrap_or_else(|p| p.into_inner()).is_none();
         let mut h = if closed {
-            Health::down("Closed", "provider closed")
+            Health::down(super::REASON_CLOSED, "provider closed")
         } else {
             Health::up("InProcess", "in-memory queue")
         };

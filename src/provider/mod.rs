@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -186,20 +186,40 @@ impl Health {
     }
 }
 
+/// The health reason of a closed provider.
+pub const REASON_CLOSED: &str = "Closed";
+
 /// Health that follows publish outcomes: the first failure marks the provider down, the next
-/// success marks it up again, and `since` moves only when `healthy` flips.
+/// success marks it up again, and `since` moves only when `healthy` flips. Once [`closed`],
+/// it reads `Closed` for good and ignores every later update.
+///
+/// [`closed`]: HealthTracker::close
 #[derive(Debug)]
-pub struct HealthTracker(Mutex<Health>);
+pub struct HealthTracker {
+    // A std Mutex: the critical sections are a few field writes and never await.
+    state: Mutex<Health>,
+    /// Written under `state`'s lock; read without it on the publish path.
+    closed: AtomicBool,
+}
 
 impl HealthTracker {
     pub fn new(initial: Health) -> Self {
-        Self(Mutex::new(initial))
+        Self {
+            state: Mutex::new(initial),
+            closed: AtomicBool::new(false),
+        }
     }
 
-    /// Records a new state; `since` is kept when `healthy` did not change.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a new state; `since` is kept when `healthy` did not change. No effect once closed.
     pub fn set(&self, healthy: bool, reason: &str, message: impl Into<String>) {
-        // A std Mutex: the critical section is a few field writes and never awaits.
-        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.lock();
+        if self.is_closed() {
+            return;
+        }
         if h.healthy != healthy {
             h.since = Utc::now();
         }
@@ -208,7 +228,8 @@ impl HealthTracker {
         h.message = message.into();
     }
 
-    /// Records a publish outcome.
+    /// Records a publish outcome. A message-specific rejection (too large) says nothing about
+    /// the broker, so it leaves health alone.
     pub fn observe<T>(&self, outcome: &Result<T, ProviderError>) {
         match outcome {
             Ok(_) => {
@@ -217,12 +238,27 @@ impl HealthTracker {
                     self.set(true, "Connected", "publishing again");
                 }
             }
+            Err(ProviderError::Rejected { .. }) => {}
             Err(e) => self.set(false, "PublishFailed", e.to_string()),
         }
     }
 
+    /// Marks the provider closed. True the first time, false when it already was.
+    pub fn close(&self) -> bool {
+        let mut h = self.lock();
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        *h = Health::down(REASON_CLOSED, "provider closed");
+        true
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     pub fn get(&self) -> Health {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lock().clone()
     }
 }
 
@@ -282,4 +318,40 @@ pub trait Provider: Send + Sync + 'static {
     fn health(&self) -> Health;
     /// Releases the broker connection. Idempotent; a publish after close is an error.
     async fn close(&self) -> Result<(), ProviderError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_tracker_follows_outcomes_until_closed() {
+        let h = HealthTracker::new(Health::down("Connecting", "starting"));
+        h.observe::<()>(&Ok(()));
+        assert!(h.get().healthy);
+        let rejected = ProviderError::Rejected {
+            provider: "p".into(),
+            reason: "too large".into(),
+        };
+        h.observe::<()>(&Err(rejected));
+        assert!(
+            h.get().healthy,
+            "a rejected message says nothing about the broker"
+        );
+        h.observe::<()>(&Err(ProviderError::Unavailable {
+            provider: "p".into(),
+            reason: "down".into(),
+        }));
+        assert_eq!(h.get().reason, "PublishFailed");
+        assert!(h.close());
+        assert!(!h.close(), "close is reported once");
+        h.set(true, "Connected", "late event");
+        h.observe::<()>(&Ok(()));
+        let closed = h.get();
+        assert_eq!(
+            (closed.healthy, closed.reason.as_str()),
+            (false, REASON_CLOSED)
+        );
+        assert!(h.is_closed());
+    }
 }

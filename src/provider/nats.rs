@@ -77,7 +77,6 @@ const REASON_CONNECTED: &str = "Connected";
 const REASON_CONNECTING: &str = "Connecting";
 const REASON_DISCONNECTED: &str = "Disconnected";
 const REASON_STREAM: &str = "StreamUnavailable";
-const REASON_CLOSED: &str = "Closed";
 
 /// The stream name used when the spec gives none: the subject in upper case, with every
 /// character a stream name cannot hold ('.', '-', '*', '>', whitespace, '/', …) turned into '_'.
@@ -167,21 +166,15 @@ struct Shared {
     counters: Counters,
     /// The stream exists and captures the subject (as far as we last knew).
     stream_ready: AtomicBool,
-    /// Set once by `close`; `health()` reports it from then on.
-    closed: OnceLock<super::Health>,
     link: watch::Sender<Link>,
     /// Wakes the supervisor before its next tick (reconnected, stream lost).
     kick: Notify,
 }
 
 impl Shared {
-    fn is_closed(&self) -> bool {
-        self.closed.get().is_some()
-    }
-
     /// Runs on the async-nats event task; must not block.
     fn on_event(&self, event: Event) {
-        if self.is_closed() {
+        if self.health.is_closed() {
             return;
         }
         match event {
@@ -233,15 +226,6 @@ impl Shared {
             }
             Event::Draining => tracing::debug!(provider = %self.name, "nats: draining"),
         }
-    }
-
-    /// Records a publish outcome in health. A message-specific rejection (too large) says
-    /// nothing about the broker, so it leaves health alone.
-    fn observe(&self, outcome: &Result<(), ProviderError>) {
-        if self.is_closed() || matches!(outcome, Err(ProviderError::Rejected { .. })) {
-            return;
-        }
-        self.health.observe(outcome);
     }
 }
 
@@ -428,7 +412,6 @@ impl NatsProvider {
             )),
             counters: Counters::default(),
             stream_ready: AtomicBool::new(false),
-            closed: OnceLock::new(),
             link,
             kick: Notify::new(),
         });
@@ -675,7 +658,7 @@ async fn supervise(
             _ = shared.kick.notified() => {}
             _ = tick.tick() => {}
         }
-        if shared.is_closed() {
+        if shared.health.is_closed() {
             break;
         }
         let c = match conn.get() {
@@ -715,7 +698,7 @@ async fn supervise(
             _ = shutdown.wait_for(|s| *s) => break,
             r = tokio::time::timeout(PROBE_TIMEOUT, c.setup.ensure()) => r,
         };
-        if shared.is_closed() {
+        if shared.health.is_closed() {
             break;
         }
         let stream = &c.setup.config.name;
@@ -794,7 +777,7 @@ impl Provider for NatsProvider {
     }
 
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
-        let outcome = if self.shared.is_closed() {
+        let outcome = if self.shared.health.is_closed() {
             Err(self.closed_error())
         } else {
             match tokio::time::timeout(self.publish_timeout, self.publish_acked(msg)).await {
@@ -806,7 +789,7 @@ impl Provider for NatsProvider {
             }
         };
         self.shared.counters.record(&outcome);
-        self.shared.observe(&outcome);
+        self.shared.health.observe(&outcome);
         outcome
     }
 
@@ -815,7 +798,7 @@ impl Provider for NatsProvider {
     /// acknowledged once decoded. Order is the stream's, except that a message whose ack was
     /// lost is redelivered later (at-least-once); consumers de-duplicate by id.
     async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
-        if self.shared.is_closed() {
+        if self.shared.health.is_closed() {
             return Err(self.closed_error());
         }
         let subscribe_err = |reason: String| ProviderError::Subscribe {
@@ -888,19 +871,11 @@ impl Provider for NatsProvider {
     }
 
     fn health(&self) -> Health {
-        match self.shared.closed.get() {
-            Some(closed) => closed.clone(),
-            None => self.shared.health.get(),
-        }
+        self.shared.health.get()
     }
 
     async fn close(&self) -> Result<(), ProviderError> {
-        if self
-            .shared
-            .closed
-            .set(Health::down(REASON_CLOSED, "provider closed"))
-            .is_err()
-        {
+        if !self.shared.health.close() {
             return Ok(()); // already closed
         }
         self.supervisor.stop(CLOSE_TIMEOUT).await;
