@@ -57,45 +57,11 @@ enum Command {
         report_interval: Duration,
     },
     /// Run the operator: reconcile DualWritePipeline resources.
-    Operator {
-        /// Watch only this namespace (default: all).
-        #[arg(long, env = "WATCH_NAMESPACE")]
-        namespace: Option<String>,
-        /// Image of the relay Deployments (default: the operator's own image).
-        #[arg(
-            long,
-            env = "RELAY_IMAGE",
-            default_value = "ghcr.io/dualwrite/dualwrite:0.1.0"
-        )]
-        relay_image: String,
-        /// Port of /healthz, /readyz and /metrics.
-        #[arg(long, env = "HTTP_PORT", default_value_t = 8081)]
-        http_port: u16,
-        /// Run only while holding a Lease (for more than one operator replica).
-        #[arg(long)]
-        leader_elect: bool,
-        /// Name of the Lease used with --leader-elect (in POD_NAMESPACE).
-        #[arg(long, default_value = "dualwrite-operator")]
-        lease_name: String,
-        /// Namespace of the Lease (the operator's own).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-        pod_namespace: String,
-        /// Periodic resync of every pipeline.
-        #[arg(long, env = "RESYNC", default_value = "30s", value_parser = humantime::parse_duration)]
-        resync: Duration,
-        /// A relay report older than this no longer counts for health.
-        #[arg(long, env = "STALE_AFTER", default_value = "150s", value_parser = humantime::parse_duration)]
-        stale_after: Duration,
-        /// FailFast refusing every message this long marks the pipeline Stalled.
-        #[arg(long, env = "STALL_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
-        stall_after: Duration,
-        /// This operator's pod name (Event reporter instance).
-        #[arg(long, env = "POD_NAME")]
-        pod_name: Option<String>,
-    },
-    /// Check that the brokers agree: every message id on one is on the others, none twice.
+    Operator(OperatorArgs),
+    /// Check that the brokers agree: every message id on one is on the others (duplicates are
+    /// reported too).
     ///
-    /// Exit code 0 when consistent, 1 when not, 2 on error. With --pipeline the result is also
+    /// Exit code 0 when no id is missing anywhere, 1 when one is, 2 on error. With --pipeline the result is also
     /// written to the pipeline's status.consistency (a migration gate reads it).
     Verify {
         /// A DualWritePipeline manifest.
@@ -207,16 +173,42 @@ async fn run_relay_in_cluster(
     relay::cluster::run(client, pipeline, options, shutdown_signal()).await
 }
 
+/// Settings of `dualwrite operator`.
+#[derive(clap::Args)]
 struct OperatorArgs {
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Image of the relay Deployments (default: the operator's own image).
+    #[arg(
+        long,
+        env = "RELAY_IMAGE",
+        default_value = "ghcr.io/dualwrite/dualwrite:0.1.0"
+    )]
     relay_image: String,
+    /// Port of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8081)]
     http_port: u16,
+    /// Run only while holding a Lease (for more than one operator replica).
+    #[arg(long)]
     leader_elect: bool,
+    /// Name of the Lease used with --leader-elect (in POD_NAMESPACE).
+    #[arg(long, default_value = "dualwrite-operator")]
     lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pod_namespace: String,
-    settings_resync: Duration,
+    /// Periodic resync of every pipeline.
+    #[arg(long, env = "RESYNC", default_value = "30s", value_parser = humantime::parse_duration)]
+    resync: Duration,
+    /// A relay report older than this no longer counts for health.
+    #[arg(long, env = "STALE_AFTER", default_value = "150s", value_parser = humantime::parse_duration)]
     stale_after: Duration,
+    /// FailFast refusing every message this long marks the pipeline Stalled.
+    #[arg(long, env = "STALL_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
     stall_after: Duration,
+    /// This operator's pod name (Event reporter instance).
+    #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
 }
 
@@ -229,7 +221,7 @@ async fn run_operator(a: OperatorArgs) -> Result<(), String> {
         client.clone(),
         controller::Settings {
             relay_image: a.relay_image,
-            resync: a.settings_resync,
+            resync: a.resync,
             stale_after: a.stale_after,
             stall_after: a.stall_after,
             instance: a.pod_name.clone(),
@@ -444,32 +436,7 @@ async fn main() -> ExitCode {
             state_dir,
             ..
         } => run_relay(file, port, bind, state_dir).await,
-        Command::Operator {
-            namespace,
-            relay_image,
-            http_port,
-            leader_elect,
-            lease_name,
-            pod_namespace,
-            resync,
-            stale_after,
-            stall_after,
-            pod_name,
-        } => {
-            run_operator(OperatorArgs {
-                namespace,
-                relay_image,
-                http_port,
-                leader_elect,
-                lease_name,
-                pod_namespace,
-                settings_resync: resync,
-                stale_after,
-                stall_after,
-                pod_name,
-            })
-            .await
-        }
+        Command::Operator(args) => run_operator(args).await,
         Command::Verify {
             file,
             pipeline,
