@@ -517,50 +517,33 @@ fn error_policy(p: Arc<DualWritePipeline>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(delay)
 }
 
+/// An Api over one namespace, or over all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let (pipelines, deployments, services): (
-        Api<DualWritePipeline>,
-        Api<Deployment>,
-        Api<Service>,
-    ) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+    let (client, ns) = (&ctx.client, namespace.as_deref());
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=dualwrite-operator");
-    let (accounts, roles, bindings): (Api<ServiceAccount>, Api<Role>, Api<RoleBinding>) =
-        match &namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client),
-            ),
-        };
+    let pipelines: Api<DualWritePipeline> = scoped(client, ns);
     Controller::new(pipelines, watcher::Config::default())
-        .owns(deployments, owned.clone())
-        .owns(services, owned.clone())
-        .owns(accounts, owned.clone())
-        .owns(roles, owned.clone())
-        .owns(bindings, owned)
+        .owns(scoped::<Deployment>(client, ns), owned.clone())
+        .owns(scoped::<Service>(client, ns), owned.clone())
+        .owns(scoped::<ServiceAccount>(client, ns), owned.clone())
+        .owns(scoped::<Role>(client, ns), owned.clone())
+        .owns(scoped::<RoleBinding>(client, ns), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
