@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::stream::{FuturesUnordered, StreamExt};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::handoff::Backlog;
@@ -42,7 +41,7 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MERGE_DEDUP_WINDOW: usize = 65_536;
 
 /// What a publish requires of the providers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Strategy {
     /// Every provider must acknowledge; the first failure fails the publish.
     #[default]

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod composite;
 pub mod controller;
+pub mod duration;
 pub mod handoff;
 pub mod latency;
 pub mod message;

@@ -320,7 +320,6 @@ async fn run_verify(
     window: Option<Duration>,
     settle: Duration,
 ) -> Result<bool, String> {
-    use kube::api::{Patch, PatchParams};
     let (spec, target) = match (file, pipeline) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(&path)
@@ -361,18 +360,10 @@ async fn run_verify(
             duplicates: report.duplicates.clone(),
             consistent: report.consistent,
         };
-        let patch = serde_json::json!({
-            "apiVersion": "dualwrite.io/v1alpha1",
-            "kind": "DualWritePipeline",
-            "status": { "consistency": status },
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply("dualwrite-verify").force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|e| format!("cannot write status.consistency: {e}"))?;
+        let part = serde_json::json!({ "consistency": status });
+        dualwrite::api::apply_status(&api, &name, "dualwrite-verify", &part)
+            .await
+            .map_err(|e| format!("cannot write status.consistency: {e}"))?;
     }
     Ok(report.consistent)
 }

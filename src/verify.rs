@@ -16,9 +16,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::api::{DualWritePipelineSpec, KafkaSpec, NatsSpec, ProviderType};
+use crate::api::{DualWritePipelineSpec, ProviderType};
 use crate::message::DataMessage;
+use crate::provider::kafka::KafkaConfig;
 use crate::provider::nats::default_stream_name;
+use crate::provider::nats::NatsConfig;
 
 /// Deadline of each broker call in a check.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,7 +90,7 @@ fn in_window(msg: &DataMessage, since: Option<i64>, until: i64) -> bool {
 
 /// Every message id on the NATS stream of `spec` with a timestamp in the window.
 pub async fn nats_ids(
-    spec: &NatsSpec,
+    spec: &NatsConfig,
     since: Option<i64>,
     until: i64,
 ) -> Result<Vec<String>, String> {
@@ -159,7 +161,7 @@ pub async fn nats_ids(
 /// Every message id on the Kafka topic of `spec` (all partitions, up to the high watermarks at
 /// the start) with a timestamp in the window.
 pub async fn kafka_ids(
-    spec: &KafkaSpec,
+    spec: &KafkaConfig,
     since: Option<i64>,
     until: i64,
 ) -> Result<Vec<String>, String> {
@@ -251,8 +253,8 @@ pub async fn check(
     let mut holdings = Vec::new();
     for p in &spec.providers {
         let ids = match (p.kind, &p.nats, &p.kafka) {
-            (ProviderType::Nats, Some(n), _) => nats_ids(n, since, until).await?,
-            (ProviderType::Kafka, _, Some(k)) => kafka_ids(k, since, until).await?,
+            (ProviderType::Nats, Some(n), _) => nats_ids(&n.to_config()?, since, until).await?,
+            (ProviderType::Kafka, _, Some(k)) => kafka_ids(&k.to_config(), since, until).await?,
             _ => continue,
         };
         holdings.push(Holdings {

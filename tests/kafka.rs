@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use dualwrite::api::KafkaSpec;
 use dualwrite::message::DataMessage;
+use dualwrite::provider::kafka::KafkaConfig;
 use dualwrite::provider::kafka::KafkaProvider;
 use dualwrite::provider::{Provider, ProviderError};
 use futures::StreamExt;
@@ -22,8 +22,8 @@ const MARGIN: Duration = Duration::from_millis(500);
 /// Bound on reading back (a fresh consumer group joins and fetches).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn spec(brokers: &str) -> KafkaSpec {
-    KafkaSpec {
+fn spec(brokers: &str) -> KafkaConfig {
+    KafkaConfig {
         brokers: brokers.split(',').map(str::to_string).collect(),
         topic: common::unique("dwtest"),
         partitions: None,
@@ -202,7 +202,7 @@ async fn many_concurrent_publishes_share_one_producer() {
 #[tokio::test]
 async fn unreachable_broker_starts_unhealthy_and_fails_within_the_deadline() {
     // No broker needed: nothing listens on port 1.
-    let s = KafkaSpec {
+    let s = KafkaConfig {
         brokers: vec!["127.0.0.1:1".into()],
         topic: "dwtest-unreachable".into(),
         partitions: None,

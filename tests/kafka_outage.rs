@@ -14,8 +14,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::StoppedService;
-use dualwrite::api::KafkaSpec;
 use dualwrite::message::DataMessage;
+use dualwrite::provider::kafka::KafkaConfig;
 use dualwrite::provider::kafka::KafkaProvider;
 use dualwrite::provider::Provider;
 use futures::StreamExt;
@@ -32,8 +32,8 @@ const RECOVER: Duration = Duration::from_secs(60);
 /// Even if someone forgets `--test-threads=1`, the tests of this binary take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn spec(brokers: &str) -> KafkaSpec {
-    KafkaSpec {
+fn spec(brokers: &str) -> KafkaConfig {
+    KafkaConfig {
         brokers: brokers.split(',').map(str::to_string).collect(),
         topic: common::unique("dwoutage"),
         partitions: None,

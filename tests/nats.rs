@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use dualwrite::api::NatsSpec;
 use dualwrite::message::DataMessage;
+use dualwrite::provider::nats::NatsConfig;
 use dualwrite::provider::nats::NatsProvider;
 use dualwrite::provider::{Provider, ProviderError};
 use futures::StreamExt;
@@ -16,8 +16,8 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// Allowed lateness of an error past the publish deadline (scheduling, not waiting).
 const MARGIN: Duration = Duration::from_millis(500);
 
-fn spec(url: &str) -> NatsSpec {
-    NatsSpec {
+fn spec(url: &str) -> NatsConfig {
+    NatsConfig {
         url: url.to_string(),
         subject: format!("dwtest.{}", common::unique("s")),
         stream: None,
@@ -133,7 +133,7 @@ async fn stream_is_created_with_the_spec_and_reused() {
     };
     let mut s = spec(&url);
     s.stream = Some(common::unique("DWTEST").replace('-', "_"));
-    s.duplicate_window = Some("45s".into());
+    s.duplicate_window = Some(Duration::from_secs(45));
     let first = NatsProvider::connect("nats-create", &s, TIMEOUT)
         .await
         .unwrap();
@@ -221,7 +221,7 @@ async fn many_concurrent_publishes_share_one_connection() {
 #[tokio::test]
 async fn unreachable_server_fails_within_the_deadline_naming_the_provider() {
     // No broker needed: nothing listens on port 1.
-    let s = NatsSpec {
+    let s = NatsConfig {
         url: "nats://127.0.0.1:1".into(),
         subject: "dwtest.unreachable".into(),
         stream: None,

@@ -14,8 +14,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::StoppedService;
-use dualwrite::api::NatsSpec;
 use dualwrite::message::DataMessage;
+use dualwrite::provider::nats::NatsConfig;
 use dualwrite::provider::nats::NatsProvider;
 use dualwrite::provider::Provider;
 use futures::StreamExt;
@@ -30,8 +30,8 @@ const RECOVER: Duration = Duration::from_secs(30);
 /// Even if someone forgets `--test-threads=1`, the tests of this binary take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn spec(url: &str) -> NatsSpec {
-    NatsSpec {
+fn spec(url: &str) -> NatsConfig {
+    NatsConfig {
         url: url.to_string(),
         subject: format!("dwoutage.{}", common::unique("s")),
         stream: None,

@@ -425,17 +425,7 @@ async fn reconcile(p: Arc<DualWritePipeline>, ctx: Arc<Context>) -> Result<Actio
         .await;
     }
     let api: Api<DualWritePipeline> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = serde_json::json!({
-        "apiVersion": "dualwrite.io/v1alpha1",
-        "kind": "DualWritePipeline",
-        "status": next,
-    });
-    api.patch_status(
-        &p.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::api::apply_status(&api, &p.name_any(), MANAGER, &next).await?;
     prune_gone_relays(&api, &p, &ctx.settings).await?;
     ctx.failures
         .lock()

@@ -317,6 +317,23 @@ async fn ensure_topic(
     Ok(())
 }
 
+/// What a Kafka provider is built from. The pipeline's validator (`api`) checks it before a
+/// provider sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port`.
+    pub brokers: Vec<String>,
+    pub topic: String,
+    /// Partitions when the topic is created (default 1).
+    pub partitions: Option<i32>,
+    /// Replication factor when the topic is created (default 1).
+    pub replication_factor: Option<i32>,
+    /// Consumer group used by `subscribe`; default `dualwrite-<provider name>`.
+    pub group_id: Option<String>,
+    /// Extra librdkafka settings, applied last.
+    pub config: std::collections::BTreeMap<String, String>,
+}
+
 /// A Kafka provider. See the module documentation.
 pub struct KafkaProvider {
     name: String,
@@ -335,7 +352,7 @@ impl KafkaProvider {
     /// unreachable) and starts the health supervisor. Fails only on configuration errors.
     pub async fn connect(
         name: &str,
-        spec: &crate::api::KafkaSpec,
+        spec: &KafkaConfig,
         publish_timeout: Duration,
     ) -> Result<KafkaProvider, ProviderError> {
         let config_err = |reason: String| ProviderError::Config {
@@ -893,7 +910,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_configuration_is_a_config_error() {
-        let spec = |brokers: &[&str], topic: &str| crate::api::KafkaSpec {
+        let spec = |brokers: &[&str], topic: &str| KafkaConfig {
             brokers: brokers.iter().map(|b| b.to_string()).collect(),
             topic: topic.into(),
             partitions: None,

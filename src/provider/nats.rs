@@ -337,6 +337,22 @@ fn classify_stream_error(stream: &str, e: CreateStreamError) -> EnsureError {
     }
 }
 
+/// What a NATS provider is built from. The pipeline's validator (`api`) checks it before a
+/// provider sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatsConfig {
+    /// Server URL(s), e.g. `nats://nats:4222` (comma-separated for several).
+    pub url: String,
+    /// The one concrete subject messages are published on.
+    pub subject: String,
+    /// JetStream stream holding the subject; default [`default_stream_name`] of the subject.
+    pub stream: Option<String>,
+    /// Durable consumer used by `subscribe`; default `dualwrite-<provider name>`.
+    pub durable: Option<String>,
+    /// JetStream de-duplication window; the server's default (2 minutes) when unset.
+    pub duplicate_window: Option<Duration>,
+}
+
 /// A NATS JetStream provider. See the module documentation.
 pub struct NatsProvider {
     name: String,
@@ -356,7 +372,7 @@ impl NatsProvider {
     /// and starts the health supervisor. Fails only on configuration errors.
     pub async fn connect(
         name: &str,
-        spec: &crate::api::NatsSpec,
+        spec: &NatsConfig,
         publish_timeout: Duration,
     ) -> Result<NatsProvider, ProviderError> {
         let config_err = |reason: String| ProviderError::Config {
@@ -388,11 +404,8 @@ impl NatsProvider {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map_or_else(|| default_stream_name(&subject), str::to_string);
-        let duplicate_window = match spec.duplicate_window.as_deref() {
-            Some(w) => crate::api::parse_duration("nats.duplicateWindow", w).map_err(config_err)?,
-            // Zero leaves the server default (2 minutes).
-            None => Duration::ZERO,
-        };
+        // Zero leaves the server default (2 minutes).
+        let duplicate_window = spec.duplicate_window.unwrap_or(Duration::ZERO);
         let durable = spec
             .durable
             .clone()
@@ -950,7 +963,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_configuration_is_a_config_error() {
-        let spec = |url: &str, subject: &str| crate::api::NatsSpec {
+        let spec = |url: &str, subject: &str| NatsConfig {
             url: url.into(),
             subject: subject.into(),
             stream: None,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
@@ -242,15 +242,10 @@ pub async fn run(
                     now,
                 );
                 if stopping || should_report(last.as_ref(), &next, now, heartbeat) {
-                    let patch = serde_json::json!({
-                        "apiVersion": "dualwrite.io/v1alpha1",
-                        "kind": "DualWritePipeline",
-                        "status": { "relays": [next] },
-                    });
-                    let params = PatchParams::apply(&manager).force();
+                    let part = serde_json::json!({ "relays": [next] });
                     match tokio::time::timeout(
                         Duration::from_secs(10),
-                        api.patch_status(&name, &params, &Patch::Apply(&patch)),
+                        crate::api::apply_status(&api, &name, &manager, &part),
                     )
                     .await
                     {

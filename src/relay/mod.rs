@@ -57,7 +57,7 @@ pub async fn build_provider(
         ProviderType::Nats => {
             let nats = spec.nats.as_ref().ok_or_else(|| missing("nats"))?;
             Arc::new(
-                NatsProvider::connect(&spec.name, nats, publish_timeout)
+                NatsProvider::connect(&spec.name, &nats.to_config()?, publish_timeout)
                     .await
                     .map_err(|e| e.to_string())?,
             )
@@ -65,7 +65,7 @@ pub async fn build_provider(
         ProviderType::Kafka => {
             let kafka = spec.kafka.as_ref().ok_or_else(|| missing("kafka"))?;
             Arc::new(
-                KafkaProvider::connect(&spec.name, kafka, publish_timeout)
+                KafkaProvider::connect(&spec.name, &kafka.to_config(), publish_timeout)
                     .await
                     .map_err(|e| e.to_string())?,
             )

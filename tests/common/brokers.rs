@@ -2,11 +2,11 @@
 //! the consistency check's readers: every message id on a JetStream stream and on a Kafka
 //! topic, duplicates kept.
 
-use dualwrite::api::{KafkaSpec, NatsSpec};
+use dualwrite::provider::{kafka::KafkaConfig, nats::NatsConfig};
 
 /// Every message id on `subject`'s stream (named `stream`), in stream order.
 pub async fn nats_ids(url: &str, subject: &str, stream: &str) -> Vec<String> {
-    let spec = NatsSpec {
+    let spec = NatsConfig {
         url: url.into(),
         subject: subject.into(),
         stream: Some(stream.into()),
@@ -20,7 +20,7 @@ pub async fn nats_ids(url: &str, subject: &str, stream: &str) -> Vec<String> {
 
 /// Every record's id on `topic` (all partitions, partition order).
 pub async fn kafka_ids(brokers: &str, topic: &str) -> Vec<String> {
-    let spec = KafkaSpec {
+    let spec = KafkaConfig {
         brokers: vec![brokers.into()],
         topic: topic.into(),
         partitions: None,
