@@ -13,7 +13,7 @@ use dualwrite::api::DualWritePipelineSpec;
 use dualwrite::composite::Composite;
 use dualwrite::message::DataMessage;
 use dualwrite::provider::Provider;
-use dualwrite::relay::{self, Relay};
+use dualwrite::relay::{self, PipelineConfig, Relay};
 use futures::StreamExt;
 
 struct Cell {
@@ -77,8 +77,9 @@ where
     }
 }
 
-fn spec(yaml: &str) -> DualWritePipelineSpec {
-    serde_yaml::from_str(yaml).unwrap()
+fn pipeline(yaml: &str) -> PipelineConfig {
+    let spec: DualWritePipelineSpec = serde_yaml::from_str(yaml).unwrap();
+    PipelineConfig::try_from(&spec).unwrap()
 }
 
 fn message(n: u64) -> DataMessage {
@@ -109,7 +110,7 @@ async fn main() {
     let providers = format!(
         "providers:\n- {{name: memory, type: memory, memory: {{capacity: 10000000}}}}\n- {{name: nats, type: nats, nats: {{url: \"{nats}\", subject: bench.{run}}}}}\n- {{name: kafka, type: kafka, kafka: {{brokers: [\"{kafka}\"], topic: bench-{run}}}}}\n"
     );
-    let all = spec(&providers);
+    let all = pipeline(&providers);
     let timeout = Duration::from_secs(5);
     let mut built: Vec<Arc<dyn Provider>> = Vec::new();
     for p in &all.providers {
@@ -152,7 +153,7 @@ async fn main() {
             timeout,
         )
         .unwrap(),
-        spec("providers: []"),
+        PipelineConfig::two_memory_queues(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/api/v1/ingest", listener.local_addr().unwrap());

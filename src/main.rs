@@ -381,20 +381,22 @@ async fn run_relay(
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             config::spec_from_manifest(&text).map_err(|e| format!("{}: {e}", path.display()))?
         }
-        None if env.describes_pipeline() => config::spec_from_env(&env)?,
+        None if env.describes_pipeline() => {
+            config::spec_from_env(&env).map_err(|e| e.to_string())?
+        }
         None => {
             tracing::info!("no -f and no QUEUE_TYPE/COMPOSITE_PROVIDERS: running the built-in pipeline (two memory providers, FailFast)");
             config::default_spec()
         }
     };
-    spec.validate()
+    let config = relay::PipelineConfig::try_from(&spec)
         .map_err(|errs| format!("the pipeline is invalid:\n  - {}", errs.join("\n  - ")))?;
-    let port = port
-        .or(spec.ingest.as_ref().and_then(|i| i.port))
-        .unwrap_or(relay::DEFAULT_PORT);
+    let port = config.port(port);
     let handoff = open_handoff(state_dir.as_deref())?;
-    let composite = relay::build_composite_with(&spec, handoff.as_ref()).await?;
-    let relay = relay::Relay::with_handoff(composite, spec, handoff);
+    let composite = relay::build_composite_with(&config, handoff.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let relay = relay::Relay::with_handoff(composite, config, handoff);
     let addr = SocketAddr::new(bind, port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         format!("cannot listen on {addr}: {e}; set API_PORT or --port to a free port")

@@ -16,11 +16,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::api::{DualWritePipelineSpec, ProviderType};
+use crate::api::DualWritePipelineSpec;
 use crate::message::DataMessage;
 use crate::provider::kafka::KafkaConfig;
 use crate::provider::nats::default_stream_name;
 use crate::provider::nats::NatsConfig;
+use crate::relay::{PipelineConfig, ProviderSettings};
 
 /// Deadline of each broker call in a check.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -251,11 +252,12 @@ pub async fn check(
     let until = now - settle.as_secs() as i64;
     let since = window.map(|w| until - w.as_secs() as i64);
     let mut holdings = Vec::new();
-    for p in &spec.providers {
-        let ids = match (p.kind, &p.nats, &p.kafka) {
-            (ProviderType::Nats, Some(n), _) => nats_ids(&n.to_config()?, since, until).await?,
-            (ProviderType::Kafka, _, Some(k)) => kafka_ids(&k.to_config(), since, until).await?,
-            _ => continue,
+    let config = PipelineConfig::try_from(spec).map_err(|e| e.to_string())?;
+    for p in &config.providers {
+        let ids = match &p.settings {
+            ProviderSettings::Nats(n) => nats_ids(n, since, until).await?,
+            ProviderSettings::Kafka(k) => kafka_ids(k, since, until).await?,
+            ProviderSettings::Memory { .. } => continue,
         };
         holdings.push(Holdings {
             provider: p.name.clone(),

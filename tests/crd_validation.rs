@@ -106,3 +106,97 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
     }
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }
+
+/// The CRD (schema patterns and CEL rules, judged by the real API server) and the relay's one
+/// validator (`PipelineConfig::try_from`) accept and refuse the same manifests.
+#[test]
+fn the_api_server_and_the_validator_agree() {
+    let Some(env) = kube_env() else { return };
+    install_crd(&env);
+    let ns = namespace(&env, "agree");
+    let nats = |url: &str, subject: &str| {
+        format!("  providers:\n  - {{name: nt, type: nats, nats: {{url: \"{url}\", subject: \"{subject}\"}}}}\n")
+    };
+    let kafka = |brokers: &str, topic: &str| {
+        format!("  providers:\n  - {{name: kf, type: kafka, kafka: {{brokers: [{brokers}], topic: \"{topic}\"}}}}\n")
+    };
+    let memory = |extra: &str| {
+        format!(
+            "{extra}  providers:\n  - {{name: a, type: memory}}\n  - {{name: b, type: memory}}\n"
+        )
+    };
+    let step = |step: &str| {
+        memory(&format!(
+            "  migration:\n    steps:\n    - {{name: s, strategy: FailFast{step}}}\n"
+        ))
+    };
+    let cases: Vec<String> = vec![
+        memory(""),
+        nats("nats://h:4222", "orders.created"),
+        nats("nats://u:p@h:4222, tls://[::1]:4223", "a"),
+        nats("h", "a-b.c_d"),
+        nats("http://h:4222", "a"),
+        nats("nats://h:4222", "orders..created"),
+        nats("nats://h:4222", ".orders"),
+        nats("nats://h:4222", "orders.*"),
+        nats("nats://h:4222", "a b"),
+        kafka("\"b:9092\", \"c:9093\"", "orders.v1_x-y"),
+        kafka("\"b:9092\"", "."),
+        kafka("\"b:9092\"", ".."),
+        kafka("\"b:9092\"", "..."),
+        kafka("\"b\"", "t"),
+        kafka("", "t"),
+        memory("  publishTimeout: 750ms\n"),
+        memory("  publishTimeout: 1m30s\n"),
+        memory("  publishTimeout: 0s\n"),
+        memory("  publishTimeout: 2h\n"),
+        memory("  handoff: {maxAge: 24h, maxMessages: 5}\n"),
+        memory("  handoff: {maxAge: 1day}\n"),
+        memory("  handoff: {maxMessages: 0}\n"),
+        memory("  ingest: {port: 0}\n"),
+        memory("  ingest: {maxBodyBytes: 1000}\n"),
+        memory("  relay: {replicas: 101}\n"),
+        step(", gates: {minDuration: 10m}"),
+        step(", gates: {minDuration: 10ms}"),
+        step(", providers: [a], readFrom: b"),
+        step(", readFrom: ghost"),
+        memory("  migration:\n    fallbackAfter: 2m\n    steps:\n    - {name: s, strategy: FailFast}\n"),
+        memory("  migration:\n    fallbackAfter: soon\n    steps:\n    - {name: s, strategy: FailFast}\n"),
+        memory("  migration:\n    targetStep: 1\n    steps:\n    - {name: s, strategy: FailFast}\n"),
+    ];
+    let mut disagreements = Vec::new();
+    let mut accepted = 0;
+    for body in &cases {
+        let manifest = format!("{HEAD}{body}");
+        let out = kubectl(
+            &env,
+            &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+            Some(&manifest),
+        );
+        let by_server = out.status.success();
+        accepted += usize::from(by_server);
+        let by_validator = dualwrite::relay::config::pipeline_from_manifest(&manifest);
+        if by_server != by_validator.is_ok() {
+            disagreements.push(format!(
+                "{body}  API server: {}\n  validator: {by_validator:?}",
+                if by_server {
+                    "accepted".into()
+                } else {
+                    String::from_utf8_lossy(&out.stderr).into_owned()
+                }
+            ));
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "disagreements:\n{}",
+        disagreements.join("\n")
+    );
+    // Both verdicts occur, so agreement is not an accident of a table of one kind.
+    let refused = cases.len() - accepted;
+    assert!(
+        accepted >= 8 && refused >= 15,
+        "{accepted} accepted, {refused} refused"
+    );
+    kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
+}

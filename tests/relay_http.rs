@@ -15,8 +15,9 @@ struct Running {
 }
 
 async fn start(spec: dualwrite::api::DualWritePipelineSpec) -> Running {
-    let composite = relay::build_composite(&spec).await.unwrap();
-    let relay = Relay::new(composite, spec);
+    let config = relay::PipelineConfig::try_from(&spec).unwrap();
+    let composite = relay::build_composite(&config).await.unwrap();
+    let relay = Relay::new(composite, config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -262,7 +263,7 @@ async fn shutdown_finishes_the_request_in_flight_before_closing_providers() {
         Duration::from_secs(30),
     )
     .unwrap();
-    let relay = Relay::new(composite, config::default_spec());
+    let relay = Relay::new(composite, relay::PipelineConfig::two_memory_queues());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/api/v1/ingest", listener.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -49,13 +49,7 @@ pub fn crd_yaml() -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    fn spec(yaml: &str) -> DualWritePipelineSpec {
-        serde_yaml::from_str(yaml).unwrap()
-    }
 
     #[test]
     fn committed_crd_matches_the_rust_types() {
@@ -81,71 +75,5 @@ mod tests {
         ] {
             assert!(yaml.contains(needle), "CRD lacks {needle:?}");
         }
-    }
-
-    #[test]
-    fn validation_table() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("providers: [{name: a, type: memory}]", None),
-            ("providers: []", Some("at least one provider")),
-            (
-                "providers: [{name: a, type: memory}, {name: a, type: memory}]",
-                Some("used twice"),
-            ),
-            ("providers: [{name: A_b, type: memory}]", Some("DNS label")),
-            ("providers: [{name: k, type: kafka}]", Some("needs a kafka block")),
-            (
-                "providers: [{name: k, type: kafka, kafka: {brokers: [], topic: t}}]",
-                Some("at least one broker"),
-            ),
-            ("providers: [{name: n, type: nats}]", Some("needs a nats block")),
-            (
-                "providers: [{name: n, type: memory, nats: {url: u, subject: s}}]",
-                Some("nats settings are only allowed"),
-            ),
-            (
-                "{providers: [{name: a, type: memory}], publishTimeout: soon}",
-                Some("is not a duration"),
-            ),
-            (
-                "{providers: [{name: a, type: memory}], migration: {steps: [{name: s, strategy: FailFast, readFrom: zz}]}}",
-                Some("\"zz\" is not a provider"),
-            ),
-            (
-                "{providers: [{name: a, type: memory}], migration: {targetStep: 3, steps: [{name: s, strategy: FailFast}]}}",
-                Some("past the last step"),
-            ),
-        ];
-        for (yaml, want) in cases {
-            let got = spec(yaml).validate();
-            match (want, got) {
-                (None, Ok(())) => {}
-                (Some(w), Err(errs)) => assert!(
-                    errs.iter().any(|e| e.contains(w)),
-                    "{yaml}: expected {w:?} in {errs:?}"
-                ),
-                (want, got) => panic!("{yaml}: expected {want:?}, got {got:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn unknown_provider_types_are_rejected_when_parsing() {
-        let err =
-            serde_yaml::from_str::<DualWritePipelineSpec>("providers: [{name: a, type: redis}]")
-                .unwrap_err();
-        assert!(err.to_string().contains("redis"), "{err}");
-    }
-
-    #[test]
-    fn publish_timeout_defaults_and_parses() {
-        assert_eq!(
-            spec("providers: []").publish_timeout(),
-            crate::composite::DEFAULT_PUBLISH_TIMEOUT
-        );
-        assert_eq!(
-            spec("{providers: [], publishTimeout: 750ms}").publish_timeout(),
-            Duration::from_millis(750)
-        );
     }
 }

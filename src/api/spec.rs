@@ -8,6 +8,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::validate::{
+    DNS_LABEL, DURATION, DURATION_MS, KAFKA_BROKER, KAFKA_TOPIC, NATS_SUBJECT, NATS_URLS, TIMEOUT,
+};
 use super::{DualWritePipelineStatus, Strategy};
 
 /// A pipeline that writes every ingested message to several brokers at once.
@@ -72,7 +75,7 @@ pub struct DualWritePipelineSpec {
     pub strategy: Strategy,
     /// Deadline of one write to one provider, e.g. `5s` or `750ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]*[1-9][0-9]*(ms|s|m))+$"))]
+    #[schemars(regex(pattern = TIMEOUT))]
     pub publish_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestSpec>,
@@ -98,7 +101,7 @@ pub struct ProviderSpec {
     /// Unique within the pipeline; a DNS label (lower case, digits, '-').
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = DNS_LABEL)
     )]
     pub name: String,
     #[serde(rename = "type")]
@@ -156,10 +159,10 @@ pub struct MemorySpec {
 #[serde(rename_all = "camelCase")]
 pub struct NatsSpec {
     /// Server URL(s), e.g. `nats://nats:4222` (comma-separated for several).
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = NATS_URLS))]
     pub url: String,
     /// Subject the messages are published on (no wildcards, no spaces).
-    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s*>]+$"))]
+    #[schemars(length(min = 1, max = 255), regex(pattern = NATS_SUBJECT))]
     pub subject: String,
     /// JetStream stream holding the subject; created when missing. Default: the subject in upper
     /// case with '.' and '-' turned into '_'.
@@ -172,18 +175,19 @@ pub struct NatsSpec {
     pub durable: Option<String>,
     /// JetStream de-duplication window for `Nats-Msg-Id`, e.g. `2m` (the server's default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_MS))]
     pub duplicate_window: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.topic != '.' && self.topic != '..'").message("kafka.topic: '.' and '..' are not legal topic names"))]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
     /// Bootstrap servers, `host:port`.
-    #[schemars(length(min = 1, max = 32), inner(regex(pattern = r"^[^\s,]+:[0-9]+$")))]
+    #[schemars(length(min = 1, max = 32), inner(regex(pattern = KAFKA_BROKER)))]
     pub brokers: Vec<String>,
     /// Letters, digits, '.', '_' and '-' (Kafka's rule).
-    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    #[schemars(length(min = 1, max = 249), regex(pattern = KAFKA_TOPIC))]
     pub topic: String,
     /// Partitions when the topic is created (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,7 +244,7 @@ pub struct HandoffSpec {
     pub max_messages: Option<u64>,
     /// Oldest kept message before the provider is marked as needing reconciliation, e.g. `24h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION))]
     pub max_age: Option<String>,
 }
 
@@ -262,7 +266,7 @@ pub struct MigrationSpec {
     /// Under FailFast, a provider down this long flips the pipeline to BestEffort until it is
     /// healthy and its backlog is empty, e.g. `2m`. Unset: no automatic fallback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION))]
     pub fallback_after: Option<String>,
 }
 
@@ -290,7 +294,7 @@ pub struct MigrationStep {
 pub struct StepGates {
     /// Least time in the step, e.g. `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION))]
     pub min_duration: Option<String>,
     /// Every provider healthy (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,192 +1,459 @@
-//! Validation of a spec, for manifests that reach the relay without an API server.
+//! The one validator: `PipelineConfig::try_from(&spec)` checks a whole `DualWritePipelineSpec`
+//! and turns it into the core's typed configuration. The CRD enforces the same rules at
+//! `kubectl apply` (its patterns are the constants below, shared with the schema; its CEL rules
+//! are checked against this validator by `tests/crd_validation.rs`); this serves what reaches a
+//! relay without an API server (a manifest file, the seed's variables) and the operator, which
+//! must not act on a spec the API server let through from an older CRD.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use regex::Regex;
+
 use super::*;
+use crate::duration;
+use crate::handoff::Limits;
+use crate::provider::kafka::KafkaConfig;
+use crate::provider::memory::DEFAULT_CAPACITY;
+use crate::provider::nats::NatsConfig;
+use crate::relay::pipeline::{
+    HandoffConfig, IngestConfig, PipelineConfig, ProviderConfig, ProviderSettings,
+    DEFAULT_MAX_BODY_BYTES,
+};
 
-/// Parses a duration such as `5s`, `750ms`, `2m` or `1h30m`.
-pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{field}: {text:?} is not a duration like 5s, 750ms or 2m ({e})"))
+/// A provider name: a DNS label.
+pub const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A concrete NATS subject: dot-separated non-empty tokens, no wildcards, no whitespace.
+pub const NATS_SUBJECT: &str = r"^[^\s*>.]+(\.[^\s*>.]+)*$";
+/// A Kafka topic's characters (Kafka's rule; `.` and `..` alone are refused by a CEL rule).
+pub const KAFKA_TOPIC: &str = r"^[a-zA-Z0-9._-]+$";
+/// NATS server URLs, comma-separated: an optional scheme of nats, tls, ws or wss, optional
+/// user info, a host name or a bracketed IPv6 address, an optional port.
+pub const NATS_URLS: &str = r"^ *((nats|tls|ws|wss)://)?([^\s,/@]+@)?(\[[0-9a-fA-F:.]+\]|[^\s,/:@\[\]]+)(:[0-9]+)?/? *( *, *((nats|tls|ws|wss)://)?([^\s,/@]+@)?(\[[0-9a-fA-F:.]+\]|[^\s,/:@\[\]]+)(:[0-9]+)?/? *)*$";
+/// A bootstrap server, `host:port`.
+pub const KAFKA_BROKER: &str = r"^[^\s,]+:[0-9]+$";
+/// A publish deadline: not zero, in ms, s or m.
+pub const TIMEOUT: &str = r"^([0-9]*[1-9][0-9]*(ms|s|m))+$";
+/// A duration in ms, s, m or h.
+pub const DURATION_MS: &str = r"^([0-9]+(ms|s|m|h))+$";
+/// A duration in s, m or h.
+pub const DURATION: &str = r"^([0-9]+(s|m|h))+$";
+
+/// One thing wrong with a spec, at a path such as `spec.providers[1].kafka.brokers`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
 }
 
-impl DualWritePipelineSpec {
-    /// The same rules the CRD schema enforces, for manifests that reach the relay without an API
-    /// server. Returns every problem found, each saying how to fix it.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut errs = Vec::new();
-        if self.providers.is_empty() {
-            errs.push("spec.providers: list at least one provider".to_string());
+/// Everything wrong with a spec, one line each.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError(pub Vec<FieldError>);
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl SpecError {
+    /// Each problem as one line, `path: message`.
+    pub fn messages(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+
+    /// Every problem on one line, separated by `sep`.
+    pub fn join(&self, sep: &str) -> String {
+        self.messages().join(sep)
+    }
+}
+
+/// Collects problems while a spec is walked.
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// `text` must match `pattern` (one of the constants above); `what` says what was expected.
+    fn pattern(&mut self, path: &str, text: &str, pattern: &str, what: &str) -> bool {
+        let ok = Regex::new(pattern)
+            .expect("the patterns compile")
+            .is_match(text);
+        if !ok {
+            self.add(path, format!("{text:?} {what}"));
         }
-        if self.providers.len() > MAX_PROVIDERS {
-            errs.push(format!("spec.providers: at most {MAX_PROVIDERS} providers"));
+        ok
+    }
+
+    fn length(&mut self, path: &str, text: &str, min: usize, max: usize) -> bool {
+        let n = text.chars().count();
+        let ok = (min..=max).contains(&n);
+        if !ok {
+            self.add(path, format!("must be {min} to {max} characters long"));
         }
-        let mut names = HashSet::new();
-        for (i, p) in self.providers.iter().enumerate() {
-            let at = format!("spec.providers[{i}]");
-            if !is_dns_label(&p.name) {
-                errs.push(format!(
-                    "{at}.name: {:?} must be a DNS label (lower case letters, digits and '-', at most 63)",
-                    p.name
-                ));
-            }
-            if !names.insert(p.name.as_str()) {
-                errs.push(format!(
-                    "{at}.name: {:?} is used twice; provider names must be unique",
-                    p.name
-                ));
-            }
-            let blocks = [
-                (ProviderType::Memory, p.memory.is_some()),
-                (ProviderType::Nats, p.nats.is_some()),
-                (ProviderType::Kafka, p.kafka.is_some()),
-            ];
-            for (kind, present) in blocks {
-                if present && kind != p.kind {
-                    errs.push(format!(
-                        "{at}: {kind} settings are only allowed on a provider of type {kind}"
-                    ));
-                }
-            }
-            match p.kind {
-                ProviderType::Nats => match &p.nats {
-                    None => errs.push(format!(
-                        "{at}: a provider of type nats needs a nats block with url and subject"
-                    )),
-                    Some(n) => {
-                        if n.url.trim().is_empty() {
-                            errs.push(format!(
-                                "{at}.nats.url: give the server URL, e.g. nats://nats:4222"
-                            ));
-                        }
-                        if n.subject.trim().is_empty() {
-                            errs.push(format!("{at}.nats.subject: give the subject to publish on"));
-                        } else if n
-                            .subject
-                            .contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
-                        {
-                            errs.push(format!("{at}.nats.subject: {:?} must be one subject, without wildcards or spaces", n.subject));
-                        }
-                    }
-                },
-                ProviderType::Kafka => match &p.kafka {
-                    None => errs.push(format!(
-                        "{at}: a provider of type kafka needs a kafka block with brokers and topic"
-                    )),
-                    Some(k) => {
-                        if k.brokers.is_empty() || k.brokers.iter().any(|b| b.trim().is_empty()) {
-                            errs.push(format!(
-                                "{at}.kafka.brokers: list at least one broker as host:port"
-                            ));
-                        }
-                        if k.topic.trim().is_empty() {
-                            errs.push(format!("{at}.kafka.topic: give the topic to write to"));
-                        } else if !k
-                            .topic
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-                        {
-                            errs.push(format!("{at}.kafka.topic: {:?} may hold only letters, digits, '.', '_' and '-'", k.topic));
-                        }
-                    }
-                },
-                ProviderType::Memory => {
-                    if p.memory.as_ref().and_then(|m| m.capacity) == Some(0) {
-                        errs.push(format!("{at}.memory.capacity: must be at least 1"));
-                    }
-                }
-            }
+        ok
+    }
+
+    fn range<T: PartialOrd + std::fmt::Display>(&mut self, path: &str, v: T, min: T, max: T) {
+        if v < min || v > max {
+            self.add(path, format!("{v} is out of range: {min} to {max}"));
         }
-        if let Some(t) = &self.publish_timeout {
-            match parse_duration("spec.publishTimeout", t) {
-                Ok(d) if d.is_zero() => {
-                    errs.push("spec.publishTimeout: must be more than 0".into())
-                }
-                Ok(_) => {}
-                Err(e) => errs.push(e),
-            }
-        }
-        if let Some(m) = &self.migration {
-            if m.steps.is_empty() {
-                errs.push("spec.migration.steps: list at least one step".into());
-            }
-            for (i, s) in m.steps.iter().enumerate() {
-                let at = format!("spec.migration.steps[{i}]");
-                for n in s.providers.iter().flatten().chain(s.read_from.iter()) {
-                    if !names.contains(n.as_str()) {
-                        errs.push(format!(
-                            "{at}: {n:?} is not a provider listed in spec.providers"
-                        ));
-                    }
-                }
-                if let Some(min) = s.gates.as_ref().and_then(|g| g.min_duration.as_ref()) {
-                    if let Err(e) = parse_duration(&format!("{at}.gates.minDuration"), min) {
-                        errs.push(e);
-                    }
-                }
-            }
-            if let Some(t) = m.target_step {
-                if t as usize >= m.steps.len() {
-                    errs.push(format!(
-                        "spec.migration.targetStep: {t} is past the last step ({})",
-                        m.steps.len().saturating_sub(1)
-                    ));
-                }
-            }
-        }
-        if errs.is_empty() {
-            Ok(())
+    }
+
+    /// A duration matching `pattern`, parsed.
+    fn duration(&mut self, path: &str, text: &str, pattern: &str) -> Option<Duration> {
+        let units = if pattern == DURATION {
+            "s, m or h"
         } else {
-            Err(errs)
+            "ms, s, m or h"
+        };
+        let what = format!("is not a duration like 5s, 750ms or 2m (units {units})");
+        if !self.pattern(path, text, pattern, &what) {
+            return None;
+        }
+        match duration::parse(text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.add(path, e.to_string());
+                None
+            }
         }
     }
+}
 
-    /// The publish deadline (default [`crate::composite::DEFAULT_PUBLISH_TIMEOUT`]).
-    pub fn publish_timeout(&self) -> Duration {
-        self.publish_timeout
+impl TryFrom<&DualWritePipelineSpec> for PipelineConfig {
+    type Error = SpecError;
+
+    /// Checks the whole spec (migration and relay settings too) and builds the relay's part.
+    fn try_from(spec: &DualWritePipelineSpec) -> Result<Self, SpecError> {
+        let mut problems = Problems::default();
+        let providers = providers(&mut problems, &spec.providers);
+        let publish_timeout = spec
+            .publish_timeout
             .as_deref()
-            .and_then(|t| parse_duration("spec.publishTimeout", t).ok())
-            .unwrap_or(crate::composite::DEFAULT_PUBLISH_TIMEOUT)
-    }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-impl NatsSpec {
-    /// The provider's configuration.
-    pub fn to_config(&self) -> Result<crate::provider::nats::NatsConfig, String> {
-        Ok(crate::provider::nats::NatsConfig {
-            url: self.url.clone(),
-            subject: self.subject.clone(),
-            stream: self.stream.clone(),
-            durable: self.durable.clone(),
-            duplicate_window: self
-                .duplicate_window
-                .as_deref()
-                .map(|w| parse_duration("nats.duplicateWindow", w))
-                .transpose()?,
+            .and_then(|t| problems.duration("spec.publishTimeout", t, TIMEOUT))
+            .unwrap_or(crate::composite::DEFAULT_PUBLISH_TIMEOUT);
+        let ingest = ingest(&mut problems, spec.ingest.as_ref());
+        let handoff = handoff(&mut problems, spec.handoff.as_ref());
+        if let Some(r) = spec.relay.as_ref().and_then(|r| r.replicas) {
+            problems.range("spec.relay.replicas", r, 0, 100);
+        }
+        if let Some(m) = &spec.migration {
+            migration(&mut problems, m, &spec.providers);
+        }
+        if !problems.0.is_empty() {
+            return Err(SpecError(problems.0));
+        }
+        Ok(PipelineConfig {
+            providers,
+            strategy: spec.strategy,
+            publish_timeout,
+            handoff,
+            ingest,
         })
     }
 }
 
-impl KafkaSpec {
-    /// The provider's configuration.
-    pub fn to_config(&self) -> crate::provider::kafka::KafkaConfig {
-        crate::provider::kafka::KafkaConfig {
-            brokers: self.brokers.clone(),
-            topic: self.topic.clone(),
-            partitions: self.partitions,
-            replication_factor: self.replication_factor,
-            group_id: self.group_id.clone(),
-            config: self.config.clone(),
-        }
+impl DualWritePipelineSpec {
+    /// Every problem of the spec, each naming its path and saying how to fix it.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        PipelineConfig::try_from(self).map(drop)
     }
 }
+
+fn providers(problems: &mut Problems, specs: &[ProviderSpec]) -> Vec<ProviderConfig> {
+    if specs.is_empty() {
+        problems.add("spec.providers", "list at least one provider");
+    }
+    if specs.len() > MAX_PROVIDERS {
+        problems.add(
+            "spec.providers",
+            format!("at most {MAX_PROVIDERS} providers"),
+        );
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, p) in specs.iter().enumerate() {
+        let at = format!("spec.providers[{i}]");
+        let name_at = format!("{at}.name");
+        if problems.length(&name_at, &p.name, 1, 63) {
+            problems.pattern(
+                &name_at,
+                &p.name,
+                DNS_LABEL,
+                "must be a DNS label (lower case letters, digits and '-', at most 63)",
+            );
+        }
+        if !names.insert(p.name.as_str()) {
+            problems.add(
+                &name_at,
+                format!("{:?} is used twice; provider names must be unique", p.name),
+            );
+        }
+        if let Some(settings) = provider(problems, &at, p) {
+            out.push(ProviderConfig {
+                name: p.name.clone(),
+                settings,
+            });
+        }
+    }
+    out
+}
+
+fn provider(problems: &mut Problems, at: &str, p: &ProviderSpec) -> Option<ProviderSettings> {
+    let blocks = [
+        (ProviderType::Memory, p.memory.is_some()),
+        (ProviderType::Nats, p.nats.is_some()),
+        (ProviderType::Kafka, p.kafka.is_some()),
+    ];
+    for (kind, present) in blocks {
+        if present && kind != p.kind {
+            problems.add(
+                format!("{at}.{kind}"),
+                format!("{kind} settings are only allowed on a provider of type {kind}"),
+            );
+        }
+    }
+    match p.kind {
+        ProviderType::Memory => {
+            let capacity = p.memory.as_ref().and_then(|m| m.capacity);
+            if let Some(c) = capacity {
+                problems.range(&format!("{at}.memory.capacity"), c, 1, 10_000_000);
+            }
+            Some(ProviderSettings::Memory {
+                capacity: capacity.map_or(DEFAULT_CAPACITY, |c| c as usize),
+            })
+        }
+        ProviderType::Nats => match &p.nats {
+            None => {
+                problems.add(
+                    format!("{at}.nats"),
+                    "a provider of type nats needs a nats block with url and subject",
+                );
+                None
+            }
+            Some(n) => nats(problems, &format!("{at}.nats"), n).map(ProviderSettings::Nats),
+        },
+        ProviderType::Kafka => match &p.kafka {
+            None => {
+                problems.add(
+                    format!("{at}.kafka"),
+                    "a provider of type kafka needs a kafka block with brokers and topic",
+                );
+                None
+            }
+            Some(k) => kafka(problems, &format!("{at}.kafka"), k).map(ProviderSettings::Kafka),
+        },
+    }
+}
+
+fn nats(problems: &mut Problems, at: &str, n: &NatsSpec) -> Option<NatsConfig> {
+    let before = problems.0.len();
+    let url_at = format!("{at}.url");
+    let urls: Vec<&str> = n
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        problems.add(&url_at, "give the server URL, e.g. nats://nats:4222");
+    }
+    if problems.length(&url_at, &n.url, 1, 1024)
+        && !problems.pattern(
+            &url_at,
+            &n.url,
+            NATS_URLS,
+            "is not a list of NATS URLs like nats://host:4222",
+        )
+    {
+        return None;
+    }
+    for u in urls {
+        if let Err(e) = u.parse::<async_nats::ServerAddr>() {
+            problems.add(
+                &url_at,
+                format!("{u:?} is not a NATS URL like nats://host:4222 ({e})"),
+            );
+        }
+    }
+    let subject_at = format!("{at}.subject");
+    if problems.length(&subject_at, &n.subject, 1, 255) {
+        problems.pattern(
+            &subject_at,
+            &n.subject,
+            NATS_SUBJECT,
+            "must be one concrete subject (tokens separated by single dots, no wildcards or spaces, e.g. orders.created)",
+        );
+    }
+    for (field, value) in [("stream", &n.stream), ("durable", &n.durable)] {
+        if let Some(v) = value {
+            problems.length(&format!("{at}.{field}"), v, 1, 255);
+        }
+    }
+    let duplicate_window = n
+        .duplicate_window
+        .as_deref()
+        .and_then(|w| problems.duration(&format!("{at}.duplicateWindow"), w, DURATION_MS));
+    (problems.0.len() == before).then(|| NatsConfig {
+        url: n.url.trim().to_string(),
+        subject: n.subject.clone(),
+        stream: n.stream.clone(),
+        durable: n.durable.clone(),
+        duplicate_window,
+    })
+}
+
+fn kafka(problems: &mut Problems, at: &str, k: &KafkaSpec) -> Option<KafkaConfig> {
+    let before = problems.0.len();
+    let brokers_at = format!("{at}.brokers");
+    if k.brokers.is_empty() || k.brokers.len() > 32 {
+        problems.add(&brokers_at, "list 1 to 32 brokers as host:port");
+    }
+    for (i, b) in k.brokers.iter().enumerate() {
+        if b.trim().is_empty() {
+            problems.add(&brokers_at, "list at least one broker as host:port");
+        } else {
+            problems.pattern(
+                &format!("{brokers_at}[{i}]"),
+                b,
+                KAFKA_BROKER,
+                "is not host:port",
+            );
+        }
+    }
+    let topic_at = format!("{at}.topic");
+    if problems.length(&topic_at, &k.topic, 1, 249)
+        && problems.pattern(
+            &topic_at,
+            &k.topic,
+            KAFKA_TOPIC,
+            "may hold only letters, digits, '.', '_' and '-'",
+        )
+        && (k.topic == "." || k.topic == "..")
+    {
+        problems.add(
+            &topic_at,
+            format!("{:?} is not a legal topic name", k.topic),
+        );
+    }
+    if let Some(p) = k.partitions {
+        problems.range(&format!("{at}.partitions"), p, 1, 10_000);
+    }
+    if let Some(r) = k.replication_factor {
+        problems.range(&format!("{at}.replicationFactor"), r, 1, 32);
+    }
+    (problems.0.len() == before).then(|| KafkaConfig {
+        brokers: k.brokers.iter().map(|b| b.trim().to_string()).collect(),
+        topic: k.topic.clone(),
+        partitions: k.partitions,
+        replication_factor: k.replication_factor,
+        group_id: k.group_id.clone(),
+        config: k.config.clone(),
+    })
+}
+
+fn ingest(problems: &mut Problems, spec: Option<&IngestSpec>) -> IngestConfig {
+    let port = spec.and_then(|i| i.port);
+    if let Some(p) = port {
+        problems.range("spec.ingest.port", p, 1, u16::MAX);
+    }
+    let max_body = spec.and_then(|i| i.max_body_bytes);
+    if let Some(b) = max_body {
+        problems.range("spec.ingest.maxBodyBytes", b, 1024, 64 * 1024 * 1024);
+    }
+    IngestConfig {
+        port,
+        max_body_bytes: max_body.map_or(DEFAULT_MAX_BODY_BYTES, |b| b as usize),
+    }
+}
+
+fn handoff(problems: &mut Problems, spec: Option<&HandoffSpec>) -> HandoffConfig {
+    let Some(h) = spec else {
+        return HandoffConfig::default();
+    };
+    if h.max_messages == Some(0) {
+        problems.add("spec.handoff.maxMessages", "must be at least 1");
+    }
+    let max_age = h
+        .max_age
+        .as_deref()
+        .and_then(|t| problems.duration("spec.handoff.maxAge", t, DURATION));
+    HandoffConfig {
+        enabled: h.enabled != Some(false),
+        limits: Limits {
+            max_messages: h.max_messages,
+            max_age,
+        },
+    }
+}
+
+fn migration(problems: &mut Problems, m: &MigrationSpec, providers: &[ProviderSpec]) {
+    let known: HashSet<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+    if m.steps.is_empty() || m.steps.len() > 16 {
+        problems.add("spec.migration.steps", "list 1 to 16 steps");
+    }
+    for (i, s) in m.steps.iter().enumerate() {
+        let at = format!("spec.migration.steps[{i}]");
+        problems.length(&format!("{at}.name"), &s.name, 1, 63);
+        if let Some(list) = &s.providers {
+            if list.is_empty() || list.len() > MAX_PROVIDERS {
+                problems.add(
+                    format!("{at}.providers"),
+                    format!("list 1 to {MAX_PROVIDERS} providers"),
+                );
+            }
+        }
+        for n in s.providers.iter().flatten().chain(s.read_from.iter()) {
+            if !known.contains(n.as_str()) {
+                problems.add(
+                    &at,
+                    format!("{n:?} is not a provider listed in spec.providers"),
+                );
+            }
+        }
+        if let (Some(list), Some(r)) = (&s.providers, &s.read_from) {
+            if !list.contains(r) {
+                problems.add(
+                    format!("{at}.readFrom"),
+                    format!("{r:?} must be one of the step's providers"),
+                );
+            }
+        }
+        if let Some(min) = s.gates.as_ref().and_then(|g| g.min_duration.as_ref()) {
+            problems.duration(&format!("{at}.gates.minDuration"), min, DURATION);
+        }
+    }
+    if let Some(t) = m.target_step {
+        if t as usize >= m.steps.len() {
+            problems.add(
+                "spec.migration.targetStep",
+                format!(
+                    "{t} is past the last step ({})",
+                    m.steps.len().saturating_sub(1)
+                ),
+            );
+        }
+    }
+    if let Some(f) = &m.fallback_after {
+        problems.duration("spec.migration.fallbackAfter", f, DURATION);
+    }
+}
+
+/// Parses a duration such as `5s`, `750ms`, `2m` or `1h30m` that the validator already checked
+/// (the operator reads migration durations with it).
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
+    duration::parse(text).map_err(|e| format!("{field}: {e}"))
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;

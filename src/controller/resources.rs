@@ -223,7 +223,10 @@ pub fn deployment(p: &DualWritePipeline, default_image: &str) -> Deployment {
                         "dualwrite.io/ingest".to_string(),
                         format!(
                             "port={port},maxBodyBytes={}",
-                            crate::relay::max_body_bytes(&p.spec)
+                            crate::relay::PipelineConfig::try_from(&p.spec)
+                                .map_or(crate::relay::DEFAULT_MAX_BODY_BYTES, |c| c
+                                    .ingest
+                                    .max_body_bytes)
                         ),
                     )])),
                     ..ObjectMeta::default()

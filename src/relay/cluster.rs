@@ -41,6 +41,12 @@ impl std::str::FromStr for PipelineRef {
     }
 }
 
+/// Checks the pipeline's effective spec and hands it to the relay.
+async fn apply_pipeline(relay: &Relay, p: &DualWritePipeline) -> Result<(), String> {
+    let config = super::PipelineConfig::try_from(&effective_spec(p)).map_err(|e| e.to_string())?;
+    relay.apply(config).await.map_err(|e| e.to_string())
+}
+
 /// The spec the relay runs: the operator's decisions in the status (effective strategy, the
 /// providers active in the current migration step) applied over the user's spec. Before the
 /// operator has written a status, the spec as written.
@@ -156,11 +162,12 @@ pub async fn run(
         )
     })?;
     let spec = effective_spec(&p);
-    let composite = super::build_composite_with(&spec, handoff.as_ref()).await?;
-    let port = port_override
-        .or(spec.ingest.as_ref().and_then(|i| i.port))
-        .unwrap_or(super::DEFAULT_PORT);
-    let relay = Relay::with_handoff(composite, spec, handoff);
+    let config = super::PipelineConfig::try_from(&spec).map_err(|e| e.to_string())?;
+    let composite = super::build_composite_with(&config, handoff.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let port = config.port(port_override);
+    let relay = Relay::with_handoff(composite, config, handoff);
     let generation = Arc::new(AtomicI64::new(p.metadata.generation.unwrap_or(0)));
     let addr = std::net::SocketAddr::new(bind, port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -199,7 +206,7 @@ pub async fn run(
                     next = changes.next() => match next {
                         Some(Ok(p)) => {
                             let g = p.metadata.generation.unwrap_or(0);
-                            match relay.apply(effective_spec(&p)).await {
+                            match apply_pipeline(&relay, &p).await {
                                 Ok(()) => generation.store(g, Ordering::Release),
                                 Err(e) => tracing::error!(pipeline = %p.name_any(), error = %e, "cannot apply the changed pipeline; keeping the previous one"),
                             }

@@ -1,13 +1,44 @@
 //! Where the relay's pipeline comes from: a manifest file, the seed's environment variables, or
 //! the built-in default (two memory providers, so dual-write works with no outside service).
+//! Each source yields a `DualWritePipelineSpec`, which `api`'s one validator turns into the
+//! [`PipelineConfig`] the relay runs.
 
 use std::collections::BTreeMap;
 
 use crate::api::{
     DualWritePipeline, DualWritePipelineSpec, KafkaSpec, MemorySpec, NatsSpec, ProviderSpec,
-    ProviderType,
+    ProviderType, SpecError,
 };
 use crate::composite::Strategy;
+use crate::relay::PipelineConfig;
+
+/// Why a pipeline could not be read or is not valid. Each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A seed variable is wrong (the message names it).
+    #[error("{0}")]
+    Variable(String),
+    #[error("the manifest is not valid YAML: {0}")]
+    Yaml(serde_yaml::Error),
+    #[error("the manifest's kind is {0:?}; expected a DualWritePipeline (apiVersion dualwrite.io/v1alpha1)")]
+    Kind(String),
+    #[error("the manifest does not match DualWritePipeline: {0}")]
+    Shape(serde_yaml::Error),
+    #[error("the manifest has fields DualWritePipeline does not know: {} (misspelt?)", .0.join(", "))]
+    UnknownFields(Vec<String>),
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+}
+
+/// The pipeline of a manifest, checked.
+pub fn pipeline_from_manifest(text: &str) -> Result<PipelineConfig, ConfigError> {
+    Ok(PipelineConfig::try_from(&spec_from_manifest(text)?)?)
+}
+
+/// The pipeline the seed's variables describe, checked.
+pub fn pipeline_from_env(env: &SeedEnv) -> Result<PipelineConfig, ConfigError> {
+    Ok(PipelineConfig::try_from(&spec_from_env(env)?)?)
+}
 
 /// The seed's variables, read once. Empty values count as unset.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -60,7 +91,11 @@ pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 pub const DEFAULT_KAFKA_TOPIC: &str = "dualwrite-messages";
 
 /// The pipeline the seed's variables describe.
-pub fn spec_from_env(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
+pub fn spec_from_env(env: &SeedEnv) -> Result<DualWritePipelineSpec, ConfigError> {
+    spec_from_variables(env).map_err(ConfigError::Variable)
+}
+
+fn spec_from_variables(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
     let queue_type = env
         .queue_type
         .as_deref()
@@ -165,14 +200,11 @@ pub fn default_spec() -> DualWritePipelineSpec {
 }
 
 /// Reads a `DualWritePipeline` manifest (the YAML a user would `kubectl apply`).
-pub fn spec_from_manifest(text: &str) -> Result<DualWritePipelineSpec, String> {
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| format!("the manifest is not valid YAML: {e}"))?;
+pub fn spec_from_manifest(text: &str) -> Result<DualWritePipelineSpec, ConfigError> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(ConfigError::Yaml)?;
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     if kind != "DualWritePipeline" {
-        return Err(format!(
-            "the manifest's kind is {kind:?}; expected a DualWritePipeline (apiVersion dualwrite.io/v1alpha1)"
-        ));
+        return Err(ConfigError::Kind(kind.to_string()));
     }
     // A misspelt field (`stratgy:`) would otherwise be dropped without a word and the relay
     // would run something else than the file says; the API server prunes such fields, so only
@@ -184,12 +216,9 @@ pub fn spec_from_manifest(text: &str) -> Result<DualWritePipelineSpec, String> {
             unknown.push(path);
         }
     })
-    .map_err(|e| format!("the manifest does not match DualWritePipeline: {e}"))?;
+    .map_err(ConfigError::Shape)?;
     if !unknown.is_empty() {
-        return Err(format!(
-            "the manifest has fields DualWritePipeline does not know: {} (misspelt?)",
-            unknown.join(", ")
-        ));
+        return Err(ConfigError::UnknownFields(unknown));
     }
     Ok(pipeline.spec)
 }
@@ -277,9 +306,17 @@ mod tests {
                 "QUEUE_SIZE",
             ),
         ] {
-            let err = spec_from_env(&env(vars)).unwrap_err();
+            let err = spec_from_env(&env(vars)).unwrap_err().to_string();
             assert!(err.contains(want), "{vars:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_default_spec_and_the_built_in_pipeline_agree() {
+        assert_eq!(
+            PipelineConfig::try_from(&default_spec()).unwrap(),
+            PipelineConfig::two_memory_queues()
+        );
     }
 
     #[test]
@@ -300,14 +337,19 @@ mod tests {
         assert_eq!(spec_from_manifest(ok).unwrap().providers[0].name, "a");
         assert!(spec_from_manifest("kind: ConfigMap\n")
             .unwrap_err()
+            .to_string()
             .contains("expected a DualWritePipeline"));
         assert!(spec_from_manifest(": : :")
             .unwrap_err()
+            .to_string()
             .contains("not valid YAML"));
         let bad = ok.replace("memory", "redis");
-        assert!(spec_from_manifest(&bad).unwrap_err().contains("redis"));
+        assert!(spec_from_manifest(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("redis"));
         let typo = ok.replace("  providers:", "  stratgy: BestEffort\n  providers:");
-        let err = spec_from_manifest(&typo).unwrap_err();
+        let err = spec_from_manifest(&typo).unwrap_err().to_string();
         assert!(
             err.contains("spec.stratgy") && err.contains("misspelt"),
             "{err}"

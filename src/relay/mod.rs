@@ -1,125 +1,95 @@
-//! The relay: a pipeline spec becomes providers, the providers a [`Composite`], and the composite
-//! is served by the HTTP ingest API ([`http`]).
+//! The relay: a [`PipelineConfig`] becomes providers, the providers a [`Composite`], and the
+//! composite is served by the HTTP ingest API ([`http`]).
 //!
-//! The relay core knows nothing of Kubernetes; `dualwrite relay --pipeline` adds a watcher on top
-//! that feeds changed specs to [`Relay::apply`].
+//! The relay core (this module, [`pipeline`], [`http`], [`metrics`]) knows nothing of
+//! Kubernetes. [`config`] reads a pipeline from a manifest file or the seed's variables, and
+//! [`cluster`] (`dualwrite relay --pipeline`) watches the resource and feeds changed pipelines
+//! to [`Relay::apply`]; both go through `api`'s one validator.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::api::{DualWritePipelineSpec, ProviderSpec, ProviderType};
 use crate::composite::Composite;
-use crate::handoff::{HandoffStore, Limits};
+use crate::handoff::{HandoffError, HandoffStore};
 use crate::provider::kafka::KafkaProvider;
-use crate::provider::memory::{MemoryProvider, DEFAULT_CAPACITY};
+use crate::provider::memory::MemoryProvider;
 use crate::provider::nats::NatsProvider;
-use crate::provider::Provider;
+use crate::provider::{Provider, ProviderError};
 
 pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod pipeline;
 
-/// Port of the ingest API when neither the manifest nor `API_PORT` gives one (the seed's).
-pub const DEFAULT_PORT: u16 = 8080;
-/// Largest request body accepted by default.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub use pipeline::{
+    PipelineConfig, ProviderConfig, ProviderSettings, DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT,
+};
 
-/// The largest ingest body `spec` accepts.
-pub fn max_body_bytes(spec: &DualWritePipelineSpec) -> usize {
-    spec.ingest
-        .as_ref()
-        .and_then(|i| i.max_body_bytes)
-        .map_or(DEFAULT_MAX_BODY_BYTES, |b| b as usize)
+/// Why a relay could not build or change its composite.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("{0}")]
+    Composite(String),
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
 }
 
-/// Creates one provider from its spec and logs "<type> adapter created" (the seed's check that
-/// each adapter came up).
+/// Creates one provider and logs "<type> adapter created" (the seed's check that each adapter
+/// came up).
 pub async fn build_provider(
-    spec: &ProviderSpec,
+    config: &ProviderConfig,
     publish_timeout: Duration,
-) -> Result<Arc<dyn Provider>, String> {
-    let missing = |block: &str| {
-        format!(
-            "provider {:?} of type {} needs a {block} block",
-            spec.name, spec.kind
-        )
-    };
-    let provider: Arc<dyn Provider> = match spec.kind {
-        ProviderType::Memory => {
-            let capacity = spec
-                .memory
-                .as_ref()
-                .and_then(|m| m.capacity)
-                .map_or(DEFAULT_CAPACITY, |c| c as usize);
-            Arc::new(MemoryProvider::new(&spec.name, capacity))
+) -> Result<Arc<dyn Provider>, ProviderError> {
+    let name = config.name.as_str();
+    let provider: Arc<dyn Provider> = match &config.settings {
+        ProviderSettings::Memory { capacity } => Arc::new(MemoryProvider::new(name, *capacity)),
+        ProviderSettings::Nats(nats) => {
+            Arc::new(NatsProvider::connect(name, nats, publish_timeout).await?)
         }
-        ProviderType::Nats => {
-            let nats = spec.nats.as_ref().ok_or_else(|| missing("nats"))?;
-            Arc::new(
-                NatsProvider::connect(&spec.name, &nats.to_config()?, publish_timeout)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-        ProviderType::Kafka => {
-            let kafka = spec.kafka.as_ref().ok_or_else(|| missing("kafka"))?;
-            Arc::new(
-                KafkaProvider::connect(&spec.name, &kafka.to_config(), publish_timeout)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
+        ProviderSettings::Kafka(kafka) => {
+            Arc::new(KafkaProvider::connect(name, kafka, publish_timeout).await?)
         }
     };
-    tracing::info!(provider = %spec.name, r#type = %spec.kind, "{} adapter created", spec.kind);
+    let kind = config.settings.type_name();
+    tracing::info!(provider = %name, r#type = %kind, "{kind} adapter created");
     Ok(provider)
 }
 
-/// Validates `spec` and builds its composite, without hinted handoff.
-pub async fn build_composite(spec: &DualWritePipelineSpec) -> Result<Composite, String> {
-    build_composite_with(spec, None).await
+/// Builds the composite of `config`, without hinted handoff.
+pub async fn build_composite(config: &PipelineConfig) -> Result<Composite, RelayError> {
+    build_composite_with(config, None).await
 }
 
-/// The backlog limits of `spec.handoff`.
-fn handoff_limits(spec: &DualWritePipelineSpec) -> Limits {
-    let h = spec.handoff.as_ref();
-    Limits {
-        max_messages: h.and_then(|h| h.max_messages),
-        max_age: h
-            .and_then(|h| h.max_age.as_deref())
-            .and_then(|t| crate::api::parse_duration("spec.handoff.maxAge", t).ok()),
-    }
-}
-
-/// Validates `spec` and builds its composite; with a handoff store (and `spec.handoff.enabled`
-/// not false) every provider gets a durable backlog. Replay is started by [`Relay`]. On failure,
-/// closes whatever was already created.
+/// Builds the composite of `config`; with a handoff store (and handoff enabled) every provider
+/// gets a durable backlog. Replay is started by [`Relay`]. On failure, closes whatever was
+/// already created.
 pub async fn build_composite_with(
-    spec: &DualWritePipelineSpec,
+    config: &PipelineConfig,
     handoff: Option<&Arc<HandoffStore>>,
-) -> Result<Composite, String> {
-    spec.validate().map_err(|errs| errs.join("\n"))?;
-    let timeout = spec.publish_timeout();
-    let mut providers = Vec::with_capacity(spec.providers.len());
-    for p in &spec.providers {
+) -> Result<Composite, RelayError> {
+    let timeout = config.publish_timeout;
+    let mut providers = Vec::with_capacity(config.providers.len());
+    for p in &config.providers {
         match build_provider(p, timeout).await {
             Ok(provider) => providers.push(provider),
             Err(e) => {
                 for created in &providers {
                     let _ = created.close().await;
                 }
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
-    let composite = Composite::new(providers, spec.strategy, timeout)?;
-    let enabled = spec.handoff.as_ref().and_then(|h| h.enabled) != Some(false);
+    let composite =
+        Composite::new(providers, config.strategy, timeout).map_err(RelayError::Composite)?;
     match handoff {
-        Some(store) if enabled => {
-            let limits = handoff_limits(spec);
+        Some(store) if config.handoff.enabled => {
             let mut backlogs = std::collections::HashMap::new();
-            for p in &spec.providers {
-                let backlog = store.backlog(&p.name, limits).map_err(|e| e.to_string())?;
+            for p in &config.providers {
+                let backlog = store.backlog(&p.name, config.handoff.limits)?;
                 backlogs.insert(p.name.clone(), backlog);
             }
             Ok(composite.with_backlogs(backlogs))
@@ -133,30 +103,30 @@ pub struct Relay {
     // Swapped whole when the provider list changes; handlers clone the Arc and never hold the
     // lock across an await (std RwLock: held for a pointer copy only).
     composite: RwLock<Arc<Composite>>,
-    spec: RwLock<DualWritePipelineSpec>,
+    config: RwLock<PipelineConfig>,
     handoff: Option<Arc<HandoffStore>>,
     pub metrics: metrics::IngestMetrics,
     max_body_bytes: usize,
 }
 
 impl Relay {
-    /// A relay serving `composite` (built from `spec`), without hinted handoff.
-    pub fn new(composite: Composite, spec: DualWritePipelineSpec) -> Arc<Self> {
-        Self::with_handoff(composite, spec, None)
+    /// A relay serving `composite` (built from `config`), without hinted handoff.
+    pub fn new(composite: Composite, config: PipelineConfig) -> Arc<Self> {
+        Self::with_handoff(composite, config, None)
     }
 
     /// A relay whose composites keep missed writes in `handoff` (the same store across provider
     /// list changes); starts the composite's replay.
     pub fn with_handoff(
         composite: Composite,
-        spec: DualWritePipelineSpec,
+        config: PipelineConfig,
         handoff: Option<Arc<HandoffStore>>,
     ) -> Arc<Self> {
         composite.start_replay();
-        let max_body_bytes = max_body_bytes(&spec);
+        let max_body_bytes = config.ingest.max_body_bytes;
         Arc::new(Self {
             composite: RwLock::new(Arc::new(composite)),
-            spec: RwLock::new(spec),
+            config: RwLock::new(config),
             handoff,
             metrics: Default::default(),
             max_body_bytes,
@@ -171,20 +141,24 @@ impl Relay {
             .clone()
     }
 
-    pub fn spec(&self) -> DualWritePipelineSpec {
-        self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The pipeline in force now.
+    pub fn config(&self) -> PipelineConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
     }
 
-    /// Applies a changed spec without dropping in-flight messages: a strategy change takes effect
+    /// Applies a changed pipeline without dropping in-flight messages: a strategy change takes effect
     /// for the next publish; a changed provider list, publish timeout or handoff setting builds a
     /// new composite, swaps it in, waits for publishes still running on the old one, then closes
     /// it.
-    pub async fn apply(&self, new: DualWritePipelineSpec) -> Result<(), String> {
-        let old = self.spec();
+    pub async fn apply(&self, new: PipelineConfig) -> Result<(), RelayError> {
+        let old = self.config();
         if old == new {
             return Ok(());
         }
@@ -194,7 +168,6 @@ impl Relay {
             && old.publish_timeout == new.publish_timeout
             && old.handoff == new.handoff
         {
-            new.validate().map_err(|e| e.join("\n"))?;
             let composite = self.composite();
             if composite.strategy() != new.strategy {
                 tracing::info!(from = %composite.strategy(), to = %new.strategy, "strategy changed");
@@ -214,7 +187,7 @@ impl Relay {
             }
             self.composite().start_replay();
         }
-        *self.spec.write().unwrap_or_else(|p| p.into_inner()) = new;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(())
     }
 }

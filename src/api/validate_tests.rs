@@ -1,0 +1,177 @@
+use std::time::Duration;
+
+use super::*;
+
+fn spec(yaml: &str) -> DualWritePipelineSpec {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+const MEMORY: &str = "providers: [{name: a, type: memory}]";
+
+/// (manifest spec, the path and text of the expected problem; None: valid)
+#[test]
+fn validation_table() {
+    let cases: &[(&str, Option<(&str, &str)>)] = &[
+        (MEMORY, None),
+        ("providers: []", Some(("spec.providers", "at least one provider"))),
+        (
+            "providers: [{name: a, type: memory}, {name: a, type: memory}]",
+            Some(("spec.providers[1].name", "used twice")),
+        ),
+        ("providers: [{name: A_b, type: memory}]", Some(("spec.providers[0].name", "DNS label"))),
+        ("providers: [{name: k, type: kafka}]", Some(("spec.providers[0].kafka", "needs a kafka block"))),
+        (
+            "providers: [{name: k, type: kafka, kafka: {brokers: [], topic: t}}]",
+            Some(("spec.providers[0].kafka.brokers", "brokers as host:port")),
+        ),
+        (
+            "providers: [{name: k, type: kafka, kafka: {brokers: [b:1, nope], topic: t}}]",
+            Some(("spec.providers[0].kafka.brokers[1]", "is not host:port")),
+        ),
+        (
+            "providers: [{name: k, type: kafka, kafka: {brokers: [b:1], topic: ..}}]",
+            Some(("spec.providers[0].kafka.topic", "not a legal topic name")),
+        ),
+        (
+            "providers: [{name: k, type: kafka, kafka: {brokers: [b:1], topic: a b}}]",
+            Some(("spec.providers[0].kafka.topic", "only letters, digits")),
+        ),
+        ("providers: [{name: n, type: nats}]", Some(("spec.providers[0].nats", "needs a nats block"))),
+        (
+            "providers: [{name: n, type: memory, nats: {url: u, subject: s}}]",
+            Some(("spec.providers[0].nats", "nats settings are only allowed")),
+        ),
+        (
+            "providers: [{name: n, type: nats, nats: {url: 'nats://h:4222', subject: orders..created}}]",
+            Some(("spec.providers[0].nats.subject", "one concrete subject")),
+        ),
+        (
+            "providers: [{name: n, type: nats, nats: {url: 'nats://h:4222', subject: 'orders.>'}}]",
+            Some(("spec.providers[0].nats.subject", "one concrete subject")),
+        ),
+        (
+            "providers: [{name: n, type: nats, nats: {url: 'http://h:4222', subject: s}}]",
+            Some(("spec.providers[0].nats.url", "is not a list of NATS URLs")),
+        ),
+        (
+            "providers: [{name: n, type: nats, nats: {url: 'nats://h:4222', subject: s, duplicateWindow: 2 min}}]",
+            Some(("spec.providers[0].nats.duplicateWindow", "is not a duration")),
+        ),
+        ("providers: [{name: m, type: memory, memory: {capacity: 0}}]", Some(("spec.providers[0].memory.capacity", "out of range"))),
+        (
+            "{providers: [{name: a, type: memory}], publishTimeout: soon}",
+            Some(("spec.publishTimeout", "is not a duration")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}], publishTimeout: 0s}",
+            Some(("spec.publishTimeout", "is not a duration")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}], handoff: {maxAge: 1day}}",
+            Some(("spec.handoff.maxAge", "is not a duration")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}], ingest: {maxBodyBytes: 10}}",
+            Some(("spec.ingest.maxBodyBytes", "out of range")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}], migration: {steps: [{name: s, strategy: FailFast, readFrom: zz}]}}",
+            Some(("spec.migration.steps[0]", "\"zz\" is not a provider")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}, {name: b, type: memory}], migration: {steps: [{name: s, strategy: FailFast, providers: [a], readFrom: b}]}}",
+            Some(("spec.migration.steps[0].readFrom", "one of the step's providers")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}], migration: {targetStep: 3, steps: [{name: s, strategy: FailFast}]}}",
+            Some(("spec.migration.targetStep", "past the last step")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}], migration: {fallbackAfter: 2x, steps: [{name: s, strategy: FailFast}]}}",
+            Some(("spec.migration.fallbackAfter", "is not a duration")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}], migration: {steps: [{name: s, strategy: FailFast, gates: {minDuration: 10ms}}]}}",
+            Some(("spec.migration.steps[0].gates.minDuration", "is not a duration")),
+        ),
+        (
+            "providers: [{name: n, type: nats, nats: {url: 'nats://u:p@h:4222, tls://[::1]:4223,h2', subject: s}}]",
+            None,
+        ),
+    ];
+    for (yaml, want) in cases {
+        let got = spec(yaml).validate();
+        match (want, got) {
+            (None, Ok(())) => {}
+            (Some((path, text)), Err(errs)) => assert!(
+                errs.0
+                    .iter()
+                    .any(|e| e.path == *path && e.message.contains(text)),
+                "{yaml}: expected {path}: {text:?} in {errs:?}"
+            ),
+            (want, got) => panic!("{yaml}: expected {want:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn unknown_provider_types_are_rejected_when_parsing() {
+    let err = serde_yaml::from_str::<DualWritePipelineSpec>("providers: [{name: a, type: redis}]")
+        .unwrap_err();
+    assert!(err.to_string().contains("redis"), "{err}");
+}
+
+#[test]
+fn conversion_fills_in_defaults_and_types() {
+    let config = PipelineConfig::try_from(&spec(MEMORY)).unwrap();
+    assert_eq!(
+        config.publish_timeout,
+        crate::composite::DEFAULT_PUBLISH_TIMEOUT
+    );
+    assert_eq!(config.ingest.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert!(config.handoff.enabled);
+    assert_eq!(
+        config.providers[0].settings,
+        ProviderSettings::Memory {
+            capacity: DEFAULT_CAPACITY
+        }
+    );
+
+    let config = PipelineConfig::try_from(&spec(
+        "{providers: [{name: n, type: nats, nats: {url: 'nats://h:4222', subject: a.b, duplicateWindow: 45s}}], \
+         publishTimeout: 750ms, handoff: {enabled: false, maxMessages: 9, maxAge: 1h30m}, ingest: {port: 9000}}",
+    ))
+    .unwrap();
+    assert_eq!(config.publish_timeout, Duration::from_millis(750));
+    assert_eq!(config.port(None), 9000);
+    assert_eq!(config.port(Some(1)), 1);
+    assert!(!config.handoff.enabled);
+    assert_eq!(config.handoff.limits.max_messages, Some(9));
+    assert_eq!(
+        config.handoff.limits.max_age,
+        Some(Duration::from_secs(5400))
+    );
+    match &config.providers[0].settings {
+        ProviderSettings::Nats(n) => {
+            assert_eq!(n.duplicate_window, Some(Duration::from_secs(45)));
+            assert_eq!(n.subject, "a.b");
+        }
+        other => panic!("expected nats, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let errs = spec("{providers: [{name: A, type: kafka}], publishTimeout: soon}")
+        .validate()
+        .unwrap_err();
+    let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.providers[0].name",
+            "spec.providers[0].kafka",
+            "spec.publishTimeout"
+        ]
+    );
+}

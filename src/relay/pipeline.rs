@@ -1,0 +1,116 @@
+//! The pipeline as the relay runs it: typed, checked, defaults filled in. `api` builds it from a
+//! `DualWritePipeline` spec with its one validator (`PipelineConfig::try_from(&spec)`), for a
+//! resource, a manifest file and the seed's variables alike; nothing here checks it again.
+
+use std::time::Duration;
+
+use crate::composite::{Strategy, DEFAULT_PUBLISH_TIMEOUT};
+use crate::handoff::Limits;
+use crate::provider::kafka::KafkaConfig;
+use crate::provider::memory::DEFAULT_CAPACITY;
+use crate::provider::nats::NatsConfig;
+
+/// Port of the ingest API when neither the manifest nor `API_PORT` gives one (the seed's).
+pub const DEFAULT_PORT: u16 = 8080;
+/// Largest request body accepted by default.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything the relay needs to run one pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineConfig {
+    /// In order; the first is the default read provider.
+    pub providers: Vec<ProviderConfig>,
+    pub strategy: Strategy,
+    /// Deadline of one write to one provider.
+    pub publish_timeout: Duration,
+    pub handoff: HandoffConfig,
+    pub ingest: IngestConfig,
+}
+
+/// One broker the pipeline writes to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderConfig {
+    /// Unique within the pipeline.
+    pub name: String,
+    pub settings: ProviderSettings,
+}
+
+/// A provider's type and its settings, together so that one cannot go without the other.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProviderSettings {
+    /// A bounded in-process queue of `capacity` messages.
+    Memory {
+        capacity: usize,
+    },
+    Nats(NatsConfig),
+    Kafka(KafkaConfig),
+}
+
+impl ProviderSettings {
+    /// `memory`, `nats` or `kafka`: the type's name in manifests and logs.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ProviderSettings::Memory { .. } => "memory",
+            ProviderSettings::Nats(_) => "nats",
+            ProviderSettings::Kafka(_) => "kafka",
+        }
+    }
+}
+
+/// Hinted handoff: whether missed writes are kept (when the relay has a state directory), and
+/// the limits past which a provider needs reconciliation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HandoffConfig {
+    pub enabled: bool,
+    pub limits: Limits,
+}
+
+/// The ingest listener's settings that come from the pipeline (fixed for the process).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IngestConfig {
+    /// The pipeline's port; the command line or `API_PORT` may override it.
+    pub port: Option<u16>,
+    pub max_body_bytes: usize,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            port: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The built-in pipeline: FailFast over two in-memory queues, `memory-1` and `memory-2`.
+    pub fn two_memory_queues() -> Self {
+        let memory = |name: &str| ProviderConfig {
+            name: name.to_string(),
+            settings: ProviderSettings::Memory {
+                capacity: DEFAULT_CAPACITY,
+            },
+        };
+        Self {
+            providers: vec![memory("memory-1"), memory("memory-2")],
+            strategy: Strategy::FailFast,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            handoff: HandoffConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+
+    /// The ingest port: `overridden` (command line, `API_PORT`), else the pipeline's, else 8080.
+    pub fn port(&self, overridden: Option<u16>) -> u16 {
+        overridden.or(self.ingest.port).unwrap_or(DEFAULT_PORT)
+    }
+}
