@@ -112,7 +112,7 @@ pub async fn build_composite_with(
             }
         }
     }
-    let composite = Composite::new(providers, spec.strategy, timeout)?;
+    let composite = Composite::new(providers, spec.strategy, timeout).map_err(|e| e.to_string())?;
     let enabled = spec.handoff.as_ref().and_then(|h| h.enabled) != Some(false);
     match handoff {
         Some(store) if enabled => {
