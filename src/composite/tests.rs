@@ -292,6 +292,26 @@ async fn best_effort_keeps_missed_writes_and_replays_them_in_ingest_order() {
 }
 
 #[tokio::test]
+async fn a_composite_dropped_without_close_stops_its_replayers() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = scripted("flaky", 0, true);
+    let c = with_handoff(vec![flaky.clone()], Strategy::BestEffort, dir.path());
+    c.start_replay();
+    let held = Arc::strong_count(&flaky);
+    assert!(held >= 3, "the test, the lane and the replayer hold it: {held}");
+    drop(c);
+    // The replay task owns the last other reference: it is gone once the task has stopped.
+    let stopped = async {
+        while Arc::strong_count(&flaky) > 1 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the replayer stopped when its composite was dropped");
+}
+
+#[tokio::test]
 async fn closing_with_grace_lets_the_replay_empty_the_backlogs_first() {
     let dir = tempfile::tempdir().unwrap();
     let flaky = scripted("flaky", 0, true);
