@@ -298,7 +298,10 @@ async fn a_composite_dropped_without_close_stops_its_replayers() {
     let c = with_handoff(vec![flaky.clone()], Strategy::BestEffort, dir.path());
     c.start_replay();
     let held = Arc::strong_count(&flaky);
-    assert!(held >= 3, "the test, the lane and the replayer hold it: {held}");
+    assert!(
+        held >= 3,
+        "the test, the lane and the replayer hold it: {held}"
+    );
     drop(c);
     // The replay task owns the last other reference: it is gone once the task has stopped.
     let stopped = async {

@@ -29,8 +29,8 @@
 //!
 //! The parts: [`store`] owns the redb file and its single writer thread (group commit);
 //! [`backlog`] is the per-provider handle the composite appends to, with its limits and the
-//! needs-reconciliation judgement; [`replay`](mod@replay) drains a backlog into its provider; `entry` is
-//! the on-disk form of one message.
+//! needs-reconciliation judgement; [`replay`](mod@replay) drains a backlog into its provider;
+//! `entry` is the on-disk form of one message.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

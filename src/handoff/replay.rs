@@ -1,11 +1,13 @@
 //! The replay task: drains one provider's backlog into the provider, in order, once it accepts
 //! writes again.
 //!
-//! ```text
-//!  idle ──append──► read a batch ──► send it (pipelined) ──► remove the acked prefix ─┐
-//!   ▲                    ▲                                                          │
-//!   └──── backlog empty ─┴──────────── ok ◄──────────────┬── failed: back off ◄──────┘
-//! ```
+//! Each turn of the loop, in order:
+//! 1. backlog empty → sleep until the next committed append;
+//! 2. read a batch of the oldest entries;
+//! 3. send it, pipelined, taking outcomes in order up to the first failure;
+//! 4. remove the acknowledged prefix (and what can never be delivered, counted as missed);
+//! 5. after a failure, back off (100 ms doubling to 5 s, reset by a success) and start again
+//!    from the oldest entry.
 //!
 //! Lifecycle: one task per backlog, started by the composite and stopped through a
 //! [`CancellationToken`]; the token is watched in every wait (for an append, a disk read, a
