@@ -28,4 +28,6 @@ pub mod latency;
 pub mod message;
 pub mod provider;
 pub mod relay;
+#[cfg(test)]
+mod testing;
 pub mod verify;

@@ -55,19 +55,26 @@ impl DataMessage {
     }
 }
 
+/// Why a client-chosen message id is refused (the text is what the client reads in a 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("id must be 1 to {MAX_ID_LEN} characters long")]
+    IdLength,
+    #[error("id contains {0:?}; use only letters, digits and . _ : -")]
+    IdCharacter(char),
+}
+
 /// Checks a client-chosen id: non-empty, at most [`MAX_ID_LEN`] bytes, and only characters that
 /// are safe in a NATS header and a Kafka key (`A-Z a-z 0-9 . _ : -`).
-pub fn validate_id(id: &str) -> Result<(), String> {
+pub fn validate_id(id: &str) -> Result<(), MessageError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(format!("id must be 1 to {MAX_ID_LEN} characters long"));
+        return Err(MessageError::IdLength);
     }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
     {
-        return Err(format!(
-            "id contains {c:?}; use only letters, digits and . _ : -"
-        ));
+        return Err(MessageError::IdCharacter(c));
     }
     Ok(())
 }

@@ -174,7 +174,7 @@ async fn ready(State(relay): State<Arc<Relay>>) -> Response {
         }
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "strategy": composite.strategy(), "error": why })),
+            Json(json!({ "status": "not ready", "strategy": composite.strategy(), "error": why.to_string() })),
         )
             .into_response(),
     }

@@ -31,8 +31,8 @@ pub use pipeline::{
 pub enum RelayError {
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    #[error("{0}")]
-    Composite(String),
+    #[error(transparent)]
+    Composite(#[from] crate::composite::CompositeError),
     #[error(transparent)]
     Handoff(#[from] HandoffError),
 }
@@ -83,8 +83,7 @@ pub async fn build_composite_with(
             }
         }
     }
-    let composite =
-        Composite::new(providers, config.strategy, timeout).map_err(RelayError::Composite)?;
+    let composite = Composite::new(providers, config.strategy, timeout)?;
     match handoff {
         Some(store) if config.handoff.enabled => {
             let mut backlogs = std::collections::HashMap::new();

@@ -1,0 +1,435 @@
+//! Tests of the fan-out and its lanes: concurrency, strategies, deadlines, close and drain
+//! (on paused time where timing is asserted), and hinted handoff through real backlogs.
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::provider::memory::MemoryProvider;
+use crate::testing::FakeProvider;
+
+/// A provider that waits `delay_ms`, then fails (while `fail` is set) or acknowledges.
+fn scripted(name: &str, delay_ms: u64, fail: bool) -> Arc<FakeProvider> {
+    FakeProvider::named(name)
+        .delay_ms(delay_ms)
+        .failing_if(fail)
+        .arc()
+}
+
+fn composite(providers: Vec<Arc<dyn Provider>>, strategy: Strategy) -> Composite {
+    Composite::new(providers, strategy, Duration::from_secs(5)).unwrap()
+}
+
+// S9, first half: two memory providers + FailFast → the message is in both (seen through stats).
+#[tokio::test]
+async fn fail_fast_writes_to_both_memory_providers() {
+    let a = Arc::new(MemoryProvider::new("a", 10));
+    let b = Arc::new(MemoryProvider::new("b", 10));
+    let c = composite(vec![a.clone(), b.clone()], Strategy::FailFast);
+    let report = c
+        .publish_detailed(&DataMessage::new("test", "x"))
+        .await
+        .unwrap();
+    assert_eq!(report.accepted.len(), 2);
+    assert_eq!(a.stats().published, 1);
+    assert_eq!(b.stats().published, 1);
+    assert_eq!(a.stats().depth, 1);
+    assert_eq!(b.stats().depth, 1);
+    let stats = c.stats_detailed();
+    assert_eq!(stats.total.published, 2);
+    assert_eq!(
+        stats
+            .providers
+            .iter()
+            .map(|r| (r.name.as_str(), r.stats.published))
+            .collect::<Vec<_>>(),
+        vec![("a", 1), ("b", 1)]
+    );
+}
+
+// S9, second half: one provider always fails + BestEffort → publish succeeds, failure counted.
+#[tokio::test]
+async fn best_effort_succeeds_when_one_provider_always_fails() {
+    let good = Arc::new(MemoryProvider::new("good", 10));
+    let bad = scripted("bad", 0, true);
+    let c = composite(vec![good.clone(), bad.clone()], Strategy::BestEffort);
+    let report = c
+        .publish_detailed(&DataMessage::new("test", "x"))
+        .await
+        .unwrap();
+    assert_eq!(report.accepted, vec!["good".to_string()]);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].provider(), "bad");
+    assert_eq!(good.stats().published, 1);
+    assert_eq!(bad.stats().failed, 1);
+    assert_eq!(c.stats().failed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_run_concurrently() {
+    let c = composite(
+        vec![scripted("a", 200, false), scripted("b", 200, false)],
+        Strategy::FailFast,
+    );
+    let started = tokio::time::Instant::now();
+    c.publish_detailed(&DataMessage::new("t", "x"))
+        .await
+        .unwrap();
+    // Sequential writes would take 400 ms of virtual time.
+    assert_eq!(started.elapsed(), Duration::from_millis(200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_returns_the_first_failure_at_once_and_names_it() {
+    let c = composite(
+        vec![scripted("slow", 1_000, false), scripted("broken", 10, true)],
+        Strategy::FailFast,
+    );
+    let started = tokio::time::Instant::now();
+    let err = c
+        .publish_detailed(&DataMessage::new("t", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(10),
+        "did not wait for the slow one"
+    );
+    assert_eq!(err.failed_providers(), vec!["broken".to_string()]);
+    assert!(err.to_string().contains("broken"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn best_effort_waits_for_all_and_fails_when_none_accepted() {
+    let c = composite(
+        vec![scripted("x", 50, true), scripted("y", 300, true)],
+        Strategy::BestEffort,
+    );
+    let started = tokio::time::Instant::now();
+    let err = c
+        .publish_detailed(&DataMessage::new("t", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    let mut names = err.failed_providers();
+    names.sort();
+    assert_eq!(names, vec!["x".to_string(), "y".to_string()]);
+    assert!(matches!(err, PublishError::AllFailed(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_provider_becomes_a_timeout_error_naming_it() {
+    let c = Composite::new(
+        vec![scripted("hung", 3_600_000, false), scripted("ok", 0, false)],
+        Strategy::FailFast,
+        Duration::from_millis(250),
+    )
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let err = c
+        .publish_detailed(&DataMessage::new("t", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+    assert!(
+        matches!(err, PublishError::Failed(ProviderError::Timeout { ref provider, .. }) if provider == "hung")
+    );
+    assert_eq!(c.stats_detailed().providers[0].timeouts, 1);
+}
+
+#[tokio::test]
+async fn strategy_switch_applies_to_the_next_publish() {
+    let c = composite(
+        vec![
+            Arc::new(MemoryProvider::new("m", 10)),
+            scripted("bad", 0, true),
+        ],
+        Strategy::FailFast,
+    );
+    assert!(c
+        .publish_detailed(&DataMessage::new("t", "1"))
+        .await
+        .is_err());
+    assert!(c.readiness().is_err());
+    c.set_strategy(Strategy::BestEffort);
+    assert!(c
+        .publish_detailed(&DataMessage::new("t", "2"))
+        .await
+        .is_ok());
+    assert!(c.readiness().is_ok());
+}
+
+#[tokio::test]
+async fn subscribe_reads_the_first_provider() {
+    let a = Arc::new(MemoryProvider::new("a", 10));
+    let b = Arc::new(MemoryProvider::new("b", 10));
+    let c = composite(vec![a.clone(), b.clone()], Strategy::FailFast);
+    let msg = DataMessage::new("t", "x");
+    c.publish(&msg).await.unwrap();
+    let mut s = c.subscribe().await.unwrap();
+    assert_eq!(s.next().await.unwrap().unwrap(), msg);
+    assert_eq!(a.stats().consumed, 1);
+    assert_eq!(b.stats().consumed, 0);
+}
+
+#[tokio::test]
+async fn merged_subscribe_delivers_each_id_once() {
+    let a = Arc::new(MemoryProvider::new("a", 10));
+    let b = Arc::new(MemoryProvider::new("b", 10));
+    let c = composite(vec![a.clone(), b.clone()], Strategy::BestEffort);
+    let both = DataMessage::new("t", "both");
+    c.publish(&both).await.unwrap();
+    // One message only on b (as after a failed write to a).
+    let only_b = DataMessage::new("t", "only-b");
+    b.publish(&only_b).await.unwrap();
+    c.close().await.unwrap(); // the memory streams end once drained
+    let mut ids: Vec<String> = c
+        .subscribe_merged()
+        .await
+        .unwrap()
+        .map(|m| m.unwrap().id)
+        .collect()
+        .await;
+    ids.sort();
+    let mut expected = vec![both.id, only_b.id];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        a.stats().consumed + b.stats().consumed,
+        3,
+        "the duplicate was read, then dropped"
+    );
+}
+
+#[tokio::test]
+async fn close_closes_every_provider_once_and_later_publishes_fail() {
+    let a = scripted("a", 0, false);
+    let b = scripted("b", 0, false);
+    let c = composite(vec![a.clone(), b.clone()], Strategy::FailFast);
+    c.close().await.unwrap();
+    c.close().await.unwrap();
+    assert_eq!(a.closes.load(Ordering::Relaxed), 1);
+    assert_eq!(b.closes.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        c.publish_detailed(&DataMessage::new("t", "x"))
+            .await
+            .unwrap_err(),
+        PublishError::Closed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_waits_for_in_flight_publishes() {
+    let c = Arc::new(composite(
+        vec![scripted("slow", 100, false)],
+        Strategy::FailFast,
+    ));
+    let publisher = {
+        let c = c.clone();
+        tokio::spawn(async move { c.publish_detailed(&DataMessage::new("t", "x")).await })
+    };
+    tokio::task::yield_now().await; // let the publish start
+    let started = tokio::time::Instant::now();
+    c.drain().await;
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+    assert!(publisher.await.unwrap().is_ok());
+}
+
+fn with_handoff(
+    providers: Vec<Arc<dyn Provider>>,
+    strategy: Strategy,
+    dir: &std::path::Path,
+) -> Composite {
+    let store = crate::handoff::HandoffStore::open(dir).unwrap();
+    let backlogs = providers
+        .iter()
+        .map(|p| {
+            (
+                p.name().to_string(),
+                store.backlog(p.name(), Default::default()).unwrap(),
+            )
+        })
+        .collect();
+    composite(providers, strategy).with_backlogs(backlogs)
+}
+
+#[tokio::test]
+async fn best_effort_keeps_missed_writes_and_replays_them_in_ingest_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = scripted("good", 0, false);
+    let flaky = scripted("flaky", 0, true);
+    let c = with_handoff(
+        vec![good.clone(), flaky.clone()],
+        Strategy::BestEffort,
+        dir.path(),
+    );
+    let ids: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    for id in &ids[..3] {
+        let mut m = DataMessage::new("t", "x");
+        m.id = id.clone();
+        let report = c.publish_detailed(&m).await.unwrap();
+        assert_eq!(report.accepted, ["good"]);
+        assert_eq!(report.deferred, ["flaky"]);
+    }
+    assert_eq!(c.stats_detailed().providers[1].stats.backlog, 3);
+    flaky.fail.store(false, Ordering::Release);
+    // While flaky still has a backlog, new messages for it go behind the backlog.
+    for id in &ids[3..] {
+        let mut m = DataMessage::new("t", "x");
+        m.id = id.clone();
+        let report = c.publish_detailed(&m).await.unwrap();
+        assert_eq!(report.deferred, ["flaky"], "goes behind the backlog");
+    }
+    c.start_replay();
+    flaky.wait_for(5).await;
+    assert_eq!(
+        flaky.received(),
+        ids,
+        "flaky received every message in ingest order"
+    );
+    assert_eq!(good.received(), ids);
+    c.close_all().await.unwrap();
+    assert_eq!(c.stats_detailed().providers[1].stats.backlog, 0);
+}
+
+#[tokio::test]
+async fn a_composite_dropped_without_close_stops_its_replayers() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = scripted("flaky", 0, true);
+    let c = with_handoff(vec![flaky.clone()], Strategy::BestEffort, dir.path());
+    c.start_replay();
+    let held = Arc::strong_count(&flaky);
+    assert!(
+        held >= 3,
+        "the test, the lane and the replayer hold it: {held}"
+    );
+    drop(c);
+    // The replay task owns the last other reference: it is gone once the task has stopped.
+    let stopped = async {
+        while Arc::strong_count(&flaky) > 1 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the replayer stopped when its composite was dropped");
+}
+
+#[tokio::test]
+async fn closing_with_grace_lets_the_replay_empty_the_backlogs_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = scripted("flaky", 0, true);
+    let c = with_handoff(
+        vec![scripted("good", 0, false), flaky.clone()],
+        Strategy::BestEffort,
+        dir.path(),
+    );
+    c.start_replay();
+    let mut m = DataMessage::new("t", "x");
+    m.id = "kept".into();
+    assert_eq!(c.publish_detailed(&m).await.unwrap().deferred, ["flaky"]);
+    flaky.fail.store(false, Ordering::Release);
+    c.close_with_grace(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        flaky.received(),
+        ["kept"],
+        "delivered before the providers closed"
+    );
+    assert_eq!(flaky.closes.load(Ordering::Relaxed), 1);
+    assert_eq!(c.stats_detailed().providers[1].stats.backlog, 0);
+}
+
+#[tokio::test]
+async fn best_effort_with_every_provider_down_succeeds_only_into_backlogs() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = with_handoff(
+        vec![scripted("x", 0, true), scripted("y", 0, true)],
+        Strategy::BestEffort,
+        dir.path(),
+    );
+    let report = c
+        .publish_detailed(&DataMessage::new("t", "x"))
+        .await
+        .unwrap();
+    assert!(report.accepted.is_empty());
+    assert_eq!(report.deferred.len(), 2, "held durably for both");
+    // Without handoff the same publish fails: a message that went nowhere is not accepted.
+    let bare = composite(vec![scripted("x", 0, true)], Strategy::BestEffort);
+    assert!(matches!(
+        bare.publish_detailed(&DataMessage::new("t", "x")).await,
+        Err(PublishError::AllFailed(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_message_a_provider_rejects_for_good_is_not_kept_for_replay() {
+    let rejecting = FakeProvider::named("small")
+        .kind(ProviderKind::Nats)
+        .rejecting_everything()
+        .arc();
+    let dir = tempfile::tempdir().unwrap();
+    let c = with_handoff(
+        vec![scripted("good", 0, false), rejecting],
+        Strategy::BestEffort,
+        dir.path(),
+    );
+    let report = c
+        .publish_detailed(&DataMessage::new("t", "big"))
+        .await
+        .unwrap();
+    assert_eq!(report.accepted, ["good"]);
+    assert!(
+        report.deferred.is_empty(),
+        "not deferred: it would block the backlog forever"
+    );
+    assert!(matches!(report.failed[0], ProviderError::Rejected { .. }));
+    assert_eq!(c.stats_detailed().providers[1].stats.backlog, 0);
+}
+
+#[tokio::test]
+async fn fail_fast_refuses_while_a_backlog_is_replaying_rather_than_reorder() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = scripted("flaky", 0, true);
+    let c = with_handoff(
+        vec![scripted("good", 0, false), flaky.clone()],
+        Strategy::BestEffort,
+        dir.path(),
+    );
+    c.publish_detailed(&DataMessage::new("t", "missed"))
+        .await
+        .unwrap();
+    flaky.fail.store(false, Ordering::Release);
+    c.set_strategy(Strategy::FailFast);
+    let err = c
+        .publish_detailed(&DataMessage::new("t", "next"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("replaying 1 missed message"),
+        "{err}"
+    );
+    c.start_replay();
+    flaky.wait_for(1).await;
+    // Replay finished (remove happens after the ack): wait for the backlog to read empty.
+    while c.stats_detailed().providers[1].stats.backlog > 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(c
+        .publish_detailed(&DataMessage::new("t", "after"))
+        .await
+        .is_ok());
+}
+
+#[test]
+fn construction_rejects_duplicates_and_empty() {
+    let dup = Composite::new(
+        vec![scripted("a", 0, false), scripted("a", 0, false)],
+        Strategy::FailFast,
+        DEFAULT_PUBLISH_TIMEOUT,
+    );
+    assert!(dup
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("\"a\" is used twice"));
+    assert!(Composite::new(vec![], Strategy::FailFast, DEFAULT_PUBLISH_TIMEOUT).is_err());
+}
