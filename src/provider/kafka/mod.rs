@@ -171,25 +171,8 @@ impl KafkaProvider {
             })
             .map_err(|e| config_err(format!("kafka admin client: {e}")))?;
 
-        match ensure_topic_at_start(&admin, &topic, &brokers, brokers_down).await {
-            Ok(()) => {
-                shared.topic_ready.store(true, Ordering::Release);
-                shared.health.set(
-                    true,
-                    REASON_CONNECTED,
-                    format!("connected to {brokers}; topic {} ready", topic.name),
-                );
-            }
-            Err(EnsureError::Config(reason)) => return Err(config_err(reason)),
-            Err(EnsureError::Transient(reason)) => {
-                tracing::warn!(
-                    provider = %name,
-                    %reason,
-                    "kafka: broker not ready at start; the provider starts unhealthy and creates the topic once the broker answers"
-                );
-                shared.health.set(false, REASON_UNAVAILABLE, reason);
-            }
-        }
+        let first = ensure_topic_at_start(&admin, &topic, &brokers, brokers_down).await;
+        record_topic_at_start(&shared, first)?;
 
         let slot = Arc::new(ProducerSlot {
             config: configs.producer,
@@ -228,6 +211,42 @@ impl KafkaProvider {
     pub fn publish_timeout(&self) -> Duration {
         self.publish_timeout
     }
+}
+
+/// Records the topic check at `connect` in health. Errs only when the cluster refused the topic
+/// as configured; a broker that does not answer leaves health down for the supervisor.
+fn record_topic_at_start(
+    shared: &Shared,
+    outcome: Result<(), EnsureError>,
+) -> Result<(), ProviderError> {
+    match outcome {
+        Ok(()) => {
+            shared.topic_ready.store(true, Ordering::Release);
+            shared.health.set(
+                true,
+                REASON_CONNECTED,
+                format!(
+                    "connected to {}; topic {} ready",
+                    shared.brokers, shared.topic
+                ),
+            );
+        }
+        Err(EnsureError::Config(reason)) => {
+            return Err(ProviderError::Config {
+                provider: shared.name.clone(),
+                reason,
+            })
+        }
+        Err(EnsureError::Transient(reason)) => {
+            tracing::warn!(
+                provider = %shared.name,
+                %reason,
+                "kafka: broker not ready at start; the provider starts unhealthy and creates the topic once the broker answers"
+            );
+            shared.health.set(false, REASON_UNAVAILABLE, reason);
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
