@@ -12,9 +12,9 @@
 //!   when one broker is down (BestEffort), so the provider is built with its health down and
 //!   its supervisor task (`supervisor.rs`, in the probe loop shared with Kafka) dials again
 //!   every [`PROBE_INTERVAL`]. Once connected, async-nats reconnects by itself after any later
-//!   loss (no reconnect limit). The first connection is not left to
-//!   async-nats' `retry_on_initial_connect`: a client closed before it ever connected would keep
-//!   that background connect loop running forever.
+//!   loss (no reconnect limit). The first connection is not left to async-nats'
+//!   `retry_on_initial_connect`: a client closed before it ever connected would keep that
+//!   background connect loop running forever.
 //! - Health follows the connection: a `Disconnected` event marks it down at once; after a
 //!   `Connected` event a small supervisor task verifies JetStream answers (and creates the stream
 //!   if it could not be created before) and only then marks it up. A failed publish marks it
