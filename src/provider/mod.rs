@@ -3,6 +3,9 @@
 //! A [`Provider`] publishes a [`DataMessage`] and returns only once the broker acknowledged it,
 //! streams messages back, and reports its own [`Stats`] and [`Health`]. The composite
 //! (`crate::composite`) implements the same trait over several providers.
+//!
+//! Submodules: [`memory`] (a bounded in-process queue), [`nats`] (JetStream), [`kafka`], and
+//! `supervise`, the background task and probe loop the two broker adapters share.
 
 use std::fmt;
 use std::pin::Pin;
@@ -20,6 +23,9 @@ use crate::message::DataMessage;
 pub mod kafka;
 pub mod memory;
 pub mod nats;
+mod supervise;
+
+pub use supervise::{Supervisor, PROBE_INTERVAL};
 
 /// Messages read back from a provider, in the provider's order.
 pub type MessageStream = Pin<Box<dyn Stream<Item = Result<DataMessage, ProviderError>> + Send>>;
@@ -259,46 +265,6 @@ impl HealthTracker {
 
     pub fn get(&self) -> Health {
         self.lock().clone()
-    }
-}
-
-/// A broker provider's background task (late setup, health probes) and the stop signal it shares
-/// with the provider's subscription streams. Dropping it drops the sender, which stops them too.
-#[derive(Debug)]
-pub struct Supervisor {
-    shutdown: tokio::sync::watch::Sender<bool>,
-    /// std Mutex: only `take()`n in `stop`, never held across an await.
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Supervisor {
-    /// Spawns `task`, handing it the stop signal.
-    pub fn spawn<F>(task: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> F) -> Self
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let (shutdown, rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(task(rx));
-        Self {
-            shutdown,
-            task: Mutex::new(Some(task)),
-        }
-    }
-
-    /// The stop signal, for a subscription stream to end with the provider.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    /// Signals stop and waits for the task, at most `bound` (then aborts it). Idempotent.
-    pub async fn stop(&self, bound: Duration) {
-        self.shutdown.send_replace(true);
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mut handle) = task {
-            if tokio::time::timeout(bound, &mut handle).await.is_err() {
-                handle.abort();
-            }
-        }
     }
 }
 

@@ -1,0 +1,257 @@
+//! The Kafka provider's librdkafka clients: the state shared with librdkafka's callbacks
+//! ([`Shared`]), the client context that turns those callbacks into health and log lines, the
+//! replaceable producer, and the three client configurations (producer, admin, consumer) built
+//! from one [`KafkaConfig`].
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::{watch, Notify};
+
+use super::{
+    KafkaConfig, LINGER_MS, MIN_MESSAGE_TIMEOUT_MS, REASON_AUTH, REASON_CONNECTING, REASON_FATAL,
+    REASON_UNAVAILABLE,
+};
+use crate::provider::{Counters, Health, HealthTracker};
+
+/// State shared by the provider, librdkafka's callbacks, the supervisor and subscriptions.
+pub(super) struct Shared {
+    pub(super) name: String,
+    pub(super) brokers: String,
+    pub(super) topic: String,
+    pub(super) health: HealthTracker,
+    pub(super) counters: Counters,
+    /// The topic exists (created by us or found); publishing is allowed.
+    pub(super) topic_ready: AtomicBool,
+    /// Bumped on every `AllBrokersDown`; `connect` watches it to stop waiting early.
+    pub(super) brokers_down: watch::Sender<u64>,
+    /// Wakes the supervisor before its next tick.
+    pub(super) kick: Notify,
+}
+
+impl Shared {
+    /// A provider that has not reached its broker yet.
+    pub(super) fn new(name: &str, brokers: &str, topic: &str) -> Self {
+        let (brokers_down, _) = watch::channel(0u64);
+        Self {
+            name: name.to_string(),
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            health: HealthTracker::new(Health::down(
+                REASON_CONNECTING,
+                format!("connecting to {brokers}"),
+            )),
+            counters: Counters::default(),
+            topic_ready: AtomicBool::new(false),
+            brokers_down,
+            kick: Notify::new(),
+        }
+    }
+}
+
+/// `message.timeout.ms` and `linger.ms` for a publish deadline (librdkafka requires
+/// `linger.ms < message.timeout.ms`).
+pub(super) fn producer_timeouts(publish_timeout: Duration) -> (u128, f64) {
+    let timeout_ms = publish_timeout
+        .as_millis()
+        .clamp(MIN_MESSAGE_TIMEOUT_MS, i32::MAX as u128);
+    let linger = LINGER_MS.min(timeout_ms as f64 / 2.0);
+    (timeout_ms, linger)
+}
+
+/// The configurations of the provider's three librdkafka clients.
+pub(super) struct ClientConfigs {
+    pub(super) producer: ClientConfig,
+    pub(super) admin: ClientConfig,
+    pub(super) consumer: ClientConfig,
+}
+
+impl ClientConfigs {
+    /// The provider's settings for `brokers` (already joined), with the user's
+    /// `spec.config` applied last to all three.
+    pub(super) fn new(
+        name: &str,
+        brokers: &str,
+        group_id: &str,
+        spec: &KafkaConfig,
+        publish_timeout: Duration,
+    ) -> Self {
+        let (message_timeout_ms, linger_ms) = producer_timeouts(publish_timeout);
+        let mut producer = ClientConfig::new();
+        producer
+            .set("bootstrap.servers", brokers)
+            .set("client.id", format!("dualwrite-{name}"))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // librdkafka gives up on a message after this long: a dead broker becomes a
+            // delivery error within the publish deadline, and the message is not delivered
+            // after the caller was told it failed. (librdkafka checks these timeouts about
+            // once a second, so the send is bounded by the publish timeout as well.)
+            .set("message.timeout.ms", message_timeout_ms.to_string())
+            .set("linger.ms", linger_ms.to_string())
+            // Reconnect quickly after an outage: the default backoff grows to 10s, which would
+            // add up to 10s to every recovery. Attempts to a dead broker cost next to nothing.
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000");
+        let mut admin = ClientConfig::new();
+        admin
+            .set("bootstrap.servers", brokers)
+            .set("client.id", format!("dualwrite-{name}-admin"))
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000");
+        let mut consumer = ClientConfig::new();
+        consumer
+            .set("bootstrap.servers", brokers)
+            .set("client.id", format!("dualwrite-{name}-consumer"))
+            .set("group.id", group_id)
+            .set("auto.offset.reset", "earliest")
+            // Offsets are stored as each message is handed out and committed in the
+            // background: the same "acknowledged once decoded" as the NATS consumer.
+            .set("enable.auto.commit", "true")
+            .set("enable.partition.eof", "false");
+        // The user's settings (security.protocol, sasl.*, compression.type, …) win.
+        for (k, v) in &spec.config {
+            producer.set(k, v);
+            admin.set(k, v);
+            consumer.set(k, v);
+        }
+        Self {
+            producer,
+            admin,
+            consumer,
+        }
+    }
+}
+
+/// librdkafka client context: turns its error callbacks into health (for the producer) or
+/// into log lines (for the admin client, whose idle connection closing says nothing about
+/// whether writes work).
+#[derive(Clone)]
+pub(super) struct HealthContext {
+    pub(super) shared: Arc<Shared>,
+    pub(super) drives_health: bool,
+}
+
+// The consumer of `subscribe` uses this context too (with `drives_health: false`) so its
+// librdkafka logs and errors go through the same filtering.
+impl rdkafka::consumer::ConsumerContext for HealthContext {}
+
+impl ClientContext for HealthContext {
+    // Called on librdkafka's own threads: only non-blocking work here.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let s = &self.shared;
+        // librdkafka logs every failed reconnect attempt (here up to once a second per client)
+        // at error level. The first one of an outage is worth a warning; the rest, while the
+        // provider is already reported down, only at debug.
+        if fac == "FAIL" {
+            if self.drives_health && s.health.get().healthy {
+                tracing::warn!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}");
+            } else {
+                tracing::debug!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}");
+            }
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let s = &self.shared;
+        let code = error.rdkafka_error_code();
+        if !self.drives_health {
+            tracing::debug!(provider = %s.name, error = %error, %reason, "kafka admin client");
+            return;
+        }
+        match code {
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                s.brokers_down.send_modify(|n| *n += 1);
+                // librdkafka repeats this while brokers stay down (and while one restarts):
+                // warn on the transition only.
+                if s.health.get().healthy {
+                    tracing::warn!(provider = %s.name, brokers = %s.brokers, %reason, "kafka: all brokers down");
+                } else {
+                    tracing::debug!(provider = %s.name, brokers = %s.brokers, %reason, "kafka: all brokers down");
+                }
+                s.health.set(
+                    false,
+                    REASON_UNAVAILABLE,
+                    format!("no broker reachable at {}: {reason}", s.brokers),
+                );
+            }
+            Some(RDKafkaErrorCode::Fatal) => {
+                tracing::error!(provider = %s.name, %reason, "kafka: fatal producer error; replacing the producer");
+                s.health.set(
+                    false,
+                    REASON_FATAL,
+                    format!("fatal producer error: {reason}"),
+                );
+                s.kick.notify_one();
+            }
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                tracing::error!(provider = %s.name, %reason, "kafka: authentication failed");
+                s.health.set(
+                    false,
+                    REASON_AUTH,
+                    format!("authentication failed: {reason}"),
+                );
+            }
+            // A single connection closing (brokers close idle ones) is routine.
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => {
+                tracing::debug!(provider = %s.name, %reason, "kafka: broker connection closed")
+            }
+            _ => tracing::warn!(provider = %s.name, error = %error, %reason, "kafka: client error"),
+        }
+    }
+}
+
+pub(super) type KafkaProducer = FutureProducer<HealthContext>;
+
+/// The producer, replaceable after a fatal error. std RwLock: held only to clone or swap the
+/// handle (an `Arc` inside), never across an await.
+pub(super) struct ProducerSlot {
+    pub(super) config: ClientConfig,
+    pub(super) context: HealthContext,
+    pub(super) current: RwLock<KafkaProducer>,
+}
+
+impl ProducerSlot {
+    pub(super) fn get(&self) -> KafkaProducer {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Builds a fresh producer and swaps it in; the old one is dropped on a blocking thread
+    /// (its drop purges, flushes for up to 500ms and joins its poll thread).
+    pub(super) fn rebuild(&self) -> Result<(), KafkaError> {
+        let fresh: KafkaProducer = self.config.create_with_context(self.context.clone())?;
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
+            fresh,
+        );
+        // Finishes by itself within librdkafka's bounded drop; nothing to shut down.
+        drop(tokio::task::spawn_blocking(move || drop(old)));
+        Ok(())
+    }
+}

@@ -1,0 +1,338 @@
+//! The Kafka provider: one idempotent `acks=all` producer (librdkafka, via rdkafka's
+//! `FutureProducer`) shared by every concurrent publish, writing the message's JSON wire form
+//! with record key = id and headers `message_id` and `source`; a publish returns once the
+//! delivery report arrived. The topic is created with the AdminClient when missing.
+//!
+//! Lifecycle, and why it is shaped this way:
+//! - `connect` fails only on configuration errors that only librdkafka or the cluster can detect
+//!   (a property librdkafka rejects, a topic the cluster refuses as specified); the rest of
+//!   [`KafkaConfig`] (brokers listed, a legal topic name, partitions ≥ 1) was checked by the
+//!   pipeline's validator (`api`) before it got here. An unreachable broker does not fail it:
+//!   the relay must start while one broker is down (BestEffort). The provider is then built with
+//!   health down (`Unavailable`) and a supervisor task (`supervisor.rs`, in the probe loop
+//!   shared with NATS) creates the topic once the broker answers. Until the topic is known to exist, publishes fail at once: writing
+//!   before would let a broker with `auto.create.topics.enable` create it with its defaults
+//!   instead of the spec's partitions.
+//! - Health: librdkafka's `AllBrokersDown` (through the client context) marks the provider down
+//!   at once, a failed publish marks it down (`PublishFailed`), and while it is down the
+//!   supervisor probes the topic's metadata every [`PROBE_INTERVAL`] and marks it up when the
+//!   broker answers — librdkafka reports no "broker is back" event, and waiting for a successful
+//!   publish would deadlock a handoff backlog that waits for "healthy" before replaying.
+//! - Deadlines: `message.timeout.ms` = publish timeout, so librdkafka itself gives up on a
+//!   message for a dead broker (no hang, and no late "ghost" delivery long after the caller was
+//!   told it failed); the whole `send` is also bounded by the publish timeout.
+//! - A fatal producer error (the idempotence guarantee broke) leaves librdkafka's producer
+//!   unusable; the supervisor replaces it with a fresh one.
+//!
+//! Files: this one holds the configuration, `connect` and the [`Provider`] impl; `client` the
+//! librdkafka clients, their callbacks and settings; `topic` topic creation; `publish` one
+//! publish; `consumer` the subscription; `supervisor` the health rounds.
+
+mod client;
+mod consumer;
+mod publish;
+mod supervisor;
+#[cfg(test)]
+mod tests;
+mod topic;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::AdminClient;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::Producer;
+use rdkafka::util::Timeout;
+
+use self::client::{ClientConfigs, HealthContext, KafkaProducer, ProducerSlot, Shared};
+use self::supervisor::KafkaProbe;
+use self::topic::{ensure_topic_at_start, TopicSpec};
+use super::supervise::{run_probe_loop, EnsureError, Supervisor};
+use super::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
+use crate::message::DataMessage;
+
+pub use super::supervise::PROBE_INTERVAL;
+
+/// Bound on what `connect` waits for the topic check/creation. An unreachable broker usually
+/// ends it much earlier (librdkafka reports `AllBrokersDown` within milliseconds).
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one metadata probe or topic creation attempt by the supervisor.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on `close`: stopping the supervisor, then on top of the publish timeout for the flush.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Producer batching delay. Concurrent publishes share one producer; a few milliseconds of
+/// linger lets librdkafka put many of them in one ProduceRequest (far fewer round trips under
+/// load) at the cost of up to this much extra latency per publish when traffic is light.
+pub const LINGER_MS: f64 = 5.0;
+/// Shortest `message.timeout.ms` handed to librdkafka (0 would mean "never time out").
+const MIN_MESSAGE_TIMEOUT_MS: u128 = 10;
+
+/// Record header carrying the message id (the record key carries it too).
+pub const HEADER_MESSAGE_ID: &str = "message_id";
+/// Record header carrying the message's source.
+pub const HEADER_SOURCE: &str = "source";
+
+const REASON_CONNECTED: &str = "Connected";
+const REASON_CONNECTING: &str = "Connecting";
+const REASON_UNAVAILABLE: &str = "Unavailable";
+const REASON_FATAL: &str = "ProducerFatal";
+const REASON_AUTH: &str = "AuthenticationFailed";
+
+/// What a Kafka provider is built from. The pipeline's validator (`api`) checks it before a
+/// provider sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port`.
+    pub brokers: Vec<String>,
+    pub topic: String,
+    /// Partitions when the topic is created (default 1).
+    pub partitions: Option<i32>,
+    /// Replication factor when the topic is created (default 1).
+    pub replication_factor: Option<i32>,
+    /// Consumer group used by `subscribe`; default `dualwrite-<provider name>`.
+    pub group_id: Option<String>,
+    /// Extra librdkafka settings, applied last.
+    pub config: std::collections::BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// The bootstrap servers as librdkafka takes them: `host:port,host:port`.
+    fn bootstrap_servers(&self) -> String {
+        let brokers: Vec<&str> = self.brokers.iter().map(|b| b.trim()).collect();
+        brokers.join(",")
+    }
+
+    /// The consumer group `subscribe` reads with.
+    fn group_id(&self, provider: &str) -> String {
+        self.group_id
+            .clone()
+            .filter(|g| !g.trim().is_empty())
+            .unwrap_or_else(|| format!("dualwrite-{provider}"))
+    }
+
+    /// The topic as it is created when missing (an existing one is used as it is).
+    fn topic_spec(&self) -> TopicSpec {
+        TopicSpec {
+            name: self.topic.trim().to_string(),
+            partitions: self.partitions.unwrap_or(1),
+            replication_factor: self.replication_factor.unwrap_or(1),
+        }
+    }
+}
+
+/// A Kafka provider. See the module documentation.
+pub struct KafkaProvider {
+    name: String,
+    topic: String,
+    group_id: String,
+    publish_timeout: Duration,
+    consumer_config: ClientConfig,
+    producer: Arc<ProducerSlot>,
+    shared: Arc<Shared>,
+    /// The health supervisor; its stop signal also ends subscription streams.
+    supervisor: Supervisor,
+}
+
+impl KafkaProvider {
+    /// Builds the producer, ensures the topic (bounded; in the background when the broker is
+    /// unreachable) and starts the health supervisor. Fails only on configuration errors.
+    pub async fn connect(
+        name: &str,
+        spec: &KafkaConfig,
+        publish_timeout: Duration,
+    ) -> Result<KafkaProvider, ProviderError> {
+        let config_err = |reason: String| ProviderError::Config {
+            provider: name.to_string(),
+            reason,
+        };
+        let brokers = spec.bootstrap_servers();
+        let topic = spec.topic_spec();
+        let group_id = spec.group_id(name);
+        let shared = Arc::new(Shared::new(name, &brokers, &topic.name));
+        // Subscribed before any client exists, so an early AllBrokersDown is not missed.
+        let brokers_down = shared.brokers_down.subscribe();
+        let configs = ClientConfigs::new(name, &brokers, &group_id, spec, publish_timeout);
+
+        let producer_context = HealthContext {
+            shared: shared.clone(),
+            drives_health: true,
+        };
+        let producer: KafkaProducer = configs
+            .producer
+            .create_with_context(producer_context.clone())
+            .map_err(|e| config_err(format!("kafka producer: {e}")))?;
+        let admin: AdminClient<HealthContext> = configs
+            .admin
+            .create_with_context(HealthContext {
+                shared: shared.clone(),
+                drives_health: false,
+            })
+            .map_err(|e| config_err(format!("kafka admin client: {e}")))?;
+
+        let first = ensure_topic_at_start(&admin, &topic, &brokers, brokers_down).await;
+        record_topic_at_start(&shared, first)?;
+
+        let slot = Arc::new(ProducerSlot {
+            config: configs.producer,
+            context: producer_context,
+            current: RwLock::new(producer),
+        });
+        let probe = KafkaProbe {
+            shared: Arc::clone(&shared),
+            producer: Arc::clone(&slot),
+            admin,
+            topic: topic.clone(),
+        };
+        Ok(KafkaProvider {
+            name: name.to_string(),
+            topic: topic.name,
+            group_id,
+            publish_timeout,
+            consumer_config: configs.consumer,
+            producer: slot,
+            shared,
+            supervisor: Supervisor::spawn(|stop| run_probe_loop(probe, stop)),
+        })
+    }
+
+    /// The topic this provider writes to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The consumer group `subscribe` reads with.
+    pub fn group_id(&self) -> &str {
+        &self.group_id
+    }
+
+    /// The deadline of one publish.
+    pub fn publish_timeout(&self) -> Duration {
+        self.publish_timeout
+    }
+}
+
+/// Records the topic check at `connect` in health. Errs only when the cluster refused the topic
+/// as configured; a broker that does not answer leaves health down for the supervisor.
+fn record_topic_at_start(
+    shared: &Shared,
+    outcome: Result<(), EnsureError>,
+) -> Result<(), ProviderError> {
+    match outcome {
+        Ok(()) => {
+            shared.topic_ready.store(true, Ordering::Release);
+            shared.health.set(
+                true,
+                REASON_CONNECTED,
+                format!(
+                    "connected to {}; topic {} ready",
+                    shared.brokers, shared.topic
+                ),
+            );
+        }
+        Err(EnsureError::Config(reason)) => {
+            return Err(ProviderError::Config {
+                provider: shared.name.clone(),
+                reason,
+            })
+        }
+        Err(EnsureError::Transient(reason)) => {
+            tracing::warn!(
+                provider = %shared.name,
+                %reason,
+                "kafka: broker not ready at start; the provider starts unhealthy and creates the topic once the broker answers"
+            );
+            shared.health.set(false, REASON_UNAVAILABLE, reason);
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Provider for KafkaProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Kafka
+    }
+
+    async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+        if self.shared.health.is_closed() {
+            let closed = Err(ProviderError::Closed {
+                provider: self.name.clone(),
+            });
+            self.shared.counters.record(&closed);
+            return closed;
+        }
+        if !self.shared.topic_ready.load(Ordering::Acquire) {
+            // Fail at once; health already says why (`Unavailable`, with the broker's answer)
+            // and keeps saying it: this outcome is not observed as a publish failure.
+            self.shared.kick.notify_one();
+            let not_ready = Err(self.unavailable(format!(
+                "topic {} is not created yet ({})",
+                self.topic,
+                self.shared.health.get().message
+            )));
+            self.shared.counters.record(&not_ready);
+            return not_ready;
+        }
+        let outcome = match tokio::time::timeout(self.publish_timeout, self.send(msg)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Timeout {
+                provider: self.name.clone(),
+                after: self.publish_timeout,
+            }),
+        };
+        self.shared.counters.record(&outcome);
+        self.shared.health.observe(&outcome);
+        outcome
+    }
+
+    /// Reads the topic with the consumer group (from the earliest offset when the group has
+    /// none), in partition order. Offsets are committed as messages are handed out.
+    async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
+        if self.shared.health.is_closed() {
+            return Err(ProviderError::Closed {
+                provider: self.name.clone(),
+            });
+        }
+        self.open_subscription().await
+    }
+
+    fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    fn health(&self) -> Health {
+        self.shared.health.get()
+    }
+
+    async fn close(&self) -> Result<(), ProviderError> {
+        if !self.shared.health.close() {
+            return Ok(()); // already closed
+        }
+        self.supervisor.stop(CLOSE_TIMEOUT).await;
+        // Deliver what is queued. Nothing queued can outlive message.timeout.ms (= the publish
+        // timeout), so that plus a margin bounds the flush; flush blocks, so off the runtime.
+        let producer = self.producer.get();
+        let flush_timeout = self.publish_timeout + Duration::from_secs(1);
+        let flush =
+            tokio::task::spawn_blocking(move || producer.flush(Timeout::After(flush_timeout)));
+        match tokio::time::timeout(flush_timeout + CLOSE_TIMEOUT, flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(provider = %self.name, error = %e, "kafka: flush on close failed")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(provider = %self.name, error = %e, "kafka: flush task failed")
+            }
+            Err(_) => {
+                tracing::warn!(provider = %self.name, "kafka: flush on close did not finish in time")
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! The Kafka topic: created with the AdminClient when missing ("already exists" is success),
+//! and the rule that tells a refusal no retry can fix (a configuration error that fails
+//! `connect`) from a passing one (the supervisor retries).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::error::RDKafkaErrorCode;
+use tokio::sync::watch;
+
+use super::client::HealthContext;
+use super::SETUP_TIMEOUT;
+use crate::provider::supervise::EnsureError;
+
+/// What creating the topic needs.
+#[derive(Clone)]
+pub(super) struct TopicSpec {
+    pub(super) name: String,
+    pub(super) partitions: i32,
+    pub(super) replication_factor: i32,
+}
+
+/// Creates the topic; "already exists" is success.
+pub(super) async fn ensure_topic(
+    admin: &AdminClient<HealthContext>,
+    topic: &TopicSpec,
+    timeout: Duration,
+) -> Result<(), EnsureError> {
+    let new = NewTopic::new(
+        &topic.name,
+        topic.partitions,
+        TopicReplication::Fixed(topic.replication_factor),
+    );
+    let opts = AdminOptions::new()
+        .request_timeout(Some(timeout))
+        .operation_timeout(Some(timeout));
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| EnsureError::Transient(format!("creating topic {}: {e}", topic.name)))?;
+    for result in results {
+        match result {
+            Ok(_) => tracing::info!(
+                topic = %topic.name,
+                partitions = topic.partitions,
+                replication_factor = topic.replication_factor,
+                "kafka: topic created"
+            ),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                let text = format!("creating topic {}: {code}", topic.name);
+                // Refusals that no retry can fix. (InvalidReplicationFactor is not among them:
+                // it also means "fewer brokers up than the factor", which passes.)
+                return Err(match code {
+                    RDKafkaErrorCode::InvalidPartitions
+                    | RDKafkaErrorCode::InvalidTopic
+                    | RDKafkaErrorCode::InvalidConfig
+                    | RDKafkaErrorCode::InvalidRequest
+                    | RDKafkaErrorCode::PolicyViolation
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed => EnsureError::Config(text),
+                    _ => EnsureError::Transient(text),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The topic check at `connect`, bounded by [`SETUP_TIMEOUT`] and cut short when librdkafka
+/// reports every broker down (`brokers_down` changes) rather than waiting the whole bound.
+pub(super) async fn ensure_topic_at_start(
+    admin: &AdminClient<HealthContext>,
+    topic: &TopicSpec,
+    brokers: &str,
+    mut brokers_down: watch::Receiver<u64>,
+) -> Result<(), EnsureError> {
+    tokio::select! {
+        r = tokio::time::timeout(SETUP_TIMEOUT, ensure_topic(admin, topic, SETUP_TIMEOUT)) => {
+            r.unwrap_or_else(|_| Err(EnsureError::Transient(format!(
+                "no answer from {brokers} within {}ms", SETUP_TIMEOUT.as_millis()
+            ))))
+        }
+        _ = brokers_down.changed() => {
+            Err(EnsureError::Transient(format!("no broker reachable at {brokers}")))
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! One NATS publish: wait briefly for a lost connection (at most [`RECONNECT_GRACE`]), make sure
+//! the stream exists, send with the `Nats-Msg-Id` header, await the PubAck, and turn what
+//! async-nats reports into a [`ProviderError`]. The overall deadline is the caller's
+//! (`Provider::publish`).
+
+use std::sync::atomic::Ordering;
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use super::connection::Conn;
+use super::{NatsProvider, MSG_ID_HEADER, RECONNECT_GRACE};
+use crate::message::DataMessage;
+use crate::provider::ProviderError;
+
+impl NatsProvider {
+    pub(super) fn closed_error(&self) -> ProviderError {
+        ProviderError::Closed {
+            provider: self.name.clone(),
+        }
+    }
+
+    pub(super) fn unavailable(&self, reason: impl Into<String>) -> ProviderError {
+        ProviderError::Unavailable {
+            provider: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The connection once it is up; waits at most [`RECONNECT_GRACE`] for a lost one to come
+    /// back, then fails with `Unavailable`.
+    pub(super) async fn connection(&self) -> Result<&Conn, ProviderError> {
+        let not_connected = || {
+            self.unavailable(format!(
+                "not connected to {} ({})",
+                self.shared.url,
+                self.shared.health.get().message
+            ))
+        };
+        let conn = self.conn.get().ok_or_else(not_connected)?;
+        if conn.client.connection_state() == State::Connected {
+            return Ok(conn);
+        }
+        let mut link = self.shared.link.subscribe();
+        let wait = async {
+            // The event callback trails the client's own state a little; re-check the state on
+            // every link change instead of trusting either alone.
+            while conn.client.connection_state() != State::Connected {
+                if link.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(RECONNECT_GRACE, wait).await;
+        if conn.client.connection_state() == State::Connected {
+            Ok(conn)
+        } else {
+            Err(not_connected())
+        }
+    }
+
+    /// Publish and PubAck, without the overall deadline (the caller applies it).
+    pub(super) async fn publish_acked(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+        let conn = self.connection().await?;
+        if !self.shared.stream_ready.load(Ordering::Acquire) {
+            // Idempotent on the server, so concurrent publishes racing here are harmless.
+            conn.setup
+                .ensure()
+                .await
+                .map_err(|e| self.unavailable(e.reason().to_string()))?;
+            self.shared.stream_ready.store(true, Ordering::Release);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, msg.id.as_str());
+        let ack = conn
+            .setup
+            .js
+            .publish_with_headers(self.subject.clone(), headers, Bytes::from(msg.to_wire()))
+            .await
+            .map_err(|e| self.publish_error(e))?
+            .await
+            .map_err(|e| self.publish_error(e))?;
+        if ack.duplicate {
+            // A retry of a message the stream already holds: stored once, which is success.
+            tracing::debug!(provider = %self.name, id = %msg.id, seq = ack.sequence, "nats: duplicate acknowledged");
+        }
+        Ok(())
+    }
+
+    fn publish_error(&self, e: PublishError) -> ProviderError {
+        match e.kind() {
+            PublishErrorKind::TimedOut => ProviderError::Timeout {
+                provider: self.name.clone(),
+                after: self.publish_timeout,
+            },
+            PublishErrorKind::StreamNotFound => {
+                // The stream vanished (deleted, or a server restarted without its data), or
+                // JetStream is still starting: check it again on the next publish / probe.
+                self.shared.stream_ready.store(false, Ordering::Release);
+                self.shared.kick.notify_one();
+                self.unavailable(format!(
+                    "no JetStream stream answered for subject {} (expected stream {})",
+                    self.subject, self.stream_name
+                ))
+            }
+            PublishErrorKind::MaxPayloadExceeded
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::WrongLastSequence => ProviderError::Rejected {
+                provider: self.name.clone(),
+                reason: e.to_string(),
+            },
+            _ => self.unavailable(format!("publish on {} failed: {e}", self.subject)),
+        }
+    }
+}
