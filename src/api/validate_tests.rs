@@ -175,3 +175,32 @@ fn every_problem_is_reported_at_once() {
         ]
     );
 }
+
+/// The subject and topic rules the providers used to re-check at connect, now held here only.
+#[test]
+fn subject_and_topic_rules() {
+    let nats = |subject: &str| {
+        spec(&format!(
+            "providers: [{{name: n, type: nats, nats: {{url: 'nats://h:4222', subject: '{subject}'}}}}]"
+        ))
+        .validate()
+    };
+    assert!(nats("orders.created").is_ok());
+    for bad in ["", "a b", "a..b", ".a", "a.", "a.*", "a.>"] {
+        assert!(nats(bad).is_err(), "subject {bad:?}");
+    }
+    let kafka = |topic: &str| {
+        spec(&format!(
+            "providers: [{{name: k, type: kafka, kafka: {{brokers: ['b:9092'], topic: '{topic}'}}}}]"
+        ))
+        .validate()
+    };
+    let long = "t".repeat(249);
+    for ok in ["events", "a.b_c-1", long.as_str()] {
+        assert!(kafka(ok).is_ok(), "topic {ok:?}");
+    }
+    let too_long = "t".repeat(250);
+    for bad in ["", ".", "..", "a b", "a/b", "ü", too_long.as_str()] {
+        assert!(kafka(bad).is_err(), "topic {bad:?}");
+    }
+}
