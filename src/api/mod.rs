@@ -16,6 +16,10 @@ pub use status::*;
 pub use validate::*;
 
 pub use crate::composite::Strategy;
+pub use crate::provider::ProviderKind;
+
+/// The provider type as the CRD names it (the core's [`ProviderKind`]).
+pub type ProviderType = ProviderKind;
 
 /// The strategy's schema in the CRD. The type belongs to the core (`composite`), which knows
 /// nothing of schemas; the resource that carries it says how it looks.
@@ -29,6 +33,20 @@ impl schemars::JsonSchema for Strategy {
             "description": "What a publish requires of the providers.",
             "type": "string",
             "enum": ["FailFast", "BestEffort"],
+        })
+    }
+}
+
+/// The provider type's schema in the CRD (the type belongs to the core, like [`Strategy`]).
+impl schemars::JsonSchema for ProviderKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ProviderKind".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "enum": ["memory", "nats", "kafka"],
         })
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::validate::{
     DNS_LABEL, DURATION, DURATION_MS, KAFKA_BROKER, KAFKA_TOPIC, NATS_SUBJECT, NATS_URLS, TIMEOUT,
 };
-use super::{DualWritePipelineStatus, Strategy};
+use super::{DualWritePipelineStatus, ProviderKind, Strategy};
 
 /// A pipeline that writes every ingested message to several brokers at once.
 // The printer columns repeat `type_ = ...`, which clippy takes for duplicated attributes.
@@ -105,45 +105,13 @@ pub struct ProviderSpec {
     )]
     pub name: String,
     #[serde(rename = "type")]
-    pub kind: ProviderType,
+    pub kind: ProviderKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemorySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSpec>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderType {
-    Memory,
-    Nats,
-    Kafka,
-}
-
-impl std::str::FromStr for ProviderType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "memory" => Ok(ProviderType::Memory),
-            "nats" => Ok(ProviderType::Nats),
-            "kafka" => Ok(ProviderType::Kafka),
-            _ => Err(format!(
-                "unknown provider type {s:?}: use memory, nats or kafka"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for ProviderType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ProviderType::Memory => "memory",
-            ProviderType::Nats => "nats",
-            ProviderType::Kafka => "kafka",
-        })
-    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

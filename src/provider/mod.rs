@@ -30,8 +30,8 @@ pub use supervise::{Supervisor, PROBE_INTERVAL};
 /// Messages read back from a provider, in the provider's order.
 pub type MessageStream = Pin<Box<dyn Stream<Item = Result<DataMessage, ProviderError>> + Send>>;
 
-/// Which broker a provider talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// Which broker a provider talks to: the `type` of a provider in a manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Memory,
@@ -46,6 +46,23 @@ impl fmt::Display for ProviderKind {
             ProviderKind::Nats => "nats",
             ProviderKind::Kafka => "kafka",
         })
+    }
+}
+
+/// A provider type that is not memory, nats or kafka.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provider type {0:?}: use memory, nats or kafka")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for ProviderKind {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, UnknownKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "memory" => Ok(ProviderKind::Memory),
+            "nats" => Ok(ProviderKind::Nats),
+            "kafka" => Ok(ProviderKind::Kafka),
+            _ => Err(UnknownKind(s.to_string())),
+        }
     }
 }
 
