@@ -82,22 +82,12 @@ pub fn next_status(p: &DualWritePipeline, settings: &Settings, now: Timestamp) -
     if invalid.is_some() && prev.strategy.is_some() {
         in_force = kept(&prev, in_force);
     }
-    if let (Some(before), after) = (prev.strategy, in_force.strategy) {
-        if before != after {
-            events.push(PipelineEvent {
-                type_: EventType::Normal,
-                reason: reason::STRATEGY_CHANGED,
-                note: format!("strategy {before} → {after}"),
-            });
-        }
-    }
-    if let Some(why) = &invalid {
-        events.push(PipelineEvent {
-            type_: EventType::Warning,
-            reason: reason::INVALID_SPEC,
-            note: why.clone(),
-        });
-    }
+    events.extend(strategy_changed(prev.strategy, in_force.strategy));
+    events.extend(invalid.as_ref().map(|why| PipelineEvent {
+        type_: EventType::Warning,
+        reason: reason::INVALID_SPEC,
+        note: why.clone(),
+    }));
 
     let fresh: Vec<&RelayReport> = prev
         .relays
@@ -235,6 +225,16 @@ fn kept(prev: &DualWritePipelineStatus, decided: InForce) -> InForce {
         migration: prev.migration.clone(),
         fallback: prev.fallback.clone(),
     }
+}
+
+/// The Event of a strategy flip (a step, the fallback, or the spec), if the strategy changed.
+fn strategy_changed(before: Option<Strategy>, after: Strategy) -> Option<PipelineEvent> {
+    let before = before.filter(|b| *b != after)?;
+    Some(PipelineEvent {
+        type_: EventType::Normal,
+        reason: reason::STRATEGY_CHANGED,
+        note: format!("strategy {before} → {after}"),
+    })
 }
 
 /// Since when FailFast has been blocked: since Ready last turned False for want of providers.
