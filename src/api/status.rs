@@ -9,7 +9,7 @@ use kube::Api;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DualWritePipeline, Strategy};
+use super::{DualWritePipeline, ProviderType, Strategy};
 
 /// What the operator and the relays observed.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -61,14 +61,44 @@ pub struct DualWritePipelineStatus {
     pub conditions: Vec<Condition>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// Whether a provider is ready, or whether a condition holds: the three values of a Kubernetes
+/// condition status, written exactly `True`, `False` and `Unknown` (what `kubectl`, kstatus and
+/// the printer columns read).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Readiness {
+    True,
+    False,
+    /// Not known yet (no fresh report), never a guess either way.
+    #[default]
+    Unknown,
+}
+
+impl Readiness {
+    /// The text of a metav1 `Condition`'s status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::True => "True",
+            Readiness::False => "False",
+            Readiness::Unknown => "Unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider's row in the status: what the relays report of it, aggregated.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderStatus {
     pub name: String,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: ProviderType,
     /// "True", "False" or "Unknown".
-    pub ready: String,
+    pub ready: Readiness,
     pub reason: String,
     #[serde(default)]
     pub message: String,
@@ -88,6 +118,43 @@ pub struct ProviderStatus {
     pub needs_reconciliation: bool,
 }
 
+impl ProviderStatus {
+    /// The row of a provider no relay has reported yet: readiness Unknown, every number zero.
+    pub fn new(name: impl Into<String>, kind: ProviderType) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            ready: Readiness::Unknown,
+            reason: String::new(),
+            message: String::new(),
+            last_transition_time: None,
+            published: 0,
+            failed: 0,
+            backlog: 0,
+            latency_p99_ms: None,
+            needs_reconciliation: false,
+        }
+    }
+
+    /// Adds one relay's running totals: every report counts, fresh or not, since each relay
+    /// counts only what it wrote itself.
+    pub fn add_totals(&mut self, report: &ProviderReport) {
+        self.published += report.published;
+        self.failed += report.failed;
+    }
+
+    /// Adds what a fresh report says of now: its backlog, whether it needs reconciliation, and
+    /// its latency (the worst relay's p99 stands for the provider).
+    pub fn add_current(&mut self, report: &ProviderReport) {
+        self.backlog += report.backlog;
+        self.needs_reconciliation |= report.needs_reconciliation;
+        self.latency_p99_ms = match (self.latency_p99_ms, report.latency_p99_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
 /// One relay pod's numbers, written by the relay itself.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -104,6 +171,7 @@ pub struct RelayReport {
     pub providers: Vec<ProviderReport>,
 }
 
+/// One provider as one relay sees it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderReport {

@@ -124,79 +124,10 @@ pub fn relay_args(p: &DualWritePipeline) -> Vec<String> {
     ]
 }
 
+/// The relay Deployment: `spec.relay.replicas` relays (default 1), rolled surge-first.
 pub fn deployment(p: &DualWritePipeline, default_image: &str) -> Deployment {
     let relay = p.spec.relay.as_ref();
-    let image = relay
-        .and_then(|r| r.image.clone())
-        .unwrap_or_else(|| default_image.to_string());
     let port = ingest_port(p);
-    let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("ingest".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(10),
-        ..Probe::default()
-    };
-    let container = Container {
-        name: "relay".into(),
-        image: Some(image),
-        args: Some(relay_args(p)),
-        env: Some(vec![
-            EnvVar {
-                name: "POD_NAME".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".into(),
-                        ..ObjectFieldSelector::default()
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            },
-            EnvVar {
-                name: "API_PORT".into(),
-                value: Some(port.to_string()),
-                ..EnvVar::default()
-            },
-            EnvVar {
-                name: "DUALWRITE_STATE_DIR".into(),
-                value: Some(STATE_DIR.into()),
-                ..EnvVar::default()
-            },
-            EnvVar {
-                name: "LOG_FORMAT".into(),
-                value: Some("json".into()),
-                ..EnvVar::default()
-            },
-        ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("ingest".into()),
-            container_port: port.into(),
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        readiness_probe: Some(probe("/ready")),
-        liveness_probe: Some(probe("/health")),
-        resources: relay.and_then(|r| r.resources.clone()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "state".into(),
-            mount_path: STATE_DIR.into(),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    };
     let mut pod_labels = labels(p);
     pod_labels.extend(selector(p));
     Deployment {
@@ -231,34 +162,121 @@ pub fn deployment(p: &DualWritePipeline, default_image: &str) -> Deployment {
                     )])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(relay_name(&p.name_any())),
-                    containers: vec![container],
-                    termination_grace_period_seconds: Some(30),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    // The backlog survives container restarts; a durable volume is the next step
-                    // for surviving pod rescheduling (see README).
-                    volumes: Some(vec![Volume {
-                        name: "state".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
+                spec: Some(relay_pod(p, relay_container(p, default_image))),
             },
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    }
+}
+
+/// The relay container: hardened (non-root, read-only root, no capabilities), probed on its
+/// ingest port, its backlog on the `state` volume.
+fn relay_container(p: &DualWritePipeline, default_image: &str) -> Container {
+    let relay = p.spec.relay.as_ref();
+    let image = relay
+        .and_then(|r| r.image.clone())
+        .unwrap_or_else(|| default_image.to_string());
+    let port = ingest_port(p);
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("ingest".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    Container {
+        name: "relay".into(),
+        image: Some(image),
+        args: Some(relay_args(p)),
+        env: Some(relay_env(port)),
+        ports: Some(vec![ContainerPort {
+            name: Some("ingest".into()),
+            container_port: port.into(),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/ready")),
+        liveness_probe: Some(probe("/health")),
+        resources: relay.and_then(|r| r.resources.clone()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "state".into(),
+            mount_path: STATE_DIR.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+/// The relay's environment: its pod name (the key of its report), port, state and log format.
+fn relay_env(port: u16) -> Vec<EnvVar> {
+    vec![
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: "API_PORT".into(),
+            value: Some(port.to_string()),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: "DUALWRITE_STATE_DIR".into(),
+            value: Some(STATE_DIR.into()),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: "LOG_FORMAT".into(),
+            value: Some("json".into()),
+            ..EnvVar::default()
+        },
+    ]
+}
+
+/// The relay pod: its service account, restricted security defaults and the backlog volume.
+fn relay_pod(p: &DualWritePipeline, container: Container) -> PodSpec {
+    PodSpec {
+        service_account_name: Some(relay_name(&p.name_any())),
+        containers: vec![container],
+        termination_grace_period_seconds: Some(30),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            fs_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        // The backlog survives container restarts; a durable volume is the next step
+        // for surviving pod rescheduling (see README).
+        volumes: Some(vec![Volume {
+            name: "state".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
     }
 }
 

@@ -1,0 +1,254 @@
+//! The kstatus-style conditions of a pipeline, computed from its provider rows: Ready (the
+//! summary), Reconciling and Stalled (the pair Flux reads without configuration) and Degraded.
+//! Plain data in, plain data out; tested with a table of cases (`conditions/tests.rs`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::{human, reason};
+use crate::api::{ProviderStatus, Readiness};
+use crate::composite::{strategy_satisfied, Strategy};
+
+#[cfg(test)]
+mod tests;
+
+/// Condition types (kstatus reads Ready, Reconciling and Stalled without configuration).
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+pub const DEGRADED: &str = "Degraded";
+
+/// What the conditions are computed from.
+#[derive(Clone, Debug)]
+pub struct ConditionInput<'a> {
+    pub generation: i64,
+    /// Problems with the spec, if any.
+    pub invalid: Option<String>,
+    pub strategy: Strategy,
+    /// Providers written now (all, or the migration step's).
+    pub active: &'a [String],
+    pub providers: &'a [ProviderStatus],
+    /// Relays with a fresh report, and how many run the current generation.
+    pub fresh_relays: i32,
+    pub relays_on_generation: i32,
+    pub desired_relays: i32,
+    /// Since when FailFast has been blocked by a provider down (from the previous status).
+    pub blocked_since: Option<Timestamp>,
+    pub now: Timestamp,
+    pub stall_after: SignedDuration,
+    /// A migration step change is under way.
+    pub migrating: bool,
+}
+
+/// The active providers counted by readiness, once for all four conditions.
+struct Tally {
+    active: usize,
+    up: usize,
+    unknown: usize,
+    /// `name: message` of each active provider that is down.
+    down: Vec<String>,
+    /// The strategy is satisfied by the providers that are up.
+    satisfied: bool,
+}
+
+impl Tally {
+    fn new(input: &ConditionInput<'_>) -> Self {
+        let active: Vec<&ProviderStatus> = input
+            .providers
+            .iter()
+            .filter(|p| input.active.contains(&p.name))
+            .collect();
+        let healthy: Vec<bool> = active.iter().map(|p| p.ready == Readiness::True).collect();
+        Tally {
+            active: active.len(),
+            up: healthy.iter().filter(|h| **h).count(),
+            unknown: active
+                .iter()
+                .filter(|p| p.ready == Readiness::Unknown)
+                .count(),
+            down: active
+                .iter()
+                .filter(|p| p.ready == Readiness::False)
+                .map(|p| format!("{}: {}", p.name, p.message))
+                .collect(),
+            satisfied: strategy_satisfied(input.strategy, &healthy),
+        }
+    }
+}
+
+/// One condition of this reconcile (its transition time is settled against the previous one).
+struct Verdict {
+    status: Readiness,
+    reason: &'static str,
+    message: String,
+}
+
+fn verdict(status: Readiness, reason: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Ready, Reconciling, Stalled and Degraded, every one always present (Unknown where not known).
+/// `lastTransitionTime` is kept from `previous` while a condition's status is unchanged.
+pub fn compute_conditions(input: &ConditionInput<'_>, previous: &[Condition]) -> Vec<Condition> {
+    let tally = Tally::new(input);
+    [
+        (READY, ready(input, &tally)),
+        (RECONCILING, reconciling(input)),
+        (STALLED, stalled(input, &tally)),
+        (DEGRADED, degraded(input, &tally)),
+    ]
+    .into_iter()
+    .map(|(type_, v)| {
+        let status = v.status.as_str();
+        let last_transition_time = previous
+            .iter()
+            .find(|p| p.type_ == type_ && p.status == status)
+            .map(|p| p.last_transition_time.clone())
+            .unwrap_or(Time(input.now));
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: v.reason.into(),
+            message: v.message,
+            observed_generation: Some(input.generation),
+            last_transition_time,
+        }
+    })
+    .collect()
+}
+
+/// True only when the strategy is satisfied by providers reported healthy.
+fn ready(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
+    if let Some(why) = &input.invalid {
+        verdict(Readiness::False, reason::INVALID_SPEC, why)
+    } else if input.fresh_relays == 0 || (t.unknown > 0 && t.down.is_empty() && t.up == 0) {
+        verdict(
+            Readiness::Unknown,
+            reason::WAITING_FOR_RELAYS,
+            "no relay has reported its providers yet",
+        )
+    } else if t.satisfied && t.down.is_empty() && t.unknown == 0 {
+        verdict(
+            Readiness::True,
+            reason::ALL_PROVIDERS_READY,
+            format!(
+                "{} over {} provider(s), all healthy",
+                input.strategy, t.active
+            ),
+        )
+    } else if t.satisfied {
+        verdict(
+            Readiness::True,
+            reason::PROVIDER_DOWN,
+            format!(
+                "{} is satisfied; down: {}",
+                input.strategy,
+                t.down.join("; ")
+            ),
+        )
+    } else {
+        let detail = if t.down.is_empty() {
+            "waiting for reports".to_string()
+        } else {
+            t.down.join("; ")
+        };
+        verdict(
+            Readiness::False,
+            reason::PROVIDERS_NOT_READY,
+            format!("{} needs more providers: {detail}", input.strategy),
+        )
+    }
+}
+
+/// True when the pipeline runs on the remaining providers while one is down.
+fn degraded(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
+    if input.invalid.is_none() && t.satisfied && !t.down.is_empty() {
+        verdict(
+            Readiness::True,
+            reason::PROVIDER_DOWN,
+            format!(
+                "running on the remaining providers; down: {}",
+                t.down.join("; ")
+            ),
+        )
+    } else if input.fresh_relays == 0 {
+        verdict(
+            Readiness::Unknown,
+            reason::WAITING_FOR_RELAYS,
+            "no relay has reported yet",
+        )
+    } else {
+        verdict(
+            Readiness::False,
+            reason::ALL_PROVIDERS_READY,
+            "no provider is down while the pipeline runs on the rest",
+        )
+    }
+}
+
+/// True when the pipeline cannot progress: an invalid spec, or FailFast blocked too long.
+fn stalled(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
+    let blocked_too_long = input.strategy == Strategy::FailFast
+        && !t.down.is_empty()
+        && input
+            .blocked_since
+            .is_some_and(|since| input.now.duration_since(since) >= input.stall_after);
+    if let Some(why) = &input.invalid {
+        verdict(Readiness::True, reason::INVALID_SPEC, why)
+    } else if blocked_too_long {
+        verdict(
+            Readiness::True,
+            reason::FAIL_FAST_BLOCKED,
+            format!(
+                "FailFast has refused every message for over {}: {}",
+                human(input.stall_after),
+                t.down.join("; ")
+            ),
+        )
+    } else {
+        verdict(
+            Readiness::False,
+            reason::RECONCILED,
+            "nothing blocks progress",
+        )
+    }
+}
+
+/// True while a migration step change is under way or relays still roll out the generation.
+fn reconciling(input: &ConditionInput<'_>) -> Verdict {
+    let g = input.generation;
+    if input.invalid.is_some() {
+        verdict(
+            Readiness::False,
+            reason::INVALID_SPEC,
+            "fix the spec to continue",
+        )
+    } else if input.migrating {
+        verdict(
+            Readiness::True,
+            reason::PROGRESSING,
+            "a migration step change is under way",
+        )
+    } else if input.fresh_relays < input.desired_relays
+        || input.relays_on_generation < input.fresh_relays
+    {
+        verdict(
+            Readiness::True,
+            reason::RELAYS_UPDATING,
+            format!(
+                "{} of {} relay(s) reporting, {} on generation {g}",
+                input.fresh_relays, input.desired_relays, input.relays_on_generation
+            ),
+        )
+    } else {
+        verdict(
+            Readiness::False,
+            reason::RECONCILED,
+            format!("{} relay(s) run generation {g}", input.fresh_relays),
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! The conditions' table and their transition times.
+
+use super::*;
+use crate::api::Readiness;
+use crate::controller::testing::t;
+
+fn row(name: &str, ready: Readiness) -> ProviderStatus {
+    crate::controller::testing::row(name, ready, 0)
+}
+
+#[test]
+fn condition_table() {
+    let active = vec!["nats".to_string(), "kafka".to_string()];
+    struct Case {
+        name: &'static str,
+        strategy: Strategy,
+        rows: Vec<ProviderStatus>,
+        fresh: i32,
+        on_gen: i32,
+        invalid: Option<&'static str>,
+        blocked_for: Option<i64>,
+        want: [&'static str; 4], // Ready, Reconciling, Stalled, Degraded
+    }
+    let cases = vec![
+        Case {
+            name: "first reconcile, no reports",
+            strategy: Strategy::FailFast,
+            rows: vec![
+                row("nats", Readiness::Unknown),
+                row("kafka", Readiness::Unknown),
+            ],
+            fresh: 0,
+            on_gen: 0,
+            invalid: None,
+            blocked_for: None,
+            want: ["Unknown", "True", "False", "Unknown"],
+        },
+        Case {
+            name: "all healthy",
+            strategy: Strategy::FailFast,
+            rows: vec![row("nats", Readiness::True), row("kafka", Readiness::True)],
+            fresh: 1,
+            on_gen: 1,
+            invalid: None,
+            blocked_for: None,
+            want: ["True", "False", "False", "False"],
+        },
+        Case {
+            name: "fail-fast, kafka down",
+            strategy: Strategy::FailFast,
+            rows: vec![row("nats", Readiness::True), row("kafka", Readiness::False)],
+            fresh: 1,
+            on_gen: 1,
+            invalid: None,
+            blocked_for: Some(10),
+            want: ["False", "False", "False", "False"],
+        },
+        Case {
+            name: "fail-fast, kafka down too long",
+            strategy: Strategy::FailFast,
+            rows: vec![row("nats", Readiness::True), row("kafka", Readiness::False)],
+            fresh: 1,
+            on_gen: 1,
+            invalid: None,
+            blocked_for: Some(600),
+            want: ["False", "False", "True", "False"],
+        },
+        Case {
+            name: "best-effort, kafka down",
+            strategy: Strategy::BestEffort,
+            rows: vec![row("nats", Readiness::True), row("kafka", Readiness::False)],
+            fresh: 1,
+            on_gen: 1,
+            invalid: None,
+            blocked_for: None,
+            want: ["True", "False", "False", "True"],
+        },
+        Case {
+            name: "best-effort, all down",
+            strategy: Strategy::BestEffort,
+            rows: vec![
+                row("nats", Readiness::False),
+                row("kafka", Readiness::False),
+            ],
+            fresh: 1,
+            on_gen: 1,
+            invalid: None,
+            blocked_for: None,
+            want: ["False", "False", "False", "False"],
+        },
+        Case {
+            name: "relay on old generation",
+            strategy: Strategy::FailFast,
+            rows: vec![row("nats", Readiness::True), row("kafka", Readiness::True)],
+            fresh: 1,
+            on_gen: 0,
+            invalid: None,
+            blocked_for: None,
+            want: ["True", "True", "False", "False"],
+        },
+        Case {
+            name: "invalid spec",
+            strategy: Strategy::FailFast,
+            rows: vec![],
+            fresh: 0,
+            on_gen: 0,
+            invalid: Some("bad"),
+            blocked_for: None,
+            want: ["False", "False", "True", "Unknown"],
+        },
+    ];
+    for c in cases {
+        let input = ConditionInput {
+            generation: 1,
+            invalid: c.invalid.map(String::from),
+            strategy: c.strategy,
+            active: &active,
+            providers: &c.rows,
+            fresh_relays: c.fresh,
+            relays_on_generation: c.on_gen,
+            desired_relays: 1,
+            blocked_since: c.blocked_for.map(|s| t(-s)),
+            now: t(0),
+            stall_after: SignedDuration::from_secs(300),
+            migrating: false,
+        };
+        let conds = compute_conditions(&input, &[]);
+        let got: Vec<&str> = conds.iter().map(|c| c.status.as_str()).collect();
+        assert_eq!(got, c.want, "{}", c.name);
+        assert_eq!(
+            conds.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
+            [READY, RECONCILING, STALLED, DEGRADED]
+        );
+        assert!(
+            conds
+                .iter()
+                .all(|c| c.observed_generation == Some(1) && !c.reason.is_empty()),
+            "{}",
+            c.name
+        );
+    }
+}
+
+#[test]
+fn transition_time_is_kept_while_status_is_unchanged() {
+    let active = vec!["nats".to_string()];
+    let rows = vec![row("nats", Readiness::True)];
+    let mut input = ConditionInput {
+        generation: 1,
+        invalid: None,
+        strategy: Strategy::FailFast,
+        active: &active,
+        providers: &rows,
+        fresh_relays: 1,
+        relays_on_generation: 1,
+        desired_relays: 1,
+        blocked_since: None,
+        now: t(0),
+        stall_after: SignedDuration::from_secs(300),
+        migrating: false,
+    };
+    let first = compute_conditions(&input, &[]);
+    input.now = t(100);
+    let second = compute_conditions(&input, &first);
+    assert_eq!(second[0].last_transition_time, Time(t(0)));
+}

@@ -1,0 +1,87 @@
+//! Every reason the operator writes, in one place: the reasons of conditions, of provider rows,
+//! of migration step decisions and fallback flips, and of Events. CamelCase, as Kubernetes
+//! reasons are; people and tools (kstatus, Argo CD's health check, alerts) match on them, so a
+//! reason is a published name: change one only as an API change.
+//!
+//! Where two of those vocabularies mean the same thing, they share one constant (e.g.
+//! [`PROVIDER_DOWN`] is a Ready/Degraded reason and the fallback's).
+
+// Conditions (Ready, Reconciling, Stalled, Degraded).
+
+/// Every provider the strategy writes is ready.
+pub const ALL_PROVIDERS_READY: &str = "AllProvidersReady";
+/// The strategy needs more providers than are ready (also a step gate that holds: `allHealthy`).
+pub const PROVIDERS_NOT_READY: &str = "ProvidersNotReady";
+/// A provider is down while the pipeline runs on the rest (also: fallback to BestEffort began,
+/// a provider was down longer than `fallbackAfter`).
+pub const PROVIDER_DOWN: &str = "ProviderDown";
+/// No relay has reported yet (also a step gate that holds: the relays do not run the step yet).
+pub const WAITING_FOR_RELAYS: &str = "WaitingForRelays";
+/// Relays are missing, or run an older generation of the spec.
+pub const RELAYS_UPDATING: &str = "RelaysUpdating";
+/// Nothing is under way and nothing blocks.
+pub const RECONCILED: &str = "Reconciled";
+/// The spec breaks a rule (also the Warning Event that says which).
+pub const INVALID_SPEC: &str = "InvalidSpec";
+/// FailFast has refused every message for longer than the stall limit.
+pub const FAIL_FAST_BLOCKED: &str = "FailFastBlocked";
+/// A migration step change is under way.
+pub const PROGRESSING: &str = "Progressing";
+
+// Provider rows.
+
+/// No fresh relay report names the provider.
+pub const NO_REPORT: &str = "NoReport";
+/// A fresh relay report finds the provider down.
+pub const REPORTED_DOWN: &str = "ReportedDown";
+/// Every fresh relay report finds the provider healthy.
+pub const REPORTED_UP: &str = "ReportedUp";
+
+// Migration steps (status.migration.reason, the history, StepChanged notes).
+
+/// The first reconcile of a migration entered its first (or target) step.
+pub const STARTED: &str = "Started";
+/// The current step no longer exists (steps were removed): moved to the last step.
+pub const STEPS_CHANGED: &str = "StepsChanged";
+/// `targetStep` moved the migration forward, past any gates.
+pub const PROMOTED: &str = "Promoted";
+/// `targetStep` moved the migration back.
+pub const ROLLED_BACK: &str = "RolledBack";
+/// `targetStep` equals the current step: the gates do not advance it.
+pub const PINNED: &str = "Pinned";
+/// `paused` holds the current step.
+pub const PAUSED: &str = "Paused";
+/// The last step is in force.
+pub const COMPLETED: &str = "Completed";
+/// The step's gates say `manual`: only `targetStep` moves on.
+pub const AWAITING_PROMOTION: &str = "AwaitingPromotion";
+/// The step has not lasted its `minDuration` yet.
+pub const MIN_DURATION_NOT_REACHED: &str = "MinDurationNotReached";
+/// A provider still has a backlog to replay (`backlogEmpty`).
+pub const BACKLOG_NOT_EMPTY: &str = "BacklogNotEmpty";
+/// No consistency check since the step started found every provider complete (`consistent`).
+pub const CONSISTENCY_NOT_CONFIRMED: &str = "ConsistencyNotConfirmed";
+/// A gate cannot be read (e.g. a `minDuration` that is no duration); the step stays.
+pub const INVALID_GATE: &str = "InvalidGate";
+/// The migration lists no step at all (the schema forbids it; kept total for safety).
+pub const NO_STEPS: &str = "NoSteps";
+/// Every gate of the previous step was open: advanced one step.
+pub const GATES_PASSED: &str = "GatesPassed";
+
+// Automatic fallback (status.fallback.reason and its Events; it begins with PROVIDER_DOWN).
+
+/// Fallback ended: every provider is ready and caught up.
+pub const RECOVERED: &str = "Recovered";
+/// Fallback ended because it no longer applies (no `fallbackAfter`, or not FailFast).
+pub const DISABLED: &str = "Disabled";
+
+// Events of the reconciler.
+
+/// An owned object (Deployment, Service, RBAC) was created.
+pub const CREATED: &str = "Created";
+/// An owned object was changed.
+pub const UPDATED: &str = "Updated";
+/// The migration entered another step.
+pub const STEP_CHANGED: &str = "StepChanged";
+/// The effective strategy changed (a step, a fallback flip, or the spec).
+pub const STRATEGY_CHANGED: &str = "StrategyChanged";

@@ -1,0 +1,101 @@
+//! The status' provider rows: one per provider in spec order, aggregated over the relays'
+//! reports, and the `kubectl get` summary of them. Plain data in, plain data out; tested with
+//! tables of cases (`rows/tests.rs`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::reason;
+use crate::api::{DualWritePipelineSpec, ProviderSpec, ProviderStatus, Readiness, RelayReport};
+
+#[cfg(test)]
+mod tests;
+
+/// A relay report older than this many heartbeats is stale: its pod is gone or cut off.
+pub fn is_fresh(report: &RelayReport, now: Timestamp, stale_after: SignedDuration) -> bool {
+    now.duration_since(report.reported_at.0) <= stale_after
+}
+
+/// One row per provider in spec order, from the relays' reports. Published and failed are summed
+/// over every report (each relay counts what it wrote); backlog and health come from fresh
+/// reports only: a provider is ready when every fresh relay finds it healthy, not ready when any
+/// finds it down, and Unknown when no fresh relay has reported it. `lastTransitionTime` moves
+/// only when `ready` changes.
+pub fn aggregate_providers(
+    spec: &DualWritePipelineSpec,
+    reports: &[RelayReport],
+    previous: &[ProviderStatus],
+    now: Timestamp,
+    stale_after: SignedDuration,
+) -> Vec<ProviderStatus> {
+    spec.providers
+        .iter()
+        .map(|p| {
+            let mut row = aggregate_one(p, reports, now, stale_after);
+            let prev = previous.iter().find(|x| x.name == p.name);
+            row.last_transition_time = match prev {
+                Some(prev) if prev.ready == row.ready => prev.last_transition_time.clone(),
+                _ => Some(Time(now)),
+            };
+            row
+        })
+        .collect()
+}
+
+/// The row of provider `p` from every report that names it (without its transition time).
+fn aggregate_one(
+    p: &ProviderSpec,
+    reports: &[RelayReport],
+    now: Timestamp,
+    stale_after: SignedDuration,
+) -> ProviderStatus {
+    let mut row = ProviderStatus {
+        reason: reason::NO_REPORT.into(),
+        message: "no fresh relay report names this provider yet".into(),
+        ..ProviderStatus::new(&p.name, p.kind)
+    };
+    let mut fresh_seen = false;
+    let mut down: Option<String> = None;
+    for report in reports {
+        let Some(r) = report.providers.iter().find(|r| r.name == p.name) else {
+            continue;
+        };
+        row.add_totals(r);
+        if !is_fresh(report, now, stale_after) {
+            continue;
+        }
+        // A gone relay's backlog is gone with it (or waits on its volume for its return): it
+        // must not hold gates or the fallback forever.
+        row.add_current(r);
+        fresh_seen = true;
+        if !r.healthy && down.is_none() {
+            down = Some(format!("relay {}: {}", report.name, r.message));
+        }
+    }
+    if fresh_seen {
+        (row.ready, row.reason, row.message) = match down {
+            Some(msg) => (Readiness::False, reason::REPORTED_DOWN.into(), msg),
+            None => (
+                Readiness::True,
+                reason::REPORTED_UP.into(),
+                "healthy on every relay".into(),
+            ),
+        };
+    }
+    row
+}
+
+/// `name=published` per provider, for the `kubectl get` column.
+pub fn summary(rows: &[ProviderStatus]) -> String {
+    rows.iter()
+        .map(|r| {
+            let mark = match r.ready {
+                Readiness::True => "",
+                Readiness::False => "(down)",
+                Readiness::Unknown => "(?)",
+            };
+            format!("{}{mark}={}", r.name, r.published)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,116 @@
+//! The aggregation table and the transition times of provider rows.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::*;
+use crate::api::ProviderReport;
+use crate::composite::Strategy;
+use crate::controller::testing::t;
+
+fn spec() -> DualWritePipelineSpec {
+    serde_yaml::from_str(
+        "providers: [{name: nats, type: nats, nats: {url: u, subject: s}}, {name: kafka, type: kafka, kafka: {brokers: [b], topic: t}}]",
+    )
+    .unwrap()
+}
+
+fn report(name: &str, at: i64, rows: &[(&str, bool, u64)]) -> RelayReport {
+    RelayReport {
+        name: name.into(),
+        reported_at: Time(t(at)),
+        strategy: Strategy::FailFast,
+        generation: Some(1),
+        providers: rows
+            .iter()
+            .map(|(n, healthy, published)| ProviderReport {
+                name: n.to_string(),
+                healthy: *healthy,
+                reason: String::new(),
+                message: if *healthy {
+                    "ok".into()
+                } else {
+                    "connection refused".into()
+                },
+                published: *published,
+                latency_p99_ms: Some(*published as f64),
+                ..ProviderReport::default()
+            })
+            .collect(),
+    }
+}
+
+const STALE: SignedDuration = SignedDuration::from_secs(60);
+
+#[test]
+fn aggregation_table() {
+    // (reports, now, expected (nats ready, kafka ready, nats published, kafka published))
+    // (reports, now, (nats ready, kafka ready, nats published, kafka published))
+    type Case = (
+        Vec<RelayReport>,
+        i64,
+        (&'static str, &'static str, u64, u64),
+    );
+    let cases: Vec<Case> = vec![
+        (vec![], 0, ("Unknown", "Unknown", 0, 0)),
+        (
+            vec![report("r1", 0, &[("nats", true, 5), ("kafka", true, 5)])],
+            10,
+            ("True", "True", 5, 5),
+        ),
+        (
+            vec![
+                report("r1", 0, &[("nats", true, 5), ("kafka", true, 5)]),
+                report("r2", 0, &[("nats", true, 3), ("kafka", false, 1)]),
+            ],
+            10,
+            ("True", "False", 8, 6),
+        ),
+        // A stale report counts toward totals but not toward health.
+        (
+            vec![
+                report("old", -500, &[("nats", false, 7), ("kafka", false, 7)]),
+                report("r1", 0, &[("nats", true, 1), ("kafka", true, 1)]),
+            ],
+            10,
+            ("True", "True", 8, 8),
+        ),
+        (
+            vec![report("old", -500, &[("nats", true, 2)])],
+            10,
+            ("Unknown", "Unknown", 2, 0),
+        ),
+    ];
+    for (i, (reports, now, want)) in cases.into_iter().enumerate() {
+        let rows = aggregate_providers(&spec(), &reports, &[], t(now), STALE);
+        let got = (
+            rows[0].ready.as_str(),
+            rows[1].ready.as_str(),
+            rows[0].published,
+            rows[1].published,
+        );
+        assert_eq!(got, want, "case {i}");
+    }
+}
+
+#[test]
+fn down_rows_name_the_relay_and_keep_transition_time_while_unchanged() {
+    let reports = vec![report(
+        "relay-a",
+        0,
+        &[("nats", true, 1), ("kafka", false, 1)],
+    )];
+    let first = aggregate_providers(&spec(), &reports, &[], t(1), STALE);
+    assert_eq!(first[1].reason, reason::REPORTED_DOWN);
+    assert!(first[1].message.contains("relay-a: connection refused"));
+    let second = aggregate_providers(&spec(), &reports, &first, t(30), STALE);
+    assert_eq!(second[1].last_transition_time, Some(Time(t(1))));
+    let healed = vec![report(
+        "relay-a",
+        40,
+        &[("nats", true, 1), ("kafka", true, 1)],
+    )];
+    let third = aggregate_providers(&spec(), &healed, &second, t(41), STALE);
+    assert_eq!(third[1].last_transition_time, Some(Time(t(41))));
+    assert_eq!(summary(&third), "nats=1 kafka=1");
+    assert_eq!(summary(&second), "nats=1 kafka(down)=1");
+}
