@@ -267,3 +267,29 @@ pub async fn apply_status(
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status JSON (and so `kubectl`, kstatus and the printer columns) reads the same words
+    /// as when readiness and the provider type were strings.
+    #[test]
+    fn provider_rows_serialize_as_plain_words() {
+        for (ready, word) in [
+            (Readiness::True, "True"),
+            (Readiness::False, "False"),
+            (Readiness::Unknown, "Unknown"),
+        ] {
+            let row = ProviderStatus {
+                ready,
+                ..ProviderStatus::new("k", ProviderType::Kafka)
+            };
+            let json = serde_json::to_value(&row).unwrap();
+            assert_eq!(json["ready"], word);
+            assert_eq!(json["type"], "kafka");
+            assert_eq!(ready.to_string(), word);
+            assert_eq!(serde_json::from_value::<ProviderStatus>(json).unwrap(), row);
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! and the Ready / Reconciling / Stalled / Degraded conditions.
 //!
 //! Decisions are pure functions over plain data, each tested with a table of cases; only
-//! [`reconcile`] and this module's [`run`] do I/O.
+//! `reconcile` and this module's [`run`] do I/O.
 //!
 //! | module | owns |
 //! |---|---|
@@ -15,7 +15,7 @@
 //! | [`conditions`] | Ready, Reconciling, Stalled, Degraded |
 //! | [`reason`] | every reason string the operator writes |
 //! | [`resources`] | the owned objects (Deployment, Service, RBAC) |
-//! | [`reconcile`] | one reconcile's I/O |
+//! | `reconcile` | one reconcile's I/O |
 //! | [`probes`] | the operator's health and metrics endpoints |
 
 use std::collections::HashMap;

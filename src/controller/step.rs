@@ -16,7 +16,7 @@
 //! ```
 //!
 //! [`decide_step`] reads top to bottom as this diagram does (first match wins); the gates are
-//! one function each, tried in the diagram's order by [`first_closed_gate`].
+//! one function each, tried in the diagram's order by `first_closed_gate`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -276,16 +276,12 @@ fn first_closed_gate(input: &StepInput<'_>, current: &MigrationStatus) -> Option
         });
     }
     let started = current.step_started_at.0;
+    // Each gate is cheap to evaluate; one the step turned off never holds it.
     min_duration_gate(input, cur, started, gates.min_duration)
         .or_else(|| relays_gate(input, cur))
-        .or_else(|| (gates.all_healthy.then(|| health_gate(input, step, cur))).flatten())
-        .or_else(|| (gates.backlog_empty.then(|| backlog_gate(input, cur))).flatten())
-        .or_else(|| {
-            (gates
-                .consistent
-                .then(|| consistency_gate(input, cur, started)))
-            .flatten()
-        })
+        .or_else(|| health_gate(input, step, cur).filter(|_| gates.all_healthy))
+        .or_else(|| backlog_gate(input, cur).filter(|_| gates.backlog_empty))
+        .or_else(|| consistency_gate(input, cur, started).filter(|_| gates.consistent))
 }
 
 /// `minDuration`: the step has not lasted long enough.
