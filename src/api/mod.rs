@@ -18,9 +18,6 @@ pub use validate::*;
 pub use crate::composite::Strategy;
 pub use crate::provider::ProviderKind;
 
-/// The provider type as the CRD names it (the core's [`ProviderKind`]).
-pub type ProviderType = ProviderKind;
-
 /// The strategy's schema in the CRD. The type belongs to the core (`composite`), which knows
 /// nothing of schemas; the resource that carries it says how it looks.
 impl schemars::JsonSchema for Strategy {

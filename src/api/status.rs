@@ -9,7 +9,7 @@ use kube::Api;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DualWritePipeline, ProviderType, Strategy};
+use super::{DualWritePipeline, ProviderKind, Strategy};
 
 /// What the operator and the relays observed.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -96,7 +96,7 @@ impl std::fmt::Display for Readiness {
 pub struct ProviderStatus {
     pub name: String,
     #[serde(rename = "type")]
-    pub kind: ProviderType,
+    pub kind: ProviderKind,
     /// "True", "False" or "Unknown".
     pub ready: Readiness,
     pub reason: String,
@@ -120,7 +120,7 @@ pub struct ProviderStatus {
 
 impl ProviderStatus {
     /// The row of a provider no relay has reported yet: readiness Unknown, every number zero.
-    pub fn new(name: impl Into<String>, kind: ProviderType) -> Self {
+    pub fn new(name: impl Into<String>, kind: ProviderKind) -> Self {
         Self {
             name: name.into(),
             kind,
@@ -283,7 +283,7 @@ mod tests {
         ] {
             let row = ProviderStatus {
                 ready,
-                ..ProviderStatus::new("k", ProviderType::Kafka)
+                ..ProviderStatus::new("k", ProviderKind::Kafka)
             };
             let json = serde_json::to_value(&row).unwrap();
             assert_eq!(json["ready"], word);

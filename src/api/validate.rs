@@ -210,9 +210,9 @@ fn providers(problems: &mut Problems, specs: &[ProviderSpec]) -> Vec<ProviderCon
 
 fn provider(problems: &mut Problems, at: &str, p: &ProviderSpec) -> Option<ProviderSettings> {
     let blocks = [
-        (ProviderType::Memory, p.memory.is_some()),
-        (ProviderType::Nats, p.nats.is_some()),
-        (ProviderType::Kafka, p.kafka.is_some()),
+        (ProviderKind::Memory, p.memory.is_some()),
+        (ProviderKind::Nats, p.nats.is_some()),
+        (ProviderKind::Kafka, p.kafka.is_some()),
     ];
     for (kind, present) in blocks {
         if present && kind != p.kind {
@@ -223,7 +223,7 @@ fn provider(problems: &mut Problems, at: &str, p: &ProviderSpec) -> Option<Provi
         }
     }
     match p.kind {
-        ProviderType::Memory => {
+        ProviderKind::Memory => {
             let capacity = p.memory.as_ref().and_then(|m| m.capacity);
             if let Some(c) = capacity {
                 problems.range(&format!("{at}.memory.capacity"), c, 1, 10_000_000);
@@ -232,7 +232,7 @@ fn provider(problems: &mut Problems, at: &str, p: &ProviderSpec) -> Option<Provi
                 capacity: capacity.map_or(DEFAULT_CAPACITY, |c| c as usize),
             })
         }
-        ProviderType::Nats => match &p.nats {
+        ProviderKind::Nats => match &p.nats {
             None => {
                 problems.add(
                     format!("{at}.nats"),
@@ -242,7 +242,7 @@ fn provider(problems: &mut Problems, at: &str, p: &ProviderSpec) -> Option<Provi
             }
             Some(n) => nats(problems, &format!("{at}.nats"), n).map(ProviderSettings::Nats),
         },
-        ProviderType::Kafka => match &p.kafka {
+        ProviderKind::Kafka => match &p.kafka {
             None => {
                 problems.add(
                     format!("{at}.kafka"),

@@ -2,7 +2,7 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{ProviderStatus, ProviderType, Readiness};
+use crate::api::{ProviderKind, ProviderStatus, Readiness};
 
 /// `secs` after a fixed instant (negative: before it).
 pub fn t(secs: i64) -> Timestamp {
@@ -19,6 +19,6 @@ pub fn row(name: &str, ready: Readiness, backlog: u64) -> ProviderStatus {
             String::new()
         },
         backlog,
-        ..ProviderStatus::new(name, ProviderType::Nats)
+        ..ProviderStatus::new(name, ProviderKind::Nats)
     }
 }

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use crate::api::{
-    DualWritePipeline, DualWritePipelineSpec, KafkaSpec, MemorySpec, NatsSpec, ProviderSpec,
-    ProviderType, SpecError,
+    DualWritePipeline, DualWritePipelineSpec, KafkaSpec, MemorySpec, NatsSpec, ProviderKind,
+    ProviderSpec, SpecError,
 };
 use crate::composite::Strategy;
 use crate::relay::PipelineConfig;
@@ -101,18 +101,18 @@ fn spec_from_variables(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
         .as_deref()
         .unwrap_or("composite")
         .to_ascii_lowercase();
-    let types: Vec<ProviderType> = if queue_type == "composite" {
+    let types: Vec<ProviderKind> = if queue_type == "composite" {
         let list = env.composite_providers.as_deref().ok_or(
             "QUEUE_TYPE=composite needs COMPOSITE_PROVIDERS, e.g. COMPOSITE_PROVIDERS=nats,kafka",
         )?;
         list.split(',')
             .map(|t| {
-                t.parse::<ProviderType>()
+                t.parse::<ProviderKind>()
                     .map_err(|e| format!("COMPOSITE_PROVIDERS: {e}"))
             })
             .collect::<Result<_, _>>()?
     } else {
-        vec![queue_type.parse::<ProviderType>().map_err(|_| {
+        vec![queue_type.parse::<ProviderKind>().map_err(|_| {
             format!("QUEUE_TYPE={queue_type:?} is unknown: use memory, nats, kafka or composite")
         })?]
     };
@@ -129,8 +129,8 @@ fn spec_from_variables(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
                 .ok_or_else(|| format!("QUEUE_SIZE={s:?} must be a whole number above 0"))?,
         ),
     };
-    let count = |t: ProviderType| types.iter().filter(|x| **x == t).count();
-    let mut seen: std::collections::HashMap<ProviderType, usize> = Default::default();
+    let count = |t: ProviderKind| types.iter().filter(|x| **x == t).count();
+    let mut seen: std::collections::HashMap<ProviderKind, usize> = Default::default();
     let providers = types
         .iter()
         .map(|&t| {
@@ -145,8 +145,8 @@ fn spec_from_variables(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
             ProviderSpec {
                 name,
                 kind: t,
-                memory: (t == ProviderType::Memory).then_some(MemorySpec { capacity }),
-                nats: (t == ProviderType::Nats).then(|| NatsSpec {
+                memory: (t == ProviderKind::Memory).then_some(MemorySpec { capacity }),
+                nats: (t == ProviderKind::Nats).then(|| NatsSpec {
                     url: env
                         .nats_url
                         .clone()
@@ -159,7 +159,7 @@ fn spec_from_variables(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
                     durable: None,
                     duplicate_window: None,
                 }),
-                kafka: (t == ProviderType::Kafka).then(|| KafkaSpec {
+                kafka: (t == ProviderKind::Kafka).then(|| KafkaSpec {
                     brokers: env
                         .kafka_brokers
                         .as_deref()
@@ -326,7 +326,7 @@ mod tests {
         assert!(spec
             .providers
             .iter()
-            .all(|p| p.kind == ProviderType::Memory));
+            .all(|p| p.kind == ProviderKind::Memory));
         assert_eq!(spec.strategy, Strategy::FailFast);
         assert!(!SeedEnv::default().describes_pipeline());
     }
