@@ -16,11 +16,52 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::api::{DualWritePipelineSpec, ProviderType};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+
+use crate::api::{ConsistencyStatus, DualWritePipeline, DualWritePipelineSpec, ProviderType};
 use crate::message::DataMessage;
 use crate::provider::kafka::KafkaConfig;
 use crate::provider::nats::default_stream_name;
 use crate::provider::nats::NatsConfig;
+use crate::relay::cluster::PipelineRef;
+
+/// Why a check could not be made or recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A NATS call failed: `what` names the step (connect, stream info, read...).
+    #[error("nats {url}: {what}: {message}")]
+    Nats {
+        url: String,
+        what: String,
+        message: String,
+    },
+    /// A Kafka call failed: `what` names the step (consumer, metadata, read...).
+    #[error("kafka {topic}: {what}: {message}")]
+    Kafka {
+        topic: String,
+        what: String,
+        message: String,
+    },
+    #[error("kafka read task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A provider's settings do not make a client configuration.
+    #[error("{0}")]
+    Config(String),
+    #[error("a consistency check needs at least two nats or kafka providers")]
+    TooFewProviders,
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Connect(#[source] kube::Error),
+    #[error("cannot read {pipeline}: {source}")]
+    ReadPipeline {
+        pipeline: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot write status.consistency: {0}")]
+    WriteStatus(#[source] kube::Error),
+}
 
 /// Deadline of each broker call in a check.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,13 +134,17 @@ pub async fn nats_ids(
     spec: &NatsConfig,
     since: Option<i64>,
     until: i64,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Error> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     let stream_name = spec
         .stream
         .clone()
         .unwrap_or_else(|| default_stream_name(&spec.subject));
-    let fail = |what: &str, e: &dyn std::fmt::Display| format!("nats {}: {what}: {e}", spec.url);
+    let fail = |what: &str, e: &dyn std::fmt::Display| Error::Nats {
+        url: spec.url.clone(),
+        what: what.into(),
+        message: e.to_string(),
+    };
     let client = tokio::time::timeout(CALL_TIMEOUT, async_nats::connect(spec.url.as_str()))
         .await
         .map_err(|e| fail("connect", &e))?
@@ -164,12 +209,15 @@ pub async fn kafka_ids(
     spec: &KafkaConfig,
     since: Option<i64>,
     until: i64,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Error> {
     let spec = spec.clone();
     // rdkafka's BaseConsumer blocks: read on the blocking pool.
     tokio::task::spawn_blocking(move || {
-        let fail =
-            |what: &str, e: &dyn std::fmt::Display| format!("kafka {}: {what}: {e}", spec.topic);
+        let fail = |what: &str, e: &dyn std::fmt::Display| Error::Kafka {
+            topic: spec.topic.clone(),
+            what: what.into(),
+            message: e.to_string(),
+        };
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", spec.brokers.join(","))
@@ -235,8 +283,7 @@ pub async fn kafka_ids(
         }
         Ok(ids)
     })
-    .await
-    .map_err(|e| format!("kafka read task failed: {e}"))?
+    .await?
 }
 
 /// Reads every NATS and Kafka provider of `spec` (memory providers are skipped: nothing outside
@@ -246,14 +293,17 @@ pub async fn check(
     spec: &DualWritePipelineSpec,
     window: Option<Duration>,
     settle: Duration,
-) -> Result<Report, String> {
+) -> Result<Report, Error> {
     let now = chrono::Utc::now().timestamp();
     let until = now - settle.as_secs() as i64;
     let since = window.map(|w| until - w.as_secs() as i64);
     let mut holdings = Vec::new();
     for p in &spec.providers {
         let ids = match (p.kind, &p.nats, &p.kafka) {
-            (ProviderType::Nats, Some(n), _) => nats_ids(&n.to_config()?, since, until).await?,
+            (ProviderType::Nats, Some(n), _) => {
+                let config = n.to_config().map_err(Error::Config)?;
+                nats_ids(&config, since, until).await?
+            }
             (ProviderType::Kafka, _, Some(k)) => kafka_ids(&k.to_config(), since, until).await?,
             _ => continue,
         };
@@ -263,10 +313,57 @@ pub async fn check(
         });
     }
     if holdings.len() < 2 {
-        return Err("a consistency check needs at least two nats or kafka providers".into());
+        return Err(Error::TooFewProviders);
     }
     Ok(compare(&holdings))
 }
+
+/// The pipeline `r` in the cluster (KUBECONFIG or in-cluster), with the API to record a
+/// verdict on it.
+pub async fn read_pipeline(
+    r: &PipelineRef,
+) -> Result<(DualWritePipelineSpec, Api<DualWritePipeline>), Error> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(Error::Connect)?;
+    let api: Api<DualWritePipeline> = Api::namespaced(client, &r.namespace);
+    let obj = api
+        .get(&r.name)
+        .await
+        .map_err(|source| Error::ReadPipeline {
+            pipeline: format!("{}/{}", r.namespace, r.name),
+            source,
+        })?;
+    Ok((obj.spec, api))
+}
+
+/// What `status.consistency` says of `report`, checked `at`.
+pub fn consistency_status(report: &Report, at: Timestamp) -> ConsistencyStatus {
+    ConsistencyStatus {
+        checked_at: Time(at),
+        seen: report.seen.clone(),
+        missing: report.missing.clone(),
+        duplicates: report.duplicates.clone(),
+        consistent: report.consistent,
+    }
+}
+
+/// Writes `report` into the pipeline's `status.consistency` (a migration gate reads it), under
+/// a field manager of its own so it never takes the operator's or a relay's fields.
+pub async fn record(
+    api: &Api<DualWritePipeline>,
+    name: &str,
+    report: &Report,
+) -> Result<(), Error> {
+    let part = serde_json::json!({ "consistency": consistency_status(report, Timestamp::now()) });
+    crate::api::apply_status(api, name, VERIFY_MANAGER, &part)
+        .await
+        .map_err(Error::WriteStatus)?;
+    Ok(())
+}
+
+/// Field manager of the status written by `dualwrite verify --pipeline`.
+pub const VERIFY_MANAGER: &str = "dualwrite-verify";
 
 #[cfg(test)]
 mod tests {

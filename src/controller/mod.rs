@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::api::{DualWritePipeline, DualWritePipelineStatus};
 
+pub mod leader;
 pub mod migration;
 pub mod probes;
 pub mod resources;

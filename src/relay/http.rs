@@ -36,6 +36,9 @@ struct IngestRequest {
 /// The router of the ingest API.
 pub fn router(relay: Arc<Relay>) -> Router {
     let max_body = relay.max_body_bytes();
+    // Built once; its collector reads the live numbers at every scrape.
+    let registry = Arc::new(metrics::registry(relay.clone()));
+    let scrape = move || prometheus(registry.clone());
     Router::new()
         .route(
             "/api/v1/ingest",
@@ -44,7 +47,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/health", get(health).fallback(|| async { method_not_allowed("GET") }))
         .route("/ready", get(ready).fallback(|| async { method_not_allowed("GET") }))
         .route("/stats", get(stats).fallback(|| async { method_not_allowed("GET") }))
-        .route("/metrics", get(prometheus).fallback(|| async { method_not_allowed("GET") }))
+        .route("/metrics", get(scrape).fallback(|| async { method_not_allowed("GET") }))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -184,13 +187,10 @@ async fn stats(State(relay): State<Arc<Relay>>) -> Response {
     Json(relay.composite().stats_detailed()).into_response()
 }
 
-async fn prometheus(State(relay): State<Arc<Relay>>) -> Response {
+async fn prometheus(registry: Arc<prometheus_client::registry::Registry>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics::render(&relay.metrics, &relay.composite()),
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&registry),
     )
         .into_response()
 }
