@@ -323,9 +323,7 @@ pub async fn check(
 pub async fn read_pipeline(
     r: &PipelineRef,
 ) -> Result<(DualWritePipelineSpec, Api<DualWritePipeline>), Error> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(Error::Connect)?;
+    let client = kube::Client::try_default().await.map_err(Error::Connect)?;
     let api: Api<DualWritePipeline> = Api::namespaced(client, &r.namespace);
     let obj = api
         .get(&r.name)

@@ -194,11 +194,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let api: Api<DualWritePipeline> = Api::namespaced(client, &pipeline.namespace);
-    let p = api.get(&pipeline.name).await.map_err(|source| Error::Read {
-        namespace: pipeline.namespace.clone(),
-        name: pipeline.name.clone(),
-        source,
-    })?;
+    let p = api
+        .get(&pipeline.name)
+        .await
+        .map_err(|source| Error::Read {
+            namespace: pipeline.namespace.clone(),
+            name: pipeline.name.clone(),
+            source,
+        })?;
     let spec = effective_spec(&p);
     let composite = super::build_composite_with(&spec, options.handoff.as_ref())
         .await

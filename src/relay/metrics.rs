@@ -116,7 +116,12 @@ fn encode_ingest(encoder: &mut DescriptorEncoder, ingest: &IngestMetrics) -> fmt
 }
 
 /// A per-provider series: name (counters without `_total`), type, help, and how to read it.
-type Series = (&'static str, MetricType, &'static str, fn(&ProviderRow) -> u64);
+type Series = (
+    &'static str,
+    MetricType,
+    &'static str,
+    fn(&ProviderRow) -> u64,
+);
 
 const PROVIDER_SERIES: [Series; 8] = [
     (
