@@ -212,78 +212,95 @@ pub async fn kafka_ids(
 ) -> Result<Vec<String>, Error> {
     let spec = spec.clone();
     // rdkafka's BaseConsumer blocks: read on the blocking pool.
-    tokio::task::spawn_blocking(move || {
-        let fail = |what: &str, e: &dyn std::fmt::Display| Error::Kafka {
-            topic: spec.topic.clone(),
-            what: what.into(),
-            message: e.to_string(),
+    tokio::task::spawn_blocking(move || kafka_read(&spec, since, until)).await?
+}
+
+/// The error of Kafka step `what` on `spec`'s topic.
+fn kafka_error(spec: &KafkaConfig, what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Kafka {
+        topic: spec.topic.clone(),
+        what: what.into(),
+        message: e.to_string(),
+    }
+}
+
+/// [`kafka_ids`], blocking.
+fn kafka_read(spec: &KafkaConfig, since: Option<i64>, until: i64) -> Result<Vec<String>, Error> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| kafka_error(spec, what, e);
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", spec.brokers.join(","))
+        .set(
+            "group.id",
+            format!("dualwrite-verify-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false");
+    for (k, v) in &spec.config {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| fail("consumer", &e))?;
+    let mut remaining = assign_up_to_watermarks(&consumer, spec)?;
+    let mut ids = Vec::new();
+    while !remaining.is_empty() {
+        let m = match consumer.poll(CALL_TIMEOUT) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(fail("read", &e)),
+            None => {
+                return Err(fail(
+                    "read",
+                    &"no record within 10s before the high watermark",
+                ))
+            }
         };
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", spec.brokers.join(","))
-            .set(
-                "group.id",
-                format!("dualwrite-verify-{}", uuid::Uuid::new_v4().simple()),
-            )
-            .set("enable.auto.commit", "false");
-        for (k, v) in &spec.config {
-            config.set(k, v);
-        }
-        let consumer: BaseConsumer = config.create().map_err(|e| fail("consumer", &e))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&spec.topic), CALL_TIMEOUT)
-            .map_err(|e| fail("metadata", &e))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let mut remaining: HashMap<i32, i64> = HashMap::new();
-        let mut assignment = TopicPartitionList::new();
-        for p in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&spec.topic, p, CALL_TIMEOUT)
-                .map_err(|e| fail("watermarks", &e))?;
-            if high > low {
-                remaining.insert(p, high);
-                assignment
-                    .add_partition_offset(&spec.topic, p, Offset::Offset(low))
-                    .map_err(|e| fail("assign", &e))?;
+        if let Some(Ok(msg)) = m.payload().map(DataMessage::from_wire) {
+            if in_window(&msg, since, until) {
+                ids.push(msg.id);
             }
         }
-        let mut ids = Vec::new();
-        if remaining.is_empty() {
-            return Ok(ids);
+        if remaining
+            .get(&m.partition())
+            .is_some_and(|high| m.offset() + 1 >= *high)
+        {
+            remaining.remove(&m.partition());
         }
+    }
+    Ok(ids)
+}
+
+/// Assigns `consumer` every non-empty partition of the topic from its low watermark, and
+/// returns each one's high watermark now: where reading stops, so the check ends under traffic.
+fn assign_up_to_watermarks(
+    consumer: &BaseConsumer,
+    spec: &KafkaConfig,
+) -> Result<HashMap<i32, i64>, Error> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| kafka_error(spec, what, e);
+    let metadata = consumer
+        .fetch_metadata(Some(&spec.topic), CALL_TIMEOUT)
+        .map_err(|e| fail("metadata", &e))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&spec.topic, p, CALL_TIMEOUT)
+            .map_err(|e| fail("watermarks", &e))?;
+        if high > low {
+            remaining.insert(p, high);
+            assignment
+                .add_partition_offset(&spec.topic, p, Offset::Offset(low))
+                .map_err(|e| fail("assign", &e))?;
+        }
+    }
+    if !remaining.is_empty() {
         consumer
             .assign(&assignment)
             .map_err(|e| fail("assign", &e))?;
-        while !remaining.is_empty() {
-            let m = match consumer.poll(CALL_TIMEOUT) {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => return Err(fail("read", &e)),
-                None => {
-                    return Err(fail(
-                        "read",
-                        &"no record within 10s before the high watermark",
-                    ))
-                }
-            };
-            if let Some(Ok(msg)) = m.payload().map(DataMessage::from_wire) {
-                if in_window(&msg, since, until) {
-                    ids.push(msg.id);
-                }
-            }
-            if remaining
-                .get(&m.partition())
-                .is_some_and(|high| m.offset() + 1 >= *high)
-            {
-                remaining.remove(&m.partition());
-            }
-        }
-        Ok(ids)
-    })
-    .await?
+    }
+    Ok(remaining)
 }
 
 /// Reads every NATS and Kafka provider of `spec` (memory providers are skipped: nothing outside

@@ -74,52 +74,11 @@ fn method_not_allowed(allow: &'static str) -> Response {
 
 async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
+    let msg = match message_from(&relay, body) {
+        Ok(msg) => msg,
+        Err((status, message)) => return error(status, message),
+    };
     let m = &relay.metrics;
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            IngestMetrics::count(&m.too_large);
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than {} bytes; send smaller messages or raise spec.ingest.maxBodyBytes",
-                    relay.max_body_bytes()
-                ),
-            );
-        }
-        Err(rejection) => {
-            IngestMetrics::count(&m.bad_request);
-            return error(
-                rejection.status(),
-                format!("could not read the request body: {rejection}"),
-            );
-        }
-    };
-    let req: IngestRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            IngestMetrics::count(&m.bad_request);
-            let what = if e.is_data() {
-                "invalid request"
-            } else {
-                "malformed JSON"
-            };
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("{what}: {e}; expected {{\"source\": \"...\", \"data\": \"...\", \"metadata\": {{...}}}}"),
-            );
-        }
-    };
-    let mut msg = DataMessage::new(req.source, req.data.into_bytes());
-    msg.metadata = req.metadata;
-    if let Some(id) = req.id {
-        if let Err(e) = validate_id(&id) {
-            IngestMetrics::count(&m.bad_request);
-            return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}"));
-        }
-        msg.id = id;
-    }
-
     let mut composite = relay.composite();
     let mut outcome = composite.publish_detailed(&msg).await;
     if matches!(outcome, Err(PublishError::Closed)) {
@@ -163,6 +122,60 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
                 .into_response()
         }
     }
+}
+
+/// The message a request carries, or the status and message that refuse it (counted by
+/// outcome).
+fn message_from(
+    relay: &Relay,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<DataMessage, (StatusCode, String)> {
+    let m = &relay.metrics;
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            IngestMetrics::count(&m.too_large);
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than {} bytes; send smaller messages or raise spec.ingest.maxBodyBytes",
+                    relay.max_body_bytes()
+                ),
+            ));
+        }
+        Err(rejection) => {
+            IngestMetrics::count(&m.bad_request);
+            return Err((
+                rejection.status(),
+                format!("could not read the request body: {rejection}"),
+            ));
+        }
+    };
+    let req: IngestRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            IngestMetrics::count(&m.bad_request);
+            let what = if e.is_data() {
+                "invalid request"
+            } else {
+                "malformed JSON"
+            };
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("{what}: {e}; expected {{\"source\": \"...\", \"data\": \"...\", \"metadata\": {{...}}}}"),
+            ));
+        }
+    };
+    let mut msg = DataMessage::new(req.source, req.data.into_bytes());
+    msg.metadata = req.metadata;
+    if let Some(id) = req.id {
+        if let Err(e) = validate_id(&id) {
+            IngestMetrics::count(&m.bad_request);
+            return Err((StatusCode::BAD_REQUEST, format!("invalid request: {e}")));
+        }
+        msg.id = id;
+    }
+    Ok(msg)
 }
 
 async fn health() -> Response {
