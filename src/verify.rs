@@ -7,6 +7,9 @@
 //! younger than `settle` are left out on every broker, so a write still in flight to one of them
 //! does not count as missing. Brokers are read with plain clients, never through a relay's
 //! providers, so a check never consumes or moves a consumer group.
+//!
+//! `dualwrite verify --pipeline` reads the pipeline from the cluster ([`read_pipeline`]) and
+//! [`record`]s the verdict in its `status.consistency`, which a migration gate reads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -425,6 +428,18 @@ mod tests {
         let r = compare(&[h("a", &["1", "2", "3"]), h("b", &["1"])]);
         assert_eq!(r.missing_examples["b"], ["2", "3"]);
         assert_eq!(r.seen["a"], 3);
+    }
+
+    #[test]
+    fn consistency_status_carries_the_report() {
+        let report = compare(&[h("a", &["1", "2"]), h("b", &["1"])]);
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let status = consistency_status(&report, at);
+        assert_eq!(status.checked_at, Time(at));
+        assert_eq!(status.seen, report.seen);
+        assert_eq!(status.missing["b"], 1);
+        assert_eq!(status.duplicates, report.duplicates);
+        assert!(!status.consistent);
     }
 
     #[test]

@@ -193,3 +193,34 @@ async fn signal() {
         _ = term => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn arguments_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parse_table() {
+        // (arguments, accepted)
+        let cases: [(&[&str], bool); 8] = [
+            (&["relay"], true),
+            (&["relay", "--pipeline", "ns/p", "--pod-name", "r-0"], true),
+            (&["relay", "-f", "p.yaml", "--pipeline", "ns/p"], false),
+            (&["relay", "--report-interval", "soon"], false),
+            (&["verify", "-f", "p.yaml", "--window", "10m"], true),
+            (&["verify"], false),
+            (&["verify", "-f", "p.yaml", "--pipeline", "ns/p"], false),
+            (&["operator", "--leader-elect", "--resync", "2s"], true),
+        ];
+        for (args, accepted) in cases {
+            let parsed =
+                Cli::try_parse_from(std::iter::once("dualwrite").chain(args.iter().copied()));
+            assert_eq!(parsed.is_ok(), accepted, "{args:?}");
+        }
+    }
+}

@@ -3,6 +3,11 @@
 //! reports its own per-provider numbers into the status, one entry per relay pod, written with
 //! server-side apply under a field manager of its own. The only part of the relay that knows
 //! Kubernetes.
+//!
+//! Lifecycle: [`run`] starts three tasks (the ingest server, the follower of the pipeline, the
+//! reporter) that all stop on the one cancellation token the process stops on. The server lets
+//! in-flight requests finish and closes the providers; the reporter then writes one last report,
+//! so the status ends with the final counters rather than those of up to an interval before.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
