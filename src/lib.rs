@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod composite;
 pub mod controller;
 pub mod duration;

@@ -7,6 +7,9 @@
 //! younger than `settle` are left out on every broker, so a write still in flight to one of them
 //! does not count as missing. Brokers are read with plain clients, never through a relay's
 //! providers, so a check never consumes or moves a consumer group.
+//!
+//! `dualwrite verify --pipeline` reads the pipeline from the cluster ([`read_pipeline`]) and
+//! [`record`]s the verdict in its `status.consistency`, which a migration gate reads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -16,12 +19,53 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::api::DualWritePipelineSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+
+use crate::api::{ConsistencyStatus, DualWritePipeline, DualWritePipelineSpec};
 use crate::message::DataMessage;
 use crate::provider::kafka::KafkaConfig;
 use crate::provider::nats::default_stream_name;
 use crate::provider::nats::NatsConfig;
+use crate::relay::cluster::PipelineRef;
 use crate::relay::{PipelineConfig, ProviderSettings};
+
+/// Why a check could not be made or recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A NATS call failed: `what` names the step (connect, stream info, read...).
+    #[error("nats {url}: {what}: {message}")]
+    Nats {
+        url: String,
+        what: String,
+        message: String,
+    },
+    /// A Kafka call failed: `what` names the step (consumer, metadata, read...).
+    #[error("kafka {topic}: {what}: {message}")]
+    Kafka {
+        topic: String,
+        what: String,
+        message: String,
+    },
+    #[error("kafka read task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The pipeline's spec is not valid (each problem names its field).
+    #[error("the pipeline is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(#[from] crate::api::SpecError),
+    #[error("a consistency check needs at least two nats or kafka providers")]
+    TooFewProviders,
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Connect(#[source] kube::Error),
+    #[error("cannot read {pipeline}: {source}")]
+    ReadPipeline {
+        pipeline: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot write status.consistency: {0}")]
+    WriteStatus(#[source] kube::Error),
+}
 
 /// Deadline of each broker call in a check.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,13 +138,17 @@ pub async fn nats_ids(
     spec: &NatsConfig,
     since: Option<i64>,
     until: i64,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Error> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     let stream_name = spec
         .stream
         .clone()
         .unwrap_or_else(|| default_stream_name(&spec.subject));
-    let fail = |what: &str, e: &dyn std::fmt::Display| format!("nats {}: {what}: {e}", spec.url);
+    let fail = |what: &str, e: &dyn std::fmt::Display| Error::Nats {
+        url: spec.url.clone(),
+        what: what.into(),
+        message: e.to_string(),
+    };
     let client = tokio::time::timeout(CALL_TIMEOUT, async_nats::connect(spec.url.as_str()))
         .await
         .map_err(|e| fail("connect", &e))?
@@ -165,79 +213,98 @@ pub async fn kafka_ids(
     spec: &KafkaConfig,
     since: Option<i64>,
     until: i64,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Error> {
     let spec = spec.clone();
     // rdkafka's BaseConsumer blocks: read on the blocking pool.
-    tokio::task::spawn_blocking(move || {
-        let fail =
-            |what: &str, e: &dyn std::fmt::Display| format!("kafka {}: {what}: {e}", spec.topic);
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", spec.brokers.join(","))
-            .set(
-                "group.id",
-                format!("dualwrite-verify-{}", uuid::Uuid::new_v4().simple()),
-            )
-            .set("enable.auto.commit", "false");
-        for (k, v) in &spec.config {
-            config.set(k, v);
-        }
-        let consumer: BaseConsumer = config.create().map_err(|e| fail("consumer", &e))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&spec.topic), CALL_TIMEOUT)
-            .map_err(|e| fail("metadata", &e))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let mut remaining: HashMap<i32, i64> = HashMap::new();
-        let mut assignment = TopicPartitionList::new();
-        for p in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&spec.topic, p, CALL_TIMEOUT)
-                .map_err(|e| fail("watermarks", &e))?;
-            if high > low {
-                remaining.insert(p, high);
-                assignment
-                    .add_partition_offset(&spec.topic, p, Offset::Offset(low))
-                    .map_err(|e| fail("assign", &e))?;
+    tokio::task::spawn_blocking(move || kafka_read(&spec, since, until)).await?
+}
+
+/// The error of Kafka step `what` on `spec`'s topic.
+fn kafka_error(spec: &KafkaConfig, what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Kafka {
+        topic: spec.topic.clone(),
+        what: what.into(),
+        message: e.to_string(),
+    }
+}
+
+/// [`kafka_ids`], blocking.
+fn kafka_read(spec: &KafkaConfig, since: Option<i64>, until: i64) -> Result<Vec<String>, Error> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| kafka_error(spec, what, e);
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", spec.brokers.join(","))
+        .set(
+            "group.id",
+            format!("dualwrite-verify-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false");
+    for (k, v) in &spec.config {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| fail("consumer", &e))?;
+    let mut remaining = assign_up_to_watermarks(&consumer, spec)?;
+    let mut ids = Vec::new();
+    while !remaining.is_empty() {
+        let m = match consumer.poll(CALL_TIMEOUT) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(fail("read", &e)),
+            None => {
+                return Err(fail(
+                    "read",
+                    &"no record within 10s before the high watermark",
+                ))
+            }
+        };
+        if let Some(Ok(msg)) = m.payload().map(DataMessage::from_wire) {
+            if in_window(&msg, since, until) {
+                ids.push(msg.id);
             }
         }
-        let mut ids = Vec::new();
-        if remaining.is_empty() {
-            return Ok(ids);
+        if remaining
+            .get(&m.partition())
+            .is_some_and(|high| m.offset() + 1 >= *high)
+        {
+            remaining.remove(&m.partition());
         }
+    }
+    Ok(ids)
+}
+
+/// Assigns `consumer` every non-empty partition of the topic from its low watermark, and
+/// returns each one's high watermark now: where reading stops, so the check ends under traffic.
+fn assign_up_to_watermarks(
+    consumer: &BaseConsumer,
+    spec: &KafkaConfig,
+) -> Result<HashMap<i32, i64>, Error> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| kafka_error(spec, what, e);
+    let metadata = consumer
+        .fetch_metadata(Some(&spec.topic), CALL_TIMEOUT)
+        .map_err(|e| fail("metadata", &e))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&spec.topic, p, CALL_TIMEOUT)
+            .map_err(|e| fail("watermarks", &e))?;
+        if high > low {
+            remaining.insert(p, high);
+            assignment
+                .add_partition_offset(&spec.topic, p, Offset::Offset(low))
+                .map_err(|e| fail("assign", &e))?;
+        }
+    }
+    if !remaining.is_empty() {
         consumer
             .assign(&assignment)
             .map_err(|e| fail("assign", &e))?;
-        while !remaining.is_empty() {
-            let m = match consumer.poll(CALL_TIMEOUT) {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => return Err(fail("read", &e)),
-                None => {
-                    return Err(fail(
-                        "read",
-                        &"no record within 10s before the high watermark",
-                    ))
-                }
-            };
-            if let Some(Ok(msg)) = m.payload().map(DataMessage::from_wire) {
-                if in_window(&msg, since, until) {
-                    ids.push(msg.id);
-                }
-            }
-            if remaining
-                .get(&m.partition())
-                .is_some_and(|high| m.offset() + 1 >= *high)
-            {
-                remaining.remove(&m.partition());
-            }
-        }
-        Ok(ids)
-    })
-    .await
-    .map_err(|e| format!("kafka read task failed: {e}"))?
+    }
+    Ok(remaining)
 }
 
 /// Reads every NATS and Kafka provider of `spec` (memory providers are skipped: nothing outside
@@ -247,12 +314,12 @@ pub async fn check(
     spec: &DualWritePipelineSpec,
     window: Option<Duration>,
     settle: Duration,
-) -> Result<Report, String> {
+) -> Result<Report, Error> {
     let now = chrono::Utc::now().timestamp();
     let until = now - settle.as_secs() as i64;
     let since = window.map(|w| until - w.as_secs() as i64);
     let mut holdings = Vec::new();
-    let config = PipelineConfig::try_from(spec).map_err(|e| e.to_string())?;
+    let config = PipelineConfig::try_from(spec)?;
     for p in &config.providers {
         let ids = match &p.settings {
             ProviderSettings::Nats(n) => nats_ids(n, since, until).await?,
@@ -265,10 +332,55 @@ pub async fn check(
         });
     }
     if holdings.len() < 2 {
-        return Err("a consistency check needs at least two nats or kafka providers".into());
+        return Err(Error::TooFewProviders);
     }
     Ok(compare(&holdings))
 }
+
+/// The pipeline `r` in the cluster (KUBECONFIG or in-cluster), with the API to record a
+/// verdict on it.
+pub async fn read_pipeline(
+    r: &PipelineRef,
+) -> Result<(DualWritePipelineSpec, Api<DualWritePipeline>), Error> {
+    let client = kube::Client::try_default().await.map_err(Error::Connect)?;
+    let api: Api<DualWritePipeline> = Api::namespaced(client, &r.namespace);
+    let obj = api
+        .get(&r.name)
+        .await
+        .map_err(|source| Error::ReadPipeline {
+            pipeline: format!("{}/{}", r.namespace, r.name),
+            source,
+        })?;
+    Ok((obj.spec, api))
+}
+
+/// What `status.consistency` says of `report`, checked `at`.
+pub fn consistency_status(report: &Report, at: Timestamp) -> ConsistencyStatus {
+    ConsistencyStatus {
+        checked_at: Time(at),
+        seen: report.seen.clone(),
+        missing: report.missing.clone(),
+        duplicates: report.duplicates.clone(),
+        consistent: report.consistent,
+    }
+}
+
+/// Writes `report` into the pipeline's `status.consistency` (a migration gate reads it), under
+/// a field manager of its own so it never takes the operator's or a relay's fields.
+pub async fn record(
+    api: &Api<DualWritePipeline>,
+    name: &str,
+    report: &Report,
+) -> Result<(), Error> {
+    let part = serde_json::json!({ "consistency": consistency_status(report, Timestamp::now()) });
+    crate::api::apply_status(api, name, VERIFY_MANAGER, &part)
+        .await
+        .map_err(Error::WriteStatus)?;
+    Ok(())
+}
+
+/// Field manager of the status written by `dualwrite verify --pipeline`.
+pub const VERIFY_MANAGER: &str = "dualwrite-verify";
 
 #[cfg(test)]
 mod tests {
@@ -315,6 +427,18 @@ mod tests {
         let r = compare(&[h("a", &["1", "2", "3"]), h("b", &["1"])]);
         assert_eq!(r.missing_examples["b"], ["2", "3"]);
         assert_eq!(r.seen["a"], 3);
+    }
+
+    #[test]
+    fn consistency_status_carries_the_report() {
+        let report = compare(&[h("a", &["1", "2"]), h("b", &["1"])]);
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let status = consistency_status(&report, at);
+        assert_eq!(status.checked_at, Time(at));
+        assert_eq!(status.seen, report.seen);
+        assert_eq!(status.missing["b"], 1);
+        assert_eq!(status.duplicates, report.duplicates);
+        assert!(!status.consistent);
     }
 
     #[test]

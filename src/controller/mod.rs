@@ -37,6 +37,7 @@ use crate::api::DualWritePipeline;
 
 pub mod conditions;
 pub mod fallback;
+pub mod leader;
 pub mod probes;
 pub mod reason;
 mod reconcile;

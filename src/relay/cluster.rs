@@ -3,6 +3,11 @@
 //! reports its own per-provider numbers into the status, one entry per relay pod, written with
 //! server-side apply under a field manager of its own. The only part of the relay that knows
 //! Kubernetes.
+//!
+//! Lifecycle: [`run`] starts three tasks (the ingest server, the follower of the pipeline, the
+//! reporter) that all stop on the one cancellation token the process stops on. The server lets
+//! in-flight requests finish and closes the providers; the reporter then writes one last report,
+//! so the status ends with the final counters rather than those of up to an interval before.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -14,8 +19,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
 
-use super::Relay;
+use super::{PipelineConfig, Relay};
 use crate::api::{DualWritePipeline, DualWritePipelineSpec, ProviderReport, RelayReport};
 use crate::composite::CompositeStats;
 
@@ -27,8 +33,8 @@ pub struct PipelineRef {
 }
 
 impl std::str::FromStr for PipelineRef {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
         match s.split_once('/') {
             Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
                 Ok(Self {
@@ -36,15 +42,9 @@ impl std::str::FromStr for PipelineRef {
                     name: name.into(),
                 })
             }
-            _ => Err(format!("--pipeline {s:?}: expected NAMESPACE/NAME")),
+            _ => Err(Error::BadRef(s.to_string())),
         }
     }
-}
-
-/// Checks the pipeline's effective spec and hands it to the relay.
-async fn apply_pipeline(relay: &Relay, p: &DualWritePipeline) -> Result<(), String> {
-    let config = super::PipelineConfig::try_from(&effective_spec(p)).map_err(|e| e.to_string())?;
-    relay.apply(config).await.map_err(|e| e.to_string())
 }
 
 /// The spec the relay runs: the operator's decisions in the status (effective strategy, the
@@ -127,6 +127,44 @@ pub fn should_report(
     }
 }
 
+/// Checks the pipeline's effective spec and hands it to the relay.
+async fn apply_pipeline(relay: &Relay, p: &DualWritePipeline) -> Result<(), Error> {
+    let config = PipelineConfig::try_from(&effective_spec(p))?;
+    Ok(relay.apply(config).await?)
+}
+
+/// Why a relay in a cluster could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--pipeline {0:?}: expected NAMESPACE/NAME")]
+    BadRef(String),
+    #[error("cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {0}")]
+    Connect(#[source] kube::Error),
+    #[error("cannot read DualWritePipeline {namespace}/{name}: {source}")]
+    Read {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The pipeline's spec is not valid (each problem names its field).
+    #[error("the pipeline is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(#[from] crate::api::SpecError),
+    /// The pipeline's providers could not be built (the message names the provider).
+    #[error(transparent)]
+    Build(#[from] super::RelayError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ingest server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("ingest server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// How a relay in a cluster runs.
 pub struct Options {
     /// This relay's name in the status (the pod name).
@@ -140,146 +178,171 @@ pub struct Options {
     pub handoff: Option<Arc<crate::handoff::HandoffStore>>,
 }
 
-/// Runs the relay for `pipeline` until `shutdown` resolves.
+/// This relay's name in the status: `--pod-name`/`POD_NAME`, else the host name (with a warning:
+/// two relays on one host would overwrite each other's report).
+pub fn pod_name(flag: Option<String>) -> String {
+    flag.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+        tracing::warn!(name = %host, "POD_NAME is not set; reporting under the host name");
+        host
+    })
+}
+
+/// Connects to the Kubernetes API (in-cluster or KUBECONFIG) and runs the relay for `pipeline`
+/// until `shutdown` is cancelled.
+pub async fn run_in_cluster(
+    pipeline: PipelineRef,
+    options: Options,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Connect)?;
+    run(client, pipeline, options, shutdown).await
+}
+
+/// Runs the relay for `pipeline` until `shutdown` is cancelled: the ingest server, a follower
+/// of the pipeline's changes and a reporter of this relay's numbers, all stopped by one token.
 pub async fn run(
     client: Client,
     pipeline: PipelineRef,
     options: Options,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
-    let Options {
-        pod,
-        bind,
-        port: port_override,
-        report_every,
-        handoff,
-    } = options;
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let api: Api<DualWritePipeline> = Api::namespaced(client, &pipeline.namespace);
-    let p = api.get(&pipeline.name).await.map_err(|e| {
-        format!(
-            "cannot read DualWritePipeline {}/{}: {e}",
-            pipeline.namespace, pipeline.name
-        )
-    })?;
-    let spec = effective_spec(&p);
-    let config = super::PipelineConfig::try_from(&spec).map_err(|e| e.to_string())?;
-    let composite = super::build_composite_with(&config, handoff.as_ref())
+    let p = api
+        .get(&pipeline.name)
         .await
-        .map_err(|e| e.to_string())?;
-    let port = config.port(port_override);
-    let relay = Relay::with_handoff(composite, config, handoff);
+        .map_err(|source| Error::Read {
+            namespace: pipeline.namespace.clone(),
+            name: pipeline.name.clone(),
+            source,
+        })?;
+    let config = PipelineConfig::try_from(&effective_spec(&p))?;
+    let composite = super::build_composite_with(&config, options.handoff.as_ref()).await?;
+    let port = config.port(options.port);
+    let relay = Relay::with_handoff(composite, config, options.handoff);
     let generation = Arc::new(AtomicI64::new(p.metadata.generation.unwrap_or(0)));
-    let addr = std::net::SocketAddr::new(bind, port);
+    let addr = std::net::SocketAddr::new(options.bind, port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        .map_err(|source| Error::Listen { addr, source })?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let server = tokio::spawn(super::serve(
         relay.clone(),
         listener,
-        stopped(stop_rx.clone()),
+        shutdown.clone().cancelled_owned(),
+    ));
+    let follower = tokio::spawn(follow(
+        api.clone(),
+        pipeline.name.clone(),
+        relay.clone(),
+        generation.clone(),
+        shutdown.clone(),
+    ));
+    let reporter = tokio::spawn(report_loop(
+        Reporter {
+            api,
+            name: pipeline.name,
+            pod: options.pod,
+            relay,
+            generation,
+            every: options.report_every,
+        },
+        shutdown.clone(),
     ));
 
-    // Follow the pipeline: every change is applied without dropping in-flight messages.
-    let follower = {
-        let (api, relay, generation, name) = (
-            api.clone(),
-            relay.clone(),
-            generation.clone(),
-            pipeline.name.clone(),
-        );
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            let mut changes = watcher(api, config)
-                .default_backoff()
-                .applied_objects()
-                .boxed();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    next = changes.next() => match next {
-                        Some(Ok(p)) => {
-                            let g = p.metadata.generation.unwrap_or(0);
-                            match apply_pipeline(&relay, &p).await {
-                                Ok(()) => generation.store(g, Ordering::Release),
-                                Err(e) => tracing::error!(pipeline = %p.name_any(), error = %e, "cannot apply the changed pipeline; keeping the previous one"),
-                            }
-                        }
-                        Some(Err(e)) => tracing::warn!(error = %e, "watching the pipeline failed; retrying"),
-                        None => break,
-                    }
-                }
-            }
-        })
-    };
-
-    // Report this relay's numbers at a throttled interval.
-    let reporter = {
-        let (api, relay, generation, name, pod) = (
-            api.clone(),
-            relay.clone(),
-            generation.clone(),
-            pipeline.name.clone(),
-            pod.clone(),
-        );
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            let manager = format!("dualwrite-relay-{pod}");
-            let heartbeat = report_every * 4;
-            let mut last: Option<(RelayReport, Timestamp)> = None;
-            let mut tick = tokio::time::interval(report_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tokio::pin!(stop);
-            loop {
-                let stopping = tokio::select! {
-                    _ = &mut stop => true,
-                    _ = tick.tick() => false,
-                };
-                let now = Timestamp::now();
-                let next = report(
-                    &pod,
-                    Some(generation.load(Ordering::Acquire)),
-                    &relay.composite().stats_detailed(),
-                    now,
-                );
-                if stopping || should_report(last.as_ref(), &next, now, heartbeat) {
-                    let part = serde_json::json!({ "relays": [next] });
-                    match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        crate::api::apply_status(&api, &name, &manager, &part),
-                    )
-                    .await
-                    {
-                        Ok(Ok(_)) => last = Some((next, now)),
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "could not report to the pipeline status")
-                        }
-                        Err(_) => tracing::warn!("reporting to the pipeline status timed out"),
-                    }
-                }
-                if stopping {
-                    break;
-                }
-            }
-        })
-    };
-
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    let served = server
-        .await
-        .map_err(|e| format!("ingest server task failed: {e}"))?;
+    shutdown.cancelled().await;
+    let served = server.await?;
     // The reporter sends a last report after the server finished: final counters.
     let _ = follower.await;
     let _ = reporter.await;
-    served.map_err(|e| format!("ingest server failed: {e}"))
+    served.map_err(Error::Serve)
 }
+
+/// Follows the pipeline until `stop`: every change is applied without dropping in-flight
+/// messages; a change that cannot be applied is logged and the previous pipeline kept.
+async fn follow(
+    api: Api<DualWritePipeline>,
+    name: String,
+    relay: Arc<Relay>,
+    generation: Arc<AtomicI64>,
+    stop: CancellationToken,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut changes = watcher(api, config)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            next = changes.next() => match next {
+                Some(Ok(p)) => {
+                    let g = p.metadata.generation.unwrap_or(0);
+                    match apply_pipeline(&relay, &p).await {
+                        Ok(()) => generation.store(g, Ordering::Release),
+                        Err(e) => tracing::error!(pipeline = %p.name_any(), error = %e, "cannot apply the changed pipeline; keeping the previous one"),
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "watching the pipeline failed; retrying"),
+                None => break,
+            }
+        }
+    }
+}
+
+/// What the reporter needs: where to write, under which name, and what to read.
+struct Reporter {
+    api: Api<DualWritePipeline>,
+    name: String,
+    pod: String,
+    relay: Arc<Relay>,
+    generation: Arc<AtomicI64>,
+    every: Duration,
+}
+
+/// Reports this relay's numbers at a throttled interval (see [`should_report`]) until `stop`,
+/// then once more with the final counters.
+async fn report_loop(r: Reporter, stop: CancellationToken) {
+    let manager = format!("dualwrite-relay-{}", r.pod);
+    let heartbeat = r.every * 4;
+    let mut last: Option<(RelayReport, Timestamp)> = None;
+    let mut tick = tokio::time::interval(r.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let now = Timestamp::now();
+        let next = report(
+            &r.pod,
+            Some(r.generation.load(Ordering::Acquire)),
+            &r.relay.composite().stats_detailed(),
+            now,
+        );
+        if stopping || should_report(last.as_ref(), &next, now, heartbeat) {
+            let part = serde_json::json!({ "relays": [next] });
+            match tokio::time::timeout(
+                REPORT_TIMEOUT,
+                crate::api::apply_status(&r.api, &r.name, &manager, &part),
+            )
+            .await
+            {
+                Ok(Ok(_)) => last = Some((next, now)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not report to the pipeline status")
+                }
+                Err(_) => tracing::warn!("reporting to the pipeline status timed out"),
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+}
+
+/// Deadline of one status report: a slow API server must not hold up the next one or shutdown.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -36,6 +36,9 @@ struct IngestRequest {
 /// The router of the ingest API.
 pub fn router(relay: Arc<Relay>) -> Router {
     let max_body = relay.max_body_bytes();
+    // Built once; its collector reads the live numbers at every scrape.
+    let registry = Arc::new(metrics::registry(relay.clone()));
+    let scrape = move || prometheus(registry.clone());
     Router::new()
         .route(
             "/api/v1/ingest",
@@ -44,7 +47,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/health", get(health).fallback(|| async { method_not_allowed("GET") }))
         .route("/ready", get(ready).fallback(|| async { method_not_allowed("GET") }))
         .route("/stats", get(stats).fallback(|| async { method_not_allowed("GET") }))
-        .route("/metrics", get(prometheus).fallback(|| async { method_not_allowed("GET") }))
+        .route("/metrics", get(scrape).fallback(|| async { method_not_allowed("GET") }))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -71,52 +74,11 @@ fn method_not_allowed(allow: &'static str) -> Response {
 
 async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
+    let msg = match message_from(&relay, body) {
+        Ok(msg) => msg,
+        Err((status, message)) => return error(status, message),
+    };
     let m = &relay.metrics;
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            IngestMetrics::count(&m.too_large);
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than {} bytes; send smaller messages or raise spec.ingest.maxBodyBytes",
-                    relay.max_body_bytes()
-                ),
-            );
-        }
-        Err(rejection) => {
-            IngestMetrics::count(&m.bad_request);
-            return error(
-                rejection.status(),
-                format!("could not read the request body: {rejection}"),
-            );
-        }
-    };
-    let req: IngestRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            IngestMetrics::count(&m.bad_request);
-            let what = if e.is_data() {
-                "invalid request"
-            } else {
-                "malformed JSON"
-            };
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("{what}: {e}; expected {{\"source\": \"...\", \"data\": \"...\", \"metadata\": {{...}}}}"),
-            );
-        }
-    };
-    let mut msg = DataMessage::new(req.source, req.data.into_bytes());
-    msg.metadata = req.metadata;
-    if let Some(id) = req.id {
-        if let Err(e) = validate_id(&id) {
-            IngestMetrics::count(&m.bad_request);
-            return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}"));
-        }
-        msg.id = id;
-    }
-
     let mut composite = relay.composite();
     let mut outcome = composite.publish_detailed(&msg).await;
     if matches!(outcome, Err(PublishError::Closed)) {
@@ -162,6 +124,60 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
     }
 }
 
+/// The message a request carries, or the status and message that refuse it (counted by
+/// outcome).
+fn message_from(
+    relay: &Relay,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<DataMessage, (StatusCode, String)> {
+    let m = &relay.metrics;
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            IngestMetrics::count(&m.too_large);
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than {} bytes; send smaller messages or raise spec.ingest.maxBodyBytes",
+                    relay.max_body_bytes()
+                ),
+            ));
+        }
+        Err(rejection) => {
+            IngestMetrics::count(&m.bad_request);
+            return Err((
+                rejection.status(),
+                format!("could not read the request body: {rejection}"),
+            ));
+        }
+    };
+    let req: IngestRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            IngestMetrics::count(&m.bad_request);
+            let what = if e.is_data() {
+                "invalid request"
+            } else {
+                "malformed JSON"
+            };
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("{what}: {e}; expected {{\"source\": \"...\", \"data\": \"...\", \"metadata\": {{...}}}}"),
+            ));
+        }
+    };
+    let mut msg = DataMessage::new(req.source, req.data.into_bytes());
+    msg.metadata = req.metadata;
+    if let Some(id) = req.id {
+        if let Err(e) = validate_id(&id) {
+            IngestMetrics::count(&m.bad_request);
+            return Err((StatusCode::BAD_REQUEST, format!("invalid request: {e}")));
+        }
+        msg.id = id;
+    }
+    Ok(msg)
+}
+
 async fn health() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
@@ -184,13 +200,10 @@ async fn stats(State(relay): State<Arc<Relay>>) -> Response {
     Json(relay.composite().stats_detailed()).into_response()
 }
 
-async fn prometheus(State(relay): State<Arc<Relay>>) -> Response {
+async fn prometheus(registry: Arc<prometheus_client::registry::Registry>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics::render(&relay.metrics, &relay.composite()),
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&registry),
     )
         .into_response()
 }

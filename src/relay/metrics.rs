@@ -1,14 +1,26 @@
-//! Counters of the ingest API and the Prometheus text rendering of everything the relay measures.
+//! Counters of the ingest API and the Prometheus exposition of everything the relay measures.
 //!
-//! Provider numbers are read from the composite at scrape time (one source of truth), so the
-//! exposition is written by hand in the text format (version 0.0.4) rather than mirrored into a
-//! second set of counters.
+//! Provider numbers live in the composite (one source of truth), so they are not mirrored into
+//! a second set of counters: a `prometheus-client` [`Collector`] reads them, the ingest counters
+//! and the latency histograms at scrape time, and the registry is encoded in the Prometheus text
+//! format (version 0.0.4, the one every scraper reads). The encoder appends `_total` to counter
+//! names, so counters are described by their base name.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use crate::composite::Composite;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::Relay;
+use crate::composite::{Composite, ProviderRow, Strategy};
 use crate::latency::{Histogram, BOUNDS_SECONDS};
+
+/// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// What the ingest API answered, by outcome.
 #[derive(Debug, Default)]
@@ -27,179 +39,183 @@ impl IngestMetrics {
     }
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Reads the relay's numbers at scrape time: the ingest counters and, from the composite in
+/// force now (it is swapped when the provider list changes), the per-provider series.
+pub struct RelayCollector {
+    relay: Arc<Relay>,
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let sep = if labels.is_empty() { "" } else { "," };
-    let mut cumulative = 0;
-    let counts = h.counts();
-    for (i, c) in counts.iter().enumerate() {
-        cumulative += c;
-        let le = BOUNDS_SECONDS
-            .get(i)
-            .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-        );
+impl fmt::Debug for RelayCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayCollector").finish_non_exhaustive()
     }
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds());
-    let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+}
+
+impl Collector for RelayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        encode_ingest(&mut encoder, &self.relay.metrics)?;
+        encode_providers(&mut encoder, &self.relay.composite())
+    }
+}
+
+/// The relay's registry: one collector over its live numbers. Built once per server.
+pub fn registry(relay: Arc<Relay>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(RelayCollector { relay }));
+    registry
 }
 
 /// The whole `/metrics` page.
-pub fn render(ingest: &IngestMetrics, composite: &Composite) -> String {
-    let stats = composite.stats_detailed();
+pub fn render(registry: &Registry) -> String {
     let mut out = String::with_capacity(4096);
+    // Writing into a String cannot fail; an encoder error would be a bug in a collector.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "cannot encode the metrics");
+    }
+    out
+}
 
-    header(
-        &mut out,
-        "dualwrite_ingest_requests_total",
-        "counter",
+fn counter(m: &mut MetricEncoder, v: u64) -> fmt::Result {
+    m.encode_counter::<NoLabelSet, u64, u64>(&v, None)
+}
+
+fn histogram(m: &mut MetricEncoder, h: &Histogram) -> fmt::Result {
+    // `counts` has one bucket per bound plus the +Inf one; the encoder accumulates them.
+    let counts = h.counts();
+    let buckets: Vec<(f64, u64)> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (BOUNDS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY), *c))
+        .collect();
+    m.encode_histogram::<NoLabelSet>(h.sum_seconds(), counts.iter().sum(), &buckets, None)
+}
+
+fn encode_ingest(encoder: &mut DescriptorEncoder, ingest: &IngestMetrics) -> fmt::Result {
+    let mut m = encoder.encode_descriptor(
+        "dualwrite_ingest_requests",
         "Ingest requests by outcome.",
-    );
+        None,
+        MetricType::Counter,
+    )?;
     for (outcome, c) in [
         ("accepted", &ingest.accepted),
         ("bad_request", &ingest.bad_request),
         ("too_large", &ingest.too_large),
         ("unavailable", &ingest.unavailable),
     ] {
-        let _ = writeln!(
-            out,
-            "dualwrite_ingest_requests_total{{outcome=\"{outcome}\"}} {}",
-            c.load(Ordering::Relaxed)
-        );
+        let labels = [("outcome", outcome)];
+        counter(&mut m.encode_family(&labels)?, c.load(Ordering::Relaxed))?;
     }
-    header(
-        &mut out,
+    let mut m = encoder.encode_descriptor(
         "dualwrite_ingest_duration_seconds",
-        "histogram",
         "Time to answer an accepted ingest request.",
-    );
-    histogram(
-        &mut out,
-        "dualwrite_ingest_duration_seconds",
-        "",
-        &ingest.latency,
-    );
+        None,
+        MetricType::Histogram,
+    )?;
+    histogram(&mut m, &ingest.latency)
+}
 
-    header(
-        &mut out,
+/// A per-provider series: name (counters without `_total`), type, help, and how to read it.
+type Series = (
+    &'static str,
+    MetricType,
+    &'static str,
+    fn(&ProviderRow) -> u64,
+);
+
+const PROVIDER_SERIES: [Series; 8] = [
+    (
+        "dualwrite_provider_published",
+        MetricType::Counter,
+        "Messages the provider acknowledged.",
+        |r| r.stats.published,
+    ),
+    (
+        "dualwrite_provider_failed",
+        MetricType::Counter,
+        "Writes to the provider that failed (timeouts included).",
+        |r| r.stats.failed,
+    ),
+    (
+        "dualwrite_provider_timeouts",
+        MetricType::Counter,
+        "Writes abandoned at the publish deadline.",
+        |r| r.timeouts,
+    ),
+    (
+        "dualwrite_provider_consumed",
+        MetricType::Counter,
+        "Messages read back from the provider.",
+        |r| r.stats.consumed,
+    ),
+    (
+        "dualwrite_provider_depth",
+        MetricType::Gauge,
+        "Messages waiting in an in-memory queue.",
+        |r| r.stats.depth,
+    ),
+    (
+        "dualwrite_provider_backlog",
+        MetricType::Gauge,
+        "Messages waiting in the provider's hinted-handoff backlog.",
+        |r| r.stats.backlog,
+    ),
+    (
+        "dualwrite_provider_healthy",
+        MetricType::Gauge,
+        "1 when the provider takes writes.",
+        |r| u64::from(r.health.healthy),
+    ),
+    (
+        "dualwrite_provider_needs_reconciliation",
+        MetricType::Gauge,
+        "1 when the provider's backlog passed its limits: replay alone cannot make it complete.",
+        |r| u64::from(r.needs_reconciliation),
+    ),
+];
+
+fn encode_providers(encoder: &mut DescriptorEncoder, composite: &Composite) -> fmt::Result {
+    let stats = composite.stats_detailed();
+    let mut m = encoder.encode_descriptor(
         "dualwrite_strategy_info",
-        "gauge",
         "The strategy in force (1 for the current one).",
-    );
-    for s in [
-        crate::composite::Strategy::FailFast,
-        crate::composite::Strategy::BestEffort,
-    ] {
-        let v = u8::from(stats.strategy == s);
-        let _ = writeln!(out, "dualwrite_strategy_info{{strategy=\"{s}\"}} {v}");
+        None,
+        MetricType::Gauge,
+    )?;
+    for s in [Strategy::FailFast, Strategy::BestEffort] {
+        let name = s.to_string();
+        let labels = [("strategy", name.as_str())];
+        m.encode_family(&labels)?
+            .encode_gauge(&u64::from(stats.strategy == s))?;
     }
-
-    let rows: Vec<_> = stats
-        .providers
-        .iter()
-        .map(|r| {
-            (
-                format!("provider=\"{}\",type=\"{}\"", escape(&r.name), r.kind),
-                r,
-            )
-        })
-        .collect();
-    type Series = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&crate::composite::ProviderRow) -> f64,
-    );
-    let series: [Series; 8] = [
-        (
-            "dualwrite_provider_published_total",
-            "counter",
-            "Messages the provider acknowledged.",
-            |r| r.stats.published as f64,
-        ),
-        (
-            "dualwrite_provider_failed_total",
-            "counter",
-            "Writes to the provider that failed (timeouts included).",
-            |r| r.stats.failed as f64,
-        ),
-        (
-            "dualwrite_provider_timeouts_total",
-            "counter",
-            "Writes abandoned at the publish deadline.",
-            |r| r.timeouts as f64,
-        ),
-        (
-            "dualwrite_provider_consumed_total",
-            "counter",
-            "Messages read back from the provider.",
-            |r| r.stats.consumed as f64,
-        ),
-        (
-            "dualwrite_provider_depth",
-            "gauge",
-            "Messages waiting in an in-memory queue.",
-            |r| r.stats.depth as f64,
-        ),
-        (
-            "dualwrite_provider_backlog",
-            "gauge",
-            "Messages waiting in the provider's hinted-handoff backlog.",
-            |r| r.stats.backlog as f64,
-        ),
-        (
-            "dualwrite_provider_healthy",
-            "gauge",
-            "1 when the provider takes writes.",
-            |r| f64::from(u8::from(r.health.healthy)),
-        ),
-        (
-            "dualwrite_provider_needs_reconciliation",
-            "gauge",
-            "1 when the provider's backlog passed its limits: replay alone cannot make it complete.",
-            |r| f64::from(u8::from(r.needs_reconciliation)),
-        ),
-    ];
-    for (name, kind, help, value) in series {
-        header(&mut out, name, kind, help);
-        for (labels, row) in &rows {
-            let _ = writeln!(out, "{name}{{{labels}}} {}", value(row));
+    let kinds: Vec<String> = stats.providers.iter().map(|r| r.kind.to_string()).collect();
+    for (name, kind, help, value) in PROVIDER_SERIES {
+        let mut m = encoder.encode_descriptor(name, help, None, kind)?;
+        for (row, type_) in stats.providers.iter().zip(&kinds) {
+            let labels = [("provider", row.name.as_str()), ("type", type_.as_str())];
+            let mut series = m.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => counter(&mut series, value(row))?,
+                _ => series.encode_gauge(&value(row))?,
+            }
         }
     }
-    let name = "dualwrite_provider_publish_duration_seconds";
-    header(
-        &mut out,
-        name,
-        "histogram",
+    let mut m = encoder.encode_descriptor(
+        "dualwrite_provider_publish_duration_seconds",
         "Time from write to acknowledgement, per provider.",
-    );
+        None,
+        MetricType::Histogram,
+    )?;
     for (provider, h) in composite.latency_histograms() {
-        histogram(
-            &mut out,
-            name,
-            &format!("provider=\"{}\"", escape(provider)),
-            h,
-        );
+        let labels = [("provider", provider)];
+        histogram(&mut m.encode_family(&labels)?, h)?;
     }
-    out
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::composite::Strategy;
     use crate::message::DataMessage;
     use crate::provider::memory::MemoryProvider;
     use std::sync::Arc;
@@ -219,9 +235,10 @@ mod tests {
         c.publish_detailed(&DataMessage::new("t", "x"))
             .await
             .unwrap();
-        let ingest = IngestMetrics::default();
-        IngestMetrics::count(&ingest.accepted);
-        let text = render(&ingest, &c);
+        // The spec only sets the body limit here; the series come from the composite.
+        let relay = Relay::new(c, crate::relay::PipelineConfig::two_memory_queues());
+        IngestMetrics::count(&relay.metrics.accepted);
+        let text = render(&registry(relay));
         for line in [
             "dualwrite_ingest_requests_total{outcome=\"accepted\"} 1",
             "dualwrite_provider_published_total{provider=\"a\",type=\"memory\"} 1",

@@ -1,0 +1,226 @@
+//! The `dualwrite` command line as a library: the clap arguments of every command, what each
+//! command runs, and the one error type a command ends with. `main.rs` only parses, installs the
+//! stop signal and calls [`run`].
+//!
+//! One stop signal: [`cancel_on_signal`] cancels a [`CancellationToken`] on SIGTERM or Ctrl-C,
+//! and every long-running task (ingest server, pipeline follower, status reporter, reconciler,
+//! lease loop, probes) stops on that token or a child of it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::DualWritePipelineSpec;
+
+pub mod operator;
+pub mod relay;
+pub mod verify;
+
+pub use operator::OperatorArgs;
+pub use relay::RelayArgs;
+pub use verify::VerifyArgs;
+
+/// `dualwrite`: its global options and one command.
+#[derive(Parser)]
+#[command(
+    name = "dualwrite",
+    version,
+    about = "Dual-write relay and Kubernetes operator"
+)]
+pub struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the relay: HTTP ingest → composite → brokers.
+    ///
+    /// The pipeline comes from -f, else from the seed's variables (QUEUE_TYPE,
+    /// COMPOSITE_PROVIDERS, COMPOSITE_STRATEGY, QUEUE_SIZE, NATS_URL, KAFKA_BROKERS, KAFKA_TOPIC),
+    /// else the built-in default: two memory providers under FailFast.
+    Relay(RelayArgs),
+    /// Run the operator: reconcile DualWritePipeline resources.
+    Operator(OperatorArgs),
+    /// Check that the brokers agree: every message id on one is on the others (duplicates are
+    /// reported too).
+    ///
+    /// Exit code 0 when no id is missing anywhere, 1 when one is, 2 on error. With --pipeline the result is also
+    /// written to the pipeline's status.consistency (a migration gate reads it).
+    Verify(VerifyArgs),
+    /// Print the DualWritePipeline CustomResourceDefinition (what crds/ holds).
+    Crd,
+}
+
+/// Why a command could not do its job. Every variant is a configuration or environment
+/// problem the person running the command must fix, so all exit with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Manifest { path: PathBuf, message: String },
+    /// The seed's variables do not describe a pipeline.
+    #[error("{0}")]
+    SeedEnv(String),
+    #[error("the pipeline is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(#[from] crate::api::SpecError),
+    /// The pipeline's providers could not be built (the message names the provider).
+    #[error(transparent)]
+    Build(#[from] crate::relay::RelayError),
+    #[error("{0}")]
+    Handoff(#[from] crate::handoff::HandoffError),
+    #[error("cannot listen on {addr}: {source}; set API_PORT or --port to a free port")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} for probes: {source}; set --http-port")]
+    ListenProbes {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ingest server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {0}")]
+    Connect(#[source] kube::Error),
+    #[error("give -f FILE or --pipeline NAMESPACE/NAME")]
+    NoPipeline,
+    #[error(transparent)]
+    Cluster(#[from] crate::relay::cluster::Error),
+    #[error(transparent)]
+    Lease(#[from] crate::controller::leader::Error),
+    #[error(transparent)]
+    Verify(#[from] crate::verify::Error),
+}
+
+impl Error {
+    /// The process's exit code for this error: 2, a configuration or environment error (1 is
+    /// kept for `verify` finding the brokers in disagreement).
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(2)
+    }
+}
+
+/// Runs `command` until it is done or `shutdown` is cancelled.
+pub async fn run(command: Command, shutdown: CancellationToken) -> Result<ExitCode, Error> {
+    match command {
+        Command::Relay(args) => relay::run(args, shutdown).await?,
+        Command::Operator(args) => operator::run(args, shutdown).await?,
+        Command::Verify(args) => return verify::run(args).await,
+        Command::Crd => print!("{}", crate::api::crd_yaml()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a DualWritePipeline manifest (the YAML a user would `kubectl apply`).
+pub fn read_manifest(path: &Path) -> Result<DualWritePipelineSpec, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    crate::relay::config::spec_from_manifest(&text).map_err(|e| Error::Manifest {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Logs to stdout as text (coloured on a terminal) or, with `json`, as JSON lines; the level
+/// comes from `RUST_LOG` (default `info`).
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM (how Kubernetes stops a pod) or Ctrl-C; ends early when
+/// `shutdown` is cancelled by someone else.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    tokio::select! {
+        _ = signal() => {
+            tracing::info!("shutdown requested: no new requests; finishing in-flight ones");
+            shutdown.cancel();
+        }
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// Resolves on the first SIGTERM or Ctrl-C. A signal that cannot be listened for is logged and
+/// never fires (the other one still works).
+async fn signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn arguments_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parse_table() {
+        // (arguments, accepted)
+        let cases: [(&[&str], bool); 8] = [
+            (&["relay"], true),
+            (&["relay", "--pipeline", "ns/p", "--pod-name", "r-0"], true),
+            (&["relay", "-f", "p.yaml", "--pipeline", "ns/p"], false),
+            (&["relay", "--report-interval", "soon"], false),
+            (&["verify", "-f", "p.yaml", "--window", "10m"], true),
+            (&["verify"], false),
+            (&["verify", "-f", "p.yaml", "--pipeline", "ns/p"], false),
+            (&["operator", "--leader-elect", "--resync", "2s"], true),
+        ];
+        for (args, accepted) in cases {
+            let parsed =
+                Cli::try_parse_from(std::iter::once("dualwrite").chain(args.iter().copied()));
+            assert_eq!(parsed.is_ok(), accepted, "{args:?}");
+        }
+    }
+}

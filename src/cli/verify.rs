@@ -1,0 +1,59 @@
+//! `dualwrite verify`: its arguments, and the exit code that tells a script whether the brokers
+//! agree. The check itself and the status it records are in [`crate::verify`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::{read_manifest, Error};
+use crate::relay::cluster::PipelineRef;
+
+/// Settings of `dualwrite verify`.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// A DualWritePipeline manifest.
+    #[arg(
+        short = 'f',
+        long = "file",
+        conflicts_with = "pipeline",
+        required_unless_present = "pipeline"
+    )]
+    pub file: Option<PathBuf>,
+    /// The DualWritePipeline NAMESPACE/NAME in the cluster.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Only messages ingested within this span (default: everything the brokers hold).
+    #[arg(long, value_parser = crate::duration::parse)]
+    pub window: Option<Duration>,
+    /// Leave out messages younger than this (writes may still be in flight).
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    pub settle: Duration,
+}
+
+/// Runs the check and prints its report; with `--pipeline` also records it in the pipeline's
+/// status. Exit code 0 when the brokers agree, 1 when they do not.
+pub async fn run(a: VerifyArgs) -> Result<ExitCode, Error> {
+    let (spec, target) = match (a.file, a.pipeline) {
+        (Some(path), _) => (read_manifest(&path)?, None),
+        (None, Some(p)) => {
+            let r: PipelineRef = p.parse()?;
+            let (spec, api) = crate::verify::read_pipeline(&r).await?;
+            (spec, Some((api, r.name)))
+        }
+        (None, None) => return Err(Error::NoPipeline),
+    };
+    let report = crate::verify::check(&spec, a.window, a.settle).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    if let Some((api, name)) = target {
+        crate::verify::record(&api, &name, &report).await?;
+    }
+    if report.consistent {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("the brokers disagree: see missing/duplicates above");
+        Ok(ExitCode::from(1))
+    }
+}
