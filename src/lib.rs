@@ -4,19 +4,33 @@
 //! ```text
 //!  HTTP ingest ──► relay ──► Composite (strategy) ──┬──► memory
 //!   (relay::http)  (relay)    (composite)           ├──► NATS JetStream (provider::nats)
-//!                                                   └──► Kafka          (provider::kafka)
-//!
+//!                    ▲                              └──► Kafka          (provider::kafka)
+//!                    │ PipelineConfig (api's one validator; also from -f and the seed's env)
 //!  DualWritePipeline (api) ──► operator (controller) ──► Deployment/Service/RBAC running the relay
 //!                        ◄── status: per-provider rows, conditions, migration step
 //! ```
 //!
+//! The core (no Kubernetes; `grep -rnE 'crate::api|crate::controller|kube::|k8s_openapi'` over
+//! it prints nothing):
 //! - [`message`]: the message and its JSON wire form.
-//! - [`provider`]: the `Provider` trait and the memory, NATS and Kafka adapters.
-//! - [`composite`]: fan-out to several providers under a strategy (FailFast / BestEffort).
-//! - [`relay`]: pipeline → providers → composite, the HTTP ingest API, stats and metrics.
-//! - [`api`]: the `DualWritePipeline` resource and its validation.
+//! - [`provider`]: the `Provider` trait, stats, health, the shared supervisor; the memory,
+//!   NATS (`provider::nats`) and Kafka (`provider::kafka`) adapters and their configuration.
+//! - [`composite`]: fan-out to several providers under a strategy (FailFast / BestEffort), its
+//!   lanes, the strategy and the merged subscription.
+//! - [`handoff`]: the durable per-provider backlog (store, backlog handle, replay).
+//! - [`latency`]: the lock-free latency histogram behind stats and `/metrics`.
+//! - [`duration`]: the one duration parser and formatter (`750ms`, `2m`, `1h30m`).
+//! - [`relay`]: a typed `PipelineConfig` → providers → composite, the HTTP ingest API and its
+//!   metrics; `relay::config` reads a manifest or the seed's variables and `relay::cluster`
+//!   watches the resource and reports (the relay's only Kubernetes parts).
 //!
-//! `message`, `provider`, `composite` and the relay core know nothing of Kubernetes.
+//! The control plane and the commands:
+//! - [`api`]: the `DualWritePipeline` resource (spec, status, the status-apply helper) and the
+//!   one validator, `PipelineConfig::try_from(&spec)`.
+//! - [`controller`]: the operator: reconcile, owned objects, status rows and conditions, the
+//!   migration step machine and fallback, leader election, probes and metrics.
+//! - [`verify`]: the consistency check of the brokers, and its record in status.
+//! - [`cli`]: the command line (`relay`, `operator`, `verify`, `crd`); `main.rs` only calls it.
 #![forbid(unsafe_code)]
 
 pub mod api;

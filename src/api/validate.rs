@@ -448,12 +448,6 @@ fn migration(problems: &mut Problems, m: &MigrationSpec, providers: &[ProviderSp
     }
 }
 
-/// Parses a duration such as `5s`, `750ms`, `2m` or `1h30m` that the validator already checked
-/// (the operator reads migration durations with it).
-pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
-    duration::parse(text).map_err(|e| format!("{field}: {e}"))
-}
-
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;

@@ -172,8 +172,8 @@ fn decide_migration(
             ),
         });
     }
-    // `validate` does not check fallbackAfter (the CRD's schema does): one that is no duration
-    // means no automatic fallback, as it always has.
+    // Only a valid spec reaches here, and the validator checked fallbackAfter: the parse
+    // cannot fail (were it to, no automatic fallback is the safe reading).
     let fallback_after = m
         .fallback_after
         .as_deref()

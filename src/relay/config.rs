@@ -96,26 +96,7 @@ pub fn spec_from_env(env: &SeedEnv) -> Result<DualWritePipelineSpec, ConfigError
 }
 
 fn spec_from_variables(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
-    let queue_type = env
-        .queue_type
-        .as_deref()
-        .unwrap_or("composite")
-        .to_ascii_lowercase();
-    let types: Vec<ProviderKind> = if queue_type == "composite" {
-        let list = env.composite_providers.as_deref().ok_or(
-            "QUEUE_TYPE=composite needs COMPOSITE_PROVIDERS, e.g. COMPOSITE_PROVIDERS=nats,kafka",
-        )?;
-        list.split(',')
-            .map(|t| {
-                t.parse::<ProviderKind>()
-                    .map_err(|e| format!("COMPOSITE_PROVIDERS: {e}"))
-            })
-            .collect::<Result<_, _>>()?
-    } else {
-        vec![queue_type.parse::<ProviderKind>().map_err(|_| {
-            format!("QUEUE_TYPE={queue_type:?} is unknown: use memory, nats, kafka or composite")
-        })?]
-    };
+    let types = provider_types(env)?;
     let strategy = match &env.composite_strategy {
         None => Strategy::FailFast,
         Some(s) => s.parse().map_err(|e| format!("COMPOSITE_STRATEGY: {e}"))?,
@@ -142,41 +123,7 @@ fn spec_from_variables(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
             } else {
                 t.to_string()
             };
-            ProviderSpec {
-                name,
-                kind: t,
-                memory: (t == ProviderKind::Memory).then_some(MemorySpec { capacity }),
-                nats: (t == ProviderKind::Nats).then(|| NatsSpec {
-                    url: env
-                        .nats_url
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_NATS_URL.into()),
-                    subject: env
-                        .nats_subject
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_NATS_SUBJECT.into()),
-                    stream: None,
-                    durable: None,
-                    duplicate_window: None,
-                }),
-                kafka: (t == ProviderKind::Kafka).then(|| KafkaSpec {
-                    brokers: env
-                        .kafka_brokers
-                        .as_deref()
-                        .unwrap_or(DEFAULT_KAFKA_BROKERS)
-                        .split(',')
-                        .map(|b| b.trim().to_string())
-                        .collect(),
-                    topic: env
-                        .kafka_topic
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_KAFKA_TOPIC.into()),
-                    partitions: None,
-                    replication_factor: None,
-                    group_id: None,
-                    config: BTreeMap::new(),
-                }),
-            }
+            provider_spec(env, t, name, capacity)
         })
         .collect();
     Ok(DualWritePipelineSpec {
@@ -188,6 +135,62 @@ fn spec_from_variables(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
         handoff: None,
         migration: None,
     })
+}
+
+/// `QUEUE_TYPE` (one provider) or, for `composite`, the list in `COMPOSITE_PROVIDERS`.
+fn provider_types(env: &SeedEnv) -> Result<Vec<ProviderKind>, String> {
+    let queue_type = env
+        .queue_type
+        .as_deref()
+        .unwrap_or("composite")
+        .to_ascii_lowercase();
+    if queue_type != "composite" {
+        return Ok(vec![queue_type.parse::<ProviderKind>().map_err(|_| {
+            format!("QUEUE_TYPE={queue_type:?} is unknown: use memory, nats, kafka or composite")
+        })?]);
+    }
+    let list = env.composite_providers.as_deref().ok_or(
+        "QUEUE_TYPE=composite needs COMPOSITE_PROVIDERS, e.g. COMPOSITE_PROVIDERS=nats,kafka",
+    )?;
+    list.split(',')
+        .map(|t| {
+            t.parse::<ProviderKind>()
+                .map_err(|e| format!("COMPOSITE_PROVIDERS: {e}"))
+        })
+        .collect()
+}
+
+/// One provider of type `kind` with the seed's settings for that type.
+fn provider_spec(
+    env: &SeedEnv,
+    kind: ProviderKind,
+    name: String,
+    capacity: Option<u32>,
+) -> ProviderSpec {
+    let or = |v: &Option<String>, default: &str| v.clone().unwrap_or_else(|| default.into());
+    ProviderSpec {
+        name,
+        kind,
+        memory: (kind == ProviderKind::Memory).then_some(MemorySpec { capacity }),
+        nats: (kind == ProviderKind::Nats).then(|| NatsSpec {
+            url: or(&env.nats_url, DEFAULT_NATS_URL),
+            subject: or(&env.nats_subject, DEFAULT_NATS_SUBJECT),
+            stream: None,
+            durable: None,
+            duplicate_window: None,
+        }),
+        kafka: (kind == ProviderKind::Kafka).then(|| KafkaSpec {
+            brokers: or(&env.kafka_brokers, DEFAULT_KAFKA_BROKERS)
+                .split(',')
+                .map(|b| b.trim().to_string())
+                .collect(),
+            topic: or(&env.kafka_topic, DEFAULT_KAFKA_TOPIC),
+            partitions: None,
+            replication_factor: None,
+            group_id: None,
+            config: BTreeMap::new(),
+        }),
+    }
 }
 
 /// The built-in pipeline: FailFast over two in-memory queues.
