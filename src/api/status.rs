@@ -9,6 +9,8 @@ use kube::Api;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::composite::ProviderRow;
+
 use super::{DualWritePipeline, ProviderKind, Strategy};
 
 /// What the operator and the relays observed.
@@ -171,7 +173,10 @@ pub struct RelayReport {
     pub providers: Vec<ProviderReport>,
 }
 
-/// One provider as one relay sees it.
+/// One provider as one relay sees it: the composite's [`ProviderRow`] (counters, latency,
+/// health) in the shape a relay writes into status. The operator sums these rows into a
+/// [`ProviderStatus`] per provider; the four types are the four layers a provider's numbers pass
+/// through (provider `Stats` → composite row → relay report → pipeline status).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderReport {
@@ -290,6 +295,27 @@ mod tests {
             assert_eq!(json["type"], "kafka");
             assert_eq!(ready.to_string(), word);
             assert_eq!(serde_json::from_value::<ProviderStatus>(json).unwrap(), row);
+        }
+    }
+}
+
+impl From<&ProviderRow> for ProviderReport {
+    fn from(row: &ProviderRow) -> Self {
+        let since =
+            k8s_openapi::jiff::Timestamp::from_microsecond(row.health.since.timestamp_micros())
+                .ok()
+                .map(Time);
+        ProviderReport {
+            name: row.name.clone(),
+            healthy: row.health.healthy,
+            reason: row.health.reason.clone(),
+            message: row.health.message.clone(),
+            since,
+            published: row.stats.published,
+            failed: row.stats.failed,
+            backlog: row.stats.backlog,
+            latency_p99_ms: (row.latency.count > 0).then_some(row.latency.p99_ms),
+            needs_reconciliation: row.needs_reconciliation,
         }
     }
 }

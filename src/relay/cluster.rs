@@ -72,12 +72,6 @@ pub fn effective_spec(p: &DualWritePipeline) -> DualWritePipelineSpec {
     spec
 }
 
-fn to_time(t: chrono::DateTime<chrono::Utc>) -> Option<Time> {
-    Timestamp::from_microsecond(t.timestamp_micros())
-        .ok()
-        .map(Time)
-}
-
 /// This relay's report from the composite's stats.
 pub fn report(
     pod: &str,
@@ -90,22 +84,7 @@ pub fn report(
         reported_at: Time(now),
         strategy: stats.strategy,
         generation,
-        providers: stats
-            .providers
-            .iter()
-            .map(|row| ProviderReport {
-                name: row.name.clone(),
-                healthy: row.health.healthy,
-                reason: row.health.reason.clone(),
-                message: row.health.message.clone(),
-                since: to_time(row.health.since),
-                published: row.stats.published,
-                failed: row.stats.failed,
-                backlog: row.stats.backlog,
-                latency_p99_ms: (row.latency.count > 0).then_some(row.latency.p99_ms),
-                needs_reconciliation: row.needs_reconciliation,
-            })
-            .collect(),
+        providers: stats.providers.iter().map(ProviderReport::from).collect(),
     }
 }
 
