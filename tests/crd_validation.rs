@@ -90,6 +90,14 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
             "  providers:\n  - {name: nt, type: nats, nats: {url: \"nats://x:4222\", subject: \"orders.*\"}}\n",
             "spec.providers[0].nats.subject",
         ),
+        (
+            "  providers:\n  - {name: kf, type: kafka, kafka: {brokers: [\"b:9092\"], topic: t, config: {plugin.library.paths: /tmp/x.so}}}\n",
+            "kafka.config: plugin.library.paths is not allowed",
+        ),
+        (
+            "  providers:\n  - {name: kf, type: kafka, kafka: {brokers: [\"b:9092\"], topic: t, config: {acks: \"0\"}}}\n",
+            "kafka.config: acks is not allowed",
+        ),
     ];
     for (body, want) in cases {
         let manifest = format!("{HEAD}{body}");
@@ -119,6 +127,12 @@ fn the_api_server_and_the_validator_agree() {
     };
     let kafka = |brokers: &str, topic: &str| {
         format!("  providers:\n  - {{name: kf, type: kafka, kafka: {{brokers: [{brokers}], topic: \"{topic}\"}}}}\n")
+    };
+    let kafka_with = |extra: &str| {
+        format!("  providers:\n  - {{name: kf, type: kafka, kafka: {{brokers: [\"b:9092\"], topic: t, {extra}}}}}\n")
+    };
+    let nats_with = |extra: &str| {
+        format!("  providers:\n  - {{name: nt, type: nats, nats: {{url: \"tls://h:4222\", subject: s, {extra}}}}}\n")
     };
     let memory = |extra: &str| {
         format!(
@@ -163,6 +177,28 @@ fn the_api_server_and_the_validator_agree() {
         memory("  migration:\n    fallbackAfter: 2m\n    steps:\n    - {name: s, strategy: FailFast}\n"),
         memory("  migration:\n    fallbackAfter: soon\n    steps:\n    - {name: s, strategy: FailFast}\n"),
         memory("  migration:\n    targetStep: 1\n    steps:\n    - {name: s, strategy: FailFast}\n"),
+        kafka_with("config: {linger.ms: '5', compression.type: zstd, client.id: relay}"),
+        kafka_with("config: {plugin.library.paths: /tmp/evil.so}"),
+        kafka_with("config: {sasl.kerberos.kinit.cmd: 'sh -c id'}"),
+        kafka_with("config: {acks: '0'}"),
+        kafka_with("config: {enable.idempotence: 'false'}"),
+        kafka_with("config: {security.protocol: PLAINTEXT}"),
+        kafka_with("config: {message.timeout.ms: '0'}"),
+        kafka_with("tls: {trustedCertificates: [{secretName: ca, certificate: ca.crt}]}, authentication: {type: scram-sha-512, username: relay, passwordSecret: {secretName: kafka-relay, password: password}}"),
+        kafka_with("authentication: {type: plain, username: relay}"),
+        kafka_with("authentication: {type: tls, certificateAndKey: {secretName: c, certificate: tls.crt, key: tls.key}}"),
+        kafka_with("tls: {}, authentication: {type: tls, certificateAndKey: {secretName: c, certificate: tls.crt, key: tls.key}}"),
+        kafka_with("tls: {}, authentication: {type: tls, username: u, certificateAndKey: {secretName: c, certificate: tls.crt, key: tls.key}}"),
+        kafka_with("authentication: {type: scram-sha-256, username: u, passwordSecret: {secretName: 'Bad_Name', password: p}}"),
+        nats_with("tls: {trustedCertificates: [{secretName: nats-ca, certificate: ca.crt}], certificateAndKey: {secretName: relay-tls, certificate: tls.crt, key: tls.key}}, authentication: {type: creds, credsSecret: {secretName: nats-relay, key: relay.creds}}"),
+        nats_with("authentication: {type: creds}"),
+        nats_with("authentication: {type: nkey, seedSecret: {secretName: s, key: seed}, tokenSecret: {secretName: s, key: t}}"),
+        nats_with("authentication: {type: user-password, username: u, passwordSecret: {secretName: s, password: p}}"),
+        nats_with("authentication: {type: user-password, username: u}"),
+        nats_with("authentication: {type: token, tokenSecret: {secretName: s, key: token}}"),
+        memory("  ingest: {tls: {secretName: t, certificate: tls.crt, key: tls.key}, authentication: {tokensSecret: {secretName: t, key: tokens}}, probePort: 9090, maxInFlight: 10, headerTimeout: 2s}\n"),
+        memory("  ingest: {headerTimeout: 0s}\n"),
+        memory("  ingest: {maxConnections: 0}\n"),
     ];
     let mut disagreements = Vec::new();
     let mut accepted = 0;

@@ -29,6 +29,8 @@ fn spec(brokers: &str) -> KafkaConfig {
         replication_factor: None,
         group_id: Some(common::unique("dwtest-group")),
         config: Default::default(),
+        tls: None,
+        auth: None,
     }
 }
 

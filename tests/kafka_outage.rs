@@ -40,6 +40,8 @@ fn spec(brokers: &str) -> KafkaConfig {
         replication_factor: None,
         group_id: Some(common::unique("dwoutage-group")),
         config: Default::default(),
+        tls: None,
+        auth: None,
     }
 }
 

@@ -37,6 +37,8 @@ fn spec(url: &str) -> NatsConfig {
         stream: None,
         durable: None,
         duplicate_window: None,
+        tls: None,
+        auth: None,
     }
 }
 

@@ -72,6 +72,8 @@ fn nats_config(url: &str) -> NatsConfig {
         stream: None,
         durable: None,
         duplicate_window: None,
+        tls: None,
+        auth: None,
     }
 }
 
@@ -83,6 +85,8 @@ fn kafka_config(brokers: &str) -> KafkaConfig {
         replication_factor: None,
         group_id: Some(common::unique("dwtest-group")),
         config: Default::default(),
+        tls: None,
+        auth: None,
     }
 }
 

@@ -9,8 +9,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::validate::{
-    DNS_LABEL, DURATION, DURATION_MS, KAFKA_BROKER, KAFKA_TOPIC, NATS_SUBJECT, NATS_URLS, TIMEOUT,
+    DNS_LABEL, DURATION, DURATION_MS, KAFKA_BROKER, KAFKA_TOPIC, NATS_SUBJECT, NATS_URLS,
+    SECRET_KEY, SECRET_NAME, TIMEOUT,
 };
+use super::validate::{KAFKA_CONFIG_MESSAGE, KAFKA_CONFIG_RULE};
 use super::{DualWritePipelineStatus, ProviderKind, Strategy};
 
 /// A pipeline that writes every ingested message to several brokers at once.
@@ -145,10 +147,18 @@ pub struct NatsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_MS))]
     pub duplicate_window: Option<String>,
+    /// TLS to the servers (a `tls://` URL or a server that requires TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Credentials, from Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<NatsAuthenticationSpec>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.topic != '.' && self.topic != '..'").message("kafka.topic: '.' and '..' are not legal topic names"))]
+#[x_kube(validation = Rule::new(KAFKA_CONFIG_RULE).message(Message::Expression(KAFKA_CONFIG_MESSAGE.into())))]
+#[x_kube(validation = Rule::new("!has(self.authentication) || self.authentication.type != 'tls' || has(self.tls)").message("kafka.authentication: type tls needs a tls block"))]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
     /// Bootstrap servers, `host:port`.
@@ -168,9 +178,19 @@ pub struct KafkaSpec {
     /// Consumer group used by `subscribe`. Default: `dualwrite-<provider name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
-    /// Extra librdkafka settings (e.g. `security.protocol`), applied last.
+    /// librdkafka tuning settings (batching, linger, compression, buffering, timeouts,
+    /// `client.id`, ...), applied last. Only keys on the allowlist in the README are accepted:
+    /// security goes through `tls` and `authentication`, and the delivery guarantees (`acks=all`,
+    /// idempotence, a finite message timeout) cannot be changed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub config: BTreeMap<String, String>,
+    /// TLS to the brokers (`security.protocol` SSL, or SASL_SSL with SASL authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Credentials, from Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<KafkaAuthenticationSpec>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -184,6 +204,42 @@ pub struct IngestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024, max = 67108864))]
     pub max_body_bytes: Option<u32>,
+    /// Serve the ingest API over TLS with this certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<CertAndKeySecretSource>,
+    /// Require `Authorization: Bearer <token>` on the ingest API; the Secret key holds the
+    /// accepted tokens, one a line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<IngestAuthenticationSpec>,
+    /// Port of `/health`, `/ready`, `/stats` and `/metrics` when they should not share the ingest
+    /// listener (so probes and scraping need neither TLS nor a token). Unset: the ingest port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub probe_port: Option<u16>,
+    /// Most requests served at once; past it, 503 with `Retry-After` (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_in_flight: Option<u32>,
+    /// Most open connections; past it new ones wait to be accepted (default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_connections: Option<u32>,
+    /// Time a client has to send a request's headers (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TIMEOUT))]
+    pub header_timeout: Option<String>,
+    /// Time a whole request may take, body and publish included (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TIMEOUT))]
+    pub request_timeout: Option<String>,
+}
+
+/// Bearer-token authentication of the ingest API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestAuthenticationSpec {
+    /// The Secret key holding the accepted tokens, one a line.
+    pub tokens_secret: SecretKeySource,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -276,4 +332,146 @@ pub struct StepGates {
     /// Never leave automatically; only `targetStep` moves on (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manual: Option<bool>,
+}
+
+/// A certificate in a Secret (Strimzi's `CertSecretSource`): the key `certificate` of the
+/// Secret `secretName`, PEM.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertSecretSource {
+    /// The Secret, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME))]
+    pub secret_name: String,
+    /// The key holding the PEM certificate(s), e.g. `ca.crt`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
+    pub certificate: String,
+}
+
+/// A client certificate and its private key in one Secret (Strimzi's `CertAndKeySecretSource`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertAndKeySecretSource {
+    /// The Secret, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME))]
+    pub secret_name: String,
+    /// The key holding the PEM certificate, e.g. `tls.crt`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
+    pub certificate: String,
+    /// The key holding the PEM private key, e.g. `tls.key`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
+    pub key: String,
+}
+
+/// A password in a Secret (Strimzi's `PasswordSecretSource`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordSecretSource {
+    /// The Secret, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME))]
+    pub secret_name: String,
+    /// The key holding the password.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
+    pub password: String,
+}
+
+/// One key of a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySource {
+    /// The Secret, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME))]
+    pub secret_name: String,
+    /// The key within the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
+    pub key: String,
+}
+
+/// TLS to the brokers: the CAs to trust (default: the system's) and, for mutual TLS, a client
+/// certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// CA certificates the broker's certificate must chain to; unset: the system's CAs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub trusted_certificates: Vec<CertSecretSource>,
+    /// A client certificate and key (NATS mutual TLS; for Kafka use `authentication.type: tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_and_key: Option<CertAndKeySecretSource>,
+}
+
+/// How the relay authenticates to Kafka (Strimzi's `KafkaClientAuthentication`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.type != 'tls' || has(self.certificateAndKey)").message("kafka.authentication: type tls needs certificateAndKey"))]
+#[x_kube(validation = Rule::new("self.type == 'tls' || (has(self.username) && has(self.passwordSecret))").message("kafka.authentication: types plain, scram-sha-256 and scram-sha-512 need username and passwordSecret"))]
+#[x_kube(validation = Rule::new("self.type == 'tls' || !has(self.certificateAndKey)").message("kafka.authentication: certificateAndKey is only for type tls"))]
+#[x_kube(validation = Rule::new("self.type != 'tls' || (!has(self.username) && !has(self.passwordSecret))").message("kafka.authentication: username and passwordSecret are not for type tls"))]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaAuthenticationSpec {
+    #[serde(rename = "type")]
+    pub kind: KafkaAuthType,
+    /// SASL user name (plain, scram-sha-256, scram-sha-512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub username: Option<String>,
+    /// SASL password (plain, scram-sha-256, scram-sha-512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<PasswordSecretSource>,
+    /// Client certificate and key (type tls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_and_key: Option<CertAndKeySecretSource>,
+}
+
+/// Kafka authentication mechanisms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum KafkaAuthType {
+    /// Mutual TLS with `certificateAndKey`.
+    #[serde(rename = "tls")]
+    Tls,
+    /// SASL PLAIN (only over TLS in production).
+    #[serde(rename = "plain")]
+    Plain,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+}
+
+/// How the relay authenticates to NATS.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("(self.type == 'creds') == has(self.credsSecret)").message("nats.authentication: credsSecret goes with type creds, and only with it"))]
+#[x_kube(validation = Rule::new("(self.type == 'nkey') == has(self.seedSecret)").message("nats.authentication: seedSecret goes with type nkey, and only with it"))]
+#[x_kube(validation = Rule::new("(self.type == 'token') == has(self.tokenSecret)").message("nats.authentication: tokenSecret goes with type token, and only with it"))]
+#[x_kube(validation = Rule::new("(self.type == 'user-password') == (has(self.username) && has(self.passwordSecret))").message("nats.authentication: username and passwordSecret go with type user-password, and only with it"))]
+#[x_kube(validation = Rule::new("self.type == 'user-password' || (!has(self.username) && !has(self.passwordSecret))").message("nats.authentication: username and passwordSecret are only for type user-password"))]
+#[serde(rename_all = "camelCase")]
+pub struct NatsAuthenticationSpec {
+    #[serde(rename = "type")]
+    pub kind: NatsAuthType,
+    /// A `.creds` file (user JWT and nkey seed), type creds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds_secret: Option<SecretKeySource>,
+    /// An nkey seed (`SU…`), type nkey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_secret: Option<SecretKeySource>,
+    /// User name, type user-password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub username: Option<String>,
+    /// Password, type user-password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<PasswordSecretSource>,
+    /// A token, type token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<SecretKeySource>,
+}
+
+/// NATS authentication mechanisms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatsAuthType {
+    Creds,
+    Nkey,
+    UserPassword,
+    Token,
 }

@@ -6,6 +6,7 @@
 //! must not act on a spec the API server let through from an older CRD.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use regex::Regex;
@@ -16,6 +17,9 @@ use crate::handoff::Limits;
 use crate::provider::kafka::KafkaConfig;
 use crate::provider::memory::DEFAULT_CAPACITY;
 use crate::provider::nats::NatsConfig;
+use crate::provider::secret::{
+    CertAndKey, KafkaAuth, NatsAuth, SaslMechanism, SecretFile, TlsFiles, DEFAULT_SECRETS_DIR,
+};
 use crate::relay::pipeline::{
     HandoffConfig, IngestConfig, PipelineConfig, ProviderConfig, ProviderSettings,
     DEFAULT_MAX_BODY_BYTES,
@@ -38,6 +42,81 @@ pub const TIMEOUT: &str = r"^([0-9]*[1-9][0-9]*(ms|s|m))+$";
 pub const DURATION_MS: &str = r"^([0-9]+(ms|s|m|h))+$";
 /// A duration in s, m or h.
 pub const DURATION: &str = r"^([0-9]+(s|m|h))+$";
+
+/// A Secret's name: a DNS subdomain.
+pub const SECRET_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A key within a Secret (Kubernetes' rule for ConfigMap and Secret keys).
+pub const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
+
+/// The librdkafka settings `kafka.config` may hold: tuning only. Everything about security
+/// (`security.protocol`, `ssl.*`, `sasl.*`, plugins, Kerberos commands) goes through the typed
+/// `tls` and `authentication` fields, and the delivery guarantees (`acks=all`, idempotence, a
+/// finite message timeout derived from `publishTimeout`) cannot be changed. An allowlist, so a
+/// key librdkafka adds later is refused until someone decides it is safe.
+macro_rules! kafka_config_allowlist {
+    ($m:ident) => {
+        $m!(
+            "batch.num.messages",
+            "batch.size",
+            "broker.address.family",
+            "client.id",
+            "client.rack",
+            "compression.codec",
+            "compression.level",
+            "compression.type",
+            "connections.max.idle.ms",
+            "fetch.max.bytes",
+            "fetch.min.bytes",
+            "fetch.wait.max.ms",
+            "heartbeat.interval.ms",
+            "linger.ms",
+            "max.partition.fetch.bytes",
+            "max.poll.interval.ms",
+            "message.max.bytes",
+            "metadata.max.age.ms",
+            "partitioner",
+            "queue.buffering.max.kbytes",
+            "queue.buffering.max.messages",
+            "queue.buffering.max.ms",
+            "receive.message.max.bytes",
+            "reconnect.backoff.max.ms",
+            "reconnect.backoff.ms",
+            "request.timeout.ms",
+            "retry.backoff.max.ms",
+            "retry.backoff.ms",
+            "session.timeout.ms",
+            "socket.keepalive.enable",
+            "socket.receive.buffer.bytes",
+            "socket.send.buffer.bytes",
+            "socket.timeout.ms",
+            "statistics.interval.ms",
+            "sticky.partitioning.linger.ms",
+            "topic.metadata.refresh.interval.ms"
+        )
+    };
+}
+macro_rules! as_array {
+    ($($k:literal),*) => { [$($k),*] };
+}
+// A CEL map literal, not a list: membership in a map is a constant-cost lookup for the API
+// server's cost estimator, which refuses a list scan per key of an unbounded map.
+macro_rules! as_cel_list {
+    ($($k:literal),*) => { concat!("{", $("'", $k, "': true, ",)* "}") };
+}
+/// The keys `kafka.config` accepts.
+pub const KAFKA_CONFIG_ALLOWED: &[&str] = &kafka_config_allowlist!(as_array);
+/// The CRD's rule for `kafka.config` (the same list).
+pub const KAFKA_CONFIG_RULE: &str = concat!(
+    "!has(self.config) || self.config.all(k, k in ",
+    kafka_config_allowlist!(as_cel_list),
+    ")"
+);
+/// The CRD's message naming a refused key (the first; the relay's validator names them all).
+pub const KAFKA_CONFIG_MESSAGE: &str = concat!(
+    "'kafka.config: ' + self.config.filter(k, !(k in ",
+    kafka_config_allowlist!(as_cel_list),
+    "))[0] + ' is not allowed: only tuning settings (batching, linger, compression, buffering, timeouts, client.id); security goes through tls and authentication, and acks, idempotence and the message timeout are fixed'"
+);
 
 /// One thing wrong with a spec, at a path such as `spec.providers[1].kafka.brokers`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -303,12 +382,40 @@ fn nats(problems: &mut Problems, at: &str, n: &NatsSpec) -> Option<NatsConfig> {
         .duplicate_window
         .as_deref()
         .and_then(|w| problems.duration(&format!("{at}.duplicateWindow"), w, DURATION_MS));
+    let mut refs = n.tls.as_ref().map(tls_refs).unwrap_or_default();
+    if let Some(a) = &n.authentication {
+        for (field, s) in [
+            ("authentication.credsSecret", &a.creds_secret),
+            ("authentication.seedSecret", &a.seed_secret),
+            ("authentication.tokenSecret", &a.token_secret),
+        ] {
+            refs.extend(
+                s.iter()
+                    .map(|s| (field, s.secret_name.as_str(), s.key.as_str())),
+            );
+        }
+        refs.extend(a.password_secret.iter().map(|p| {
+            (
+                "authentication.passwordSecret",
+                p.secret_name.as_str(),
+                p.password.as_str(),
+            )
+        }));
+    }
+    secret_refs(problems, at, &refs);
+    let tls = n.tls.as_ref().map(tls_files);
+    let auth = n
+        .authentication
+        .as_ref()
+        .and_then(|a| nats_auth(problems, at, a));
     (problems.0.len() == before).then(|| NatsConfig {
         url: n.url.trim().to_string(),
         subject: n.subject.clone(),
         stream: n.stream.clone(),
         durable: n.durable.clone(),
         duplicate_window,
+        tls,
+        auth,
     })
 }
 
@@ -351,6 +458,47 @@ fn kafka(problems: &mut Problems, at: &str, k: &KafkaSpec) -> Option<KafkaConfig
     if let Some(r) = k.replication_factor {
         problems.range(&format!("{at}.replicationFactor"), r, 1, 32);
     }
+    let refused: Vec<&str> = k
+        .config
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !KAFKA_CONFIG_ALLOWED.contains(key))
+        .collect();
+    if !refused.is_empty() {
+        problems.add(
+            format!("{at}.config"),
+            format!(
+                "{} not allowed: only tuning settings (batching, linger, compression, buffering, \
+                 timeouts, client.id); security goes through tls and authentication, and acks, \
+                 idempotence and the message timeout are fixed",
+                refused.join(", ")
+            ),
+        );
+    }
+    let mut refs = k.tls.as_ref().map(tls_refs).unwrap_or_default();
+    if let Some(a) = &k.authentication {
+        refs.extend(a.password_secret.iter().map(|p| {
+            (
+                "authentication.passwordSecret",
+                p.secret_name.as_str(),
+                p.password.as_str(),
+            )
+        }));
+        if let Some(c) = &a.certificate_and_key {
+            refs.push((
+                "authentication.certificateAndKey",
+                &c.secret_name,
+                &c.certificate,
+            ));
+            refs.push(("authentication.certificateAndKey", &c.secret_name, &c.key));
+        }
+    }
+    secret_refs(problems, at, &refs);
+    let tls = k.tls.as_ref().map(tls_files);
+    let auth = k
+        .authentication
+        .as_ref()
+        .and_then(|a| kafka_auth(problems, at, a, tls.is_some()));
     (problems.0.len() == before).then(|| KafkaConfig {
         brokers: k.brokers.iter().map(|b| b.trim().to_string()).collect(),
         topic: k.topic.clone(),
@@ -358,6 +506,8 @@ fn kafka(problems: &mut Problems, at: &str, k: &KafkaSpec) -> Option<KafkaConfig
         replication_factor: k.replication_factor,
         group_id: k.group_id.clone(),
         config: k.config.clone(),
+        tls,
+        auth,
     })
 }
 
@@ -370,9 +520,66 @@ fn ingest(problems: &mut Problems, spec: Option<&IngestSpec>) -> IngestConfig {
     if let Some(b) = max_body {
         problems.range("spec.ingest.maxBodyBytes", b, 1024, 64 * 1024 * 1024);
     }
+    let defaults = IngestConfig::default();
+    let Some(i) = spec else {
+        return defaults;
+    };
+    let timeout = |problems: &mut Problems, field: &str, v: &Option<String>, default| {
+        v.as_deref()
+            .and_then(|t| problems.duration(&format!("spec.ingest.{field}"), t, TIMEOUT))
+            .unwrap_or(default)
+    };
+    if let Some(p) = i.probe_port {
+        problems.range("spec.ingest.probePort", p, 1, u16::MAX);
+    }
+    for (field, v) in [
+        ("maxInFlight", i.max_in_flight),
+        ("maxConnections", i.max_connections),
+    ] {
+        if let Some(v) = v {
+            problems.range(&format!("spec.ingest.{field}"), v, 1, 100_000);
+        }
+    }
+    let mut refs = Vec::new();
+    if let Some(c) = &i.tls {
+        refs.push(("tls", c.secret_name.as_str(), c.certificate.as_str()));
+        refs.push(("tls", c.secret_name.as_str(), c.key.as_str()));
+    }
+    if let Some(a) = &i.authentication {
+        refs.push((
+            "authentication.tokensSecret",
+            &a.tokens_secret.secret_name,
+            &a.tokens_secret.key,
+        ));
+    }
+    secret_refs(problems, "spec.ingest", &refs);
     IngestConfig {
         port,
         max_body_bytes: max_body.map_or(DEFAULT_MAX_BODY_BYTES, |b| b as usize),
+        tls: i.tls.as_ref().map(cert_and_key),
+        tokens: i
+            .authentication
+            .as_ref()
+            .map(|a| secret_key(&a.tokens_secret)),
+        probe_port: i.probe_port,
+        max_in_flight: i
+            .max_in_flight
+            .map_or(defaults.max_in_flight, |v| v as usize),
+        max_connections: i
+            .max_connections
+            .map_or(defaults.max_connections, |v| v as usize),
+        header_timeout: timeout(
+            problems,
+            "headerTimeout",
+            &i.header_timeout,
+            defaults.header_timeout,
+        ),
+        request_timeout: timeout(
+            problems,
+            "requestTimeout",
+            &i.request_timeout,
+            defaults.request_timeout,
+        ),
     }
 }
 
@@ -445,6 +652,189 @@ fn migration(problems: &mut Problems, m: &MigrationSpec, providers: &[ProviderSp
     }
     if let Some(f) = &m.fallback_after {
         problems.duration("spec.migration.fallbackAfter", f, DURATION);
+    }
+}
+
+/// Checks every Secret reference of a provider or the ingest listener: names and keys as
+/// Kubernetes allows them (the CRD's patterns).
+fn secret_refs(problems: &mut Problems, at: &str, refs: &[(&str, &str, &str)]) {
+    for (field, name, key) in refs {
+        let path = format!("{at}.{field}");
+        if problems.length(&format!("{path}.secretName"), name, 1, 253) {
+            problems.pattern(
+                &format!("{path}.secretName"),
+                name,
+                SECRET_NAME,
+                "is not a Secret name (lower case letters, digits, '-' and '.')",
+            );
+        }
+        if problems.length(&format!("{path} key"), key, 1, 253) {
+            problems.pattern(
+                &format!("{path} key"),
+                key,
+                SECRET_KEY,
+                "is not a Secret key (letters, digits, '-', '_' and '.')",
+            );
+        }
+    }
+}
+
+/// Every Secret reference of a TLS block, as (field, secret, key).
+fn tls_refs(t: &TlsSpec) -> Vec<(&'static str, &str, &str)> {
+    let mut out: Vec<(&str, &str, &str)> = t
+        .trusted_certificates
+        .iter()
+        .map(|c| {
+            (
+                "tls.trustedCertificates[]",
+                c.secret_name.as_str(),
+                c.certificate.as_str(),
+            )
+        })
+        .collect();
+    if let Some(c) = &t.certificate_and_key {
+        out.push(("tls.certificateAndKey", &c.secret_name, &c.certificate));
+        out.push(("tls.certificateAndKey", &c.secret_name, &c.key));
+    }
+    out
+}
+
+/// The secrets directory a spec's Secret keys resolve under until `--secrets-dir` re-roots them.
+fn secrets_dir() -> &'static Path {
+    Path::new(DEFAULT_SECRETS_DIR)
+}
+
+fn secret_key(s: &SecretKeySource) -> SecretFile {
+    SecretFile::new(secrets_dir(), &s.secret_name, &s.key)
+}
+
+fn password(s: &PasswordSecretSource) -> SecretFile {
+    SecretFile::new(secrets_dir(), &s.secret_name, &s.password)
+}
+
+fn cert_and_key(s: &CertAndKeySecretSource) -> CertAndKey {
+    CertAndKey {
+        certificate: SecretFile::new(secrets_dir(), &s.secret_name, &s.certificate),
+        key: SecretFile::new(secrets_dir(), &s.secret_name, &s.key),
+    }
+}
+
+fn tls_files(t: &TlsSpec) -> TlsFiles {
+    TlsFiles {
+        trusted_certificates: t
+            .trusted_certificates
+            .iter()
+            .map(|c| SecretFile::new(secrets_dir(), &c.secret_name, &c.certificate))
+            .collect(),
+        client: t.certificate_and_key.as_ref().map(cert_and_key),
+    }
+}
+
+/// Kafka credentials; each type takes its own fields and refuses the others (as the CRD does).
+fn kafka_auth(
+    problems: &mut Problems,
+    at: &str,
+    a: &KafkaAuthenticationSpec,
+    has_tls: bool,
+) -> Option<KafkaAuth> {
+    let at = format!("{at}.authentication");
+    let sasl = |mechanism| match (&a.username, &a.password_secret) {
+        (Some(u), Some(p)) => Some(KafkaAuth::Sasl {
+            mechanism,
+            username: u.clone(),
+            password: password(p),
+        }),
+        _ => None,
+    };
+    let (auth, wants) = match a.kind {
+        KafkaAuthType::Tls => (
+            a.certificate_and_key
+                .as_ref()
+                .map(|c| KafkaAuth::Tls(cert_and_key(c))),
+            "certificateAndKey",
+        ),
+        KafkaAuthType::Plain => (sasl(SaslMechanism::Plain), "username and passwordSecret"),
+        KafkaAuthType::ScramSha256 => (
+            sasl(SaslMechanism::ScramSha256),
+            "username and passwordSecret",
+        ),
+        KafkaAuthType::ScramSha512 => (
+            sasl(SaslMechanism::ScramSha512),
+            "username and passwordSecret",
+        ),
+    };
+    let is_tls = a.kind == KafkaAuthType::Tls;
+    if auth.is_none() {
+        problems.add(&at, format!("this type needs {wants}"));
+    }
+    if is_tls && (a.username.is_some() || a.password_secret.is_some()) {
+        problems.add(&at, "username and passwordSecret are not for type tls");
+    }
+    if !is_tls && a.certificate_and_key.is_some() {
+        problems.add(&at, "certificateAndKey is only for type tls");
+    }
+    if is_tls && !has_tls {
+        problems.add(&at, "type tls needs a tls block");
+    }
+    auth
+}
+
+/// NATS credentials; each type takes its own field and refuses the others (as the CRD does).
+fn nats_auth(problems: &mut Problems, at: &str, a: &NatsAuthenticationSpec) -> Option<NatsAuth> {
+    let at = format!("{at}.authentication");
+    let given = [
+        (
+            "credsSecret",
+            a.creds_secret.is_some(),
+            a.kind == NatsAuthType::Creds,
+        ),
+        (
+            "seedSecret",
+            a.seed_secret.is_some(),
+            a.kind == NatsAuthType::Nkey,
+        ),
+        (
+            "tokenSecret",
+            a.token_secret.is_some(),
+            a.kind == NatsAuthType::Token,
+        ),
+        (
+            "username",
+            a.username.is_some(),
+            a.kind == NatsAuthType::UserPassword,
+        ),
+        (
+            "passwordSecret",
+            a.password_secret.is_some(),
+            a.kind == NatsAuthType::UserPassword,
+        ),
+    ];
+    for (field, present, wanted) in given {
+        if present != wanted {
+            let verb = if wanted { "needs" } else { "does not take" };
+            problems.add(&at, format!("this type {verb} {field}"));
+        }
+    }
+    match a.kind {
+        NatsAuthType::Creds => a
+            .creds_secret
+            .as_ref()
+            .map(|s| NatsAuth::Creds(secret_key(s))),
+        NatsAuthType::Nkey => a
+            .seed_secret
+            .as_ref()
+            .map(|s| NatsAuth::Nkey(secret_key(s))),
+        NatsAuthType::Token => a
+            .token_secret
+            .as_ref()
+            .map(|s| NatsAuth::Token(secret_key(s))),
+        NatsAuthType::UserPassword => match (&a.username, &a.password_secret) {
+            (Some(u), Some(p)) => Some(NatsAuth::UserPassword {
+                username: u.clone(),
+                password: password(p),
+            }),
+            _ => None,
+        },
     }
 }
 

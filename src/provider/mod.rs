@@ -23,6 +23,7 @@ use crate::message::DataMessage;
 pub mod kafka;
 pub mod memory;
 pub mod nats;
+pub mod secret;
 mod supervise;
 
 pub use supervise::{Supervisor, PROBE_INTERVAL};

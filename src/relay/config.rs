@@ -178,6 +178,8 @@ fn provider_spec(
             stream: None,
             durable: None,
             duplicate_window: None,
+            tls: None,
+            authentication: None,
         }),
         kafka: (kind == ProviderKind::Kafka).then(|| KafkaSpec {
             brokers: or(&env.kafka_brokers, DEFAULT_KAFKA_BROKERS)
@@ -189,6 +191,8 @@ fn provider_spec(
             replication_factor: None,
             group_id: None,
             config: BTreeMap::new(),
+            tls: None,
+            authentication: None,
         }),
     }
 }

@@ -2,6 +2,7 @@
 //! `DualWritePipeline` spec with its one validator (`PipelineConfig::try_from(&spec)`), for a
 //! resource, a manifest file and the seed's variables alike; nothing here checks it again.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::composite::{Strategy, DEFAULT_PUBLISH_TIMEOUT};
@@ -9,6 +10,7 @@ use crate::handoff::Limits;
 use crate::provider::kafka::KafkaConfig;
 use crate::provider::memory::DEFAULT_CAPACITY;
 use crate::provider::nats::NatsConfig;
+use crate::provider::secret::{CertAndKey, SecretFile};
 
 /// Port of the ingest API when neither the manifest nor `API_PORT` gives one (the seed's).
 pub const DEFAULT_PORT: u16 = 8080;
@@ -66,12 +68,31 @@ pub struct HandoffConfig {
 }
 
 /// The ingest listener's settings that come from the pipeline (fixed for the process).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IngestConfig {
     /// The pipeline's port; the command line or `API_PORT` may override it.
     pub port: Option<u16>,
     pub max_body_bytes: usize,
+    /// Serve over TLS with this certificate and key.
+    pub tls: Option<CertAndKey>,
+    /// Accepted bearer tokens (one a line in this file); unset: no authentication.
+    pub tokens: Option<SecretFile>,
+    /// A separate port for `/health`, `/ready`, `/stats`, `/metrics`.
+    pub probe_port: Option<u16>,
+    pub max_in_flight: usize,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
 }
+
+/// Requests served at once by default (past it: 503 with `Retry-After`).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Open connections by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Time to send a request's headers by default (a slow client cannot hold a connection open).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time one request may take by default, publish included (above the publish timeout).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for HandoffConfig {
     fn default() -> Self {
@@ -87,6 +108,13 @@ impl Default for IngestConfig {
         Self {
             port: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            tls: None,
+            tokens: None,
+            probe_port: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -107,6 +135,34 @@ impl PipelineConfig {
             handoff: HandoffConfig::default(),
             ingest: IngestConfig::default(),
         }
+    }
+
+    /// The same pipeline reading its Secret keys under `dir` (`--secrets-dir`) instead of the
+    /// default mount path.
+    pub fn with_secrets_dir(mut self, dir: &Path) -> Self {
+        for f in self.secret_files_mut() {
+            f.rebase(dir);
+        }
+        self
+    }
+
+    /// Every Secret file the pipeline reads: providers' TLS and credentials, the ingest
+    /// listener's certificate and tokens.
+    pub fn secret_files_mut(&mut self) -> Vec<&mut SecretFile> {
+        let mut out = Vec::new();
+        for p in &mut self.providers {
+            match &mut p.settings {
+                ProviderSettings::Memory { .. } => {}
+                ProviderSettings::Nats(n) => out.extend(n.secret_files_mut()),
+                ProviderSettings::Kafka(k) => out.extend(k.secret_files_mut()),
+            }
+        }
+        if let Some(c) = &mut self.ingest.tls {
+            out.push(&mut c.certificate);
+            out.push(&mut c.key);
+        }
+        out.extend(self.ingest.tokens.as_mut());
+        out
     }
 
     /// The ingest port: `overridden` (command line, `API_PORT`), else the pipeline's, else 8080.

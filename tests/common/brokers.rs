@@ -12,6 +12,8 @@ pub async fn nats_ids(url: &str, subject: &str, stream: &str) -> Vec<String> {
         stream: Some(stream.into()),
         durable: None,
         duplicate_window: None,
+        tls: None,
+        auth: None,
     };
     dualwrite::verify::nats_ids(&spec, None, i64::MAX)
         .await
@@ -27,6 +29,8 @@ pub async fn kafka_ids(brokers: &str, topic: &str) -> Vec<String> {
         replication_factor: None,
         group_id: None,
         config: Default::default(),
+        tls: None,
+        auth: None,
     };
     dualwrite::verify::kafka_ids(&spec, None, i64::MAX)
         .await

@@ -49,6 +49,7 @@ use rdkafka::util::Timeout;
 use self::client::{ClientConfigs, HealthContext, KafkaProducer, ProducerSlot, Shared};
 use self::supervisor::KafkaProbe;
 use self::topic::{ensure_topic_at_start, TopicSpec};
+use super::secret::{KafkaAuth, SecretFile, TlsFiles};
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
 use super::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
 use crate::message::DataMessage;
@@ -93,11 +94,30 @@ pub struct KafkaConfig {
     pub replication_factor: Option<i32>,
     /// Consumer group used by `subscribe`; default `dualwrite-<provider name>`.
     pub group_id: Option<String>,
-    /// Extra librdkafka settings, applied last.
+    /// librdkafka tuning settings from the allowlist, applied last.
     pub config: std::collections::BTreeMap<String, String>,
+    /// TLS: CAs to trust (`security.protocol` SSL, or SASL_SSL with SASL).
+    pub tls: Option<TlsFiles>,
+    pub auth: Option<KafkaAuth>,
 }
 
 impl KafkaConfig {
+    /// Every Secret file this provider reads (to re-root them, and to watch them for rotation).
+    pub fn secret_files_mut(&mut self) -> Vec<&mut SecretFile> {
+        let mut out = self
+            .tls
+            .as_mut()
+            .map(TlsFiles::files_mut)
+            .unwrap_or_default();
+        out.extend(
+            self.auth
+                .as_mut()
+                .map(KafkaAuth::files_mut)
+                .unwrap_or_default(),
+        );
+        out
+    }
+
     /// The bootstrap servers as librdkafka takes them: `host:port,host:port`.
     fn bootstrap_servers(&self) -> String {
         let brokers: Vec<&str> = self.brokers.iter().map(|b| b.trim()).collect();

@@ -26,6 +26,8 @@ async fn bad_configuration_is_a_config_error() {
         replication_factor: None,
         group_id: None,
         config: Default::default(),
+        tls: None,
+        auth: None,
     };
     let t = Duration::from_secs(1);
     let mut bad_prop = spec(&["127.0.0.1:1"], "t");
@@ -58,6 +60,8 @@ fn configuration_defaults() {
         replication_factor: Some(3),
         group_id: Some(" ".into()),
         config: Default::default(),
+        tls: None,
+        auth: None,
     };
     assert_eq!(spec.bootstrap_servers(), "a:9092,b:9092");
     assert_eq!(spec.group_id("k"), "dualwrite-k");

@@ -51,6 +51,7 @@ use async_trait::async_trait;
 
 use self::connection::{connect_options, Conn, Dialer, Shared};
 use self::supervisor::NatsProbe;
+use super::secret::{NatsAuth, SecretFile, TlsFiles};
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
 use super::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
 use crate::message::DataMessage;
@@ -128,9 +129,28 @@ pub struct NatsConfig {
     pub durable: Option<String>,
     /// JetStream de-duplication window; the server's default (2 minutes) when unset.
     pub duplicate_window: Option<Duration>,
+    /// TLS: CAs to trust and an optional client certificate (mutual TLS).
+    pub tls: Option<TlsFiles>,
+    pub auth: Option<NatsAuth>,
 }
 
 impl NatsConfig {
+    /// Every Secret file this provider reads (to re-root them, and to watch them for rotation).
+    pub fn secret_files_mut(&mut self) -> Vec<&mut SecretFile> {
+        let mut out = self
+            .tls
+            .as_mut()
+            .map(TlsFiles::files_mut)
+            .unwrap_or_default();
+        out.extend(
+            self.auth
+                .as_mut()
+                .map(NatsAuth::files_mut)
+                .unwrap_or_default(),
+        );
+        out
+    }
+
     /// The stream to write to: the configured one, else [`default_stream_name`] of the subject.
     fn stream_name(&self) -> String {
         self.stream

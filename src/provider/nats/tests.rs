@@ -55,6 +55,8 @@ async fn bad_configuration_is_a_config_error() {
         stream: None,
         durable: None,
         duplicate_window: None,
+        tls: None,
+        auth: None,
     };
     let t = Duration::from_secs(1);
     for (s, want) in [
