@@ -273,6 +273,27 @@ pub async fn apply_status(
     .await
 }
 
+impl From<&ProviderRow> for ProviderReport {
+    fn from(row: &ProviderRow) -> Self {
+        let since =
+            k8s_openapi::jiff::Timestamp::from_microsecond(row.health.since.timestamp_micros())
+                .ok()
+                .map(Time);
+        ProviderReport {
+            name: row.name.clone(),
+            healthy: row.health.healthy,
+            reason: row.health.reason.clone(),
+            message: row.health.message.clone(),
+            since,
+            published: row.stats.published,
+            failed: row.stats.failed,
+            backlog: row.stats.backlog,
+            latency_p99_ms: (row.latency.count > 0).then_some(row.latency.p99_ms),
+            needs_reconciliation: row.needs_reconciliation,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,27 +316,6 @@ mod tests {
             assert_eq!(json["type"], "kafka");
             assert_eq!(ready.to_string(), word);
             assert_eq!(serde_json::from_value::<ProviderStatus>(json).unwrap(), row);
-        }
-    }
-}
-
-impl From<&ProviderRow> for ProviderReport {
-    fn from(row: &ProviderRow) -> Self {
-        let since =
-            k8s_openapi::jiff::Timestamp::from_microsecond(row.health.since.timestamp_micros())
-                .ok()
-                .map(Time);
-        ProviderReport {
-            name: row.name.clone(),
-            healthy: row.health.healthy,
-            reason: row.health.reason.clone(),
-            message: row.health.message.clone(),
-            since,
-            published: row.stats.published,
-            failed: row.stats.failed,
-            backlog: row.stats.backlog,
-            latency_p99_ms: (row.latency.count > 0).then_some(row.latency.p99_ms),
-            needs_reconciliation: row.needs_reconciliation,
         }
     }
 }
