@@ -242,16 +242,85 @@ pub fn grant_chart_rbac(env: &KubeEnv) {
     kubectl_ok(env, &["apply", "-f", "-"], Some(&binding));
 }
 
+/// Env variables of the template whose value is a path inside the pod: a local run maps them
+/// under its temp dir, where [`write_secret_volumes`] puts the Secret files.
+const POD_PATH_VARS: [&str; 2] = ["DUALWRITE_STATE_DIR", "DUALWRITE_SECRETS_DIR"];
+
+/// Does what the kubelet does for the template's `secret` volumes: for each one mounted into
+/// the relay container, reads the Secret with the admin kubeconfig and writes the listed items
+/// under `<root>/<mountPath>/<path>` (mode 0440). The volumes are optional, as the operator
+/// writes them: a missing Secret leaves an empty directory, a missing key no file. Run it again
+/// to emulate the kubelet rewriting the files after a Secret changed.
+pub fn write_secret_volumes(env: &KubeEnv, d: &Deployment, root: &Path) {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let ns = d
+        .metadata
+        .namespace
+        .as_deref()
+        .expect("a namespaced Deployment");
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    for m in pod.containers[0].volume_mounts.clone().unwrap_or_default() {
+        let Some(source) = volumes
+            .iter()
+            .find(|v| v.name == m.name)
+            .and_then(|v| v.secret.clone())
+        else {
+            continue;
+        };
+        let secret = source
+            .secret_name
+            .expect("a secret volume names its Secret");
+        let at = root.join(m.mount_path.trim_start_matches('/'));
+        std::fs::create_dir_all(&at).unwrap();
+        let out = kubectl(
+            env,
+            &["get", "secret", &secret, "-n", ns, "-o", "json"],
+            None,
+        );
+        let data = if out.status.success() {
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()["data"].clone()
+        } else {
+            assert_eq!(
+                source.optional,
+                Some(true),
+                "Secret {secret} is missing and its volume is not optional: the pod would not start"
+            );
+            Value::Null
+        };
+        for item in source.items.unwrap_or_default() {
+            let file = at.join(&item.path);
+            let _ = std::fs::remove_file(&file);
+            let Some(encoded) = data[&item.key].as_str() else {
+                continue;
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap();
+            std::fs::write(&file, bytes).unwrap();
+            let mode = item.mode.or(source.default_mode).unwrap_or(0o644);
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode as u32)).unwrap();
+        }
+    }
+}
+
 /// Starts the relay as the Deployment's pod template says: its args and env, with the downward
-/// API's POD_NAME filled in and the state volume mapped to a temp dir.
+/// API's POD_NAME filled in, the state volume mapped to a temp dir and the Secret volumes
+/// written there as the kubelet would ([`write_secret_volumes`]; the Secrets are read with the
+/// admin kubeconfig of [`kube_env`]).
 pub fn start_relay_from_pod_template(d: &Deployment, dir: &Path, relay_kubeconfig: &Path) -> Proc {
     let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    if pod.volumes.iter().flatten().any(|v| v.secret.is_some()) {
+        let env = kube_env().expect("the API server the Deployment came from");
+        write_secret_volumes(&env, d, dir);
+    }
     let c = &pod.containers[0];
     let mut cmd = Command::new(BIN);
     cmd.args(c.args.clone().unwrap());
     for e in c.env.clone().unwrap_or_default() {
         let value = match (e.value, e.value_from) {
-            (Some(v), _) if e.name == "DUALWRITE_STATE_DIR" => {
+            (Some(v), _) if POD_PATH_VARS.contains(&e.name.as_str()) => {
                 let local = dir.join(v.trim_start_matches('/'));
                 std::fs::create_dir_all(&local).unwrap();
                 local.to_string_lossy().into_owned()
@@ -304,6 +373,26 @@ pub fn start_operator_named(env: &KubeEnv, dir: &Path, pod: &str, extra_args: &[
         .env("RUST_LOG", "info,kube=warn");
     Proc::spawn(cmd, dir.join("operator.log"))
 }
+
+/// `kubectl auth can-i VERB RESOURCE -n NS --as AS`, asked by the admin: whether `as_user`
+/// holds that permission.
+pub fn can_i(env: &KubeEnv, verb: &str, resource: &str, ns: &str, as_user: &str) -> bool {
+    let out = kubectl(
+        env,
+        &["auth", "can-i", verb, resource, "-n", ns, "--as", as_user],
+        None,
+    );
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        answer == "yes" || answer == "no",
+        "kubectl auth can-i answered {answer:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    answer == "yes"
+}
+
+/// The user the operator runs as in these tests (the operator token's user).
+pub const OPERATOR_USER: &str = "dualwrite-operator";
 
 /// A kube client with the admin kubeconfig.
 pub async fn admin_client(env: &KubeEnv) -> kube::Client {
