@@ -14,7 +14,11 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
     install_crd(&env);
     let ns = namespace(&env, "crd");
 
-    for example in ["memory-pipeline.yaml", "nats-to-kafka-migration.yaml"] {
+    for example in [
+        "memory-pipeline.yaml",
+        "nats-to-kafka-migration.yaml",
+        "secured-pipeline.yaml",
+    ] {
         let out = kubectl_ok(
             &env,
             &[
