@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn parse_table() {
         // (arguments, accepted)
-        let cases: [(&[&str], bool); 8] = [
+        let cases: [(&[&str], bool); 11] = [
             (&["relay"], true),
             (&["relay", "--pipeline", "ns/p", "--pod-name", "r-0"], true),
             (&["relay", "-f", "p.yaml", "--pipeline", "ns/p"], false),
@@ -216,6 +216,10 @@ mod tests {
             (&["verify"], false),
             (&["verify", "-f", "p.yaml", "--pipeline", "ns/p"], false),
             (&["operator", "--leader-elect", "--resync", "2s"], true),
+            // A zero interval would be a busy loop or a timer panic: refused with a message.
+            (&["relay", "--report-interval", "0s"], false),
+            (&["operator", "--resync", "0s"], false),
+            (&["operator", "--stall-after", "0ms"], false),
         ];
         for (args, accepted) in cases {
             let parsed =

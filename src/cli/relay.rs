@@ -39,7 +39,7 @@ pub struct RelayArgs {
     pub state_dir: Option<PathBuf>,
     /// How often the relay considers reporting its numbers (reports only on change, plus a
     /// heartbeat every four intervals).
-    #[arg(long, env = "REPORT_INTERVAL", default_value = "15s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "REPORT_INTERVAL", default_value = "15s", value_parser = crate::duration::parse_positive)]
     pub report_interval: Duration,
 }
 
