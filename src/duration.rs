@@ -68,7 +68,10 @@ mod tests {
         }
         assert_eq!(parse("750ms").unwrap(), Duration::from_millis(750));
         assert_eq!(format(Duration::from_millis(750)), "0s");
-        assert!(parse_positive("0s").unwrap_err().to_string().contains("must be more than 0"));
+        assert!(parse_positive("0s")
+            .unwrap_err()
+            .to_string()
+            .contains("must be more than 0"));
         assert_eq!(parse_positive("1s").unwrap(), Duration::from_secs(1));
         let err = parse("soon").unwrap_err();
         assert!(

@@ -43,6 +43,15 @@ pub const DURATION_MS: &str = r"^([0-9]+(ms|s|m|h))+$";
 /// A duration in s, m or h.
 pub const DURATION: &str = r"^([0-9]+(s|m|h))+$";
 
+/// Longest pipeline name: `<name>-relay` and a StatefulSet's `<name>-relay-<10-char hash>`
+/// revision label must stay within 63 characters.
+pub const MAX_PIPELINE_NAME: usize = 46;
+/// The CRD's rule on `metadata.name` (only the API server sees a resource's name).
+pub const PIPELINE_NAME_RULE: &str =
+    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 46";
+/// Its message.
+pub const PIPELINE_NAME_MESSAGE: &str = "metadata.name: a pipeline's name must start with a letter, hold only lower case letters, digits and '-', end with a letter or digit, and be at most 46 characters (it names the relay's Service and StatefulSet)";
+
 /// A Secret's name: a DNS subdomain.
 pub const SECRET_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// A key within a Secret (Kubernetes' rule for ConfigMap and Secret keys).
