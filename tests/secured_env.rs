@@ -63,21 +63,31 @@ impl SaslSsl {
     }
 }
 
-/// Without any broker: a client asking for SASL_SSL with SCRAM can be created, which a
-/// librdkafka built without OpenSSL refuses ("OpenSSL not available at build time").
+/// Without any broker: clients asking for TLS, and for SASL_SSL with each mechanism the relay
+/// offers, can be created; a librdkafka built without OpenSSL refuses them ("OpenSSL not
+/// available at build time", or an unsupported SASL mechanism).
 #[test]
-fn librdkafka_is_built_with_tls_and_scram() {
-    let producer = ClientConfig::new()
-        .set("bootstrap.servers", "127.0.0.1:9")
-        .set("security.protocol", "SASL_SSL")
-        .set("sasl.mechanism", "SCRAM-SHA-512")
-        .set("sasl.username", "nobody")
-        .set("sasl.password", "unused")
-        .create::<FutureProducer>();
-    if let Err(e) = producer {
-        panic!(
-            "librdkafka refuses SASL_SSL with SCRAM-SHA-512: {e} (is rdkafka's `ssl` feature on?)"
-        );
+fn librdkafka_is_built_with_tls_plain_and_scram() {
+    let mut cases = vec![("SSL", None)];
+    for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        cases.push(("SASL_SSL", Some(mechanism)));
+    }
+    for (protocol, mechanism) in cases {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("security.protocol", protocol);
+        if let Some(mechanism) = mechanism {
+            config
+                .set("sasl.mechanism", mechanism)
+                .set("sasl.username", "nobody")
+                .set("sasl.password", "unused");
+        }
+        if let Err(e) = config.create::<FutureProducer>() {
+            panic!(
+                "librdkafka refuses {protocol} {mechanism:?}: {e} (is rdkafka's `ssl` feature on?)"
+            );
+        }
     }
 }
 
