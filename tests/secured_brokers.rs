@@ -122,14 +122,18 @@ fn nats_spec(env: &Secured, secrets: &Secrets, subject: &str) -> NatsConfig {
 
 /// Waits until `p`'s health has `reason` (and is down), and returns its message.
 async fn reason_becomes(p: &dyn Provider, reason: &str) -> String {
-    eventually(HEAL, &format!("{} health reason {reason}", p.name()), || async {
-        let h = p.health();
-        if !h.healthy && h.reason == reason {
-            Ok(h.message)
-        } else {
-            Err(format!("{h:?}"))
-        }
-    })
+    eventually(
+        HEAL,
+        &format!("{} health reason {reason}", p.name()),
+        || async {
+            let h = p.health();
+            if !h.healthy && h.reason == reason {
+                Ok(h.message)
+            } else {
+                Err(format!("{h:?}"))
+            }
+        },
+    )
     .await
 }
 
@@ -161,7 +165,11 @@ async fn secured_providers_publish_and_read_back_over_tls() {
     common::init_tracing();
     let Some(env) = secured() else { return };
     let secrets = Secrets::new(&env);
-    secrets.write("kafka-relay", "password", &format!("{}\n", env.kafka_password));
+    secrets.write(
+        "kafka-relay",
+        "password",
+        &format!("{}\n", env.kafka_password),
+    );
     secrets.write("nats-relay", "password", &env.nats_password);
     let (topic, subject) = (unique("secured"), unique("secured"));
     let kspec = kafka_spec(&env, &secrets, &topic);
@@ -221,7 +229,11 @@ async fn a_refused_password_is_authentication_failed_and_never_shown() {
             .unwrap_err()
             .to_string();
         assert!(err.contains(p.name()) && !err.contains(&wrong), "{err}");
-        assert_eq!(p.health().reason, "AuthenticationFailed", "a publish keeps the cause");
+        assert_eq!(
+            p.health().reason,
+            "AuthenticationFailed",
+            "a publish keeps the cause"
+        );
     }
     kafka.close().await.unwrap();
     nats.close().await.unwrap();
@@ -258,7 +270,10 @@ async fn a_missing_secret_key_heals_when_the_file_appears() {
     secrets.write("nats-relay", "password", &env.nats_password);
     for p in [&kafka as &dyn Provider, &nats] {
         let took = becomes_healthy(p).await;
-        eprintln!("{}: healthy {took:?} after the Secret key appeared", p.name());
+        eprintln!(
+            "{}: healthy {took:?} after the Secret key appeared",
+            p.name()
+        );
         publish_one(p).await;
     }
     kafka.close().await.unwrap();
@@ -294,7 +309,10 @@ async fn rotation_reconnects_the_provider_and_loses_nothing() {
     secrets.write("nats-relay", "password", &env.nats_password);
     for p in &providers {
         let took = becomes_healthy(p.as_ref()).await;
-        eprintln!("{}: healthy {took:?} after the password file was fixed", p.name());
+        eprintln!(
+            "{}: healthy {took:?} after the password file was fixed",
+            p.name()
+        );
     }
 
     // Publish continuously while both Secrets are rewritten (same password, trailing newline:
@@ -319,8 +337,16 @@ async fn rotation_reconnects_the_provider_and_loses_nothing() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    secrets.write("kafka-relay", "password", &format!("{}\n", env.kafka_password));
-    secrets.write("nats-relay", "password", &format!("{}\n", env.nats_password));
+    secrets.write(
+        "kafka-relay",
+        "password",
+        &format!("{}\n", env.kafka_password),
+    );
+    secrets.write(
+        "nats-relay",
+        "password",
+        &format!("{}\n", env.nats_password),
+    );
     for (i, w) in writers.into_iter().enumerate() {
         ids[i] = w.await.unwrap();
     }
@@ -450,7 +476,10 @@ fn reasons(port: u16) -> Result<Vec<(String, String)>, String> {
         .map(|p| {
             (
                 p["name"].as_str().unwrap_or_default().to_string(),
-                p["health"]["reason"].as_str().unwrap_or_default().to_string(),
+                p["health"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             )
         })
         .collect())
@@ -509,8 +538,16 @@ fn verify_output(manifest: &Path, secrets: &Path) -> String {
 fn http_surface(port: u16) -> String {
     let mut seen = String::new();
     for (method, path, body) in [
-        ("POST", "/api/v1/ingest", r#"{"source":"planted","data":"x"}"#),
-        ("POST", "/api/v1/ingest/batch", r#"[{"source":"planted","data":"y"}]"#),
+        (
+            "POST",
+            "/api/v1/ingest",
+            r#"{"source":"planted","data":"x"}"#,
+        ),
+        (
+            "POST",
+            "/api/v1/ingest/batch",
+            r#"[{"source":"planted","data":"y"}]"#,
+        ),
         ("GET", "/ready", ""),
         ("GET", "/stats", ""),
         ("GET", "/metrics", ""),
@@ -535,7 +572,12 @@ async fn relay_answers_503_naming_the_provider_and_heals_when_the_secret_is_fixe
     let providers = format!(
         "{}{}",
         kafka_item("kafka-sasl", &env.kafka, &env.kafka_user, &topic),
-        nats_item("nats-tls", &env.nats_url, &subject, &user_password(&env.nats_user))
+        nats_item(
+            "nats-tls",
+            &env.nats_url,
+            &subject,
+            &user_password(&env.nats_user)
+        )
     );
     let manifest = manifest(secrets.dir(), &providers);
     let relay = RelayProcess::spawn(&manifest, secrets.dir(), "text");
@@ -549,10 +591,18 @@ async fn relay_answers_503_naming_the_provider_and_heals_when_the_secret_is_fixe
         }
     })
     .await;
-    let (status, body) = request(port, "POST", "/api/v1/ingest", r#"{"source":"s","data":"d"}"#)
-        .expect("relay answers");
+    let (status, body) = request(
+        port,
+        "POST",
+        "/api/v1/ingest",
+        r#"{"source":"s","data":"d"}"#,
+    )
+    .expect("relay answers");
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("kafka-sasl") || body.contains("nats-tls"), "{body}");
+    assert!(
+        body.contains("kafka-sasl") || body.contains("nats-tls"),
+        "{body}"
+    );
     let (status, _) = request(port, "GET", "/ready", "").unwrap();
     assert_eq!(status, 503);
 
@@ -567,9 +617,17 @@ async fn relay_answers_503_naming_the_provider_and_heals_when_the_secret_is_fixe
         }
     })
     .await;
-    eprintln!("relay ready {:?} after the password files were fixed", fixed.elapsed());
-    let (status, body) =
-        request(port, "POST", "/api/v1/ingest", r#"{"source":"s","data":"after"}"#).unwrap();
+    eprintln!(
+        "relay ready {:?} after the password files were fixed",
+        fixed.elapsed()
+    );
+    let (status, body) = request(
+        port,
+        "POST",
+        "/api/v1/ingest",
+        r#"{"source":"s","data":"after"}"#,
+    )
+    .unwrap();
     assert_eq!(status, 202, "{body}");
     let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["messageId"]
         .as_str()
@@ -579,16 +637,32 @@ async fn relay_answers_503_naming_the_provider_and_heals_when_the_secret_is_fixe
     let kspec = kafka_spec(&env, &secrets, &topic);
     let nspec = nats_spec(&env, &secrets, &subject);
     assert_eq!(
-        dualwrite::verify::kafka_ids(&kspec, None, i64::MAX).await.unwrap(),
-        [id.clone()]
+        dualwrite::verify::kafka_ids(&kspec, None, i64::MAX)
+            .await
+            .unwrap(),
+        std::slice::from_ref(&id)
     );
     assert_eq!(
-        dualwrite::verify::nats_ids(&nspec, None, i64::MAX).await.unwrap(),
+        dualwrite::verify::nats_ids(&nspec, None, i64::MAX)
+            .await
+            .unwrap(),
         [id]
     );
     let log = relay.stop();
-    assert!(log.contains("reconnected with the new value") || log.contains("first connection made"), "{log}");
+    assert!(
+        log.contains("reconnected with the new value") || log.contains("first connection made"),
+        "{log}"
+    );
 }
+
+/// A run of the planted-string test: its name, its providers (manifest items), the Secret values
+/// written for it (secret, key, value), and the strings that must appear nowhere.
+type Phase<'a> = (
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str, &'a str)],
+    Vec<&'a str>,
+);
 
 /// The planted-string test, relay side: one marker in every credential (Kafka password, NATS
 /// password, NATS token, NATS nkey seed, a NATS URL's user-info), the relay driven through
@@ -608,8 +682,18 @@ async fn planted_credentials_are_never_shown() {
     // (phase, providers, Secret values, the strings that must not appear)
     let refused = format!(
         "{}{}{}{}{}",
-        kafka_item("kafka-sasl", &env.kafka, &env.kafka_user, &unique("planted")),
-        nats_item("nats-password", &env.nats_url, &subject(), &user_password(&env.nats_user)),
+        kafka_item(
+            "kafka-sasl",
+            &env.kafka,
+            &env.kafka_user,
+            &unique("planted")
+        ),
+        nats_item(
+            "nats-password",
+            &env.nats_url,
+            &subject(),
+            &user_password(&env.nats_user)
+        ),
         nats_item("nats-token", &env.nats_url, &subject(), token_auth),
         nats_item("nats-nkey", &env.nats_url, &subject(), nkey_auth),
         nats_item(
@@ -636,8 +720,18 @@ async fn planted_credentials_are_never_shown() {
     );
     let working = format!(
         "{}{}",
-        kafka_item("kafka-sasl", &env.kafka, &env.kafka_user, &unique("planted")),
-        nats_item("nats-password", &env.nats_url, &subject(), &user_password(&env.nats_user)),
+        kafka_item(
+            "kafka-sasl",
+            &env.kafka,
+            &env.kafka_user,
+            &unique("planted")
+        ),
+        nats_item(
+            "nats-password",
+            &env.nats_url,
+            &subject(),
+            &user_password(&env.nats_user)
+        ),
     );
     let planted = [
         ("kafka-relay", "password", marker.as_str()),
@@ -649,7 +743,7 @@ async fn planted_credentials_are_never_shown() {
         ("kafka-relay", "password", env.kafka_password.as_str()),
         ("nats-relay", "password", env.nats_password.as_str()),
     ];
-    let phases: [(&str, &str, &[(&str, &str, &str)], Vec<&str>); 3] = [
+    let phases: [Phase; 3] = [
         ("refused", refused.as_str(), &planted, vec![marker.as_str()]),
         ("down", down.as_str(), &planted, vec![marker.as_str()]),
         (
@@ -669,36 +763,59 @@ async fn planted_credentials_are_never_shown() {
             let relay = RelayProcess::spawn(&manifest, secrets.dir(), format);
             let port = relay.port;
             // Wait until every provider has been through its connect path and settled.
-            let settled = eventually(HEAL, &format!("{phase}/{format}: providers settled"), || async {
-                let r = reasons(port)?;
-                let done = r.len() == count
-                    && r.iter().all(|(_, reason)| match phase {
-                        "working" => reason == "Connected",
-                        _ => reason != "Connecting",
-                    });
-                if done {
-                    Ok(r)
-                } else {
-                    Err(format!("{r:?}"))
-                }
-            })
+            let settled = eventually(
+                HEAL,
+                &format!("{phase}/{format}: providers settled"),
+                || async {
+                    let r = reasons(port)?;
+                    let done = r.len() == count
+                        && r.iter().all(|(_, reason)| match phase {
+                            "working" => reason == "Connected",
+                            _ => reason != "Connecting",
+                        });
+                    if done {
+                        Ok(r)
+                    } else {
+                        Err(format!("{r:?}"))
+                    }
+                },
+            )
             .await;
             let mut seen = http_surface(port);
             seen.push_str(&verify_output(&manifest, secrets.dir()));
             let log = relay.stop();
-            eprintln!("{phase}/{format}: {settled:?}; {} log lines", log.lines().count());
+            eprintln!(
+                "{phase}/{format}: {settled:?}; {} log lines",
+                log.lines().count()
+            );
+            // The failure and success paths really ran (the checks below are not vacuous).
             if phase == "refused" {
                 for (name, reason) in &settled {
                     assert_eq!(reason, "AuthenticationFailed", "{phase}/{format}: {name}");
                 }
-                assert!(seen.contains("503"), "{seen}");
+                assert!(
+                    seen.contains("-> 503") && seen.contains("refused"),
+                    "{seen}"
+                );
             }
             if phase == "working" {
                 assert!(seen.contains("-> 202"), "{phase}/{format}: {seen}");
+                assert!(seen.contains("\"consistent\""), "verify ran: {seen}");
+            } else {
+                assert!(
+                    seen.contains("error:"),
+                    "verify failed with a message: {seen}"
+                );
             }
             for h in &hidden {
-                assert!(!seen.contains(h), "{phase}/{format}: a secret in HTTP answers or verify output:\n{seen}");
-                assert!(!log.contains(h), "{phase}/{format}: a secret in the logs:\n{log}");
+                assert!(
+                    !seen.contains(h),
+                    "{phase}/{format}: a secret in HTTP answers or verify output:\n{seen}"
+                );
+                assert!(
+                    !log.contains(h),
+                    "{phase}/{format}: a secret in the logs:\n{log}"
+                );
             }
             assert!(!log.is_empty(), "the relay logged something");
         }

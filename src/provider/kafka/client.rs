@@ -309,10 +309,11 @@ impl ProducerSlot {
     /// and gets its delivery report; the slot's handle is dropped on a blocking thread (a
     /// producer's drop flushes for up to 500ms and joins its poll thread).
     pub(super) fn install(&self, fresh: Clients) {
-        let old = std::mem::replace(
-            &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
-            Some(fresh),
-        );
+        let old = self
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(fresh);
         if let Some(old) = old {
             // Finishes by itself within librdkafka's bounded drop; nothing to shut down.
             drop(tokio::task::spawn_blocking(move || drop(old)));

@@ -33,7 +33,10 @@ pub(super) fn security_settings(
     };
     out.push(("security.protocol", protocol.to_string()));
     let tls = spec.tls.as_ref();
-    match tls.map(|t| t.trusted_certificates.as_slice()).unwrap_or(&[]) {
+    match tls
+        .map(|t| t.trusted_certificates.as_slice())
+        .unwrap_or(&[])
+    {
         // None given: the system's CAs (librdkafka's default).
         [] => {}
         // One: librdkafka reads the file; it is read here first so a missing one is reported
@@ -139,7 +142,10 @@ mod tests {
             group_id: None,
             config: Default::default(),
             tls: Some(TlsFiles {
-                trusted_certificates: vec![file("ca1", "ca.crt", "A"), file("ca2", "ca.crt", "B\n")],
+                trusted_certificates: vec![
+                    file("ca1", "ca.crt", "A"),
+                    file("ca2", "ca.crt", "B\n"),
+                ],
                 client: None,
             }),
             auth: Some(KafkaAuth::Sasl {
@@ -166,6 +172,9 @@ mod tests {
             password: SecretFile::new(dir.path(), "absent", "password"),
         });
         let err = security_settings(&spec).unwrap_err();
-        assert_eq!((err.secret.as_str(), err.key.as_str()), ("absent", "password"));
+        assert_eq!(
+            (err.secret.as_str(), err.key.as_str()),
+            ("absent", "password")
+        );
     }
 }

@@ -93,7 +93,10 @@ impl KafkaProbe {
                     shared.health.set(
                         false,
                         REASON_CONNECTING,
-                        format!("connecting to {} with the current Secret values", shared.brokers),
+                        format!(
+                            "connecting to {} with the current Secret values",
+                            shared.brokers
+                        ),
                     );
                 }
             }

@@ -70,7 +70,9 @@ use super::secret::{
     redact_url, NatsAuth, SecretFile, SecretWatch, TlsFiles, REASON_SECRET_MISSING,
 };
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
-use super::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats, REASON_AUTH_FAILED};
+use super::{
+    Health, MessageStream, Provider, ProviderError, ProviderKind, Stats, REASON_AUTH_FAILED,
+};
 use crate::message::DataMessage;
 
 pub use super::supervise::PROBE_INTERVAL;

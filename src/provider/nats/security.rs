@@ -123,7 +123,8 @@ pub(crate) fn secure(
             // The system's CAs (async-nats loads them) and a client certificate.
             c.certificate.read()?;
             c.key.read()?;
-            options = options.add_client_certificate(c.certificate.path.clone(), c.key.path.clone());
+            options =
+                options.add_client_certificate(c.certificate.path.clone(), c.key.path.clone());
         }
     }
     Ok(match (auth, url_auth) {
@@ -135,7 +136,9 @@ pub(crate) fn secure(
             options.user_and_password(username.clone(), password.read_text()?)
         }
         (Some(NatsAuth::Token(f)), _) => options.token(f.read_text()?),
-        (None, Some(UrlAuth::UserPassword(u, p))) => options.user_and_password(u.clone(), p.clone()),
+        (None, Some(UrlAuth::UserPassword(u, p))) => {
+            options.user_and_password(u.clone(), p.clone())
+        }
         (None, Some(UrlAuth::Token(t))) => options.token(t.clone()),
         (None, None) => options,
     })
@@ -183,11 +186,12 @@ fn rustls_config(tls: &TlsFiles) -> Result<rustls::ClientConfig, ClientSetupErro
         }
     }
     // ring: the one provider this build links (async-nats and tokio-rustls with `ring`).
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientSetupError::Tls(e.to_string()))?
-            .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientSetupError::Tls(e.to_string()))?
+    .with_root_certificates(roots);
     match &tls.client {
         None => Ok(builder.with_no_client_auth()),
         Some(c) => {
@@ -215,7 +219,10 @@ mod tests {
                 "nats://u:p%40ss@h:4222",
                 Some(UrlAuth::UserPassword("u".into(), "p@ss".into())),
             ),
-            ("tls://tok@h:1,nats://h2", Some(UrlAuth::Token("tok".into()))),
+            (
+                "tls://tok@h:1,nats://h2",
+                Some(UrlAuth::Token("tok".into())),
+            ),
         ] {
             let s = parse_servers(url).unwrap();
             assert_eq!(s.url_auth, auth, "{url}");
@@ -223,7 +230,9 @@ mod tests {
                 assert!(!a.as_url_str().contains('@'), "{}", a.as_url_str());
             }
         }
-        assert!(parse_servers("http://u:hidden@h").unwrap_err().contains("***@h"));
+        assert!(parse_servers("http://u:hidden@h")
+            .unwrap_err()
+            .contains("***@h"));
         assert!(!format!("{:?}", UrlAuth::Token("hidden".into())).contains("hidden"));
     }
 

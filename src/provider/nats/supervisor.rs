@@ -12,9 +12,7 @@ use async_nats::connection::State;
 use tokio::sync::Notify;
 
 use super::connection::{Conn, ConnSlot, DialError, Dialer, Shared};
-use super::{
-    record_dial_failure, CLOSE_TIMEOUT, PROBE_TIMEOUT, REASON_CONNECTED, REASON_STREAM,
-};
+use super::{record_dial_failure, CLOSE_TIMEOUT, PROBE_TIMEOUT, REASON_CONNECTED, REASON_STREAM};
 use crate::provider::secret::{SecretCheck, SecretWatch};
 use crate::provider::supervise::Probe;
 
