@@ -229,11 +229,6 @@ impl SecretWatch {
         }
     }
 
-    /// Whether the provider reads any Secret file at all.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// Reads every file and compares it with what the clients were built from.
     pub fn check(&self) -> SecretCheck {
         match self.fingerprint() {
@@ -255,11 +250,6 @@ impl SecretWatch {
     /// Records that the clients in use were built from the content with `fingerprint`.
     pub fn built(&mut self, fingerprint: u64) {
         self.built = Some(fingerprint);
-    }
-
-    /// Whether clients were ever built.
-    pub fn ever_built(&self) -> bool {
-        self.built.is_some()
     }
 }
 

@@ -62,7 +62,9 @@ use self::supervisor::KafkaProbe;
 use self::topic::{ensure_topic_at_start, TopicSpec};
 use super::secret::{KafkaAuth, SecretFile, SecretMissing, SecretWatch, TlsFiles};
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
-use super::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
+use super::{
+    Health, MessageStream, Provider, ProviderError, ProviderKind, Stats, REASON_AUTH_FAILED,
+};
 use crate::message::DataMessage;
 
 pub use super::supervise::PROBE_INTERVAL;
@@ -344,6 +346,10 @@ fn record_topic_at_start(
                 provider: shared.name.clone(),
                 reason,
             })
+        }
+        // A refused login was logged as such by the client context; health keeps that cause.
+        Err(EnsureError::Transient(reason)) if shared.health.get().reason == REASON_AUTH_FAILED => {
+            shared.set_unavailable(reason);
         }
         Err(EnsureError::Transient(reason)) => {
             tracing::warn!(
