@@ -391,8 +391,8 @@ impl RelayProcess {
             .env("API_PORT", port.to_string())
             .env("API_BIND", "127.0.0.1")
             .env("LOG_FORMAT", log_format)
-            // Debug: the promise holds above the default level too.
-            .env("RUST_LOG", "debug")
+            // Trace, the most verbose level: the promise holds at every level.
+            .env("RUST_LOG", "trace")
             .env("NO_COLOR", "1")
             .env_remove("DUALWRITE_STATE_DIR")
             .stdout(Stdio::piped())

@@ -18,7 +18,8 @@ use crate::provider::kafka::KafkaConfig;
 use crate::provider::memory::DEFAULT_CAPACITY;
 use crate::provider::nats::NatsConfig;
 use crate::provider::secret::{
-    CertAndKey, KafkaAuth, NatsAuth, SaslMechanism, SecretFile, TlsFiles, DEFAULT_SECRETS_DIR,
+    redact_url, CertAndKey, KafkaAuth, NatsAuth, SaslMechanism, SecretFile, TlsFiles,
+    DEFAULT_SECRETS_DIR,
 };
 use crate::relay::pipeline::{
     HandoffConfig, IngestConfig, PipelineConfig, ProviderConfig, ProviderSettings,
@@ -356,20 +357,29 @@ fn nats(problems: &mut Problems, at: &str, n: &NatsSpec) -> Option<NatsConfig> {
         problems.add(&url_at, "give the server URL, e.g. nats://nats:4222");
     }
     if problems.length(&url_at, &n.url, 1, 1024)
-        && !problems.pattern(
-            &url_at,
-            &n.url,
-            NATS_URLS,
-            "is not a list of NATS URLs like nats://host:4222",
-        )
+        && !Regex::new(NATS_URLS)
+            .expect("the patterns compile")
+            .is_match(&n.url)
     {
+        // The URL may carry user:password@: the message shows it redacted.
+        problems.add(
+            &url_at,
+            format!(
+                "{:?} is not a list of NATS URLs like nats://host:4222",
+                redact_url(&n.url)
+            ),
+        );
         return None;
     }
     for u in urls {
         if let Err(e) = u.parse::<async_nats::ServerAddr>() {
             problems.add(
                 &url_at,
-                format!("{u:?} is not a NATS URL like nats://host:4222 ({e})"),
+                format!(
+                    "{:?} is not a NATS URL like nats://host:4222 ({})",
+                    redact_url(u),
+                    redact_url(&e.to_string())
+                ),
             );
         }
     }
