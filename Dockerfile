@@ -14,10 +14,12 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka-sys builds librdkafka from source with its ./configure script and make: it needs make,
-# a C/C++ compiler and the zlib headers (curl, SSL and SASL are off, so no headers for them).
+# a C/C++ compiler, the zlib headers and, for rdkafka's `ssl` feature (TLS and SASL PLAIN /
+# SCRAM), the OpenSSL headers: librdkafka links the system libssl/libcrypto 3 (found through
+# pkg-config by openssl-sys). curl and Cyrus SASL (GSSAPI) are off, so no headers for them.
 # The rust:bookworm image has these already; they are listed so a slimmer base keeps working.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make g++ zlib1g-dev pkg-config \
+ && apt-get install -y --no-install-recommends make g++ zlib1g-dev libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 
 # The distroless runtime has no libz.so.1: link zlib statically (libz-sys builds its bundled copy).
@@ -36,8 +38,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/dualwrite /dualwrite
 
 # ---- runtime -------------------------------------------------------------------------------
-# glibc, libgcc and CA certificates, no shell, no package manager; runs as UID 65532 ("nonroot"),
-# which the Helm chart's restricted security context (runAsUser 65532) matches.
+# glibc, libgcc, OpenSSL 3 (libssl3: the binary links libssl.so.3 and libcrypto.so.3 dynamically,
+# built against the same Debian 12 version) and CA certificates, no shell, no package manager;
+# runs as UID 65532 ("nonroot"), which the Helm chart's restricted security context
+# (runAsUser 65532) matches. Do not move to a "-nossl" base.
 FROM gcr.io/distroless/cc-debian12:nonroot
 
 LABEL org.opencontainers.image.title="dualwrite" \

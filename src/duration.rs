@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// A text that is not a duration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{text:?} is not a duration like 5s, 750ms or 2m ({reason})")]
+#[error("{text:?} {reason}")]
 pub struct DurationError {
     pub text: String,
     reason: String,
@@ -15,8 +15,21 @@ pub struct DurationError {
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     humantime::parse_duration(text).map_err(|e| DurationError {
         text: text.to_string(),
-        reason: e.to_string(),
+        reason: format!("is not a duration like 5s, 750ms or 2m ({e})"),
     })
+}
+
+/// A duration that must be more than zero (an interval or a deadline: zero would be a busy
+/// loop or a panic in a timer).
+pub fn parse_positive(text: &str) -> Result<Duration, DurationError> {
+    let d = parse(text)?;
+    if d.is_zero() {
+        return Err(DurationError {
+            text: text.to_string(),
+            reason: "must be more than 0".into(),
+        });
+    }
+    Ok(d)
 }
 
 /// `1h5m`, `4m30s`, `45s`: whole seconds, largest units first (`0s` for less than a second).
@@ -55,6 +68,11 @@ mod tests {
         }
         assert_eq!(parse("750ms").unwrap(), Duration::from_millis(750));
         assert_eq!(format(Duration::from_millis(750)), "0s");
+        assert!(parse_positive("0s")
+            .unwrap_err()
+            .to_string()
+            .contains("must be more than 0"));
+        assert_eq!(parse_positive("1s").unwrap(), Duration::from_secs(1));
         let err = parse("soon").unwrap_err();
         assert!(
             err.to_string().contains("\"soon\" is not a duration"),

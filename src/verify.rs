@@ -6,12 +6,15 @@
 //! last sequence, Kafka's high watermarks), so the check ends even under live traffic; messages
 //! younger than `settle` are left out on every broker, so a write still in flight to one of them
 //! does not count as missing. Brokers are read with plain clients, never through a relay's
-//! providers, so a check never consumes or moves a consumer group.
+//! providers, so a check never consumes or moves a consumer group; they connect with the same
+//! TLS and credentials as the providers (the same code makes their settings), reading the Secret
+//! files under the secrets directory, and every URL in an error is redacted.
 //!
 //! `dualwrite verify --pipeline` reads the pipeline from the cluster ([`read_pipeline`]) and
 //! [`record`]s the verdict in its `status.consistency`, which a migration gate reads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,9 +28,9 @@ use kube::Api;
 
 use crate::api::{ConsistencyStatus, DualWritePipeline, DualWritePipelineSpec};
 use crate::message::DataMessage;
-use crate::provider::kafka::KafkaConfig;
-use crate::provider::nats::default_stream_name;
-use crate::provider::nats::NatsConfig;
+use crate::provider::kafka::{apply_security, KafkaConfig};
+use crate::provider::nats::{client_options, default_stream_name, NatsConfig};
+use crate::provider::secret::redact_url;
 use crate::relay::cluster::PipelineRef;
 use crate::relay::{PipelineConfig, ProviderSettings};
 
@@ -145,11 +148,16 @@ pub async fn nats_ids(
         .clone()
         .unwrap_or_else(|| default_stream_name(&spec.subject));
     let fail = |what: &str, e: &dyn std::fmt::Display| Error::Nats {
-        url: spec.url.clone(),
+        url: redact_url(&spec.url),
         what: what.into(),
         message: e.to_string(),
     };
-    let client = tokio::time::timeout(CALL_TIMEOUT, async_nats::connect(spec.url.as_str()))
+    let (addrs, options) = client_options(
+        spec,
+        async_nats::ConnectOptions::new().connection_timeout(CALL_TIMEOUT),
+    )
+    .map_err(|e| fail("connect", &e))?;
+    let client = tokio::time::timeout(CALL_TIMEOUT, options.connect(addrs))
         .await
         .map_err(|e| fail("connect", &e))?
         .map_err(|e| fail("connect", &e))?;
@@ -239,6 +247,7 @@ fn kafka_read(spec: &KafkaConfig, since: Option<i64>, until: i64) -> Result<Vec<
             format!("dualwrite-verify-{}", uuid::Uuid::new_v4().simple()),
         )
         .set("enable.auto.commit", "false");
+    apply_security(&mut config, spec).map_err(|e| fail("credentials", &e))?;
     for (k, v) in &spec.config {
         config.set(k, v);
     }
@@ -309,17 +318,18 @@ fn assign_up_to_watermarks(
 
 /// Reads every NATS and Kafka provider of `spec` (memory providers are skipped: nothing outside
 /// the relay can read them) and compares them. `window`: only messages ingested in that span
-/// before now - `settle`.
+/// before now - `settle`. Credentials are read from the Secret files under `secrets_dir`.
 pub async fn check(
     spec: &DualWritePipelineSpec,
     window: Option<Duration>,
     settle: Duration,
+    secrets_dir: &Path,
 ) -> Result<Report, Error> {
     let now = chrono::Utc::now().timestamp();
     let until = now - settle.as_secs() as i64;
     let since = window.map(|w| until - w.as_secs() as i64);
     let mut holdings = Vec::new();
-    let config = PipelineConfig::try_from(spec)?;
+    let config = PipelineConfig::try_from(spec)?.with_secrets_dir(secrets_dir);
     for p in &config.providers {
         let ids = match &p.settings {
             ProviderSettings::Nats(n) => nats_ids(n, since, until).await?,

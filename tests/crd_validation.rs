@@ -14,7 +14,11 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
     install_crd(&env);
     let ns = namespace(&env, "crd");
 
-    for example in ["memory-pipeline.yaml", "nats-to-kafka-migration.yaml"] {
+    for example in [
+        "memory-pipeline.yaml",
+        "nats-to-kafka-migration.yaml",
+        "secured-pipeline.yaml",
+    ] {
         let out = kubectl_ok(
             &env,
             &[
@@ -99,6 +103,25 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
             "kafka.config: acks is not allowed",
         ),
     ];
+    let long = "a".repeat(47);
+    for name in ["1orders", "orders.v1", "Orders", long.as_str()] {
+        let manifest = HEAD.replace("name: bad", &format!("name: \"{name}\""))
+            + "  providers:\n  - {name: a, type: memory}\n";
+        let out = kubectl(&env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted the name {name:?}");
+        assert!(
+            stderr.contains("a pipeline's name must start with a letter"),
+            "{name}: {stderr}"
+        );
+    }
+    let ok = HEAD.replace("name: bad", &format!("name: {}", "a".repeat(46)))
+        + "  providers:\n  - {name: a, type: memory}\n";
+    kubectl_ok(
+        &env,
+        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        Some(&ok),
+    );
     for (body, want) in cases {
         let manifest = format!("{HEAD}{body}");
         let out = kubectl(&env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));

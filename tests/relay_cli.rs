@@ -241,3 +241,35 @@ fn bad_configuration_stops_the_relay_with_a_message_that_says_what_to_fix() {
     let err = start_error(&["-f", bad.to_str().unwrap()], &[]);
     assert!(err.contains("not valid YAML"), "{err}");
 }
+
+/// `kafka.config` cannot be turned into a weapon: keys that load code, run commands, change
+/// security or weaken what a 202 promises stop the relay (exit 2) with the key named; tuning
+/// keys pass the validator.
+#[test]
+fn kafka_config_outside_the_allowlist_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value) in [
+        ("plugin.library.paths", "/tmp/evil.so"),
+        ("sasl.kerberos.kinit.cmd", "sh -c id"),
+        ("acks", "0"),
+        ("enable.idempotence", "false"),
+        ("security.protocol", "PLAINTEXT"),
+        ("ssl.ca.location", "/etc/passwd"),
+        ("message.timeout.ms", "0"),
+    ] {
+        let path = dir.path().join("p.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: k}}\nspec:\n  providers:\n  - name: kf\n    type: kafka\n    kafka:\n      brokers: [\"127.0.0.1:1\"]\n      topic: t\n      config: {{{key}: \"{value}\"}}\n"
+            ),
+        )
+        .unwrap();
+        let err = start_error(&["-f", path.to_str().unwrap()], &[]);
+        assert!(
+            err.contains("spec.providers[0].kafka.config")
+                && err.contains(&format!("{key} not allowed")),
+            "{key}: {err}"
+        );
+    }
+}

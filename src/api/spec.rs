@@ -12,7 +12,9 @@ use super::validate::{
     DNS_LABEL, DURATION, DURATION_MS, KAFKA_BROKER, KAFKA_TOPIC, NATS_SUBJECT, NATS_URLS,
     SECRET_KEY, SECRET_NAME, TIMEOUT,
 };
-use super::validate::{KAFKA_CONFIG_MESSAGE, KAFKA_CONFIG_RULE};
+use super::validate::{
+    KAFKA_CONFIG_MESSAGE, KAFKA_CONFIG_RULE, PIPELINE_NAME_MESSAGE, PIPELINE_NAME_RULE,
+};
 use super::{DualWritePipelineStatus, ProviderKind, Strategy};
 
 /// A pipeline that writes every ingested message to several brokers at once.
@@ -26,6 +28,10 @@ use super::{DualWritePipelineStatus, ProviderKind, Strategy};
     shortname = "dwp",
     category = "dualwrite",
     namespaced,
+    // The name names the relay's objects (`<name>-relay`: a Service, a DNS-1035 label, and a
+    // StatefulSet whose revision label adds 11 characters under the 63 of a label value), so it
+    // must start with a letter and leave room for those suffixes.
+    validation = Rule::new(PIPELINE_NAME_RULE).message(PIPELINE_NAME_MESSAGE),
     status = "DualWritePipelineStatus",
     scale(
         spec_replicas_path = ".spec.relay.replicas",

@@ -18,7 +18,8 @@ use crate::provider::kafka::KafkaConfig;
 use crate::provider::memory::DEFAULT_CAPACITY;
 use crate::provider::nats::NatsConfig;
 use crate::provider::secret::{
-    CertAndKey, KafkaAuth, NatsAuth, SaslMechanism, SecretFile, TlsFiles, DEFAULT_SECRETS_DIR,
+    redact_url, CertAndKey, KafkaAuth, NatsAuth, SaslMechanism, SecretFile, TlsFiles,
+    DEFAULT_SECRETS_DIR,
 };
 use crate::relay::pipeline::{
     HandoffConfig, IngestConfig, PipelineConfig, ProviderConfig, ProviderSettings,
@@ -42,6 +43,15 @@ pub const TIMEOUT: &str = r"^([0-9]*[1-9][0-9]*(ms|s|m))+$";
 pub const DURATION_MS: &str = r"^([0-9]+(ms|s|m|h))+$";
 /// A duration in s, m or h.
 pub const DURATION: &str = r"^([0-9]+(s|m|h))+$";
+
+/// Longest pipeline name: `<name>-relay` and a StatefulSet's `<name>-relay-<10-char hash>`
+/// revision label must stay within 63 characters.
+pub const MAX_PIPELINE_NAME: usize = 46;
+/// The CRD's rule on `metadata.name` (only the API server sees a resource's name).
+pub const PIPELINE_NAME_RULE: &str =
+    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 46";
+/// Its message.
+pub const PIPELINE_NAME_MESSAGE: &str = "metadata.name: a pipeline's name must start with a letter, hold only lower case letters, digits and '-', end with a letter or digit, and be at most 46 characters (it names the relay's Service and StatefulSet)";
 
 /// A Secret's name: a DNS subdomain.
 pub const SECRET_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
@@ -347,20 +357,29 @@ fn nats(problems: &mut Problems, at: &str, n: &NatsSpec) -> Option<NatsConfig> {
         problems.add(&url_at, "give the server URL, e.g. nats://nats:4222");
     }
     if problems.length(&url_at, &n.url, 1, 1024)
-        && !problems.pattern(
-            &url_at,
-            &n.url,
-            NATS_URLS,
-            "is not a list of NATS URLs like nats://host:4222",
-        )
+        && !Regex::new(NATS_URLS)
+            .expect("the patterns compile")
+            .is_match(&n.url)
     {
+        // The URL may carry user:password@: the message shows it redacted.
+        problems.add(
+            &url_at,
+            format!(
+                "{:?} is not a list of NATS URLs like nats://host:4222",
+                redact_url(&n.url)
+            ),
+        );
         return None;
     }
     for u in urls {
         if let Err(e) = u.parse::<async_nats::ServerAddr>() {
             problems.add(
                 &url_at,
-                format!("{u:?} is not a NATS URL like nats://host:4222 ({e})"),
+                format!(
+                    "{:?} is not a NATS URL like nats://host:4222 ({})",
+                    redact_url(u),
+                    redact_url(&e.to_string())
+                ),
             );
         }
     }

@@ -204,3 +204,21 @@ fn subject_and_topic_rules() {
         assert!(kafka(bad).is_err(), "topic {bad:?}");
     }
 }
+
+/// A NATS URL's user-info is a credential: an error about the URL shows it redacted.
+#[test]
+fn url_errors_do_not_show_user_info() {
+    for url in [
+        "http://u:MARKER-s3cret@h:4222",
+        "nats://u:MARKER-s3cret@h:4222/x y",
+    ] {
+        let errs = spec(&format!(
+            "providers: [{{name: n, type: nats, nats: {{url: '{url}', subject: s}}}}]"
+        ))
+        .validate()
+        .unwrap_err();
+        let text = errs.to_string();
+        assert!(text.contains("spec.providers[0].nats.url"), "{text}");
+        assert!(!text.contains("MARKER"), "{text}");
+    }
+}

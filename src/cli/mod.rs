@@ -140,7 +140,14 @@ pub fn read_manifest(path: &Path) -> Result<DualWritePipelineSpec, Error> {
 /// comes from `RUST_LOG` (default `info`).
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // async-nats logs the CONNECT message, password and token included, at trace: that
+        // target never goes below debug, whatever RUST_LOG asks.
+        .add_directive(
+            "async_nats::connection=debug"
+                .parse()
+                .expect("a valid directive"),
+        );
     // Colour only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
@@ -207,7 +214,7 @@ mod tests {
     #[test]
     fn parse_table() {
         // (arguments, accepted)
-        let cases: [(&[&str], bool); 8] = [
+        let cases: [(&[&str], bool); 11] = [
             (&["relay"], true),
             (&["relay", "--pipeline", "ns/p", "--pod-name", "r-0"], true),
             (&["relay", "-f", "p.yaml", "--pipeline", "ns/p"], false),
@@ -216,6 +223,10 @@ mod tests {
             (&["verify"], false),
             (&["verify", "-f", "p.yaml", "--pipeline", "ns/p"], false),
             (&["operator", "--leader-elect", "--resync", "2s"], true),
+            // A zero interval would be a busy loop or a timer panic: refused with a message.
+            (&["relay", "--report-interval", "0s"], false),
+            (&["operator", "--resync", "0s"], false),
+            (&["operator", "--stall-after", "0ms"], false),
         ];
         for (args, accepted) in cases {
             let parsed =

@@ -37,13 +37,13 @@ pub struct OperatorArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub pod_namespace: String,
     /// Periodic resync of every pipeline.
-    #[arg(long, env = "RESYNC", default_value = "30s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "RESYNC", default_value = "30s", value_parser = crate::duration::parse_positive)]
     pub resync: Duration,
     /// A relay report older than this no longer counts for health.
-    #[arg(long, env = "STALE_AFTER", default_value = "150s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "STALE_AFTER", default_value = "150s", value_parser = crate::duration::parse_positive)]
     pub stale_after: Duration,
     /// FailFast refusing every message this long marks the pipeline Stalled.
-    #[arg(long, env = "STALL_AFTER", default_value = "5m", value_parser = crate::duration::parse)]
+    #[arg(long, env = "STALL_AFTER", default_value = "5m", value_parser = crate::duration::parse_positive)]
     pub stall_after: Duration,
     /// This operator's pod name (Event reporter instance).
     #[arg(long, env = "POD_NAME")]

@@ -39,8 +39,12 @@ pub struct RelayArgs {
     pub state_dir: Option<PathBuf>,
     /// How often the relay considers reporting its numbers (reports only on change, plus a
     /// heartbeat every four intervals).
-    #[arg(long, env = "REPORT_INTERVAL", default_value = "15s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "REPORT_INTERVAL", default_value = "15s", value_parser = crate::duration::parse_positive)]
     pub report_interval: Duration,
+    /// Where the Secret keys the pipeline references are, as `<dir>/<secretName>/<key>` (in a
+    /// cluster the operator mounts them at the default).
+    #[arg(long, env = "DUALWRITE_SECRETS_DIR", default_value = crate::provider::secret::DEFAULT_SECRETS_DIR)]
+    pub secrets_dir: PathBuf,
 }
 
 /// Runs the relay until `shutdown` is cancelled.
@@ -54,6 +58,7 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<(), Err
                 port: args.port,
                 report_every: args.report_interval,
                 handoff: open_handoff(args.state_dir.as_deref())?,
+                secrets_dir: args.secrets_dir,
             };
             Ok(cluster::run_in_cluster(pipeline, options, shutdown).await?)
         }
@@ -64,7 +69,7 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> Result<(), Err
 /// The relay outside a cluster: one pipeline, fixed for the life of the process.
 async fn run_standalone(args: RelayArgs, shutdown: CancellationToken) -> Result<(), Error> {
     let spec = load_spec(args.file.as_deref())?;
-    let config = relay::PipelineConfig::try_from(&spec)?;
+    let config = relay::PipelineConfig::try_from(&spec)?.with_secrets_dir(&args.secrets_dir);
     let port = config.port(args.port);
     let handoff = open_handoff(args.state_dir.as_deref())?;
     let composite = relay::build_composite_with(&config, handoff.as_ref()).await?;

@@ -28,6 +28,9 @@ pub struct VerifyArgs {
     /// Leave out messages younger than this (writes may still be in flight).
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
     pub settle: Duration,
+    /// Where the Secret keys the pipeline references are, as `<dir>/<secretName>/<key>`.
+    #[arg(long, env = "DUALWRITE_SECRETS_DIR", default_value = crate::provider::secret::DEFAULT_SECRETS_DIR)]
+    pub secrets_dir: PathBuf,
 }
 
 /// Runs the check and prints its report; with `--pipeline` also records it in the pipeline's
@@ -42,7 +45,7 @@ pub async fn run(a: VerifyArgs) -> Result<ExitCode, Error> {
         }
         (None, None) => return Err(Error::NoPipeline),
     };
-    let report = crate::verify::check(&spec, a.window, a.settle).await?;
+    let report = crate::verify::check(&spec, a.window, a.settle, &a.secrets_dir).await?;
     println!(
         "{}",
         serde_json::to_string_pretty(&report).unwrap_or_default()

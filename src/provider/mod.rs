@@ -212,6 +212,9 @@ impl Health {
 
 /// The health reason of a closed provider.
 pub const REASON_CLOSED: &str = "Closed";
+/// The health reason of a provider whose broker refused its credentials (the message names the
+/// provider and the broker, never the credentials).
+pub const REASON_AUTH_FAILED: &str = "AuthenticationFailed";
 
 /// Health that follows publish outcomes: the first failure marks the provider down, the next
 /// success marks it up again, and `since` moves only when `healthy` flips. Once [`closed`],

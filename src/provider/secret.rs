@@ -7,10 +7,15 @@
 //! type here show the Secret's name and key, not what the file holds.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 /// Where the operator mounts the Secret keys a pipeline references.
 pub const DEFAULT_SECRETS_DIR: &str = "/var/run/secrets/dualwrite";
+
+/// The health reason of a provider whose Secret key cannot be read (the message names the Secret
+/// and the key).
+pub const REASON_SECRET_MISSING: &str = "SecretMissing";
 
 /// One key of one Secret, as a file.
 #[derive(Clone, PartialEq, Eq)]
@@ -96,6 +101,16 @@ pub struct CertAndKey {
 
 impl TlsFiles {
     /// Every file this TLS setting reads.
+    pub fn files(&self) -> Vec<&SecretFile> {
+        let mut out: Vec<&SecretFile> = self.trusted_certificates.iter().collect();
+        if let Some(c) = &self.client {
+            out.push(&c.certificate);
+            out.push(&c.key);
+        }
+        out
+    }
+
+    /// Every file this TLS setting reads, to re-root them.
     pub fn files_mut(&mut self) -> Vec<&mut SecretFile> {
         let mut out: Vec<&mut SecretFile> = self.trusted_certificates.iter_mut().collect();
         if let Some(c) = &mut self.client {
@@ -139,6 +154,13 @@ impl SaslMechanism {
 }
 
 impl KafkaAuth {
+    pub fn files(&self) -> Vec<&SecretFile> {
+        match self {
+            KafkaAuth::Tls(c) => vec![&c.certificate, &c.key],
+            KafkaAuth::Sasl { password, .. } => vec![password],
+        }
+    }
+
     pub fn files_mut(&mut self) -> Vec<&mut SecretFile> {
         match self {
             KafkaAuth::Tls(c) => vec![&mut c.certificate, &mut c.key],
@@ -162,11 +184,72 @@ pub enum NatsAuth {
 }
 
 impl NatsAuth {
+    pub fn files(&self) -> Vec<&SecretFile> {
+        match self {
+            NatsAuth::Creds(f) | NatsAuth::Nkey(f) | NatsAuth::Token(f) => vec![f],
+            NatsAuth::UserPassword { password, .. } => vec![password],
+        }
+    }
+
     pub fn files_mut(&mut self) -> Vec<&mut SecretFile> {
         match self {
             NatsAuth::Creds(f) | NatsAuth::Nkey(f) | NatsAuth::Token(f) => vec![f],
             NatsAuth::UserPassword { password, .. } => vec![password],
         }
+    }
+}
+
+/// The Secret files a provider's clients were built from, and a fingerprint of their content then,
+/// so that its supervisor notices when one changes (the kubelet rewrites a mounted Secret in
+/// place) and reconnects with the new value. Only a hash of the content is kept.
+#[derive(Debug)]
+pub struct SecretWatch {
+    files: Vec<SecretFile>,
+    /// Fingerprint of the content the clients in use were built from; `None` before any.
+    built: Option<u64>,
+}
+
+/// What [`SecretWatch::check`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SecretCheck {
+    /// The files hold what the clients were built from.
+    Unchanged,
+    /// The files changed (or were read for the first time): build clients from them and then
+    /// call [`SecretWatch::built`] with this fingerprint.
+    Changed(u64),
+    /// A file cannot be read.
+    Missing(SecretMissing),
+}
+
+impl SecretWatch {
+    pub fn new<'a>(files: impl IntoIterator<Item = &'a SecretFile>) -> Self {
+        Self {
+            files: files.into_iter().cloned().collect(),
+            built: None,
+        }
+    }
+
+    /// Reads every file and compares it with what the clients were built from.
+    pub fn check(&self) -> SecretCheck {
+        match self.fingerprint() {
+            Err(missing) => SecretCheck::Missing(missing),
+            Ok(f) if self.built == Some(f) => SecretCheck::Unchanged,
+            Ok(f) => SecretCheck::Changed(f),
+        }
+    }
+
+    /// A fingerprint of every file's content now.
+    pub fn fingerprint(&self) -> Result<u64, SecretMissing> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for f in &self.files {
+            f.read()?.hash(&mut h);
+        }
+        Ok(h.finish())
+    }
+
+    /// Records that the clients in use were built from the content with `fingerprint`.
+    pub fn built(&mut self, fingerprint: u64) {
+        self.built = Some(fingerprint);
     }
 }
 
@@ -205,6 +288,25 @@ mod tests {
         ] {
             assert_eq!(redact_url(url), shown);
         }
+    }
+
+    #[test]
+    fn a_watch_sees_a_key_appear_and_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = SecretFile::new(dir.path(), "s", "k");
+        let mut w = SecretWatch::new([&f]);
+        assert!(matches!(w.check(), SecretCheck::Missing(_)));
+        std::fs::create_dir_all(dir.path().join("s")).unwrap();
+        std::fs::write(&f.path, "one").unwrap();
+        let SecretCheck::Changed(fp) = w.check() else {
+            panic!("appeared")
+        };
+        w.built(fp);
+        assert_eq!(w.check(), SecretCheck::Unchanged);
+        std::fs::write(&f.path, "two").unwrap();
+        assert!(matches!(w.check(), SecretCheck::Changed(n) if n != fp));
+        assert!(!format!("{w:?}").contains("two"));
+        assert!(SecretWatch::new([]).check() != SecretCheck::Unchanged);
     }
 
     #[test]

@@ -106,9 +106,14 @@ pub fn should_report(
     }
 }
 
-/// Checks the pipeline's effective spec and hands it to the relay.
-async fn apply_pipeline(relay: &Relay, p: &DualWritePipeline) -> Result<(), Error> {
-    let config = PipelineConfig::try_from(&effective_spec(p))?;
+/// Checks the pipeline's effective spec and hands it to the relay, its Secret keys read under
+/// `secrets_dir`.
+async fn apply_pipeline(
+    relay: &Relay,
+    p: &DualWritePipeline,
+    secrets_dir: &std::path::Path,
+) -> Result<(), Error> {
+    let config = PipelineConfig::try_from(&effective_spec(p))?.with_secrets_dir(secrets_dir);
     Ok(relay.apply(config).await?)
 }
 
@@ -155,6 +160,8 @@ pub struct Options {
     /// How often to consider reporting (see [`should_report`]).
     pub report_every: Duration,
     pub handoff: Option<Arc<crate::handoff::HandoffStore>>,
+    /// Where the Secret keys the pipeline references are mounted.
+    pub secrets_dir: std::path::PathBuf,
 }
 
 /// This relay's name in the status: `--pod-name`/`POD_NAME`, else the host name (with a warning:
@@ -195,7 +202,8 @@ pub async fn run(
             name: pipeline.name.clone(),
             source,
         })?;
-    let config = PipelineConfig::try_from(&effective_spec(&p))?;
+    let config =
+        PipelineConfig::try_from(&effective_spec(&p))?.with_secrets_dir(&options.secrets_dir);
     let composite = super::build_composite_with(&config, options.handoff.as_ref()).await?;
     let port = config.port(options.port);
     let relay = Relay::with_handoff(composite, config, options.handoff);
@@ -213,6 +221,7 @@ pub async fn run(
     let follower = tokio::spawn(follow(
         api.clone(),
         pipeline.name.clone(),
+        options.secrets_dir,
         relay.clone(),
         generation.clone(),
         shutdown.clone(),
@@ -242,6 +251,7 @@ pub async fn run(
 async fn follow(
     api: Api<DualWritePipeline>,
     name: String,
+    secrets_dir: std::path::PathBuf,
     relay: Arc<Relay>,
     generation: Arc<AtomicI64>,
     stop: CancellationToken,
@@ -257,7 +267,7 @@ async fn follow(
             next = changes.next() => match next {
                 Some(Ok(p)) => {
                     let g = p.metadata.generation.unwrap_or(0);
-                    match apply_pipeline(&relay, &p).await {
+                    match apply_pipeline(&relay, &p, &secrets_dir).await {
                         Ok(()) => generation.store(g, Ordering::Release),
                         Err(e) => tracing::error!(pipeline = %p.name_any(), error = %e, "cannot apply the changed pipeline; keeping the previous one"),
                     }

@@ -22,8 +22,8 @@ pub enum ConfigError {
     Yaml(serde_yaml::Error),
     #[error("the manifest's kind is {0:?}; expected a DualWritePipeline (apiVersion dualwrite.io/v1alpha1)")]
     Kind(String),
-    #[error("the manifest does not match DualWritePipeline: {0}")]
-    Shape(serde_yaml::Error),
+    #[error("the manifest does not match DualWritePipeline: {path}: {message}")]
+    Shape { path: String, message: String },
     #[error("the manifest has fields DualWritePipeline does not know: {} (misspelt?)", .0.join(", "))]
     UnknownFields(Vec<String>),
     #[error(transparent)]
@@ -217,13 +217,21 @@ pub fn spec_from_manifest(text: &str) -> Result<DualWritePipelineSpec, ConfigErr
     // would run something else than the file says; the API server prunes such fields, so only
     // a manifest read from a file needs this.
     let mut unknown = Vec::new();
-    let pipeline: DualWritePipeline = serde_ignored::deserialize(value, |path| {
+    let mut record_unknown = |path: serde_ignored::Path<'_>| {
         let path = path.to_string();
         if path.starts_with("spec") {
             unknown.push(path);
         }
-    })
-    .map_err(ConfigError::Shape)?;
+    };
+    // serde_path_to_error names where a value failed (`spec.providers[1].type`), as the API
+    // server does, instead of serde's bare "unknown variant".
+    let pipeline: DualWritePipeline = serde_path_to_error::deserialize(
+        serde_ignored::Deserializer::new(value, &mut record_unknown),
+    )
+    .map_err(|e| ConfigError::Shape {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })?;
     if !unknown.is_empty() {
         return Err(ConfigError::UnknownFields(unknown));
     }
@@ -336,6 +344,41 @@ mod tests {
             .all(|p| p.kind == ProviderKind::Memory));
         assert_eq!(spec.strategy, Strategy::FailFast);
         assert!(!SeedEnv::default().describes_pipeline());
+    }
+
+    #[test]
+    fn shape_errors_name_the_field() {
+        let head = "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {name: x}\nspec:\n";
+        for (body, path, text) in [
+            (
+                "  strategy: Sometimes\n  providers: [{name: a, type: memory}]\n",
+                "spec.strategy",
+                "unknown variant `Sometimes`",
+            ),
+            (
+                "  providers: [{name: a, type: memory}, {name: b, type: redis}]\n",
+                "spec.providers[1].type",
+                "unknown variant `redis`",
+            ),
+            (
+                "  providers: [{name: k, type: kafka, kafka: {brokers: b:1, topic: t}}]\n",
+                "spec.providers[0].kafka.brokers",
+                "expected a sequence",
+            ),
+            (
+                "  providers: [{name: a, type: memory, memory: {capacity: lots}}]\n",
+                "spec.providers[0].memory.capacity",
+                "invalid type",
+            ),
+        ] {
+            let err = spec_from_manifest(&format!("{head}{body}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{path}: ")) && err.contains(text),
+                "{body}: {err}"
+            );
+        }
     }
 
     #[test]

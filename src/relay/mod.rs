@@ -5,6 +5,10 @@
 //! Kubernetes. [`config`] reads a pipeline from a manifest file or the seed's variables, and
 //! [`cluster`] (`dualwrite relay --pipeline`) watches the resource and feeds changed pipelines
 //! to [`Relay::apply`]; both go through `api`'s one validator.
+//!
+//! Secret files (broker credentials) are not watched here: each NATS or Kafka provider's
+//! supervisor reads its own every round and reconnects only that provider when one changes or
+//! appears, so a rotated Secret neither rebuilds the composite nor restarts the relay.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

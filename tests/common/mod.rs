@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How to get the brokers the tests need.
-pub const SETUP_HINT: &str = "run `hack/test-env up nats kafka && . target/test-env/env.sh` first";
+pub const SETUP_HINT: &str = "run `hack/test-env up && . target/test-env/env.sh` first";
 
 /// Whether this run is under CI, where a test that cannot run must fail, never skip.
 pub fn under_ci() -> bool {

@@ -1,9 +1,9 @@
 //! The Kafka provider's librdkafka clients: the state shared with librdkafka's callbacks
 //! ([`Shared`]), the client context that turns those callbacks into health and log lines, the
 //! replaceable producer, and the three client configurations (producer, admin, consumer) built
-//! from one [`KafkaConfig`].
+//! from one [`KafkaConfig`] and one reading of its Secret files.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,11 +13,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{watch, Notify};
 
+use super::security::security_settings;
 use super::{
-    KafkaConfig, LINGER_MS, MIN_MESSAGE_TIMEOUT_MS, REASON_AUTH, REASON_CONNECTING, REASON_FATAL,
+    KafkaConfig, LINGER_MS, MIN_MESSAGE_TIMEOUT_MS, REASON_CONNECTING, REASON_FATAL,
     REASON_UNAVAILABLE,
 };
-use crate::provider::{Counters, Health, HealthTracker};
+use crate::provider::secret::{SecretMissing, REASON_SECRET_MISSING};
+use crate::provider::{Counters, Health, HealthTracker, REASON_AUTH_FAILED};
 
 /// State shared by the provider, librdkafka's callbacks, the supervisor and subscriptions.
 pub(super) struct Shared {
@@ -32,6 +34,9 @@ pub(super) struct Shared {
     pub(super) brokers_down: watch::Sender<u64>,
     /// Wakes the supervisor before its next tick.
     pub(super) kick: Notify,
+    /// Which set of clients is in force; callbacks of clients replaced since (a rotated Secret)
+    /// no longer touch health.
+    pub(super) generation: AtomicU64,
 }
 
 impl Shared {
@@ -50,7 +55,28 @@ impl Shared {
             topic_ready: AtomicBool::new(false),
             brokers_down,
             kick: Notify::new(),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Marks the provider down as unreachable, unless it already says authentication failed:
+    /// librdkafka follows a refused login with "all brokers down", and the person reading the
+    /// status needs the first, more specific cause.
+    pub(super) fn set_unavailable(&self, message: String) {
+        let now = self.health.get();
+        if !now.healthy && now.reason == REASON_AUTH_FAILED {
+            return;
+        }
+        self.health.set(false, REASON_UNAVAILABLE, message);
+    }
+
+    /// Marks the provider down because a Secret key it needs cannot be read.
+    pub(super) fn set_secret_missing(&self, missing: &SecretMissing) {
+        if self.health.get().reason != REASON_SECRET_MISSING {
+            tracing::warn!(provider = %self.name, error = %missing, "kafka: a Secret key cannot be read; the provider stays down and reads it again every round");
+        }
+        self.health
+            .set(false, REASON_SECRET_MISSING, missing.to_string());
     }
 }
 
@@ -72,15 +98,16 @@ pub(super) struct ClientConfigs {
 }
 
 impl ClientConfigs {
-    /// The provider's settings for `brokers` (already joined), with the user's
-    /// `spec.config` applied last to all three.
+    /// The provider's settings for `brokers` (already joined), TLS and authentication from
+    /// `spec` (its Secret files read now), and the user's `spec.config` applied last to all
+    /// three. Errs when a Secret file cannot be read.
     pub(super) fn new(
         name: &str,
         brokers: &str,
         group_id: &str,
         spec: &KafkaConfig,
         publish_timeout: Duration,
-    ) -> Self {
+    ) -> Result<Self, SecretMissing> {
         let (message_timeout_ms, linger_ms) = producer_timeouts(publish_timeout);
         let mut producer = ClientConfig::new();
         producer
@@ -114,17 +141,23 @@ impl ClientConfigs {
             // background: the same "acknowledged once decoded" as the NATS consumer.
             .set("enable.auto.commit", "true")
             .set("enable.partition.eof", "false");
-        // The user's settings (security.protocol, sasl.*, compression.type, …) win.
+        for (k, v) in security_settings(spec)? {
+            producer.set(k, v.clone());
+            admin.set(k, v.clone());
+            consumer.set(k, v);
+        }
+        // The user's tuning settings (compression.type, batch.size, …) come last; the
+        // validator's allowlist keeps security and delivery keys out of them.
         for (k, v) in &spec.config {
             producer.set(k, v);
             admin.set(k, v);
             consumer.set(k, v);
         }
-        Self {
+        Ok(Self {
             producer,
             admin,
             consumer,
-        }
+        })
     }
 }
 
@@ -135,6 +168,15 @@ impl ClientConfigs {
 pub(super) struct HealthContext {
     pub(super) shared: Arc<Shared>,
     pub(super) drives_health: bool,
+    /// The [`Shared::generation`] this client belongs to.
+    pub(super) generation: u64,
+}
+
+impl HealthContext {
+    /// Whether this client's errors may change health: the producer's, while it is in force.
+    fn drives_health(&self) -> bool {
+        self.drives_health && self.shared.generation.load(Ordering::Acquire) == self.generation
+    }
 }
 
 // The consumer of `subscribe` uses this context too (with `drives_health: false`) so its
@@ -149,7 +191,7 @@ impl ClientContext for HealthContext {
         // at error level. The first one of an outage is worth a warning; the rest, while the
         // provider is already reported down, only at debug.
         if fac == "FAIL" {
-            if self.drives_health && s.health.get().healthy {
+            if self.drives_health() && s.health.get().healthy {
                 tracing::warn!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}");
             } else {
                 tracing::debug!(target: "librdkafka", provider = %s.name, "{fac}: {log_message}");
@@ -178,8 +220,8 @@ impl ClientContext for HealthContext {
     fn error(&self, error: KafkaError, reason: &str) {
         let s = &self.shared;
         let code = error.rdkafka_error_code();
-        if !self.drives_health {
-            tracing::debug!(provider = %s.name, error = %error, %reason, "kafka admin client");
+        if !self.drives_health() {
+            tracing::debug!(provider = %s.name, error = %error, %reason, "kafka admin client, consumer or replaced producer");
             return;
         }
         match code {
@@ -192,11 +234,7 @@ impl ClientContext for HealthContext {
                 } else {
                     tracing::debug!(provider = %s.name, brokers = %s.brokers, %reason, "kafka: all brokers down");
                 }
-                s.health.set(
-                    false,
-                    REASON_UNAVAILABLE,
-                    format!("no broker reachable at {}: {reason}", s.brokers),
-                );
+                s.set_unavailable(format!("no broker reachable at {}: {reason}", s.brokers));
             }
             Some(RDKafkaErrorCode::Fatal) => {
                 tracing::error!(provider = %s.name, %reason, "kafka: fatal producer error; replacing the producer");
@@ -207,12 +245,18 @@ impl ClientContext for HealthContext {
                 );
                 s.kick.notify_one();
             }
+            // librdkafka's text names the broker and the mechanism, never the password.
             Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
-                tracing::error!(provider = %s.name, %reason, "kafka: authentication failed");
+                if s.health.get().reason != REASON_AUTH_FAILED {
+                    tracing::error!(provider = %s.name, %reason, "kafka: authentication failed; check the credentials Secret");
+                }
                 s.health.set(
                     false,
-                    REASON_AUTH,
-                    format!("authentication failed: {reason}"),
+                    REASON_AUTH_FAILED,
+                    format!(
+                        "provider {}: authentication to {} failed: {reason}",
+                        s.name, s.brokers
+                    ),
                 );
             }
             // A single connection closing (brokers close idle ones) is routine.
@@ -226,32 +270,66 @@ impl ClientContext for HealthContext {
 
 pub(super) type KafkaProducer = FutureProducer<HealthContext>;
 
-/// The producer, replaceable after a fatal error. std RwLock: held only to clone or swap the
-/// handle (an `Arc` inside), never across an await.
-pub(super) struct ProducerSlot {
-    pub(super) config: ClientConfig,
+/// The producer and the configurations it and a subscription's consumer were made from: what
+/// one reading of the Secret files gives.
+#[derive(Clone)]
+pub(super) struct Clients {
+    pub(super) producer: KafkaProducer,
+    pub(super) producer_config: ClientConfig,
+    pub(super) consumer_config: ClientConfig,
     pub(super) context: HealthContext,
-    pub(super) current: RwLock<KafkaProducer>,
+}
+
+/// The producer in force, replaced after a fatal error or when a Secret file changed; empty
+/// while a Secret key cannot be read. std RwLock: held only to clone or swap the handles (an
+/// `Arc` inside), never across an await.
+#[derive(Default)]
+pub(super) struct ProducerSlot {
+    current: RwLock<Option<Clients>>,
 }
 
 impl ProducerSlot {
-    pub(super) fn get(&self) -> KafkaProducer {
+    fn read(&self) -> Option<Clients> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Builds a fresh producer and swaps it in; the old one is dropped on a blocking thread
-    /// (its drop purges, flushes for up to 500ms and joins its poll thread).
+    pub(super) fn get(&self) -> Option<KafkaProducer> {
+        self.read().map(|c| c.producer)
+    }
+
+    /// The configuration a subscription's consumer is made from.
+    pub(super) fn consumer_config(&self) -> Option<ClientConfig> {
+        self.read().map(|c| c.consumer_config)
+    }
+
+    /// Puts `fresh` in force. A publish still running on the old producer holds its own handle
+    /// and gets its delivery report; the slot's handle is dropped on a blocking thread (a
+    /// producer's drop flushes for up to 500ms and joins its poll thread).
+    pub(super) fn install(&self, fresh: Clients) {
+        let old = self
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(fresh);
+        if let Some(old) = old {
+            // Finishes by itself within librdkafka's bounded drop; nothing to shut down.
+            drop(tokio::task::spawn_blocking(move || drop(old)));
+        }
+    }
+
+    /// Builds a fresh producer from the same configuration and swaps it in (after a fatal
+    /// error, which leaves librdkafka's producer unusable).
     pub(super) fn rebuild(&self) -> Result<(), KafkaError> {
-        let fresh: KafkaProducer = self.config.create_with_context(self.context.clone())?;
-        let old = std::mem::replace(
-            &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
-            fresh,
-        );
-        // Finishes by itself within librdkafka's bounded drop; nothing to shut down.
-        drop(tokio::task::spawn_blocking(move || drop(old)));
+        let Some(mut clients) = self.read() else {
+            return Ok(());
+        };
+        clients.producer = clients
+            .producer_config
+            .create_with_context(clients.context.clone())?;
+        self.install(clients);
         Ok(())
     }
 }

@@ -33,11 +33,17 @@ impl KafkaProvider {
                 self.shared.health.get().message
             )));
         }
-        let consumer: StreamConsumer<HealthContext> = self
-            .consumer_config
+        let config = self.producer.consumer_config().ok_or_else(|| {
+            subscribe_err(format!(
+                "no clients yet ({})",
+                self.shared.health.get().message
+            ))
+        })?;
+        let consumer: StreamConsumer<HealthContext> = config
             .create_with_context(HealthContext {
                 shared: self.shared.clone(),
                 drives_health: false,
+                generation: 0,
             })
             .map_err(|e| subscribe_err(format!("kafka consumer: {e}")))?;
         consumer

@@ -23,35 +23,48 @@
 //!   told it failed); the whole `send` is also bounded by the publish timeout.
 //! - A fatal producer error (the idempotence guarantee broke) leaves librdkafka's producer
 //!   unusable; the supervisor replaces it with a fresh one.
+//! - Credentials (TLS files, the SASL password) are read from their Secret files when the
+//!   clients are made. A key that cannot be read does not fail `connect`: the provider starts
+//!   with no clients and health down (`SecretMissing`, naming the Secret and key), and the
+//!   supervisor reads again every round. It also notices when a file's content changes (the
+//!   kubelet rewrites a rotated Secret in place) and then makes fresh clients and swaps them in:
+//!   only this provider reconnects, a publish running on the old producer still gets its
+//!   delivery report, and nothing else in the relay restarts. A refused login marks the
+//!   provider down with `AuthenticationFailed`.
 //!
 //! Files: this one holds the configuration, `connect` and the [`Provider`] impl; `client` the
-//! librdkafka clients, their callbacks and settings; `topic` topic creation; `publish` one
-//! publish; `consumer` the subscription; `supervisor` the health rounds.
+//! librdkafka clients, their callbacks and settings; `security` TLS and SASL settings; `topic`
+//! topic creation; `publish` one publish; `consumer` the subscription; `supervisor` the health
+//! rounds.
 
 mod client;
 mod consumer;
 mod publish;
+mod security;
 mod supervisor;
 #[cfg(test)]
 mod tests;
 mod topic;
 
+pub use security::apply_security;
+
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::admin::AdminClient;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::Producer;
 use rdkafka::util::Timeout;
 
-use self::client::{ClientConfigs, HealthContext, KafkaProducer, ProducerSlot, Shared};
+use self::client::{ClientConfigs, Clients, HealthContext, KafkaProducer, ProducerSlot, Shared};
 use self::supervisor::KafkaProbe;
 use self::topic::{ensure_topic_at_start, TopicSpec};
-use super::secret::{KafkaAuth, SecretFile, TlsFiles};
+use super::secret::{KafkaAuth, SecretFile, SecretMissing, SecretWatch, TlsFiles};
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
-use super::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
+use super::{
+    Health, MessageStream, Provider, ProviderError, ProviderKind, Stats, REASON_AUTH_FAILED,
+};
 use crate::message::DataMessage;
 
 pub use super::supervise::PROBE_INTERVAL;
@@ -79,7 +92,8 @@ const REASON_CONNECTED: &str = "Connected";
 const REASON_CONNECTING: &str = "Connecting";
 const REASON_UNAVAILABLE: &str = "Unavailable";
 const REASON_FATAL: &str = "ProducerFatal";
-const REASON_AUTH: &str = "AuthenticationFailed";
+/// librdkafka refused the settings made from a changed Secret file (e.g. a CA that is not PEM).
+const REASON_INVALID: &str = "InvalidConfiguration";
 
 /// What a Kafka provider is built from. The pipeline's validator (`api`) checks it before a
 /// provider sees it.
@@ -118,6 +132,13 @@ impl KafkaConfig {
         out
     }
 
+    /// Every Secret file this provider reads.
+    pub fn secret_files(&self) -> Vec<&SecretFile> {
+        let mut out = self.tls.as_ref().map(TlsFiles::files).unwrap_or_default();
+        out.extend(self.auth.as_ref().map(KafkaAuth::files).unwrap_or_default());
+        out
+    }
+
     /// The bootstrap servers as librdkafka takes them: `host:port,host:port`.
     fn bootstrap_servers(&self) -> String {
         let brokers: Vec<&str> = self.brokers.iter().map(|b| b.trim()).collect();
@@ -148,69 +169,138 @@ pub struct KafkaProvider {
     topic: String,
     group_id: String,
     publish_timeout: Duration,
-    consumer_config: ClientConfig,
     producer: Arc<ProducerSlot>,
     shared: Arc<Shared>,
     /// The health supervisor; its stop signal also ends subscription streams.
     supervisor: Supervisor,
 }
 
+/// Why a set of clients could not be made.
+enum BuildError {
+    Secret(SecretMissing),
+    /// librdkafka refused a setting.
+    Config(String),
+}
+
+/// Makes the provider's clients from its settings and the Secret files as they are now; kept by
+/// the supervisor to make them again when a file changes.
+struct ClientMaker {
+    name: String,
+    brokers: String,
+    group_id: String,
+    spec: KafkaConfig,
+    publish_timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+impl ClientMaker {
+    /// A producer and an admin client, under a new generation (callbacks of the clients they
+    /// replace stop driving health once these are installed).
+    fn make(&self) -> Result<(Clients, AdminClient<HealthContext>), BuildError> {
+        let configs = ClientConfigs::new(
+            &self.name,
+            &self.brokers,
+            &self.group_id,
+            &self.spec,
+            self.publish_timeout,
+        )
+        .map_err(BuildError::Secret)?;
+        let generation = self.shared.generation.load(Ordering::Acquire) + 1;
+        let context = HealthContext {
+            shared: self.shared.clone(),
+            drives_health: true,
+            generation,
+        };
+        let producer: KafkaProducer = configs
+            .producer
+            .create_with_context(context.clone())
+            .map_err(|e| BuildError::Config(format!("kafka producer: {e}")))?;
+        let admin: AdminClient<HealthContext> = configs
+            .admin
+            .create_with_context(HealthContext {
+                drives_health: false,
+                ..context.clone()
+            })
+            .map_err(|e| BuildError::Config(format!("kafka admin client: {e}")))?;
+        let clients = Clients {
+            producer,
+            producer_config: configs.producer,
+            consumer_config: configs.consumer,
+            context,
+        };
+        Ok((clients, admin))
+    }
+
+    /// Puts clients made by [`make`](Self::make) in force.
+    fn install(&self, slot: &ProducerSlot, clients: Clients) {
+        self.shared
+            .generation
+            .store(clients.context.generation, Ordering::Release);
+        slot.install(clients);
+    }
+}
+
 impl KafkaProvider {
     /// Builds the producer, ensures the topic (bounded; in the background when the broker is
-    /// unreachable) and starts the health supervisor. Fails only on configuration errors.
+    /// unreachable) and starts the health supervisor. Fails only on configuration errors; a
+    /// Secret key that cannot be read leaves the provider down until it can.
     pub async fn connect(
         name: &str,
         spec: &KafkaConfig,
         publish_timeout: Duration,
     ) -> Result<KafkaProvider, ProviderError> {
-        let config_err = |reason: String| ProviderError::Config {
-            provider: name.to_string(),
-            reason,
-        };
         let brokers = spec.bootstrap_servers();
         let topic = spec.topic_spec();
         let group_id = spec.group_id(name);
         let shared = Arc::new(Shared::new(name, &brokers, &topic.name));
         // Subscribed before any client exists, so an early AllBrokersDown is not missed.
         let brokers_down = shared.brokers_down.subscribe();
-        let configs = ClientConfigs::new(name, &brokers, &group_id, spec, publish_timeout);
-
-        let producer_context = HealthContext {
+        let maker = ClientMaker {
+            name: name.to_string(),
+            brokers: brokers.clone(),
+            group_id: group_id.clone(),
+            spec: spec.clone(),
+            publish_timeout,
             shared: shared.clone(),
-            drives_health: true,
         };
-        let producer: KafkaProducer = configs
-            .producer
-            .create_with_context(producer_context.clone())
-            .map_err(|e| config_err(format!("kafka producer: {e}")))?;
-        let admin: AdminClient<HealthContext> = configs
-            .admin
-            .create_with_context(HealthContext {
-                shared: shared.clone(),
-                drives_health: false,
-            })
-            .map_err(|e| config_err(format!("kafka admin client: {e}")))?;
-
-        let first = ensure_topic_at_start(&admin, &topic, &brokers, brokers_down).await;
-        record_topic_at_start(&shared, first)?;
-
-        let slot = Arc::new(ProducerSlot {
-            config: configs.producer,
-            context: producer_context,
-            current: RwLock::new(producer),
-        });
+        let slot = Arc::new(ProducerSlot::default());
+        let mut secrets = SecretWatch::new(spec.secret_files());
+        let made = match secrets.fingerprint() {
+            Ok(fingerprint) => maker.make().map(|m| (m, fingerprint)),
+            Err(missing) => Err(BuildError::Secret(missing)),
+        };
+        let admin = match made {
+            Ok(((clients, admin), fingerprint)) => {
+                maker.install(&slot, clients);
+                secrets.built(fingerprint);
+                let first = ensure_topic_at_start(&admin, &topic, &brokers, brokers_down).await;
+                record_topic_at_start(&shared, first)?;
+                Some(admin)
+            }
+            Err(BuildError::Secret(missing)) => {
+                shared.set_secret_missing(&missing);
+                None
+            }
+            Err(BuildError::Config(reason)) => {
+                return Err(ProviderError::Config {
+                    provider: name.to_string(),
+                    reason,
+                })
+            }
+        };
         let probe = KafkaProbe {
             shared: Arc::clone(&shared),
             producer: Arc::clone(&slot),
             admin,
             topic: topic.clone(),
+            maker,
+            secrets,
         };
         Ok(KafkaProvider {
             name: name.to_string(),
             topic: topic.name,
             group_id,
             publish_timeout,
-            consumer_config: configs.consumer,
             producer: slot,
             shared,
             supervisor: Supervisor::spawn(|stop| run_probe_loop(probe, stop)),
@@ -257,13 +347,17 @@ fn record_topic_at_start(
                 reason,
             })
         }
+        // A refused login was logged as such by the client context; health keeps that cause.
+        Err(EnsureError::Transient(reason)) if shared.health.get().reason == REASON_AUTH_FAILED => {
+            shared.set_unavailable(reason);
+        }
         Err(EnsureError::Transient(reason)) => {
             tracing::warn!(
                 provider = %shared.name,
                 %reason,
                 "kafka: broker not ready at start; the provider starts unhealthy and creates the topic once the broker answers"
             );
-            shared.health.set(false, REASON_UNAVAILABLE, reason);
+            shared.set_unavailable(reason);
         }
     }
     Ok(())
@@ -337,7 +431,9 @@ impl Provider for KafkaProvider {
         self.supervisor.stop(CLOSE_TIMEOUT).await;
         // Deliver what is queued. Nothing queued can outlive message.timeout.ms (= the publish
         // timeout), so that plus a margin bounds the flush; flush blocks, so off the runtime.
-        let producer = self.producer.get();
+        let Some(producer) = self.producer.get() else {
+            return Ok(()); // never had clients (a Secret key was missing)
+        };
         let flush_timeout = self.publish_timeout + Duration::from_secs(1);
         let flush =
             tokio::task::spawn_blocking(move || producer.flush(Timeout::After(flush_timeout)));

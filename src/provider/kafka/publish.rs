@@ -23,7 +23,9 @@ impl KafkaProvider {
 
     /// Writes one record and awaits its delivery report (the caller applies the deadline).
     pub(super) async fn send(&self, msg: &DataMessage) -> Result<(), ProviderError> {
-        let producer = self.producer.get();
+        let Some(producer) = self.producer.get() else {
+            return Err(self.unavailable(self.shared.health.get().message));
+        };
         let payload = msg.to_wire();
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {

@@ -1,10 +1,11 @@
 //! The NATS connection and the JetStream stream behind it: the state the provider, the
 //! async-nats event callback, the supervisor and subscriptions share ([`Shared`]), how health
-//! follows connection events, the first dial ([`Dialer`]), and the stream check/creation
+//! follows connection events, a dial ([`Dialer`]: the first connection, and a fresh one when a
+//! Secret changed), the connection in force ([`ConnSlot`]), and the stream check/creation
 //! ([`StreamSetup`]) with the rule that tells a configuration error from a passing one.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
@@ -12,10 +13,12 @@ use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, Event, ServerAddr};
 use tokio::sync::{watch, Notify};
 
+use super::security::{secure, ClientSetupError, UrlAuth};
 use super::{
     subject_matches, CONNECT_ATTEMPT_TIMEOUT, MAX_RECONNECT_DELAY, REASON_CONNECTING,
     REASON_DISCONNECTED, SETUP_TIMEOUT,
 };
+use crate::provider::secret::{NatsAuth, TlsFiles};
 use crate::provider::supervise::EnsureError;
 use crate::provider::{Counters, Health, HealthTracker};
 
@@ -30,7 +33,7 @@ pub(super) enum Link {
 /// subscription streams.
 pub(super) struct Shared {
     pub(super) name: String,
-    /// The URL(s) from the spec, for messages a person reads.
+    /// The URL(s) from the spec with any user-info redacted, for messages a person reads.
     pub(super) url: String,
     pub(super) health: HealthTracker,
     pub(super) counters: Counters,
@@ -39,10 +42,13 @@ pub(super) struct Shared {
     pub(super) link: watch::Sender<Link>,
     /// Wakes the supervisor before its next tick (reconnected, stream lost).
     pub(super) kick: Notify,
+    /// Which connection's events count: a connection replaced after a Secret changed still
+    /// reports while it drains, and must not touch health.
+    pub(super) generation: AtomicU64,
 }
 
 impl Shared {
-    /// A provider that is not connected yet.
+    /// A provider that is not connected yet. `url` is shown as it is: redact it first.
     pub(super) fn new(name: &str, url: &str) -> Self {
         let (link, _) = watch::channel(Link::Down);
         Self {
@@ -56,12 +62,13 @@ impl Shared {
             stream_ready: AtomicBool::new(false),
             link,
             kick: Notify::new(),
+            generation: AtomicU64::new(0),
         }
     }
 
     /// Runs on the async-nats event task; must not block.
-    fn on_event(&self, event: Event) {
-        if self.health.is_closed() {
+    fn on_event(&self, generation: u64, event: Event) {
+        if self.health.is_closed() || self.generation.load(Ordering::Acquire) != generation {
             return;
         }
         match event {
@@ -117,17 +124,17 @@ impl Shared {
 }
 
 /// Client options: bounded attempts, reconnect forever with a capped backoff, and connection
-/// events turned into health through `shared`.
-pub(super) fn connect_options(name: &str, shared: &Arc<Shared>) -> ConnectOptions {
+/// events turned into health through `shared` while `generation` is the one in force.
+pub(super) fn connect_options(shared: &Arc<Shared>, generation: u64) -> ConnectOptions {
     let events = Arc::clone(shared);
     ConnectOptions::new()
-        .name(format!("dualwrite-{name}"))
+        .name(format!("dualwrite-{}", shared.name))
         .connection_timeout(CONNECT_ATTEMPT_TIMEOUT)
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let shared = events.clone();
-            async move { shared.on_event(event) }
+            async move { shared.on_event(generation, event) }
         })
 }
 
@@ -196,16 +203,53 @@ fn classify_stream_error(stream: &str, e: CreateStreamError) -> EnsureError {
     }
 }
 
-/// A live connection and what the stream needs; set once the first connection succeeded.
+/// A live connection and what the stream needs.
 pub(super) struct Conn {
     pub(super) client: async_nats::Client,
     pub(super) setup: StreamSetup,
 }
 
-/// Makes the first connection (async-nats reconnects by itself after that).
+/// The connection in force: empty until the first connection succeeded, replaced when a Secret
+/// changed. A publish holds its own `Arc` for as long as it runs. std RwLock: held only to clone
+/// or swap the `Arc`, never across an await.
+#[derive(Default)]
+pub(super) struct ConnSlot(RwLock<Option<Arc<Conn>>>);
+
+impl ConnSlot {
+    pub(super) fn get(&self) -> Option<Arc<Conn>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `conn` in force; returns the one it replaces.
+    pub(super) fn replace(&self, conn: Conn) -> Option<Arc<Conn>> {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(Arc::new(conn))
+    }
+}
+
+/// Why a dial did not give a connection.
+#[derive(Debug)]
+pub(super) enum DialError {
+    /// A Secret key cannot be read or used, or the URL cannot: no dial was made.
+    Setup(ClientSetupError),
+    /// The server refused the credentials.
+    Auth(String),
+    /// Retrying cannot fix it (the server list cannot be used).
+    Config(String),
+    /// Unreachable, timed out, TLS handshake failed…: try again later.
+    Transient(String),
+}
+
+/// Makes a connection (async-nats reconnects by itself after that, with the same credentials).
 pub(super) struct Dialer {
-    pub(super) options: ConnectOptions,
+    pub(super) shared: Arc<Shared>,
+    /// The servers without user-info.
     pub(super) addrs: Vec<ServerAddr>,
+    pub(super) url_auth: Option<UrlAuth>,
+    pub(super) tls: Option<TlsFiles>,
+    pub(super) auth: Option<NatsAuth>,
     pub(super) publish_timeout: Duration,
     pub(super) stream: stream::Config,
     pub(super) subject: String,
@@ -213,23 +257,30 @@ pub(super) struct Dialer {
 
 impl Dialer {
     /// One round of connection attempts over the configured servers, bounded by
-    /// [`SETUP_TIMEOUT`] (each server by [`CONNECT_ATTEMPT_TIMEOUT`]).
-    pub(super) async fn dial(&self) -> Result<Conn, EnsureError> {
-        let client = tokio::time::timeout(
-            SETUP_TIMEOUT,
-            self.options.clone().connect(self.addrs.clone()),
+    /// [`SETUP_TIMEOUT`] (each server by [`CONNECT_ATTEMPT_TIMEOUT`]), with the Secret files
+    /// read now. Its events count while `generation` is the one in force.
+    pub(super) async fn dial(&self, generation: u64) -> Result<Conn, DialError> {
+        let options = secure(
+            connect_options(&self.shared, generation),
+            self.tls.as_ref(),
+            self.auth.as_ref(),
+            self.url_auth.as_ref(),
         )
-        .await
-        .map_err(|_| {
-            EnsureError::Transient(format!("no answer within {}ms", SETUP_TIMEOUT.as_millis()))
-        })?
-        .map_err(|e| match e.kind() {
-            // Retrying cannot fix these; `connect` turns them into configuration errors.
-            async_nats::ConnectErrorKind::Authentication
-            | async_nats::ConnectErrorKind::AuthorizationViolation
-            | async_nats::ConnectErrorKind::ServerParse => EnsureError::Config(e.to_string()),
-            _ => EnsureError::Transient(e.to_string()),
-        })?;
+        .map_err(DialError::Setup)?;
+        let client = tokio::time::timeout(SETUP_TIMEOUT, options.connect(self.addrs.clone()))
+            .await
+            .map_err(|_| {
+                DialError::Transient(format!("no answer within {}ms", SETUP_TIMEOUT.as_millis()))
+            })?
+            // async-nats' connect errors name the kind of failure, never an address.
+            .map_err(|e| match e.kind() {
+                async_nats::ConnectErrorKind::Authentication
+                | async_nats::ConnectErrorKind::AuthorizationViolation => {
+                    DialError::Auth(e.to_string())
+                }
+                async_nats::ConnectErrorKind::ServerParse => DialError::Config(e.to_string()),
+                _ => DialError::Transient(e.to_string()),
+            })?;
         // The context timeout bounds JetStream API requests and PubAck waits; `ack_timeout`
         // bounds acks whose future was dropped (a publish cut by its deadline), so they do not
         // hold one of the in-flight permits for the default 30s.

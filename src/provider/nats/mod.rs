@@ -27,33 +27,52 @@
 //!   deadline: under BestEffort every ingest request would otherwise take `publishTimeout` for
 //!   as long as the outage lasts, and a queued message could reach the stream long after the
 //!   caller was told it failed.
+//! - Credentials (TLS files, a `.creds` file, an nkey seed, a password, a token; or the URL's
+//!   user-info) are read from their Secret files at every dial, and URL user-info is handed to
+//!   the client as options, never inside an address; URLs in messages are redacted. A key that
+//!   cannot be read (`SecretMissing`) or credentials the server refuses (`AuthenticationFailed`)
+//!   do not fail `connect`: the provider starts down and its supervisor dials again every round,
+//!   so creating or fixing the Secret heals it. Once connected, the supervisor notices when a
+//!   Secret file's content changes (the kubelet rewrites a rotated Secret in place), dials a
+//!   fresh connection with the new value and swaps it in: only this provider reconnects, and
+//!   the old connection is drained once the publishes running on it have their PubAck. A
+//!   subscription opened on the old connection ends with it (subscribe again).
 //! - Every external call is bounded: the whole publish (connect wait, stream check, send, PubAck)
 //!   by `publish_timeout`; setup, probes, acks and close by the constants below.
 //!
 //! Files: this one holds the configuration, `connect` and the [`Provider`] impl; `connection`
-//! the shared state, connection events, first dial and stream setup; `publish` one publish;
-//! `consumer` the subscription; `supervisor` the health rounds.
+//! the shared state, connection events, dials and stream setup; `security` TLS and
+//! authentication options; `publish` one publish; `consumer` the subscription; `supervisor` the
+//! health rounds.
 
 mod connection;
 mod consumer;
 mod publish;
+mod security;
 mod supervisor;
 #[cfg(test)]
 mod tests;
 
+pub use security::{client_options, ClientSetupError};
+
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::stream;
-use async_nats::{ServerAddr, Subject};
+use async_nats::Subject;
 use async_trait::async_trait;
 
-use self::connection::{connect_options, Conn, Dialer, Shared};
+use self::connection::{Conn, ConnSlot, DialError, Dialer, Shared};
+use self::security::{parse_servers, ClientSetupError as SetupError};
 use self::supervisor::NatsProbe;
-use super::secret::{NatsAuth, SecretFile, TlsFiles};
+use super::secret::{
+    redact_url, NatsAuth, SecretFile, SecretWatch, TlsFiles, REASON_SECRET_MISSING,
+};
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
-use super::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
+use super::{
+    Health, MessageStream, Provider, ProviderError, ProviderKind, Stats, REASON_AUTH_FAILED,
+};
 use crate::message::DataMessage;
 
 pub use super::supervise::PROBE_INTERVAL;
@@ -84,6 +103,8 @@ const REASON_CONNECTED: &str = "Connected";
 const REASON_CONNECTING: &str = "Connecting";
 const REASON_DISCONNECTED: &str = "Disconnected";
 const REASON_STREAM: &str = "StreamUnavailable";
+/// The TLS settings made from the Secret files cannot be used.
+const REASON_INVALID: &str = "InvalidConfiguration";
 
 /// The stream name used when the spec gives none: the subject in upper case, with every
 /// character a stream name cannot hold ('.', '-', '*', '>', whitespace, '/', …) turned into '_'.
@@ -135,6 +156,13 @@ pub struct NatsConfig {
 }
 
 impl NatsConfig {
+    /// Every Secret file this provider reads.
+    pub fn secret_files(&self) -> Vec<&SecretFile> {
+        let mut out = self.tls.as_ref().map(TlsFiles::files).unwrap_or_default();
+        out.extend(self.auth.as_ref().map(NatsAuth::files).unwrap_or_default());
+        out
+    }
+
     /// Every Secret file this provider reads (to re-root them, and to watch them for rotation).
     pub fn secret_files_mut(&mut self) -> Vec<&mut SecretFile> {
         let mut out = self
@@ -181,33 +209,6 @@ impl NatsConfig {
     }
 }
 
-/// The servers in `url` (comma-separated). Whether each parses is something only the client
-/// library knows, so it is checked here and not by the validator.
-fn server_addrs(provider: &str, url: &str) -> Result<Vec<ServerAddr>, ProviderError> {
-    let config_err = |reason: String| ProviderError::Config {
-        provider: provider.to_string(),
-        reason,
-    };
-    let addrs = url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(|u| {
-            u.parse::<ServerAddr>().map_err(|e| {
-                config_err(format!(
-                    "nats.url {u:?} is not a NATS URL like nats://host:4222 ({e})"
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if addrs.is_empty() {
-        return Err(config_err(
-            "nats.url is empty; give e.g. nats://nats:4222".into(),
-        ));
-    }
-    Ok(addrs)
-}
-
 /// A NATS JetStream provider. See the module documentation.
 pub struct NatsProvider {
     name: String,
@@ -215,39 +216,59 @@ pub struct NatsProvider {
     stream_name: String,
     durable: String,
     publish_timeout: Duration,
-    /// Empty until the first connection succeeded (at `connect` or later by the supervisor).
-    conn: Arc<OnceLock<Conn>>,
+    /// Empty until the first connection succeeded (at `connect` or later by the supervisor);
+    /// replaced when a Secret changed.
+    conn: Arc<ConnSlot>,
     shared: Arc<Shared>,
     /// The health supervisor; its stop signal also ends subscription streams.
     supervisor: Supervisor,
 }
 
 impl NatsProvider {
-    /// Connects to NATS (in the background when the server is unreachable), ensures the stream
-    /// and starts the health supervisor. Fails only on configuration errors.
+    /// Connects to NATS (in the background when the server is unreachable, refuses the
+    /// credentials or a Secret key cannot be read), ensures the stream and starts the health
+    /// supervisor. Fails only on configuration errors.
     pub async fn connect(
         name: &str,
         spec: &NatsConfig,
         publish_timeout: Duration,
     ) -> Result<NatsProvider, ProviderError> {
-        let addrs = server_addrs(name, &spec.url)?;
+        let servers = parse_servers(&spec.url).map_err(|reason| ProviderError::Config {
+            provider: name.to_string(),
+            reason,
+        })?;
         let subject = spec.subject.trim().to_string();
-        let shared = Arc::new(Shared::new(name, &spec.url));
+        let shared = Arc::new(Shared::new(name, &redact_url(&spec.url)));
         let dialer = Dialer {
-            options: connect_options(name, &shared),
-            addrs,
+            shared: Arc::clone(&shared),
+            addrs: servers.addrs,
+            url_auth: servers.url_auth,
+            tls: spec.tls.clone(),
+            auth: spec.auth.clone(),
             publish_timeout,
             stream: spec.stream_config(),
             subject: subject.clone(),
         };
-        let conn = Arc::new(OnceLock::new());
-        if let Some(c) = first_connection(&dialer, &shared).await? {
-            let _ = conn.set(c);
+        let conn = Arc::new(ConnSlot::default());
+        let mut secrets = SecretWatch::new(spec.secret_files());
+        // Read before the dial: a change made during it is seen on the next round.
+        match secrets.fingerprint() {
+            Ok(fingerprint) => {
+                if let Some(c) = first_connection(&dialer, &shared).await? {
+                    conn.replace(c);
+                    secrets.built(fingerprint);
+                }
+            }
+            Err(missing) => {
+                record_dial_failure(&shared, &DialError::Setup(SetupError::Secret(missing)))
+            }
         }
         let probe = NatsProbe {
             shared: Arc::clone(&shared),
             conn: Arc::clone(&conn),
             dialer,
+            secrets,
+            refused: None,
         };
         Ok(NatsProvider {
             name: name.to_string(),
@@ -283,14 +304,11 @@ impl NatsProvider {
 }
 
 /// The first dial at `connect`: a connection with its stream checked (health up), a connection
-/// whose stream is not ready yet, or none when the server is unreachable (health down; the
-/// supervisor keeps dialing). Errs only on configuration errors.
+/// whose stream is not ready yet, or none when the server is unreachable, refuses the
+/// credentials or a Secret key cannot be read (health down, saying which; the supervisor keeps
+/// dialing). Errs only on configuration errors.
 async fn first_connection(dialer: &Dialer, shared: &Shared) -> Result<Option<Conn>, ProviderError> {
-    let config_err = |reason: String| ProviderError::Config {
-        provider: shared.name.clone(),
-        reason,
-    };
-    match dialer.dial().await {
+    match dialer.dial(0).await {
         Ok(c) => {
             if let Err(e) = ensure_stream_at_start(&c, shared).await {
                 // Close the connection we opened; the caller gets no provider to close.
@@ -299,24 +317,41 @@ async fn first_connection(dialer: &Dialer, shared: &Shared) -> Result<Option<Con
             }
             Ok(Some(c))
         }
-        Err(EnsureError::Config(reason)) => {
-            Err(config_err(format!("nats.url {:?}: {reason}", shared.url)))
-        }
-        Err(EnsureError::Transient(e)) => {
-            tracing::warn!(
-                provider = %shared.name,
-                url = %shared.url,
-                error = %e,
-                "nats: server unreachable at start; the provider starts unhealthy and keeps dialing"
-            );
-            shared.health.set(
-                false,
-                REASON_DISCONNECTED,
-                format!("cannot connect to {}: {e}", shared.url),
-            );
+        Err(DialError::Config(reason)) => Err(ProviderError::Config {
+            provider: shared.name.clone(),
+            reason: format!("nats.url {:?}: {reason}", shared.url),
+        }),
+        Err(e) => {
+            record_dial_failure(shared, &e);
             Ok(None)
         }
     }
+}
+
+/// Records in health why a dial gave no connection (the supervisor dials again next round).
+/// Logs once per change of reason.
+fn record_dial_failure(shared: &Shared, e: &DialError) {
+    let (reason, message) = match e {
+        DialError::Setup(SetupError::Secret(missing)) => {
+            (REASON_SECRET_MISSING, missing.to_string())
+        }
+        DialError::Setup(other) => (REASON_INVALID, other.to_string()),
+        DialError::Auth(e) => (
+            REASON_AUTH_FAILED,
+            format!(
+                "provider {}: {} refused the credentials ({e}); check the credentials Secret",
+                shared.name, shared.url
+            ),
+        ),
+        DialError::Config(e) | DialError::Transient(e) => (
+            REASON_DISCONNECTED,
+            format!("cannot connect to {}: {e}", shared.url),
+        ),
+    };
+    if shared.health.get().reason != reason {
+        tracing::warn!(provider = %shared.name, url = %shared.url, reason, %message, "nats: no connection; dialing again every round");
+    }
+    shared.health.set(false, reason, message);
 }
 
 /// Checks or creates the stream on a fresh connection and records the outcome in health. Errs
@@ -364,6 +399,13 @@ impl Provider for NatsProvider {
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
         let outcome = if self.shared.health.is_closed() {
             Err(self.closed_error())
+        } else if self.conn.get().is_none() {
+            // Never connected: fail at once. Health already says why (unreachable, refused
+            // credentials, a missing Secret key) and keeps saying it: not observed as a publish
+            // failure.
+            let never = Err(self.not_connected());
+            self.shared.counters.record(&never);
+            return never;
         } else {
             match tokio::time::timeout(self.publish_timeout, self.publish_acked(msg)).await {
                 Ok(r) => r,

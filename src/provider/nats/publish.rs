@@ -4,6 +4,7 @@
 //! (`Provider::publish`).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use async_nats::connection::State;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -29,16 +30,20 @@ impl NatsProvider {
         }
     }
 
+    /// `Unavailable`: not connected, and why (from health).
+    pub(super) fn not_connected(&self) -> ProviderError {
+        self.unavailable(format!(
+            "not connected to {} ({})",
+            self.shared.url,
+            self.shared.health.get().message
+        ))
+    }
+
     /// The connection once it is up; waits at most [`RECONNECT_GRACE`] for a lost one to come
-    /// back, then fails with `Unavailable`.
-    pub(super) async fn connection(&self) -> Result<&Conn, ProviderError> {
-        let not_connected = || {
-            self.unavailable(format!(
-                "not connected to {} ({})",
-                self.shared.url,
-                self.shared.health.get().message
-            ))
-        };
+    /// back, then fails with `Unavailable`. The caller holds the returned `Arc` for as long as
+    /// it uses the connection (a replaced one is drained only after that).
+    pub(super) async fn connection(&self) -> Result<Arc<Conn>, ProviderError> {
+        let not_connected = || self.not_connected();
         let conn = self.conn.get().ok_or_else(not_connected)?;
         if conn.client.connection_state() == State::Connected {
             return Ok(conn);
