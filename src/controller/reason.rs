@@ -32,7 +32,8 @@ pub const PROGRESSING: &str = "Progressing";
 
 /// No fresh relay report names the provider.
 pub const NO_REPORT: &str = "NoReport";
-/// A fresh relay report finds the provider down.
+/// A fresh relay report finds the provider down and gives no reason of its own (a relay's reason,
+/// such as `AuthenticationFailed` or `SecretMissing`, is shown instead when it has one).
 pub const REPORTED_DOWN: &str = "ReportedDown";
 /// Every fresh relay report finds the provider healthy.
 pub const REPORTED_UP: &str = "ReportedUp";

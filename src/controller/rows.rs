@@ -42,6 +42,22 @@ pub fn aggregate_providers(
         .collect()
 }
 
+/// The reason of a row whose provider a relay finds down: the relay's own reason (e.g.
+/// `AuthenticationFailed`, `SecretMissing`, `Disconnected`: what a person needs to act on) when
+/// it is a CamelCase word as Kubernetes reasons are, else `ReportedDown`. A relay's report
+/// cannot put free text (or a credential) into the reason field this way.
+pub fn down_reason(relay_reason: &str) -> String {
+    let mut chars = relay_reason.chars();
+    let camel = chars.next().is_some_and(|c| c.is_ascii_uppercase())
+        && chars.all(|c| c.is_ascii_alphanumeric())
+        && relay_reason.len() <= 64;
+    if camel {
+        relay_reason.to_string()
+    } else {
+        reason::REPORTED_DOWN.to_string()
+    }
+}
+
 /// The row of provider `p` from every report that names it (without its transition time).
 fn aggregate_one(
     p: &ProviderSpec,
@@ -55,7 +71,8 @@ fn aggregate_one(
         ..ProviderStatus::new(&p.name, p.kind)
     };
     let mut fresh_seen = false;
-    let mut down: Option<String> = None;
+    // The reason and message of the first fresh report that finds the provider down.
+    let mut down: Option<(String, String)> = None;
     for report in reports {
         let Some(r) = report.providers.iter().find(|r| r.name == p.name) else {
             continue;
@@ -69,12 +86,15 @@ fn aggregate_one(
         row.add_current(r);
         fresh_seen = true;
         if !r.healthy && down.is_none() {
-            down = Some(format!("relay {}: {}", report.name, r.message));
+            down = Some((
+                down_reason(&r.reason),
+                format!("relay {}: {}", report.name, r.message),
+            ));
         }
     }
     if fresh_seen {
         (row.ready, row.reason, row.message) = match down {
-            Some(msg) => (Readiness::False, reason::REPORTED_DOWN.into(), msg),
+            Some((why, msg)) => (Readiness::False, why, msg),
             None => (
                 Readiness::True,
                 reason::REPORTED_UP.into(),

@@ -114,3 +114,30 @@ fn down_rows_name_the_relay_and_keep_transition_time_while_unchanged() {
     assert_eq!(summary(&third), "nats=1 kafka=1");
     assert_eq!(summary(&second), "nats=1 kafka(down)=1");
 }
+
+#[test]
+fn a_down_row_carries_the_relays_reason_when_it_is_a_reason() {
+    for (relay, row) in [
+        ("AuthenticationFailed", "AuthenticationFailed"),
+        ("SecretMissing", "SecretMissing"),
+        ("Disconnected", "Disconnected"),
+        ("", reason::REPORTED_DOWN),
+        ("not a reason", reason::REPORTED_DOWN),
+        ("password=hunter2", reason::REPORTED_DOWN),
+        ("lowerCase", reason::REPORTED_DOWN),
+        (&"A".repeat(65), reason::REPORTED_DOWN),
+    ] {
+        assert_eq!(down_reason(relay), row, "{relay:?}");
+    }
+    let mut reports = vec![report(
+        "relay-a",
+        0,
+        &[("nats", true, 1), ("kafka", false, 1)],
+    )];
+    reports[0].providers[1].reason = "AuthenticationFailed".into();
+    let rows = aggregate_providers(&spec(), &reports, &[], t(1), STALE);
+    assert_eq!(
+        (rows[1].ready.as_str(), rows[1].reason.as_str()),
+        ("False", "AuthenticationFailed")
+    );
+}
