@@ -24,8 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::cluster::{
-    can_i, free_port, install_crd, kube_env, kubectl_ok, namespace, relay_deployment,
-    relay_kubeconfig, start_operator, start_relay_from_pod_template, KubeEnv, Proc, OPERATOR_USER,
+    can_i, free_port, install_chart_service_account_rbac, install_crd, kube_env, kubectl_ok,
+    namespace, relay_deployment, relay_kubeconfig, remove_chart_service_account_rbac,
+    start_operator_logged, start_relay_logged, KubeEnv, Proc, OPERATOR_USER,
 };
 use common::{eventually, require_env, unique};
 use dualwrite::message::DataMessage;
@@ -169,8 +170,12 @@ async fn start_relay(env: &KubeEnv, ns: &str, name: &str, dir: &Path, operator: 
     let relay_dir = dir.join(name);
     std::fs::create_dir_all(&relay_dir).unwrap();
     let kubeconfig = relay_kubeconfig(env, ns, name, &relay_dir);
-    start_relay_from_pod_template(&d, &relay_dir, &kubeconfig)
+    start_relay_logged(&d, &relay_dir, &kubeconfig, VERBOSE)
 }
+
+/// The logs searched for secrets are written at their most verbose (the dependencies' too, but
+/// for the byte-level traces of rustls and the HTTP clients, which log no values, only sizes).
+const VERBOSE: &str = "trace,rustls=debug,hyper=debug,hyper_util=debug,h2=debug,tower=debug";
 
 /// Every record key (the message id) on `topic`, read with a plain rdkafka consumer over
 /// SASL_SSL with SCRAM-SHA-512.
@@ -343,10 +348,12 @@ async fn secured_brokers_run_under_the_operator_and_no_secret_shows() {
         dir.path(),
     );
 
-    let operator = start_operator(
+    let operator = start_operator_logged(
         &env,
         &dir.path().join("operator"),
+        "operator-e2e",
         &["--resync", "2s", "--namespace", &ns],
+        VERBOSE,
     );
 
     let secured_port = free_port();
@@ -424,11 +431,22 @@ async fn secured_brokers_run_under_the_operator_and_no_secret_shows() {
         ]
     );
 
-    // Neither the operator nor a relay may read a Secret through the API.
-    for who in [
-        OPERATOR_USER.to_string(),
-        format!("system:serviceaccount:{ns}:secured-relay"),
+    // Neither the operator (the user it runs as here, and the chart's own ServiceAccount) nor a
+    // relay may read a Secret through the API; each may do its own work (the control).
+    let release = format!("e2e-{}", &unique("r")[2..14]);
+    let chart_account = install_chart_service_account_rbac(&env, &ns, &release);
+    for (who, allowed) in [
+        (OPERATOR_USER.to_string(), "deployments"),
+        (chart_account, "deployments"),
+        (
+            format!("system:serviceaccount:{ns}:secured-relay"),
+            "dualwritepipelines/secured",
+        ),
     ] {
+        assert!(
+            can_i(&env, "get", allowed, &ns, &who),
+            "{who} can get {allowed}"
+        );
         for verb in ["get", "list", "watch"] {
             assert!(
                 !can_i(&env, verb, "secrets", &ns, &who),
@@ -436,6 +454,7 @@ async fn secured_brokers_run_under_the_operator_and_no_secret_shows() {
             );
         }
     }
+    remove_chart_service_account_rbac(&env, &release);
 
     let mut relays = Vec::new();
     for (name, _, _) in &pipelines {
@@ -546,7 +565,18 @@ async fn secured_brokers_run_under_the_operator_and_no_secret_shows() {
         },
     )
     .await;
-    let _ = post(pipelines[2].1, &unique("p")).await;
+    let planted_file = dir
+        .path()
+        .join("planted/var/run/secrets/dualwrite/kafka-planted/password");
+    assert!(
+        std::fs::read_to_string(&planted_file).is_ok_and(|v| v.contains(&marker)),
+        "the planted password reached the relay as its mounted file"
+    );
+    let (code, _) = post(pipelines[2].1, &unique("p")).await;
+    eprintln!(
+        "planted: POST {code}; rows {}",
+        status(&env, &ns, "planted")["providers"]
+    );
 
     // Nothing secret anywhere the operator or a relay writes.
     let statuses = kubectl_ok(

@@ -305,11 +305,80 @@ pub fn write_secret_volumes(env: &KubeEnv, d: &Deployment, root: &Path) {
     }
 }
 
+/// The chart's own ServiceAccount, operator ClusterRole and ClusterRoleBinding, rendered as
+/// release `release` in namespace `ns` (so their names are this test's own): the identity the
+/// operator has in a real install. Returns that account's user name
+/// (`system:serviceaccount:<ns>:<name>`). Remove the cluster-scoped objects with
+/// [`remove_chart_service_account_rbac`].
+pub fn install_chart_service_account_rbac(env: &KubeEnv, ns: &str, release: &str) -> String {
+    let rendered = Command::new(helm())
+        .args([
+            "template",
+            release,
+            &format!("{REPO}/charts/dualwrite-operator"),
+            "-n",
+            ns,
+            "--set",
+            "crds.enabled=false,rbac.aggregatedRoles=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let text = String::from_utf8(rendered.stdout).unwrap();
+    let mut account = None;
+    for doc in text.split("\n---") {
+        let Ok(v) = serde_yaml::from_str::<Value>(doc) else {
+            continue;
+        };
+        let kind = v["kind"].as_str().unwrap_or("");
+        if !["ServiceAccount", "ClusterRole", "ClusterRoleBinding"].contains(&kind) {
+            continue;
+        }
+        if kind == "ServiceAccount" {
+            account = v["metadata"]["name"].as_str().map(str::to_string);
+        }
+        kubectl_ok(env, &["apply", "-n", ns, "-f", "-"], Some(doc));
+    }
+    format!(
+        "system:serviceaccount:{ns}:{}",
+        account.expect("the chart renders the operator's ServiceAccount")
+    )
+}
+
+/// Deletes the cluster-scoped objects of [`install_chart_service_account_rbac`].
+pub fn remove_chart_service_account_rbac(env: &KubeEnv, release: &str) {
+    let name = format!("{release}-dualwrite-operator");
+    let _ = kubectl(
+        env,
+        &[
+            "delete",
+            "--ignore-not-found",
+            &format!("clusterrolebinding/{name}"),
+            &format!("clusterrole/{name}"),
+        ],
+        None,
+    );
+}
+
 /// Starts the relay as the Deployment's pod template says: its args and env, with the downward
 /// API's POD_NAME filled in, the state volume mapped to a temp dir and the Secret volumes
 /// written there as the kubelet would ([`write_secret_volumes`]; the Secrets are read with the
 /// admin kubeconfig of [`kube_env`]).
 pub fn start_relay_from_pod_template(d: &Deployment, dir: &Path, relay_kubeconfig: &Path) -> Proc {
+    start_relay_logged(d, dir, relay_kubeconfig, "info")
+}
+
+/// [`start_relay_from_pod_template`] with the log filter `log_filter` (RUST_LOG).
+pub fn start_relay_logged(
+    d: &Deployment,
+    dir: &Path,
+    relay_kubeconfig: &Path,
+    log_filter: &str,
+) -> Proc {
     let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     if pod.volumes.iter().flatten().any(|v| v.secret.is_some()) {
         let env = kube_env().expect("the API server the Deployment came from");
@@ -344,7 +413,7 @@ pub fn start_relay_from_pod_template(d: &Deployment, dir: &Path, relay_kubeconfi
         .env("API_BIND", "127.0.0.1")
         .env("REPORT_INTERVAL", "1s")
         .env("LOG_FORMAT", "text")
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", log_filter);
     Proc::spawn(cmd, dir.join(format!("relay-{}.log", unique_suffix())))
 }
 
@@ -361,6 +430,17 @@ pub fn start_operator(env: &KubeEnv, dir: &Path, extra_args: &[&str]) -> Proc {
 /// [`start_operator`] with a pod name of its own (leader election tells replicas apart by it);
 /// its kubeconfig and log go into `dir`.
 pub fn start_operator_named(env: &KubeEnv, dir: &Path, pod: &str, extra_args: &[&str]) -> Proc {
+    start_operator_logged(env, dir, pod, extra_args, "info,kube=warn")
+}
+
+/// [`start_operator_named`] with the log filter `log_filter` (RUST_LOG).
+pub fn start_operator_logged(
+    env: &KubeEnv,
+    dir: &Path,
+    pod: &str,
+    extra_args: &[&str],
+    log_filter: &str,
+) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     grant_chart_rbac(env);
     let kubeconfig = dir.join("operator.kubeconfig");
@@ -370,7 +450,7 @@ pub fn start_operator_named(env: &KubeEnv, dir: &Path, pod: &str, extra_args: &[
         .args(extra_args)
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAME", pod)
-        .env("RUST_LOG", "info,kube=warn");
+        .env("RUST_LOG", log_filter);
     Proc::spawn(cmd, dir.join("operator.log"))
 }
 
