@@ -9,7 +9,9 @@
 //! - `wrong`: a wrong Kafka password; the Kafka row is `ready: False` with a reason naming
 //!   authentication, and FailFast answers 503 naming the provider;
 //! - `planted`: every credential wrong and carrying one unique marker (Kafka and NATS
-//!   passwords, the NATS URL's user-info).
+//!   passwords, the NATS URL's user-info);
+//! - `missing`: a Kafka password Secret that does not exist; the relay still starts (the
+//!   volume is optional) and the Kafka row reads `SecretMissing`, naming the Secret and key.
 //!
 //! Then the planted-string check: neither the marker nor the real passwords appear in any
 //! pipeline's status, the namespace's Events, the operator's log or a relay's log.
@@ -393,6 +395,15 @@ async fn secured_brokers_run_under_the_operator_and_no_secret_shows() {
                 ),
             },
         ),
+        (
+            "missing",
+            free_port(),
+            Credentials {
+                kafka_secret: "no-such-secret",
+                nats_secret: "nats-relay",
+                nats_url: s.nats_url.clone(),
+            },
+        ),
     ];
     for (name, port, creds) in &pipelines {
         kubectl_ok(
@@ -565,6 +576,27 @@ async fn secured_brokers_run_under_the_operator_and_no_secret_shows() {
         },
     )
     .await;
+    // (d) A Secret that does not exist: the optional volume lets the relay start, and the Kafka
+    // row says which Secret and key are missing.
+    let missing = eventually(
+        Duration::from_secs(60),
+        "the missing Secret is the Kafka row's reason",
+        || async {
+            let row = provider_row(&status(&env, &ns, "missing"), "kafka");
+            let message = row["message"].as_str().unwrap_or("");
+            if row["reason"] == "SecretMissing"
+                && message.contains("no-such-secret")
+                && message.contains("password")
+            {
+                Ok(row)
+            } else {
+                Err(format!("row {row}; relay log:\n{}", relays[3].log_text()))
+            }
+        },
+    )
+    .await;
+    eprintln!("missing Secret, Kafka row: {missing}");
+
     let planted_file = dir
         .path()
         .join("planted/var/run/secrets/dualwrite/kafka-planted/password");
