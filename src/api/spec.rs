@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -16,6 +19,12 @@ use super::validate::{
     KAFKA_CONFIG_MESSAGE, KAFKA_CONFIG_RULE, PIPELINE_NAME_MESSAGE, PIPELINE_NAME_RULE,
 };
 use super::{DualWritePipelineStatus, ProviderKind, Strategy};
+
+/// `spec.relay.storage` is the StatefulSet's volume claim template, which Kubernetes does not
+/// let change: a transition rule refuses a change at apply time instead of leaving the operator
+/// failing to apply the StatefulSet.
+const STORAGE_FIXED_RULE: &str = "has(oldSelf.relay) && has(oldSelf.relay.storage) ? (has(self.relay) && has(self.relay.storage) && self.relay.storage == oldSelf.relay.storage) : !(has(self.relay) && has(self.relay.storage))";
+const STORAGE_FIXED_MESSAGE: &str = "spec.relay.storage cannot change once the pipeline exists (a StatefulSet's volume claim template is immutable): keep the old value, or delete and re-create the pipeline (the relays' claims are retained: see the README on removing them)";
 
 /// A pipeline that writes every ingested message to several brokers at once.
 // The printer columns repeat `type_ = ...`, which clippy takes for duplicated attributes.
@@ -71,6 +80,7 @@ use super::{DualWritePipelineStatus, ProviderKind, Strategy};
 )]
 #[x_kube(validation = Rule::new("self.providers.all(p, self.providers.exists_one(q, q.name == p.name))").message("spec.providers: provider names must be unique"))]
 #[x_kube(validation = Rule::new("!has(self.migration) || self.migration.steps.all(s, !has(s.readFrom) || self.providers.exists(p, p.name == s.readFrom))").message("spec.migration.steps[].readFrom must name a provider listed in spec.providers"))]
+#[x_kube(validation = Rule::new(STORAGE_FIXED_RULE).message(STORAGE_FIXED_MESSAGE))]
 #[x_kube(validation = Rule::new("!has(self.migration) || self.migration.steps.all(s, !has(s.providers) || s.providers.all(n, self.providers.exists(p, p.name == n)))").message("spec.migration.steps[].providers may only name providers listed in spec.providers"))]
 #[serde(rename_all = "camelCase")]
 pub struct DualWritePipelineSpec {
@@ -248,7 +258,9 @@ pub struct IngestAuthenticationSpec {
     pub tokens_secret: SecretKeySource,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// The relays: a StatefulSet of `replicas` pods, each with a PersistentVolumeClaim for its
+/// hinted-handoff backlog, and how those pods are placed and sized.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RelaySpec {
     /// Relay pods (default 1).
@@ -258,8 +270,49 @@ pub struct RelaySpec {
     /// Relay image; default: the operator's own image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// CPU and memory of the relay container. Unset: requests 100m CPU and 128Mi memory, a
+    /// 512Mi memory limit (Burstable, never BestEffort). Set: used as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// The PersistentVolumeClaim of each relay, which holds its hinted-handoff backlog across
+    /// restarts, rollouts and rescheduling. Fixed once the pipeline exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<RelayStorageSpec>,
+    /// Secrets of type dockerconfigjson for pulling the relay image from a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Labels a node must have to run a relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints of nodes the relays may run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node and pod (anti-)affinity of the relay pods, e.g. to spread them over zones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// PriorityClass of the relay pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Extra annotations on the relay pods (a change rolls the relays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// Extra labels on the relay pods (a change rolls the relays). The operator's own labels
+    /// (`app.kubernetes.io/name`, `/instance`, `/managed-by`, `dualwrite.io/pipeline`) win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+}
+
+/// The PersistentVolumeClaim template of the relays' backlog.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayStorageSpec {
+    /// Size of each relay's claim (default 1Gi). A backlog entry is a message plus a few
+    /// dozen bytes: size it for the messages a provider may miss during its longest outage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// StorageClass of the claims; unset: the cluster's default StorageClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

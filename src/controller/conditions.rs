@@ -5,6 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use super::pods::RelayFailure;
 use super::{human, reason};
 use crate::api::{ProviderStatus, Readiness};
 use crate::composite::{strategy_satisfied, Strategy};
@@ -38,6 +39,10 @@ pub struct ConditionInput<'a> {
     pub stall_after: SignedDuration,
     /// A migration step change is under way.
     pub migrating: bool,
+    /// A relay pod cannot run (image, crash loop, no node, configuration error).
+    pub relay_failure: Option<&'a RelayFailure>,
+    /// A new pod template waits for a rollout slot: why.
+    pub rollout_queued: Option<&'a str>,
 }
 
 /// The active providers counted by readiness, once for all four conditions.
@@ -121,10 +126,14 @@ pub fn compute_conditions(input: &ConditionInput<'_>, previous: &[Condition]) ->
     .collect()
 }
 
-/// True only when the strategy is satisfied by providers reported healthy.
+/// True only when the strategy is satisfied by providers reported healthy and no relay pod is
+/// failing.
 fn ready(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
     if let Some(why) = &input.invalid {
         verdict(Readiness::False, reason::INVALID_SPEC, why)
+    } else if let Some(f) = input.relay_failure {
+        // A relay that cannot run is the first thing to fix, whatever the others report.
+        verdict(Readiness::False, f.reason, f.message.clone())
     } else if input.fresh_relays == 0 || (t.unknown > 0 && t.down.is_empty() && t.up == 0) {
         verdict(
             Readiness::Unknown,
@@ -233,6 +242,8 @@ fn reconciling(input: &ConditionInput<'_>) -> Verdict {
             reason::PROGRESSING,
             "a migration step change is under way",
         )
+    } else if let Some(why) = input.rollout_queued {
+        verdict(Readiness::True, reason::ROLLOUT_QUEUED, why)
     } else if input.fresh_relays < input.desired_relays
         || input.relays_on_generation < input.fresh_relays
     {

@@ -1,5 +1,5 @@
-//! The control plane: reconciles each `DualWritePipeline` into the relay's Deployment, Service
-//! and RBAC (server-side apply under one field manager, owned through owner references), and
+//! The control plane: reconciles each `DualWritePipeline` into the relay's StatefulSet,
+//! Services, PodDisruptionBudget and RBAC (server-side apply under one field manager, owned through owner references), and
 //! writes the status: provider rows aggregated from the relays' reports, the effective strategy,
 //! and the Ready / Reconciling / Stalled / Degraded conditions.
 //!
@@ -14,7 +14,9 @@
 //! | [`fallback`] | the automatic fallback from FailFast to BestEffort and back |
 //! | [`conditions`] | Ready, Reconciling, Stalled, Degraded |
 //! | [`reason`] | every reason string the operator writes |
-//! | [`resources`] | the owned objects (Deployment, Service, RBAC) |
+//! | [`resources`] | the owned objects (StatefulSet, Services, PodDisruptionBudget, RBAC) |
+//! | [`pods`] | relay pod failures and retained claims, from the pods' and claims' status |
+//! | [`rollout`] | the bound on rollouts the operator starts of its own |
 //! | `reconcile` | one reconcile's I/O |
 //! | [`probes`] | the operator's health and metrics endpoints |
 
@@ -23,12 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::SignedDuration;
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -38,10 +42,12 @@ use crate::api::DualWritePipeline;
 pub mod conditions;
 pub mod fallback;
 pub mod leader;
+pub mod pods;
 pub mod probes;
 pub mod reason;
 mod reconcile;
 pub mod resources;
+pub mod rollout;
 pub mod rows;
 pub mod status;
 pub mod step;
@@ -72,7 +78,7 @@ impl Error {
 /// Settings of the operator, parsed once.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Image of the relay Deployments (the operator's own, unless a pipeline overrides it).
+    /// Image of the relays (the operator's own, unless a pipeline overrides it).
     pub relay_image: String,
     /// Periodic resync: notices stale relays and broker restarts without an event.
     pub resync: Duration,
@@ -91,6 +97,9 @@ pub struct Context {
     settings: Settings,
     /// Consecutive failures per pipeline, for exponential backoff (reset on success).
     failures: Mutex<HashMap<String, u32>>,
+    /// Pipelines whose relays roll out a template the operator changed of its own (bounded).
+    /// A std Mutex: held for a few map operations, never across an `.await`.
+    rollouts: Mutex<rollout::Slots>,
     pub metrics: OperatorMetrics,
 }
 
@@ -115,6 +124,7 @@ impl Context {
             recorder,
             settings,
             failures: Mutex::default(),
+            rollouts: Mutex::default(),
             metrics: OperatorMetrics::default(),
         })
     }
@@ -175,6 +185,13 @@ where
     }
 }
 
+/// The pipeline a relay pod belongs to (its `dualwrite.io/pipeline` label).
+fn pod_pipeline(pod: Pod) -> Option<ObjectRef<DualWritePipeline>> {
+    let ns = pod.namespace()?;
+    let name = pod.labels().get("dualwrite.io/pipeline")?;
+    Some(ObjectRef::new(name).within(&ns))
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -186,8 +203,12 @@ pub async fn run(
         watcher::Config::default().labels("app.kubernetes.io/managed-by=dualwrite-operator");
     let pipelines: Api<DualWritePipeline> = scoped(client, ns);
     Controller::new(pipelines, watcher::Config::default())
-        .owns(scoped::<Deployment>(client, ns), owned.clone())
+        .owns(scoped::<StatefulSet>(client, ns), owned.clone())
         .owns(scoped::<Service>(client, ns), owned.clone())
+        .owns(scoped::<PodDisruptionBudget>(client, ns), owned.clone())
+        // The relay pods (owned by the StatefulSet, not the pipeline): their failures reach
+        // the status as soon as the kubelet reports them.
+        .watches(scoped::<Pod>(client, ns), owned.clone(), pod_pipeline)
         .owns(scoped::<ServiceAccount>(client, ns), owned.clone())
         .owns(scoped::<Role>(client, ns), owned.clone())
         .owns(scoped::<RoleBinding>(client, ns), owned)

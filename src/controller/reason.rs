@@ -28,6 +28,21 @@ pub const FAIL_FAST_BLOCKED: &str = "FailFastBlocked";
 /// A migration step change is under way.
 pub const PROGRESSING: &str = "Progressing";
 
+/// A relay stopped on a configuration error and said why in its termination message (exit
+/// code 2); also its Warning Event.
+pub const RELAY_CONFIG_ERROR: &str = "RelayConfigError";
+/// A relay's image cannot be pulled (ErrImagePull, ImagePullBackOff, InvalidImageName).
+pub const RELAY_IMAGE_PULL_FAILED: &str = "RelayImagePullFailed";
+/// A relay keeps crashing (CrashLoopBackOff).
+pub const RELAY_CRASH_LOOPING: &str = "RelayCrashLooping";
+/// No node can run a relay (PodScheduled=False, Unschedulable).
+pub const RELAY_UNSCHEDULABLE: &str = "RelayUnschedulable";
+/// A new pod template the operator made of its own (a new operator version, a new default
+/// image) waits until fewer pipelines are rolling out (Reconciling's reason meanwhile).
+pub const ROLLOUT_QUEUED: &str = "RolloutQueued";
+/// Relays were scaled away and their claims, which may hold a backlog, are kept (Event).
+pub const CLAIMS_RETAINED: &str = "ClaimsRetained";
+
 // Provider rows.
 
 /// No fresh relay report names the provider.
@@ -78,10 +93,13 @@ pub const DISABLED: &str = "Disabled";
 
 // Events of the reconciler.
 
-/// An owned object (Deployment, Service, RBAC) was created.
+/// An owned object (StatefulSet, Service, PodDisruptionBudget, RBAC) was created.
 pub const CREATED: &str = "Created";
 /// An owned object was changed.
 pub const UPDATED: &str = "Updated";
+/// An owned object was deleted (the PodDisruptionBudget when replicas drop to one, the relay
+/// Deployment of an operator before StatefulSets).
+pub const DELETED: &str = "Deleted";
 /// The migration entered another step.
 pub const STEP_CHANGED: &str = "StepChanged";
 /// The effective strategy changed (a step, a fallback flip, or the spec).

@@ -1,21 +1,28 @@
-//! The reconciler's I/O: one reconcile applies the relay's owned objects with server-side apply,
-//! records the Events the decisions call for, writes the status [`status::next_status`]
-//! computed, and prunes the reports of relays gone for long.
+//! The reconciler's I/O: one reconcile applies the relay's owned objects with server-side apply
+//! (the StatefulSet only when [`rollout`] admits its template; the PodDisruptionBudget only with
+//! more than one relay; the Deployment of an operator before StatefulSets deleted), lists the
+//! relay pods and claims ([`pods`]), records the Events the decisions call for, writes the
+//! status [`status::next_status`] computed, and prunes the reports of relays gone for long.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::pods::{self, RelayObservation};
 use super::{
-    key, reason, resources, signed, status, Context, Error, PipelineEvent, Settings, MANAGER,
+    key, reason, resources, rollout, signed, status, Context, Error, PipelineEvent, Settings,
+    MANAGER,
 };
 use crate::api::DualWritePipeline;
 
@@ -30,13 +37,22 @@ pub(super) async fn reconcile(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let ns = p.namespace().ok_or(Error::NoNamespace)?;
     if p.metadata.deletion_timestamp.is_some() {
-        // Owned objects go with their owner through garbage collection.
+        // Owned objects go with their owner through garbage collection (the relays' claims
+        // stay: see the README).
+        ctx.rollouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(&key(&p));
         return Ok(Action::await_change());
     }
-    if p.spec.validate().is_ok() {
-        apply_owned(&p, &ns, &ctx).await?;
-    }
-    let next = status::next_status(&p, &ctx.settings, Timestamp::now());
+    let queued = if p.spec.validate().is_ok() {
+        apply_owned(&p, &ns, &ctx).await?
+    } else {
+        None
+    };
+    let held = queued.is_some();
+    let observed = observe_relays(&p, &ns, &ctx, queued).await?;
+    let next = status::next_status(&p, &ctx.settings, &observed, Timestamp::now());
     for event in next.events {
         publish_event(&ctx, &p, event).await;
     }
@@ -47,8 +63,17 @@ pub(super) async fn reconcile(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&key(&p));
-    Ok(Action::requeue(ctx.settings.resync))
+    // A held rollout looks for a free slot sooner than the resync.
+    let after = if held {
+        ctx.settings.resync.min(HELD_ROLLOUT_RETRY)
+    } else {
+        ctx.settings.resync
+    };
+    Ok(Action::requeue(after))
 }
+
+/// How soon a pipeline whose rollout waits for a slot looks again.
+const HELD_ROLLOUT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Relay reports this much older than the staleness limit belong to pods that are gone: they
 /// are removed so the status does not grow with every rollout.
@@ -129,6 +154,7 @@ async fn publish_event(ctx: &Context, p: &DualWritePipeline, event: PipelineEven
 enum Change {
     Created,
     Updated,
+    Deleted,
     Unchanged,
 }
 
@@ -158,10 +184,14 @@ where
     })
 }
 
-async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<(), Error> {
+async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<Option<String>, Error> {
     let c = &ctx.client;
-    let d = resources::deployment(p, &ctx.settings.relay_image);
-    let changes = [
+    let name = resources::relay_name(&p.name_any());
+    let statefulsets: Api<StatefulSet> = Api::namespaced(c.clone(), ns);
+    let existing = statefulsets.get_opt(&name).await?;
+    let desired = resources::statefulset(p, &ctx.settings.relay_image);
+    let admission = admit_rollout(p, ctx, existing.as_ref(), &desired);
+    let mut changes = vec![
         (
             "ServiceAccount",
             apply(c, ns, &resources::service_account(p)).await?,
@@ -171,14 +201,49 @@ async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<(
             "RoleBinding",
             apply(c, ns, &resources::role_binding(p)).await?,
         ),
-        ("Deployment", apply(c, ns, &d).await?),
         ("Service", apply(c, ns, &resources::service(p)).await?),
+        (
+            "Service",
+            apply(c, ns, &resources::pods_service(p)).await?,
+        ),
     ];
-    let name = resources::relay_name(&p.name_any());
+    let queued = match admission {
+        rollout::Admission::Apply => {
+            changes.push(("StatefulSet", apply(c, ns, &desired).await?));
+            None
+        }
+        rollout::Admission::Hold { rolling } => {
+            let why = format!(
+                "a new relay pod template from the operator waits: {} pipeline(s) are rolling out ({}), at most {} at a time",
+                rolling.len(),
+                rolling.join(", "),
+                rollout::MAX_CONCURRENT_ROLLOUTS
+            );
+            tracing::info!(pipeline = %key(p), "{why}");
+            Some(why)
+        }
+    };
+    match resources::pod_disruption_budget(p) {
+        Some(pdb) => changes.push(("PodDisruptionBudget", apply(c, ns, &pdb).await?)),
+        None => {
+            if delete_owned::<PodDisruptionBudget>(c, ns, &name, p).await? {
+                changes.push(("PodDisruptionBudget", Change::Deleted));
+            }
+        }
+    }
+    // An operator before StatefulSets ran the relays as a Deployment of the same name: it goes
+    // once the StatefulSet's relays are Ready (no gap in ingest; the Service selects both
+    // meanwhile). Its pods drain on SIGTERM; a backlog left on their emptyDir is lost.
+    if existing.as_ref().is_some_and(|s| relays_ready(p, s))
+        && delete_owned::<Deployment>(c, ns, &name, p).await?
+    {
+        changes.push(("Deployment", Change::Deleted));
+    }
     for (kind, change) in changes {
         let (reason, verb) = match change {
             Change::Created => (reason::CREATED, "created"),
             Change::Updated => (reason::UPDATED, "updated"),
+            Change::Deleted => (reason::DELETED, "deleted"),
             Change::Unchanged => continue,
         };
         tracing::info!(pipeline = %key(p), kind, name = %name, "{verb}");
@@ -189,5 +254,103 @@ async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<(
         };
         publish_event(ctx, p, event).await;
     }
-    Ok(())
+    Ok(queued)
+}
+
+/// Whether the StatefulSet may take the template the operator wants now ([`rollout`]).
+fn admit_rollout(
+    p: &DualWritePipeline,
+    ctx: &Context,
+    existing: Option<&StatefulSet>,
+    desired: &StatefulSet,
+) -> rollout::Admission {
+    let annotation = |s: &StatefulSet| {
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(resources::TEMPLATE_ANNOTATION))
+            .cloned()
+    };
+    let change = rollout::classify(
+        existing.map(annotation).as_ref().map(Option::as_deref),
+        &annotation(desired).unwrap_or_default(),
+    );
+    let rolling = existing.is_some_and(|s| !rollout::rolled_out(s));
+    ctx.rollouts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit(
+            &key(p),
+            change,
+            rolling,
+            Timestamp::now(),
+            signed(ctx.settings.resync * 3),
+            rollout::MAX_CONCURRENT_ROLLOUTS,
+        )
+}
+
+/// Every relay the pipeline asks for is Ready.
+fn relays_ready(p: &DualWritePipeline, sts: &StatefulSet) -> bool {
+    let ready = sts
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    ready >= resources::replicas(p)
+}
+
+/// Deletes `name` if this pipeline controls it; whether it did.
+async fn delete_owned<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    p: &DualWritePipeline,
+) -> Result<bool, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let Some(obj) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let ours = obj
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == p.metadata.uid.as_ref());
+    if !ours || obj.meta().deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What the relay pods and claims of `p` show: the most telling pod failure, and the claims of
+/// relays scaled away.
+async fn observe_relays(
+    p: &DualWritePipeline,
+    ns: &str,
+    ctx: &Context,
+    rollout_queued: Option<String>,
+) -> Result<RelayObservation, Error> {
+    let selector = format!(
+        "dualwrite.io/pipeline={},app.kubernetes.io/managed-by={}",
+        p.name_any(),
+        MANAGER
+    );
+    let params = ListParams::default().labels(&selector);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = pods.list(&params).await?.items;
+    let claims = claims.list(&params).await?.items;
+    Ok(RelayObservation {
+        failure: pods::relay_failure(&pods),
+        retained_claims: pods::retained_claims(&p.name_any(), resources::replicas(p), &claims),
+        rollout_queued,
+    })
 }

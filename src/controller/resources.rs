@@ -1,6 +1,8 @@
 //! The objects the operator owns for each pipeline, built as plain values (applied with
 //! server-side apply by the reconciler): the relay's ServiceAccount, Role and RoleBinding, its
-//! Deployment and the ingest Service.
+//! StatefulSet (a PersistentVolumeClaim per relay for the hinted-handoff backlog), the ingest
+//! Service, the headless Service of the relay pods, and a PodDisruptionBudget when there is
+//! more than one relay.
 //!
 //! Broker credentials reach the relay as files, and the operator never reads them: for every
 //! Secret the pipeline names, the pod template carries one `secret` volume listing exactly the
@@ -14,15 +16,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -223,53 +230,248 @@ pub fn relay_args(p: &DualWritePipeline) -> Vec<String> {
     ]
 }
 
-/// The relay Deployment: `spec.relay.replicas` relays (default 1), rolled surge-first.
-pub fn deployment(p: &DualWritePipeline, default_image: &str) -> Deployment {
-    let relay = p.spec.relay.as_ref();
+/// Annotation on the StatefulSet: a stable hash of the pod template the operator last applied,
+/// and the pipeline generation it applied it for. Together they tell a rollout the user asked
+/// for (the generation moved) from one the operator makes of its own (same generation, another
+/// template: a new operator version, a new default image), which [`super::rollout`] bounds.
+pub const TEMPLATE_ANNOTATION: &str = "dualwrite.io/pod-template";
+
+/// Name of the headless Service that gives each relay a stable DNS name
+/// (`<name>-relay-<ordinal>.<name>-relay-pods.<namespace>.svc`), the StatefulSet's
+/// `serviceName`.
+pub fn pods_service_name(pipeline: &str) -> String {
+    format!("{pipeline}-relay-pods")
+}
+
+/// The claim template's name: a relay's PVC is `state-<name>-relay-<ordinal>`.
+pub const STATE_VOLUME: &str = "state";
+
+/// Size of a relay's backlog claim when `spec.relay.storage.size` is unset.
+pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
+
+/// The PVC of relay `ordinal` of pipeline `pipeline`, as the StatefulSet controller names it.
+pub fn claim_name(pipeline: &str, ordinal: i32) -> String {
+    format!("{STATE_VOLUME}-{}-{ordinal}", relay_name(pipeline))
+}
+
+/// The ordinal of a relay PVC of pipeline `pipeline`, if `claim` is one.
+pub fn claim_ordinal(pipeline: &str, claim: &str) -> Option<i32> {
+    let prefix = format!("{STATE_VOLUME}-{}-", relay_name(pipeline));
+    let n = claim.strip_prefix(&prefix)?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !(n.len() > 1 && n.starts_with('0')))
+        .then(|| n.parse().ok())
+        .flatten()
+}
+
+pub fn replicas(p: &DualWritePipeline) -> i32 {
+    p.spec.relay.as_ref().and_then(|r| r.replicas).unwrap_or(1)
+}
+
+/// The relay StatefulSet: `spec.relay.replicas` relays (default 1), each with its own
+/// PersistentVolumeClaim for the backlog.
+///
+/// - `podManagementPolicy: Parallel`: relays are peers with no order between them (no quorum,
+///   no leader), so scaling creates or removes them all at once instead of waiting for each to
+///   be Ready (under FailFast a relay is not Ready while a broker is down, and OrderedReady
+///   would then block a scale-up for the whole outage). Rollouts are not affected: they go one
+///   pod at a time either way.
+/// - `updateStrategy: RollingUpdate`: one pod at a time, highest ordinal first, the next only
+///   once the updated one is Ready; each stopping relay drains (see [`grace_period_seconds`]).
+/// - `persistentVolumeClaimRetentionPolicy: Retain/Retain`: a claim may hold a backlog, so
+///   neither a scale-down nor the pipeline's deletion removes it; a relay that comes back with
+///   the same ordinal replays it. Claims of relays scaled away are listed in
+///   `status.retainedClaims`.
+pub fn statefulset(p: &DualWritePipeline, default_image: &str) -> StatefulSet {
     let port = ingest_port(p);
-    let mut pod_labels = labels(p);
-    pod_labels.extend(selector(p));
-    Deployment {
-        metadata: meta(p),
-        spec: Some(DeploymentSpec {
-            replicas: Some(relay.and_then(|r| r.replicas).unwrap_or(1)),
+    let template = pod_template(p, default_image, port);
+    let mut metadata = meta(p);
+    metadata.annotations = Some(BTreeMap::from([(
+        TEMPLATE_ANNOTATION.to_string(),
+        template_annotation(&template, p.metadata.generation.unwrap_or(0)),
+    )]));
+    StatefulSet {
+        metadata,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas(p)),
             selector: LabelSelector {
                 match_labels: Some(selector(p)),
                 ..LabelSelector::default()
             },
-            // Surge before removing: a relay finishes its in-flight messages on SIGTERM.
-            strategy: Some(DeploymentStrategy {
+            service_name: Some(pods_service_name(&p.name_any())),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(1)),
-                    max_unavailable: Some(IntOrString::Int(0)),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(0),
+                    ..RollingUpdateStatefulSetStrategy::default()
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    // The relay reads its ingest settings once at start: a change here rolls it.
-                    annotations: Some(BTreeMap::from([(
-                        "dualwrite.io/ingest".to_string(),
-                        format!(
-                            "port={port},maxBodyBytes={}",
-                            crate::relay::PipelineConfig::try_from(&p.spec)
-                                .map_or(crate::relay::DEFAULT_MAX_BODY_BYTES, |c| c
-                                    .ingest
-                                    .max_body_bytes)
-                        ),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some({
-                    let secrets = referenced_secret_keys(p);
-                    relay_pod(p, relay_container(p, default_image, &secrets), &secrets)
-                }),
-            },
-            ..DeploymentSpec::default()
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            volume_claim_templates: Some(vec![claim_template(p)]),
+            template,
+            ..StatefulSetSpec::default()
         }),
-        ..Deployment::default()
+        ..StatefulSet::default()
     }
+}
+
+/// `<hash of the pod template>@<generation>`, the value of [`TEMPLATE_ANNOTATION`].
+pub fn template_annotation(template: &PodTemplateSpec, generation: i64) -> String {
+    let json = serde_json::to_vec(template).expect("a pod template serializes");
+    format!("{:016x}@{generation}", fnv1a(&json))
+}
+
+/// The claim template of the backlog volume: ReadWriteOnce, `spec.relay.storage`'s size and
+/// class. Labelled so the operator can list a pipeline's claims.
+fn claim_template(p: &DualWritePipeline) -> PersistentVolumeClaim {
+    let storage = p.spec.relay.as_ref().and_then(|r| r.storage.as_ref());
+    let size = storage
+        .and_then(|s| s.size.clone())
+        .unwrap_or_else(|| Quantity(DEFAULT_STORAGE_SIZE.into()));
+    let mut labels = labels(p);
+    labels.remove("app.kubernetes.io/instance");
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(STATE_VOLUME.into()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.and_then(|s| s.storage_class_name.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), size)])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// The relay pod template: the user's `podLabels`/`podAnnotations` under the operator's own.
+fn pod_template(p: &DualWritePipeline, default_image: &str, port: u16) -> PodTemplateSpec {
+    let relay = p.spec.relay.as_ref();
+    let mut pod_labels = relay.and_then(|r| r.pod_labels.clone()).unwrap_or_default();
+    pod_labels.extend(labels(p));
+    pod_labels.extend(selector(p));
+    let mut annotations = relay
+        .and_then(|r| r.pod_annotations.clone())
+        .unwrap_or_default();
+    // The relay reads its ingest settings once at start: a change here rolls it.
+    annotations.insert(
+        "dualwrite.io/ingest".to_string(),
+        format!(
+            "port={port},maxBodyBytes={}",
+            crate::relay::PipelineConfig::try_from(&p.spec)
+                .map_or(crate::relay::DEFAULT_MAX_BODY_BYTES, |c| c
+                    .ingest
+                    .max_body_bytes)
+        ),
+    );
+    let secrets = referenced_secret_keys(p);
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(relay_pod(
+            p,
+            relay_container(p, default_image, &secrets),
+            &secrets,
+        )),
+    }
+}
+
+/// Seconds a stopping relay sleeps in its preStop hook before SIGTERM, so that endpoints (the
+/// Service, kube-proxy, ingress controllers) stop sending it new requests first.
+pub const PRE_STOP_SECONDS: i64 = 5;
+
+/// Seconds left after the backlog grace for closing the providers (Kafka flushes its queue).
+pub const CLOSE_MARGIN_SECONDS: i64 = 10;
+
+/// The pod's `terminationGracePeriodSeconds`: long enough that a stopping relay's whole drain
+/// ends before SIGKILL, in this order: the preStop sleep ([`PRE_STOP_SECONDS`]); after SIGTERM,
+/// requests in flight finish (each bounded by `spec.ingest.requestTimeout`, 30 s by default);
+/// the replay empties the backlogs for at most [`crate::relay::BACKLOG_GRACE`] (20 s); the
+/// providers close ([`CLOSE_MARGIN_SECONDS`]). 65 s with the defaults. A backlog not emptied
+/// in that time stays on the relay's claim for its successor.
+pub fn grace_period_seconds(p: &DualWritePipeline) -> i64 {
+    let request_timeout = PipelineConfig::try_from(&p.spec)
+        .map_or(crate::relay::pipeline::DEFAULT_REQUEST_TIMEOUT, |c| {
+            c.ingest.request_timeout
+        });
+    PRE_STOP_SECONDS
+        + request_timeout.as_secs_f64().ceil() as i64
+        + crate::relay::BACKLOG_GRACE.as_secs() as i64
+        + CLOSE_MARGIN_SECONDS
+}
+
+/// Resources of the relay container when `spec.relay.resources` sets neither requests nor
+/// limits: requests 100m CPU / 128Mi (a relay idles at a few MiB and a burst of messages in
+/// flight is bounded by `maxInFlight` × the body limit), a 512Mi memory limit, no CPU limit
+/// (throttling would only add latency). Burstable QoS, never BestEffort.
+pub fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), q("100m")),
+            ("memory".to_string(), q("128Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), q("512Mi"))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn relay_resources(p: &DualWritePipeline) -> ResourceRequirements {
+    match p.spec.relay.as_ref().and_then(|r| r.resources.clone()) {
+        Some(r)
+            if r.requests.as_ref().is_some_and(|m| !m.is_empty())
+                || r.limits.as_ref().is_some_and(|m| !m.is_empty()) =>
+        {
+            r
+        }
+        _ => default_resources(),
+    }
+}
+
+/// The PodDisruptionBudget of a pipeline with more than one relay: at most one relay evicted at
+/// a time (node drains, cluster upgrades), each draining its backlog as it goes. Unhealthy
+/// relays may always be evicted, so a crash-looping relay never blocks a node drain. `None`
+/// with one relay or none: a budget would block every drain of that relay's node.
+pub fn pod_disruption_budget(p: &DualWritePipeline) -> Option<PodDisruptionBudget> {
+    (replicas(p) > 1).then(|| PodDisruptionBudget {
+        metadata: meta(p),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(p)),
+                ..LabelSelector::default()
+            }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// The headless Service of the relays: a stable DNS name per relay (to read one relay's
+/// `/stats`, e.g. its backlog), listing relays that are not Ready too (a relay is not Ready
+/// while FailFast lacks a broker, which is when one wants to look at it).
+pub fn pods_service(p: &DualWritePipeline) -> Service {
+    let mut svc = service(p);
+    svc.metadata.name = Some(pods_service_name(&p.name_any()));
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.cluster_ip = Some("None".into());
+        spec.publish_not_ready_addresses = Some(true);
+    }
+    svc
 }
 
 /// Where the kubelet probes the relay: the `probes` port when `spec.ingest.probePort` is set
@@ -321,7 +523,7 @@ fn relay_container(
         ports.push(named_port("probes", probes));
     }
     let mut volume_mounts = vec![VolumeMount {
-        name: "state".into(),
+        name: STATE_VOLUME.into(),
         mount_path: STATE_DIR.into(),
         ..VolumeMount::default()
     }];
@@ -334,7 +536,20 @@ fn relay_container(
         ports: Some(ports),
         readiness_probe: Some(probe("/ready")),
         liveness_probe: Some(probe("/health")),
-        resources: relay.and_then(|r| r.resources.clone()),
+        resources: Some(relay_resources(p)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        // The relay writes its start-up error there (one line, see `cli::write_termination_message`);
+        // a crash with no message falls back to the end of its log.
+        termination_message_path: Some("/dev/termination-log".into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -389,23 +604,19 @@ fn relay_env(port: u16) -> Vec<EnvVar> {
     ]
 }
 
-/// The relay pod: its service account, restricted security defaults, the backlog volume and
-/// one volume per referenced Secret.
+/// The relay pod: its service account, restricted security defaults, one volume per
+/// referenced Secret (the backlog's `state` volume comes from the claim template), the grace
+/// period of its drain and the placement settings of `spec.relay`.
 fn relay_pod(
     p: &DualWritePipeline,
     container: Container,
     secrets: &BTreeMap<String, BTreeSet<String>>,
 ) -> PodSpec {
-    let mut volumes = vec![Volume {
-        name: "state".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    }];
-    volumes.extend(secret_volumes(secrets));
+    let relay = p.spec.relay.clone().unwrap_or_default();
     PodSpec {
         service_account_name: Some(relay_name(&p.name_any())),
         containers: vec![container],
-        termination_grace_period_seconds: Some(30),
+        termination_grace_period_seconds: Some(grace_period_seconds(p)),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(RELAY_UID),
@@ -417,9 +628,12 @@ fn relay_pod(
             }),
             ..PodSecurityContext::default()
         }),
-        // The backlog survives container restarts; a durable volume is the next step
-        // for surviving pod rescheduling (see README).
-        volumes: Some(volumes),
+        volumes: Some(secret_volumes(secrets)).filter(|v| !v.is_empty()),
+        image_pull_secrets: relay.image_pull_secrets,
+        node_selector: relay.node_selector,
+        tolerations: relay.tolerations,
+        affinity: relay.affinity,
+        priority_class_name: relay.priority_class_name,
         ..PodSpec::default()
     }
 }
@@ -457,8 +671,8 @@ mod tests {
     }
 
     #[test]
-    fn deployment_runs_the_relay_for_this_pipeline() {
-        let d = deployment(&pipeline(), "dualwrite:default");
+    fn statefulset_runs_the_relay_for_this_pipeline() {
+        let d = statefulset(&pipeline(), "dualwrite:default");
         assert_eq!(d.metadata.name.as_deref(), Some("orders-relay"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
@@ -488,7 +702,7 @@ mod tests {
         let mut p = pipeline();
         p.spec.relay = None;
         p.spec.ingest = None;
-        let d = deployment(&p, "dualwrite:default");
+        let d = statefulset(&p, "dualwrite:default");
         let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
         assert_eq!(c.image.as_deref(), Some("dualwrite:default"));
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
@@ -560,7 +774,7 @@ spec:
     }
 
     fn pod_of(p: &DualWritePipeline) -> PodSpec {
-        deployment(p, "img").spec.unwrap().template.spec.unwrap()
+        statefulset(p, "img").spec.unwrap().template.spec.unwrap()
     }
 
     #[test]
@@ -640,14 +854,209 @@ spec:
     #[test]
     fn a_pipeline_without_secrets_mounts_none() {
         let pod = pod_of(&pipeline());
-        let names: Vec<&str> = pod
-            .volumes
-            .as_ref()
-            .unwrap()
+        assert_eq!(pod.volumes, None, "the state volume comes from the claim template");
+        let mounts: Vec<(&str, &str)> = pod.containers[0]
+            .volume_mounts
             .iter()
-            .map(|v| v.name.as_str())
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
             .collect();
-        assert_eq!(names, ["state"]);
+        assert_eq!(mounts, [("state", STATE_DIR)]);
+    }
+
+    #[test]
+    fn statefulset_shape_claims_retained_parallel_rolling_one_at_a_time() {
+        let p = pipeline();
+        let spec = statefulset(&p, "img").spec.unwrap();
+        assert_eq!(spec.service_name.as_deref(), Some("orders-relay-pods"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let update = spec.update_strategy.unwrap();
+        assert_eq!(update.type_.as_deref(), Some("RollingUpdate"));
+        let rolling = update.rolling_update.unwrap();
+        assert_eq!((rolling.partition, rolling.max_unavailable), (Some(0), None));
+        let retention = spec.persistent_volume_claim_retention_policy.unwrap();
+        assert_eq!(
+            (
+                retention.when_deleted.as_deref(),
+                retention.when_scaled.as_deref()
+            ),
+            (Some("Retain"), Some("Retain"))
+        );
+        assert_eq!(
+            spec.selector.match_labels.unwrap(),
+            BTreeMap::from([("dualwrite.io/pipeline".to_string(), "orders".to_string())])
+        );
+        let headless = pods_service(&p);
+        assert_eq!(headless.metadata.name.as_deref(), Some("orders-relay-pods"));
+        let hs = headless.spec.unwrap();
+        assert_eq!(hs.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(hs.publish_not_ready_addresses, Some(true));
+        assert_eq!(service(&p).spec.unwrap().cluster_ip, None, "ingest Service stays");
+    }
+
+    #[test]
+    fn claim_template_takes_size_and_class_from_the_spec() {
+        let claim = |p: &DualWritePipeline| {
+            let mut c = statefulset(p, "img")
+                .spec
+                .unwrap()
+                .volume_claim_templates
+                .unwrap();
+            assert_eq!(c.len(), 1);
+            c.remove(0)
+        };
+        let mut p = pipeline();
+        let c = claim(&p);
+        assert_eq!(c.metadata.name.as_deref(), Some("state"));
+        assert_eq!(
+            c.metadata.labels.as_ref().unwrap()["dualwrite.io/pipeline"],
+            "orders"
+        );
+        let spec = c.spec.unwrap();
+        assert_eq!(spec.access_modes.unwrap(), ["ReadWriteOnce"]);
+        assert_eq!(spec.storage_class_name, None, "the cluster's default class");
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("1Gi".into())
+        );
+        p.spec.relay.as_mut().unwrap().storage = Some(crate::api::RelayStorageSpec {
+            size: Some(Quantity("5Gi".into())),
+            storage_class_name: Some("fast".into()),
+        });
+        let spec = claim(&p).spec.unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("5Gi".into())
+        );
+        assert_eq!(claim_name("orders", 2), "state-orders-relay-2");
+        assert_eq!(claim_ordinal("orders", "state-orders-relay-2"), Some(2));
+    }
+
+    #[test]
+    fn pod_disruption_budget_only_with_more_than_one_relay() {
+        let with = |replicas: Option<i32>| {
+            let mut p = pipeline();
+            p.spec.relay.as_mut().unwrap().replicas = replicas;
+            pod_disruption_budget(&p)
+        };
+        // (replicas, a budget)
+        for (replicas, want) in [(Some(0), false), (None, false), (Some(1), false), (Some(2), true), (Some(3), true)] {
+            assert_eq!(with(replicas).is_some(), want, "{replicas:?}");
+        }
+        let pdb = with(Some(3)).unwrap();
+        assert_eq!(pdb.metadata.name.as_deref(), Some("orders-relay"));
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(spec.min_available, None);
+        assert_eq!(spec.unhealthy_pod_eviction_policy.as_deref(), Some("AlwaysAllow"));
+        assert_eq!(
+            spec.selector.unwrap().match_labels.unwrap()["dualwrite.io/pipeline"],
+            "orders"
+        );
+    }
+
+    #[test]
+    fn pod_settings_from_the_spec_and_defaults() {
+        let mut p: DualWritePipeline = serde_yaml::from_str(
+            r#"apiVersion: dualwrite.io/v1alpha1
+kind: DualWritePipeline
+metadata: {name: orders, namespace: shop, uid: u-1}
+spec:
+  providers: [{name: a, type: memory}]
+  relay:
+    imagePullSecrets: [{name: regcred}]
+    nodeSelector: {disk: ssd}
+    tolerations: [{key: dedicated, operator: Equal, value: relays, effect: NoSchedule}]
+    affinity: {podAntiAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, podAffinityTerm: {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {dualwrite.io/pipeline: orders}}}}]}}
+    priorityClassName: high
+    podAnnotations: {prometheus.io/scrape: "true", dualwrite.io/ingest: "mine"}
+    podLabels: {team: payments, dualwrite.io/pipeline: other}
+"#,
+        )
+        .unwrap();
+        p.metadata.uid = Some("u-1".into());
+        let template = statefulset(&p, "img").spec.unwrap().template;
+        let meta = template.metadata.unwrap();
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(labels["dualwrite.io/pipeline"], "orders", "the operator's labels win");
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert!(annotations["dualwrite.io/ingest"].starts_with("port="), "the operator's wins");
+        let pod = template.spec.unwrap();
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(pod.node_selector.unwrap()["disk"], "ssd");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+        // No resources given: the defaults, Burstable.
+        let r = pod.containers[0].resources.clone().unwrap();
+        assert_eq!(r, default_resources());
+        assert_eq!(r.requests.as_ref().unwrap()["cpu"], Quantity("100m".into()));
+        assert_eq!(r.requests.as_ref().unwrap()["memory"], Quantity("128Mi".into()));
+        assert_eq!(r.limits.as_ref().unwrap()["memory"], Quantity("512Mi".into()));
+        // Given: as given. Given empty: the defaults (never BestEffort).
+        let given = ResourceRequirements {
+            requests: Some(BTreeMap::from([("cpu".to_string(), Quantity("2".into()))])),
+            ..ResourceRequirements::default()
+        };
+        p.spec.relay.as_mut().unwrap().resources = Some(given.clone());
+        assert_eq!(pod_of(&p).containers[0].resources, Some(given));
+        p.spec.relay.as_mut().unwrap().resources = Some(ResourceRequirements::default());
+        assert_eq!(pod_of(&p).containers[0].resources, Some(default_resources()));
+        // Nothing set: no placement constraint.
+        let pod = pod_of(&pipeline());
+        assert_eq!(
+            (pod.image_pull_secrets, pod.node_selector, pod.tolerations, pod.affinity, pod.priority_class_name),
+            (None, None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn the_grace_period_covers_the_whole_drain() {
+        let c = pod_of(&pipeline());
+        // preStop 5 s + request timeout 30 s + backlog grace 20 s + closing 10 s.
+        assert_eq!(c.termination_grace_period_seconds, Some(65));
+        assert!(
+            PRE_STOP_SECONDS
+                + crate::relay::pipeline::DEFAULT_REQUEST_TIMEOUT.as_secs() as i64
+                + (crate::relay::BACKLOG_GRACE.as_secs() as i64)
+                < 65,
+            "margin before SIGKILL"
+        );
+        let container = &c.containers[0];
+        let pre_stop = container.lifecycle.clone().unwrap().pre_stop.unwrap();
+        assert_eq!(pre_stop.sleep.unwrap().seconds, PRE_STOP_SECONDS);
+        assert_eq!(
+            container.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        let mut p = pipeline();
+        p.spec.ingest.as_mut().unwrap().request_timeout = Some("2m".into());
+        assert_eq!(pod_of(&p).termination_grace_period_seconds, Some(5 + 120 + 20 + 10));
+    }
+
+    #[test]
+    fn template_annotation_moves_with_the_template_and_the_generation() {
+        let mut p = pipeline();
+        p.metadata.generation = Some(4);
+        let a = |p: &DualWritePipeline, image: &str| {
+            statefulset(p, image).metadata.annotations.unwrap()[TEMPLATE_ANNOTATION].clone()
+        };
+        let first = a(&p, "img:1");
+        assert!(first.ends_with("@4"), "{first}");
+        assert_eq!(a(&p, "img:1"), first, "stable");
+        p.spec.relay.as_mut().unwrap().image = None;
+        let by_operator = a(&p, "img:2");
+        assert_ne!(by_operator, a(&p, "img:3"));
+        assert!(by_operator.ends_with("@4"));
+        p.metadata.generation = Some(5);
+        assert_eq!(
+            a(&p, "img:2").split('@').next(),
+            by_operator.split('@').next(),
+            "the hash does not depend on the generation"
+        );
     }
 
     #[test]

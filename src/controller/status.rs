@@ -13,6 +13,7 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
 use super::fallback::{self, FallbackInput};
+use super::pods::RelayObservation;
 use super::step::{self, RelaysNotInStep, StepInput, StepView};
 use super::{conditions, reason, rows, signed, PipelineEvent, Settings};
 use crate::api::{
@@ -53,7 +54,12 @@ struct InForce {
 
 /// Computes the whole status from the pipeline, its previous status and `now`, plus the Events
 /// its decisions call for (in order: step, fallback, strategy change, invalid spec).
-pub fn next_status(p: &DualWritePipeline, settings: &Settings, now: Timestamp) -> NextStatus {
+pub fn next_status(
+    p: &DualWritePipeline,
+    settings: &Settings,
+    observed: &RelayObservation,
+    now: Timestamp,
+) -> NextStatus {
     let prev = p.status.clone().unwrap_or_default();
     let generation = p.metadata.generation.unwrap_or(0);
     let invalid = p.spec.validate().err().map(|e| e.join("; "));
@@ -89,6 +95,8 @@ pub fn next_status(p: &DualWritePipeline, settings: &Settings, now: Timestamp) -
         note: why.clone(),
     }));
 
+    events.extend(relay_events(&prev, observed));
+
     let fresh: Vec<&RelayReport> = prev
         .relays
         .iter()
@@ -111,6 +119,8 @@ pub fn next_status(p: &DualWritePipeline, settings: &Settings, now: Timestamp) -
         now,
         stall_after: signed(settings.stall_after),
         migrating,
+        relay_failure: observed.failure.as_ref(),
+        rollout_queued: observed.rollout_queued.as_deref(),
     };
     let conditions = conditions::compute_conditions(&input, &prev.conditions);
     let status = DualWritePipelineStatus {
@@ -127,6 +137,7 @@ pub fn next_status(p: &DualWritePipeline, settings: &Settings, now: Timestamp) -
         migration: in_force.migration,
         fallback: in_force.fallback,
         consistency: None, // owned by `dualwrite verify`; never written by the operator
+        retained_claims: observed.retained_claims.clone(),
         relays: Vec::new(), // owned by the relays; never written by the operator
         conditions,
     };
@@ -225,6 +236,41 @@ fn kept(prev: &DualWritePipelineStatus, decided: InForce) -> InForce {
         migration: prev.migration.clone(),
         fallback: prev.fallback.clone(),
     }
+}
+
+/// The Warning Events of what the relay pods and claims show: a relay failure when Ready did not
+/// already say exactly that, and claims newly retained after a scale-down.
+fn relay_events(prev: &DualWritePipelineStatus, observed: &RelayObservation) -> Vec<PipelineEvent> {
+    let mut events = Vec::new();
+    if let Some(f) = &observed.failure {
+        let known = prev.conditions.iter().any(|c| {
+            c.type_ == conditions::READY && c.reason == f.reason && c.message == f.message
+        });
+        if !known {
+            events.push(PipelineEvent {
+                type_: EventType::Warning,
+                reason: f.reason,
+                note: f.message.clone(),
+            });
+        }
+    }
+    let new: Vec<&str> = observed
+        .retained_claims
+        .iter()
+        .filter(|c| !prev.retained_claims.contains(c))
+        .map(String::as_str)
+        .collect();
+    if !new.is_empty() {
+        events.push(PipelineEvent {
+            type_: EventType::Warning,
+            reason: reason::CLAIMS_RETAINED,
+            note: format!(
+                "kept the claim(s) of relays scaled away, which may hold a backlog that is replayed only when the relays scale back up to them: {}",
+                new.join(", ")
+            ),
+        });
+    }
+    events
 }
 
 /// The Event of a strategy flip (a step, the fallback, or the spec), if the strategy changed.

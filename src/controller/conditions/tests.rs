@@ -123,6 +123,8 @@ fn condition_table() {
             now: t(0),
             stall_after: SignedDuration::from_secs(300),
             migrating: false,
+            relay_failure: None,
+            rollout_queued: None,
         };
         let conds = compute_conditions(&input, &[]);
         let got: Vec<&str> = conds.iter().map(|c| c.status.as_str()).collect();
@@ -158,9 +160,75 @@ fn transition_time_is_kept_while_status_is_unchanged() {
         now: t(0),
         stall_after: SignedDuration::from_secs(300),
         migrating: false,
+        relay_failure: None,
+        rollout_queued: None,
     };
     let first = compute_conditions(&input, &[]);
     input.now = t(100);
     let second = compute_conditions(&input, &first);
     assert_eq!(second[0].last_transition_time, Time(t(0)));
+}
+
+#[test]
+fn a_failing_relay_pod_makes_ready_false_with_its_reason_and_a_queued_rollout_is_reconciling() {
+    use crate::controller::pods::RelayFailure;
+    let active = vec!["nats".to_string()];
+    let rows = vec![row("nats", Readiness::True)];
+    let failure = RelayFailure {
+        reason: reason::RELAY_IMAGE_PULL_FAILED,
+        pod: "p-relay-0".into(),
+        message: "pod p-relay-0: image x cannot be pulled".into(),
+    };
+    let base = ConditionInput {
+        generation: 1,
+        invalid: None,
+        strategy: Strategy::FailFast,
+        active: &active,
+        providers: &rows,
+        fresh_relays: 0,
+        relays_on_generation: 0,
+        desired_relays: 1,
+        blocked_since: None,
+        now: t(0),
+        stall_after: SignedDuration::from_secs(300),
+        migrating: false,
+        relay_failure: Some(&failure),
+        rollout_queued: None,
+    };
+    // (input, Ready status and reason, Reconciling status and reason)
+    let invalid = ConditionInput {
+        invalid: Some("spec.x: bad".into()),
+        ..base.clone()
+    };
+    let healthy_but_one_pod_fails = ConditionInput {
+        fresh_relays: 1,
+        relays_on_generation: 1,
+        ..base.clone()
+    };
+    let queued = ConditionInput {
+        fresh_relays: 1,
+        relays_on_generation: 1,
+        relay_failure: None,
+        rollout_queued: Some("waits"),
+        ..base.clone()
+    };
+    let cases = [
+        (&base, ("False", reason::RELAY_IMAGE_PULL_FAILED)),
+        (&invalid, ("False", reason::INVALID_SPEC)),
+        (&healthy_but_one_pod_fails, ("False", reason::RELAY_IMAGE_PULL_FAILED)),
+        (&queued, ("True", reason::ALL_PROVIDERS_READY)),
+    ];
+    for (input, want) in cases {
+        let c = compute_conditions(input, &[]);
+        assert_eq!((c[0].status.as_str(), c[0].reason.as_str()), want);
+    }
+    assert_eq!(
+        compute_conditions(&base, &[])[0].message,
+        "pod p-relay-0: image x cannot be pulled"
+    );
+    let r = &compute_conditions(&queued, &[])[1];
+    assert_eq!(
+        (r.status.as_str(), r.reason.as_str(), r.message.as_str()),
+        ("True", reason::ROLLOUT_QUEUED, "waits")
+    );
 }

@@ -25,9 +25,7 @@ const MIGRATION: &str = "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipel
 #[test]
 fn first_status_enters_step_zero_with_its_strategy_and_providers() {
     let p = pipeline(MIGRATION);
-    let NextStatus { status: st, events } = next_status(
-        &p,
-        &settings(),
+    let NextStatus { status: st, events } = next_status(&p, &settings(), &RelayObservation::default(),
         Timestamp::from_second(1_800_000_000).unwrap(),
     );
     assert_eq!(st.strategy, Some(Strategy::FailFast));
@@ -44,15 +42,15 @@ fn first_status_enters_step_zero_with_its_strategy_and_providers() {
 fn an_invalid_spec_keeps_what_runs_and_stalls() {
     let mut p = pipeline(MIGRATION);
     let now = Timestamp::from_second(1_800_000_000).unwrap();
-    let mut st = next_status(&p, &settings(), now).status;
+    let mut st = next_status(&p, &settings(), &RelayObservation::default(), now).status;
     // Move to step 1, then make the spec invalid (a target past the last step).
     p.spec.migration.as_mut().unwrap().target_step = Some(1);
     p.status = Some(st.clone());
-    st = next_status(&p, &settings(), now).status;
+    st = next_status(&p, &settings(), &RelayObservation::default(), now).status;
     assert_eq!(st.migration.as_ref().unwrap().current_step, 1);
     p.spec.migration.as_mut().unwrap().target_step = Some(7);
     p.status = Some(st.clone());
-    let next = next_status(&p, &settings(), now).status;
+    let next = next_status(&p, &settings(), &RelayObservation::default(), now).status;
     assert_eq!(next.strategy, st.strategy, "strategy kept");
     assert_eq!(next.active_providers, st.active_providers, "providers kept");
     assert_eq!(
@@ -81,7 +79,7 @@ fn gates_wait_for_relays_to_report_from_inside_the_step() {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     let mut p = pipeline(MIGRATION);
     let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
-    let st = next_status(&p, &settings(), t(0)).status;
+    let st = next_status(&p, &settings(), &RelayObservation::default(), t(0)).status;
     p.status = Some(st);
     let report = |at: i64| RelayReport {
         name: "relay-0".into(),
@@ -99,7 +97,7 @@ fn gates_wait_for_relays_to_report_from_inside_the_step() {
     };
     // A report from before the step began does not open its gates.
     p.status.as_mut().unwrap().relays = vec![report(-1)];
-    let st = next_status(&p, &settings(), t(5)).status;
+    let st = next_status(&p, &settings(), &RelayObservation::default(), t(5)).status;
     let m = st.migration.as_ref().unwrap();
     assert_eq!(
         (m.current_step, m.reason.as_str()),
@@ -111,7 +109,7 @@ fn gates_wait_for_relays_to_report_from_inside_the_step() {
     let mut prev = st;
     prev.relays = vec![report(4)];
     p.status = Some(prev);
-    let st = next_status(&p, &settings(), t(6)).status;
+    let st = next_status(&p, &settings(), &RelayObservation::default(), t(6)).status;
     assert_eq!(st.migration.as_ref().unwrap().current_step, 1);
     assert_eq!(st.strategy, Some(Strategy::BestEffort));
 }
