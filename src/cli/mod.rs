@@ -106,17 +106,83 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process's exit code for this error: 2, a configuration or environment error (1 is
-    /// kept for `verify` finding the brokers in disagreement).
+    /// The process's exit code for this error: 2 for a configuration or environment error,
+    /// which a restart does not cure (the operator reads it as `RelayConfigError`); 1 for an
+    /// ingest server that failed while running. (`verify` also uses 1 for brokers in
+    /// disagreement.)
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(2)
+        ExitCode::from(self.code())
+    }
+
+    fn code(&self) -> u8 {
+        use crate::relay::cluster::Error as Cluster;
+        match self {
+            Error::Serve(_) | Error::Cluster(Cluster::Serve(_) | Cluster::Task(_)) => 1,
+            _ => 2,
+        }
+    }
+
+    /// The one line a relay leaves in its termination message: `ConfigError: ...` for exit
+    /// code 2, `Error: ...` otherwise, the error's lines joined. Errors name a Secret and key,
+    /// never a value, so the line is safe in a pod's status.
+    pub fn termination_message(&self) -> String {
+        let kind = if self.code() == 2 {
+            "ConfigError"
+        } else {
+            "Error"
+        };
+        let mut line = String::new();
+        for part in self.to_string().lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let part = part.strip_prefix("- ").unwrap_or(part);
+            if !line.is_empty() {
+                line.push_str(if line.ends_with(':') { " " } else { "; " });
+            }
+            line.push_str(&part.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        // The kubelet keeps at most 4096 bytes; stay well inside on a character boundary.
+        let mut out = format!("{kind}: {line}");
+        if out.len() > TERMINATION_MESSAGE_MAX {
+            let mut cut = TERMINATION_MESSAGE_MAX;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+        }
+        out
+    }
+}
+
+/// Where a relay in a pod leaves why it stopped: the kubelet's default
+/// `terminationMessagePath`, which the operator's pod template sets.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Longest termination message written (the kubelet keeps 4096 bytes).
+const TERMINATION_MESSAGE_MAX: usize = 1024;
+
+/// Writes `error`'s one line into `path` when that file exists (the kubelet creates it in a
+/// pod; outside a pod nothing is created). The operator shows it in the pipeline's status.
+pub fn write_termination_message(path: &Path, error: &Error) {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path);
+    if let Ok(mut f) = file {
+        if let Err(e) = writeln!(f, "{}", error.termination_message()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
+        }
     }
 }
 
 /// Runs `command` until it is done or `shutdown` is cancelled.
 pub async fn run(command: Command, shutdown: CancellationToken) -> Result<ExitCode, Error> {
     match command {
-        Command::Relay(args) => relay::run(args, shutdown).await?,
+        Command::Relay(args) => {
+            let termination_log = args.termination_log.clone();
+            relay::run(args, shutdown)
+                .await
+                .inspect_err(|e| write_termination_message(&termination_log, e))?
+        }
         Command::Operator(args) => operator::run(args, shutdown).await?,
         Command::Verify(args) => return verify::run(args).await,
         Command::Crd => print!("{}", crate::api::crd_yaml()),
@@ -205,6 +271,41 @@ async fn signal() {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn termination_message_is_one_line_with_the_kind() {
+        let field = |path: &str, message: &str| crate::api::FieldError {
+            path: path.into(),
+            message: message.into(),
+        };
+        let invalid = Error::Invalid(crate::api::SpecError(vec![
+            field("spec.a", "bad"),
+            field("spec.b", "worse"),
+        ]));
+        assert_eq!(
+            invalid.termination_message(),
+            "ConfigError: the pipeline is invalid: spec.a: bad; spec.b: worse"
+        );
+        assert_eq!(invalid.code(), 2);
+        let serve = Error::Serve(std::io::Error::other("boom"));
+        assert_eq!(serve.termination_message(), "Error: ingest server failed: boom");
+        assert_eq!(serve.code(), 1);
+        let long = Error::SeedEnv("é".repeat(2000));
+        let m = long.termination_message();
+        assert!(m.len() <= TERMINATION_MESSAGE_MAX && m.starts_with("ConfigError: éé"));
+
+        // Written only where the file exists (the kubelet made it), truncating what was there.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("termination-log");
+        write_termination_message(&path, &serve);
+        assert!(!path.exists(), "never created outside a pod");
+        std::fs::write(&path, "an older, longer message\n").unwrap();
+        write_termination_message(&path, &serve);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "Error: ingest server failed: boom\n"
+        );
+    }
 
     #[test]
     fn arguments_are_consistent() {

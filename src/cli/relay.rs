@@ -45,6 +45,10 @@ pub struct RelayArgs {
     /// cluster the operator mounts them at the default).
     #[arg(long, env = "DUALWRITE_SECRETS_DIR", default_value = crate::provider::secret::DEFAULT_SECRETS_DIR)]
     pub secrets_dir: PathBuf,
+    /// Where to leave a one-line reason when the relay stops on an error (written only if the
+    /// file exists, as the kubelet's termination log does in a pod).
+    #[arg(long, env = "DUALWRITE_TERMINATION_LOG", default_value = super::TERMINATION_LOG)]
+    pub termination_log: PathBuf,
 }
 
 /// Runs the relay until `shutdown` is cancelled.
