@@ -70,7 +70,7 @@ fn replicas(env: &KubeEnv, ns: &str) -> String {
         .env("KUBECONFIG", &env.kubeconfig)
         .args([
             "get",
-            "deployment",
+            "statefulset",
             "demo-relay",
             "-n",
             ns,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::brokers::{kafka_ids, nats_ids};
 use common::cluster::{
-    free_port, install_crd, kube_env, kubectl_ok, namespace, relay_deployment, relay_kubeconfig,
+    free_port, install_crd, kube_env, kubectl_ok, namespace, relay_kubeconfig, relay_statefulset,
     start_operator, start_relay_from_pod_template, KubeEnv, BIN,
 };
 use common::{eventually, outage_tests_enabled, require_env, unique, StoppedService};
@@ -162,7 +162,7 @@ async fn migration_walks_every_step_under_load_without_losing_a_message() {
         Some(&manifest(&ns, port, &nats, &kafka, &subject, &topic)),
     );
 
-    let d = relay_deployment(&env, &ns, "orders", &operator).await;
+    let d = relay_statefulset(&env, &ns, "orders", &operator).await;
     let relay_kubeconfig = relay_kubeconfig(&env, &ns, "orders", dir.path());
     // The state directory (the pod's volume) is the same across the relay restart below.
     let mut relay = start_relay_from_pod_template(&d, dir.path(), &relay_kubeconfig);

@@ -1,5 +1,5 @@
 //! End to end: the operator under the chart's RBAC only, a real API server, real NATS and Kafka,
-//! and the relay run as a local process exactly as the Deployment's pod template says (there is
+//! and the relay run as a local process exactly as the StatefulSet's pod template says (there is
 //! no kubelet here). Stops and starts Kafka, so it runs in the serial outage step.
 
 mod common;
@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use common::cluster::{
     admin_client, free_port, install_crd, kube_env, kubectl, kubectl_ok, namespace,
-    relay_deployment, relay_kubeconfig, start_operator, start_relay_from_pod_template, KubeEnv,
+    relay_kubeconfig, relay_statefulset, start_operator, start_relay_from_pod_template, KubeEnv,
 };
 use common::{eventually, outage_tests_enabled, require_env, unique, StoppedService};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::Value;
 
 /// A BestEffort pipeline over NATS and Kafka.
@@ -100,8 +100,8 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
     );
 
     // 1. Owned objects appear with owner references, args and ports.
-    let d = relay_deployment(&env, &ns, name, &operator).await;
-    let deployments: kube::Api<Deployment> = kube::Api::namespaced(admin_client(&env).await, &ns);
+    let d = relay_statefulset(&env, &ns, name, &operator).await;
+    let statefulsets: kube::Api<StatefulSet> = kube::Api::namespaced(admin_client(&env).await, &ns);
     let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str(), owner.controller),
@@ -225,9 +225,9 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
     );
     eventually(
         Duration::from_secs(30),
-        "the Deployment follows spec.relay.replicas",
+        "the StatefulSet follows spec.relay.replicas",
         || async {
-            let d = deployments
+            let d = statefulsets
                 .get("orders-relay")
                 .await
                 .map_err(|e| e.to_string())?;
@@ -257,7 +257,7 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
 
     // 2. The relay, as the pod template says, under its own ServiceAccount's Role.
     let relay_kubeconfig = relay_kubeconfig(&env, &ns, "orders", dir.path());
-    let d = deployments.get("orders-relay").await.unwrap();
+    let d = statefulsets.get("orders-relay").await.unwrap();
     let mut relay = start_relay_from_pod_template(&d, dir.path(), &relay_kubeconfig);
     eventually(
         Duration::from_secs(30),

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use common::cluster::{
     can_i, free_port, install_chart_service_account_rbac, install_crd, kube_env, kubectl_ok,
-    namespace, relay_deployment, relay_kubeconfig, remove_chart_service_account_rbac,
+    namespace, relay_kubeconfig, relay_statefulset, remove_chart_service_account_rbac,
     start_operator_logged, start_relay_logged, KubeEnv, Proc, OPERATOR_USER,
 };
 use common::{eventually, require_env, unique};
@@ -168,7 +168,7 @@ async fn post(port: u16, id: &str) -> (u16, String) {
 
 /// A relay started from pipeline `name`'s pod template, in a directory of its own.
 async fn start_relay(env: &KubeEnv, ns: &str, name: &str, dir: &Path, operator: &Proc) -> Proc {
-    let d = relay_deployment(env, ns, name, operator).await;
+    let d = relay_statefulset(env, ns, name, operator).await;
     let relay_dir = dir.join(name);
     std::fs::create_dir_all(&relay_dir).unwrap();
     let kubeconfig = relay_kubeconfig(env, ns, name, &relay_dir);
@@ -416,7 +416,7 @@ async fn secured_brokers_run_under_the_operator_and_no_secret_shows() {
     }
 
     // The pod template mounts exactly the referenced keys, one optional volume per Secret.
-    let d = relay_deployment(&env, &ns, "secured", &operator).await;
+    let d = relay_statefulset(&env, &ns, "secured", &operator).await;
     let pod = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
     let mut mounted: Vec<(String, Vec<String>, Option<bool>)> = pod
         .volumes
@@ -447,8 +447,8 @@ async fn secured_brokers_run_under_the_operator_and_no_secret_shows() {
     let release = format!("e2e-{}", &unique("r")[2..14]);
     let chart_account = install_chart_service_account_rbac(&env, &ns, &release);
     for (who, allowed) in [
-        (OPERATOR_USER.to_string(), "deployments"),
-        (chart_account, "deployments"),
+        (OPERATOR_USER.to_string(), "statefulsets"),
+        (chart_account, "statefulsets"),
         (
             format!("system:serviceaccount:{ns}:secured-relay"),
             "dualwritepipelines/secured",

@@ -132,7 +132,12 @@ impl Error {
             "Error"
         };
         let mut line = String::new();
-        for part in self.to_string().lines().map(str::trim).filter(|l| !l.is_empty()) {
+        for part in self
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
             let part = part.strip_prefix("- ").unwrap_or(part);
             if !line.is_empty() {
                 line.push_str(if line.ends_with(':') { " " } else { "; " });
@@ -288,7 +293,10 @@ mod tests {
         );
         assert_eq!(invalid.code(), 2);
         let serve = Error::Serve(std::io::Error::other("boom"));
-        assert_eq!(serve.termination_message(), "Error: ingest server failed: boom");
+        assert_eq!(
+            serve.termination_message(),
+            "Error: ingest server failed: boom"
+        );
         assert_eq!(serve.code(), 1);
         let long = Error::SeedEnv("é".repeat(2000));
         let m = long.termination_message();

@@ -184,7 +184,11 @@ fn one_line(text: &str) -> String {
 
 /// The backlog claims of pipeline `pipeline` that belong to relays scaled away (ordinal ≥
 /// `replicas`), sorted by ordinal. Claims being deleted are left out.
-pub fn retained_claims(pipeline: &str, replicas: i32, claims: &[PersistentVolumeClaim]) -> Vec<String> {
+pub fn retained_claims(
+    pipeline: &str,
+    replicas: i32,
+    claims: &[PersistentVolumeClaim],
+) -> Vec<String> {
     let mut out: Vec<(i32, String)> = claims
         .iter()
         .filter(|c| c.metadata.deletion_timestamp.is_none())

@@ -7,11 +7,11 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -184,7 +184,11 @@ where
     })
 }
 
-async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<Option<String>, Error> {
+async fn apply_owned(
+    p: &DualWritePipeline,
+    ns: &str,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
     let c = &ctx.client;
     let name = resources::relay_name(&p.name_any());
     let statefulsets: Api<StatefulSet> = Api::namespaced(c.clone(), ns);
@@ -202,10 +206,7 @@ async fn apply_owned(p: &DualWritePipeline, ns: &str, ctx: &Context) -> Result<O
             apply(c, ns, &resources::role_binding(p)).await?,
         ),
         ("Service", apply(c, ns, &resources::service(p)).await?),
-        (
-            "Service",
-            apply(c, ns, &resources::pods_service(p)).await?,
-        ),
+        ("Service", apply(c, ns, &resources::pods_service(p)).await?),
     ];
     let queued = match admission {
         rollout::Admission::Apply => {

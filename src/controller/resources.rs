@@ -854,7 +854,10 @@ spec:
     #[test]
     fn a_pipeline_without_secrets_mounts_none() {
         let pod = pod_of(&pipeline());
-        assert_eq!(pod.volumes, None, "the state volume comes from the claim template");
+        assert_eq!(
+            pod.volumes, None,
+            "the state volume comes from the claim template"
+        );
         let mounts: Vec<(&str, &str)> = pod.containers[0]
             .volume_mounts
             .iter()
@@ -873,7 +876,10 @@ spec:
         let update = spec.update_strategy.unwrap();
         assert_eq!(update.type_.as_deref(), Some("RollingUpdate"));
         let rolling = update.rolling_update.unwrap();
-        assert_eq!((rolling.partition, rolling.max_unavailable), (Some(0), None));
+        assert_eq!(
+            (rolling.partition, rolling.max_unavailable),
+            (Some(0), None)
+        );
         let retention = spec.persistent_volume_claim_retention_policy.unwrap();
         assert_eq!(
             (
@@ -891,7 +897,11 @@ spec:
         let hs = headless.spec.unwrap();
         assert_eq!(hs.cluster_ip.as_deref(), Some("None"));
         assert_eq!(hs.publish_not_ready_addresses, Some(true));
-        assert_eq!(service(&p).spec.unwrap().cluster_ip, None, "ingest Service stays");
+        assert_eq!(
+            service(&p).spec.unwrap().cluster_ip,
+            None,
+            "ingest Service stays"
+        );
     }
 
     #[test]
@@ -941,7 +951,13 @@ spec:
             pod_disruption_budget(&p)
         };
         // (replicas, a budget)
-        for (replicas, want) in [(Some(0), false), (None, false), (Some(1), false), (Some(2), true), (Some(3), true)] {
+        for (replicas, want) in [
+            (Some(0), false),
+            (None, false),
+            (Some(1), false),
+            (Some(2), true),
+            (Some(3), true),
+        ] {
             assert_eq!(with(replicas).is_some(), want, "{replicas:?}");
         }
         let pdb = with(Some(3)).unwrap();
@@ -949,7 +965,10 @@ spec:
         let spec = pdb.spec.unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
         assert_eq!(spec.min_available, None);
-        assert_eq!(spec.unhealthy_pod_eviction_policy.as_deref(), Some("AlwaysAllow"));
+        assert_eq!(
+            spec.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
         assert_eq!(
             spec.selector.unwrap().match_labels.unwrap()["dualwrite.io/pipeline"],
             "orders"
@@ -980,22 +999,37 @@ spec:
         let meta = template.metadata.unwrap();
         let labels = meta.labels.unwrap();
         assert_eq!(labels["team"], "payments");
-        assert_eq!(labels["dualwrite.io/pipeline"], "orders", "the operator's labels win");
+        assert_eq!(
+            labels["dualwrite.io/pipeline"], "orders",
+            "the operator's labels win"
+        );
         let annotations = meta.annotations.unwrap();
         assert_eq!(annotations["prometheus.io/scrape"], "true");
-        assert!(annotations["dualwrite.io/ingest"].starts_with("port="), "the operator's wins");
+        assert!(
+            annotations["dualwrite.io/ingest"].starts_with("port="),
+            "the operator's wins"
+        );
         let pod = template.spec.unwrap();
         assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
         assert_eq!(pod.node_selector.unwrap()["disk"], "ssd");
-        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(
+            pod.tolerations.unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
         assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
         assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
         // No resources given: the defaults, Burstable.
         let r = pod.containers[0].resources.clone().unwrap();
         assert_eq!(r, default_resources());
         assert_eq!(r.requests.as_ref().unwrap()["cpu"], Quantity("100m".into()));
-        assert_eq!(r.requests.as_ref().unwrap()["memory"], Quantity("128Mi".into()));
-        assert_eq!(r.limits.as_ref().unwrap()["memory"], Quantity("512Mi".into()));
+        assert_eq!(
+            r.requests.as_ref().unwrap()["memory"],
+            Quantity("128Mi".into())
+        );
+        assert_eq!(
+            r.limits.as_ref().unwrap()["memory"],
+            Quantity("512Mi".into())
+        );
         // Given: as given. Given empty: the defaults (never BestEffort).
         let given = ResourceRequirements {
             requests: Some(BTreeMap::from([("cpu".to_string(), Quantity("2".into()))])),
@@ -1004,11 +1038,20 @@ spec:
         p.spec.relay.as_mut().unwrap().resources = Some(given.clone());
         assert_eq!(pod_of(&p).containers[0].resources, Some(given));
         p.spec.relay.as_mut().unwrap().resources = Some(ResourceRequirements::default());
-        assert_eq!(pod_of(&p).containers[0].resources, Some(default_resources()));
+        assert_eq!(
+            pod_of(&p).containers[0].resources,
+            Some(default_resources())
+        );
         // Nothing set: no placement constraint.
         let pod = pod_of(&pipeline());
         assert_eq!(
-            (pod.image_pull_secrets, pod.node_selector, pod.tolerations, pod.affinity, pod.priority_class_name),
+            (
+                pod.image_pull_secrets,
+                pod.node_selector,
+                pod.tolerations,
+                pod.affinity,
+                pod.priority_class_name
+            ),
             (None, None, None, None, None)
         );
     }
@@ -1034,7 +1077,10 @@ spec:
         );
         let mut p = pipeline();
         p.spec.ingest.as_mut().unwrap().request_timeout = Some("2m".into());
-        assert_eq!(pod_of(&p).termination_grace_period_seconds, Some(5 + 120 + 20 + 10));
+        assert_eq!(
+            pod_of(&p).termination_grace_period_seconds,
+            Some(5 + 120 + 20 + 10)
+        );
     }
 
     #[test]

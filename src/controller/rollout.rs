@@ -86,7 +86,9 @@ pub fn rolled_out(sts: &StatefulSet) -> bool {
 pub enum Admission {
     Apply,
     /// Keep the running StatefulSet as it is; these pipelines hold the slots.
-    Hold { rolling: Vec<String> },
+    Hold {
+        rolling: Vec<String>,
+    },
 }
 
 /// The rollout slots: pipeline key → when its slot was last refreshed.

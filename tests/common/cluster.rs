@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::Value;
 
 use super::require_env;
@@ -229,7 +229,7 @@ pub fn grant_chart_rbac(env: &KubeEnv) {
         .map(|doc| serde_yaml::from_str::<Value>(doc).unwrap())
         .find(|v| {
             let rules = v["rules"].to_string();
-            rules.contains("deployments") && rules.contains("dualwritepipelines")
+            rules.contains("statefulsets") && rules.contains("dualwritepipelines")
         })
         .expect("the operator's ClusterRole");
     let name = operator_role["metadata"]["name"]
@@ -243,22 +243,48 @@ pub fn grant_chart_rbac(env: &KubeEnv) {
 }
 
 /// Env variables of the template whose value is a path inside the pod: a local run maps them
-/// under its temp dir, where [`write_secret_volumes`] puts the Secret files.
+/// under its temp dir, where [`write_secret_volumes`] puts the Secret files and where the
+/// `state` claim's mount lands ([`map_state_claim`]).
 const POD_PATH_VARS: [&str; 2] = ["DUALWRITE_STATE_DIR", "DUALWRITE_SECRETS_DIR"];
+
+/// Does what the StatefulSet controller and the kubelet do for the relay's backlog: the
+/// container mounts the `state` claim (from the StatefulSet's volume claim template, a PVC per
+/// relay) at the state directory; here that mount is a directory under `root`, the same for
+/// every start with the same `root`, as a relay's PVC is the same across its pod's restarts.
+/// Panics if the template no longer mounts a claim there (the test would no longer say what
+/// the pod does).
+fn map_state_claim(sts: &StatefulSet, root: &Path) {
+    let spec = sts.spec.as_ref().unwrap();
+    let claims: Vec<&str> = spec
+        .volume_claim_templates
+        .iter()
+        .flatten()
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
+    let mounts = spec.template.spec.as_ref().unwrap().containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap_or_default();
+    let state = mounts
+        .iter()
+        .find(|m| claims.contains(&m.name.as_str()))
+        .expect("the relay mounts a claim from the StatefulSet's volume claim template");
+    std::fs::create_dir_all(root.join(state.mount_path.trim_start_matches('/'))).unwrap();
+}
 
 /// Does what the kubelet does for the template's `secret` volumes: for each one mounted into
 /// the relay container, reads the Secret with the admin kubeconfig and writes the listed items
 /// under `<root>/<mountPath>/<path>` (mode 0440). The volumes are optional, as the operator
 /// writes them: a missing Secret leaves an empty directory, a missing key no file. Run it again
 /// to emulate the kubelet rewriting the files after a Secret changed.
-pub fn write_secret_volumes(env: &KubeEnv, d: &Deployment, root: &Path) {
+pub fn write_secret_volumes(env: &KubeEnv, d: &StatefulSet, root: &Path) {
     use base64::Engine;
     use std::os::unix::fs::PermissionsExt;
     let ns = d
         .metadata
         .namespace
         .as_deref()
-        .expect("a namespaced Deployment");
+        .expect("a namespaced StatefulSet");
     let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let volumes = pod.volumes.clone().unwrap_or_default();
     for m in pod.containers[0].volume_mounts.clone().unwrap_or_default() {
@@ -364,24 +390,26 @@ pub fn remove_chart_service_account_rbac(env: &KubeEnv, release: &str) {
     );
 }
 
-/// Starts the relay as the Deployment's pod template says: its args and env, with the downward
-/// API's POD_NAME filled in, the state volume mapped to a temp dir and the Secret volumes
-/// written there as the kubelet would ([`write_secret_volumes`]; the Secrets are read with the
-/// admin kubeconfig of [`kube_env`]).
-pub fn start_relay_from_pod_template(d: &Deployment, dir: &Path, relay_kubeconfig: &Path) -> Proc {
+/// Starts the relay as the StatefulSet's pod template says: its args and env, with the
+/// downward API's POD_NAME filled in, the `state` claim's mount mapped to a directory under
+/// `dir` ([`map_state_claim`]: the same `dir` is the same PVC) and the Secret volumes written
+/// there as the kubelet would ([`write_secret_volumes`]; the Secrets are read with the admin
+/// kubeconfig of [`kube_env`]).
+pub fn start_relay_from_pod_template(d: &StatefulSet, dir: &Path, relay_kubeconfig: &Path) -> Proc {
     start_relay_logged(d, dir, relay_kubeconfig, "info")
 }
 
 /// [`start_relay_from_pod_template`] with the log filter `log_filter` (RUST_LOG).
 pub fn start_relay_logged(
-    d: &Deployment,
+    d: &StatefulSet,
     dir: &Path,
     relay_kubeconfig: &Path,
     log_filter: &str,
 ) -> Proc {
     let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    map_state_claim(d, dir);
     if pod.volumes.iter().flatten().any(|v| v.secret.is_some()) {
-        let env = kube_env().expect("the API server the Deployment came from");
+        let env = kube_env().expect("the API server the StatefulSet came from");
         write_secret_volumes(&env, d, dir);
     }
     let c = &pod.containers[0];
@@ -483,15 +511,20 @@ pub async fn admin_client(env: &KubeEnv) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-/// Waits for the relay Deployment the operator creates for pipeline `name`.
-pub async fn relay_deployment(env: &KubeEnv, ns: &str, name: &str, operator: &Proc) -> Deployment {
-    let deployments: kube::Api<Deployment> = kube::Api::namespaced(admin_client(env).await, ns);
+/// Waits for the relay StatefulSet the operator creates for pipeline `name`.
+pub async fn relay_statefulset(
+    env: &KubeEnv,
+    ns: &str,
+    name: &str,
+    operator: &Proc,
+) -> StatefulSet {
+    let statefulsets: kube::Api<StatefulSet> = kube::Api::namespaced(admin_client(env).await, ns);
     let relay = format!("{name}-relay");
     super::eventually(
         std::time::Duration::from_secs(60),
-        "the relay Deployment exists",
+        "the relay StatefulSet exists",
         || async {
-            deployments
+            statefulsets
                 .get(&relay)
                 .await
                 .map_err(|e| format!("{e}; operator log:\n{}", operator.log_text()))

@@ -215,7 +215,10 @@ fn a_failing_relay_pod_makes_ready_false_with_its_reason_and_a_queued_rollout_is
     let cases = [
         (&base, ("False", reason::RELAY_IMAGE_PULL_FAILED)),
         (&invalid, ("False", reason::INVALID_SPEC)),
-        (&healthy_but_one_pod_fails, ("False", reason::RELAY_IMAGE_PULL_FAILED)),
+        (
+            &healthy_but_one_pod_fails,
+            ("False", reason::RELAY_IMAGE_PULL_FAILED),
+        ),
         (&queued, ("True", reason::ALL_PROVIDERS_READY)),
     ];
     for (input, want) in cases {

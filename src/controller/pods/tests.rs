@@ -31,10 +31,12 @@ const UNSCHEDULABLE: &str = "  phase: Pending\n  conditions:\n  - {type: PodSche
 const SCHEDULED_PENDING: &str =
     "  phase: Pending\n  conditions:\n  - {type: PodScheduled, status: 'True'}\n";
 
+/// (case, pods, the failure's reason and the start of its message)
+type Case = (&'static str, Vec<Pod>, Option<(&'static str, &'static str)>);
+
 #[test]
 fn pod_statuses_to_a_failure() {
-    // (case, pods, reason, the start of the message)
-    let cases: [(&str, Vec<Pod>, Option<(&str, &str)>); 11] = [
+    let cases: [Case; 11] = [
         ("no pods", vec![], None),
         ("running and ready", vec![pod("o-relay-0", RUNNING)], None),
         ("pending, scheduled", vec![pod("o-relay-0", SCHEDULED_PENDING)], None),
@@ -130,11 +132,30 @@ fn retained_claims_are_those_of_ordinals_at_or_past_replicas() {
     // (replicas, retained)
     let cases: [(i32, &[&str]); 4] = [
         (3, &["state-orders-relay-10"]),
-        (1, &["state-orders-relay-1", "state-orders-relay-2", "state-orders-relay-10"]),
-        (0, &["state-orders-relay-0", "state-orders-relay-1", "state-orders-relay-2", "state-orders-relay-10"]),
+        (
+            1,
+            &[
+                "state-orders-relay-1",
+                "state-orders-relay-2",
+                "state-orders-relay-10",
+            ],
+        ),
+        (
+            0,
+            &[
+                "state-orders-relay-0",
+                "state-orders-relay-1",
+                "state-orders-relay-2",
+                "state-orders-relay-10",
+            ],
+        ),
         (11, &[]),
     ];
     for (replicas, want) in cases {
-        assert_eq!(retained_claims("orders", replicas, &claims), want, "replicas {replicas}");
+        assert_eq!(
+            retained_claims("orders", replicas, &claims),
+            want,
+            "replicas {replicas}"
+        );
     }
 }

@@ -18,7 +18,11 @@ fn template_changes_are_classified_by_hash_and_generation() {
         (Some(Some("garbage")), "h2@2", TemplateChange::ByOperator),
     ];
     for (existing, desired, want) in cases {
-        assert_eq!(classify(existing, desired), want, "{existing:?} → {desired}");
+        assert_eq!(
+            classify(existing, desired),
+            want,
+            "{existing:?} → {desired}"
+        );
     }
 }
 
@@ -31,25 +35,90 @@ fn slots(held: &[(&str, i64)]) -> Slots {
     }
 }
 
+/// (slots before, pipeline, change, its StatefulSet still rolling, applies, slots after)
+type Case = (
+    Slots,
+    &'static str,
+    TemplateChange,
+    bool,
+    bool,
+    Vec<&'static str>,
+);
+
 #[test]
 fn at_most_limit_pipelines_roll_out_of_the_operator_s_own_at_a_time() {
     use TemplateChange::*;
-    // (slots before, pipeline, change, its StatefulSet still rolling, admission, slots after)
-    let cases: Vec<(Slots, &str, TemplateChange, bool, bool, Vec<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (slots(&[]), "a", ByOperator, false, true, vec!["a"]),
-        (slots(&[("a", 0)]), "b", ByOperator, false, true, vec!["a", "b"]),
+        (
+            slots(&[("a", 0)]),
+            "b",
+            ByOperator,
+            false,
+            true,
+            vec!["a", "b"],
+        ),
         // Full: a third waits, and nothing changes.
-        (slots(&[("a", 0), ("b", 0)]), "c", ByOperator, false, false, vec!["a", "b"]),
+        (
+            slots(&[("a", 0), ("b", 0)]),
+            "c",
+            ByOperator,
+            false,
+            false,
+            vec!["a", "b"],
+        ),
         // A holder applying again (another change of the operator's) keeps its slot.
-        (slots(&[("a", 0), ("b", 0)]), "a", ByOperator, true, true, vec!["a", "b"]),
+        (
+            slots(&[("a", 0), ("b", 0)]),
+            "a",
+            ByOperator,
+            true,
+            true,
+            vec!["a", "b"],
+        ),
         // A change the user asked for, or a first creation, is never held.
-        (slots(&[("a", 0), ("b", 0)]), "c", BySpec, false, true, vec!["a", "b"]),
-        (slots(&[("a", 0), ("b", 0)]), "c", Created, false, true, vec!["a", "b"]),
+        (
+            slots(&[("a", 0), ("b", 0)]),
+            "c",
+            BySpec,
+            false,
+            true,
+            vec!["a", "b"],
+        ),
+        (
+            slots(&[("a", 0), ("b", 0)]),
+            "c",
+            Created,
+            false,
+            true,
+            vec!["a", "b"],
+        ),
         // A holder still rolling keeps its slot; one rolled out frees it.
-        (slots(&[("a", 0), ("b", 0)]), "a", Unchanged, true, true, vec!["a", "b"]),
-        (slots(&[("a", 0), ("b", 0)]), "a", Unchanged, false, true, vec!["b"]),
+        (
+            slots(&[("a", 0), ("b", 0)]),
+            "a",
+            Unchanged,
+            true,
+            true,
+            vec!["a", "b"],
+        ),
+        (
+            slots(&[("a", 0), ("b", 0)]),
+            "a",
+            Unchanged,
+            false,
+            true,
+            vec!["b"],
+        ),
         // A slot not refreshed within the expiry (pipeline deleted) is released.
-        (slots(&[("a", -100), ("b", 0)]), "c", ByOperator, false, true, vec!["b", "c"]),
+        (
+            slots(&[("a", -100), ("b", 0)]),
+            "c",
+            ByOperator,
+            false,
+            true,
+            vec!["b", "c"],
+        ),
         // Rolling but not a holder (a user's rollout): takes no slot.
         (slots(&[]), "a", Unchanged, true, true, vec![]),
     ];
@@ -71,7 +140,10 @@ fn an_upgrade_over_many_pipelines_goes_limit_at_a_time() {
     let mut done: Vec<&str> = Vec::new();
     let mut most = 0;
     for round in 0..20 {
-        let pending: Vec<&str> = pipelines.into_iter().filter(|p| !done.contains(p)).collect();
+        let pending: Vec<&str> = pipelines
+            .into_iter()
+            .filter(|p| !done.contains(p))
+            .collect();
         for p in pending {
             // Not yet admitted: the new template is the operator's change. Admitted: its
             // StatefulSet takes two rounds to roll out.

@@ -25,7 +25,10 @@ const MIGRATION: &str = "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipel
 #[test]
 fn first_status_enters_step_zero_with_its_strategy_and_providers() {
     let p = pipeline(MIGRATION);
-    let NextStatus { status: st, events } = next_status(&p, &settings(), &RelayObservation::default(),
+    let NextStatus { status: st, events } = next_status(
+        &p,
+        &settings(),
+        &RelayObservation::default(),
         Timestamp::from_second(1_800_000_000).unwrap(),
     );
     assert_eq!(st.strategy, Some(Strategy::FailFast));
