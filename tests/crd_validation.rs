@@ -259,3 +259,53 @@ fn the_api_server_and_the_validator_agree() {
     );
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }
+
+/// `spec.relay`'s pod settings are accepted as Kubernetes writes them, and `spec.relay.storage`
+/// (the StatefulSet's immutable claim template) cannot change, be added or be removed once the
+/// pipeline exists, with a message that says what to do.
+#[test]
+fn relay_pod_settings_apply_and_storage_is_fixed_once_the_pipeline_exists() {
+    let Some(env) = kube_env() else { return };
+    install_crd(&env);
+    let ns = namespace(&env, "crd-relay");
+    let manifest = |name: &str, storage: &str| {
+        format!(
+            "{}  providers:\n  - {{name: a, type: memory}}\n  relay:\n    replicas: 2\n    {storage}\n    resources: {{requests: {{cpu: 50m}}}}\n    imagePullSecrets: [{{name: regcred}}]\n    nodeSelector: {{disk: ssd}}\n    tolerations: [{{key: dedicated, operator: Equal, value: relays, effect: NoSchedule}}]\n    affinity: {{podAntiAffinity: {{preferredDuringSchedulingIgnoredDuringExecution: [{{weight: 100, podAffinityTerm: {{topologyKey: kubernetes.io/hostname, labelSelector: {{matchLabels: {{dualwrite.io/pipeline: {name}}}}}}}}}]}}}}\n    priorityClassName: high\n    podAnnotations: {{prometheus.io/scrape: \"true\"}}\n    podLabels: {{team: payments}}\n",
+            HEAD.replace("name: bad", &format!("name: {name}"))
+        )
+    };
+    let apply = |m: &str| kubectl(&env, &["apply", "-n", &ns, "-f", "-"], Some(m));
+    let refused = |m: &str| {
+        let out = apply(m);
+        assert!(!out.status.success(), "accepted:\n{m}");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            stderr.contains("spec.relay.storage cannot change once the pipeline exists"),
+            "{stderr}"
+        );
+    };
+    let sized = "storage: {size: 2Gi, storageClassName: fast}";
+    kubectl_ok(
+        &env,
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&manifest("sized", sized)),
+    );
+    // The same storage again, other settings changed: accepted.
+    kubectl_ok(
+        &env,
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&manifest("sized", sized).replace("replicas: 2", "replicas: 3")),
+    );
+    refused(&manifest(
+        "sized",
+        "storage: {size: 5Gi, storageClassName: fast}",
+    ));
+    refused(&manifest("sized", ""));
+    kubectl_ok(
+        &env,
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&manifest("plain", "")),
+    );
+    refused(&manifest("plain", sized));
+    kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
+}
