@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::controller::testing::t;
 
 fn settings() -> Settings {
     Settings {
@@ -115,4 +116,64 @@ fn gates_wait_for_relays_to_report_from_inside_the_step() {
     let st = next_status(&p, &settings(), &RelayObservation::default(), t(6)).status;
     assert_eq!(st.migration.as_ref().unwrap().current_step, 1);
     assert_eq!(st.strategy, Some(Strategy::BestEffort));
+}
+
+#[test]
+fn relay_failures_and_retained_claims_show_with_a_warning_once() {
+    use crate::controller::pods::{RelayFailure, RelayObservation};
+    let p = pipeline(MIGRATION);
+    let failure = RelayFailure {
+        reason: reason::RELAY_CRASH_LOOPING,
+        pod: "p-relay-0".into(),
+        message: "pod p-relay-0: the relay keeps crashing (3 restarts)".into(),
+    };
+    let observed = RelayObservation {
+        failure: Some(failure.clone()),
+        retained_claims: vec!["state-p-relay-2".into()],
+        rollout_queued: None,
+    };
+    let warnings = |events: &[PipelineEvent]| -> Vec<&'static str> {
+        events
+            .iter()
+            .filter(|e| e.type_ == EventType::Warning)
+            .map(|e| e.reason)
+            .collect()
+    };
+    let first = next_status(&p, &settings(), &observed, t(0));
+    assert_eq!(
+        warnings(&first.events),
+        [reason::RELAY_CRASH_LOOPING, reason::CLAIMS_RETAINED]
+    );
+    let ready = &first.status.conditions[0];
+    assert_eq!(
+        (
+            ready.status.as_str(),
+            ready.reason.as_str(),
+            ready.message.as_str()
+        ),
+        (
+            "False",
+            reason::RELAY_CRASH_LOOPING,
+            failure.message.as_str()
+        )
+    );
+    assert_eq!(first.status.retained_claims, ["state-p-relay-2"]);
+    // The same again: no new Warning. Another message (one restart more): a new one.
+    let mut p = p;
+    p.status = Some(first.status);
+    assert_eq!(
+        warnings(&next_status(&p, &settings(), &observed, t(5)).events),
+        [] as [&str; 0]
+    );
+    let worse = RelayObservation {
+        failure: Some(RelayFailure {
+            message: "pod p-relay-0: the relay keeps crashing (4 restarts)".into(),
+            ..failure
+        }),
+        ..observed
+    };
+    assert_eq!(
+        warnings(&next_status(&p, &settings(), &worse, t(10)).events),
+        [reason::RELAY_CRASH_LOOPING]
+    );
 }
