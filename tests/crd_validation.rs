@@ -307,5 +307,17 @@ fn relay_pod_settings_apply_and_storage_is_fixed_once_the_pipeline_exists() {
         Some(&manifest("plain", "")),
     );
     refused(&manifest("plain", sized));
+    for size in ["lots", "0", "-1Gi"] {
+        let out = apply(&manifest(
+            "badsize",
+            &format!("storage: {{size: \"{size}\"}}"),
+        ));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted size {size:?}");
+        assert!(
+            stderr.contains("spec.relay.storage.size must be a positive quantity"),
+            "{size}: {stderr}"
+        );
+    }
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }

@@ -303,7 +303,8 @@ pub struct RelaySpec {
 }
 
 /// The PersistentVolumeClaim template of the relays' backlog.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.size) || (isQuantity(string(self.size)) && quantity(string(self.size)).isGreaterThan(quantity('0')))").message("spec.relay.storage.size must be a positive quantity such as 1Gi or 500Mi"))]
 #[serde(rename_all = "camelCase")]
 pub struct RelayStorageSpec {
     /// Size of each relay's claim (default 1Gi). A backlog entry is a message plus a few
