@@ -674,6 +674,39 @@ async fn a_request_past_the_request_timeout_gets_408_for_a_slow_body_and_503_for
     r.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_request_that_outlives_the_drain_grace_is_cut_and_the_server_still_stops() {
+    let gated = Gated::new();
+    let r = start(IngestConfig::default(), Some(gated.composite()), false).await;
+    let stuck = tokio::spawn(post(r.ingest_url()));
+    gated.wait_started(1).await;
+    let stopping = Instant::now();
+    let server = {
+        let Running {
+            mut stop, server, ..
+        } = r;
+        let _ = stop.take().unwrap().send(());
+        server
+    };
+    tokio::time::timeout(
+        relay::listener::DRAIN_GRACE + Duration::from_secs(5),
+        server,
+    )
+    .await
+    .expect("the server stops after the drain grace")
+    .unwrap()
+    .unwrap();
+    let took = stopping.elapsed();
+    assert!(
+        took >= relay::listener::DRAIN_GRACE - Duration::from_millis(100),
+        "the request in flight had its grace: {took:?}"
+    );
+    assert!(
+        stuck.await.unwrap().is_err(),
+        "the stuck request's connection is closed"
+    );
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_dualwrite");
 
 fn free_port() -> u16 {
