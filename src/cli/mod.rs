@@ -93,6 +93,9 @@ pub enum Error {
     },
     #[error("ingest server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The ingest listener cannot start (port taken, TLS certificate or tokens unusable).
+    #[error(transparent)]
+    Ingest(#[from] crate::relay::listener::ListenerError),
     #[error("cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {0}")]
     Connect(#[source] kube::Error),
     #[error("give -f FILE or --pipeline NAMESPACE/NAME")]
