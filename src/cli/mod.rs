@@ -79,12 +79,6 @@ pub enum Error {
     Build(#[from] crate::relay::RelayError),
     #[error("{0}")]
     Handoff(#[from] crate::handoff::HandoffError),
-    #[error("cannot listen on {addr}: {source}; set API_PORT or --port to a free port")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot listen on {addr} for probes: {source}; set --http-port")]
     ListenProbes {
         addr: std::net::SocketAddr,

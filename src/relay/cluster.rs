@@ -137,12 +137,6 @@ pub enum Error {
     /// The pipeline's providers could not be built (the message names the provider).
     #[error(transparent)]
     Build(#[from] super::RelayError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("ingest server failed: {0}")]
     Serve(#[source] std::io::Error),
     /// The ingest listener cannot start (port taken, TLS certificate or tokens unusable).
