@@ -6,7 +6,7 @@
 //!   (relay::http)  (relay)    (composite)           ├──► NATS JetStream (provider::nats)
 //!                    ▲                              └──► Kafka          (provider::kafka)
 //!                    │ PipelineConfig (api's one validator; also from -f and the seed's env)
-//!  DualWritePipeline (api) ──► operator (controller) ──► Deployment/Service/RBAC running the relay
+//!  DualWritePipeline (api) ──► operator (controller) ──► StatefulSet/Service/RBAC running the relay
 //!                        ◄── status: per-provider rows, conditions, migration step
 //! ```
 //!
@@ -14,13 +14,15 @@
 //! it prints nothing):
 //! - [`message`]: the message and its JSON wire form.
 //! - [`provider`]: the `Provider` trait, stats, health, the shared supervisor; the memory,
-//!   NATS (`provider::nats`) and Kafka (`provider::kafka`) adapters and their configuration.
+//!   NATS (`provider::nats`) and Kafka (`provider::kafka`) adapters and their configuration
+//!   (TLS and credentials as Secret files: `provider::secret`, never printed).
 //! - [`composite`]: fan-out to several providers under a strategy (FailFast / BestEffort), its
 //!   lanes, the strategy and the merged subscription.
 //! - [`handoff`]: the durable per-provider backlog (store, backlog handle, replay).
 //! - [`latency`]: the lock-free latency histogram behind stats and `/metrics`.
 //! - [`duration`]: the one duration parser and formatter (`750ms`, `2m`, `1h30m`).
-//! - [`relay`]: a typed `PipelineConfig` → providers → composite, the HTTP ingest API and its
+//! - [`relay`]: a typed `PipelineConfig` → providers → composite, the HTTP ingest API
+//!   (`relay::listener`: TLS, bearer tokens, connection/in-flight caps, timeouts) and its
 //!   metrics; `relay::config` reads a manifest or the seed's variables and `relay::cluster`
 //!   watches the resource and reports (the relay's only Kubernetes parts).
 //!

@@ -79,12 +79,6 @@ pub enum Error {
     Build(#[from] crate::relay::RelayError),
     #[error("{0}")]
     Handoff(#[from] crate::handoff::HandoffError),
-    #[error("cannot listen on {addr}: {source}; set API_PORT or --port to a free port")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot listen on {addr} for probes: {source}; set --http-port")]
     ListenProbes {
         addr: std::net::SocketAddr,
@@ -93,6 +87,9 @@ pub enum Error {
     },
     #[error("ingest server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The ingest listener cannot start (port taken, TLS certificate or tokens unusable).
+    #[error(transparent)]
+    Ingest(#[from] crate::relay::listener::ListenerError),
     #[error("cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {0}")]
     Connect(#[source] kube::Error),
     #[error("give -f FILE or --pipeline NAMESPACE/NAME")]

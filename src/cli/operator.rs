@@ -17,7 +17,7 @@ pub struct OperatorArgs {
     /// Watch only this namespace (default: all).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Image of the relay Deployments (default: the operator's own image).
+    /// Image of the relay StatefulSets (default: the operator's own image).
     #[arg(
         long,
         env = "RELAY_IMAGE",

@@ -2,7 +2,7 @@
 //! is a manifest file, the seed's variables or the built-in default; with `--pipeline` the relay
 //! serves a resource from the cluster ([`crate::relay::cluster`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,11 +78,9 @@ async fn run_standalone(args: RelayArgs, shutdown: CancellationToken) -> Result<
     let handoff = open_handoff(args.state_dir.as_deref())?;
     let composite = relay::build_composite_with(&config, handoff.as_ref()).await?;
     let relay = relay::Relay::with_handoff(composite, config, handoff);
-    let addr = SocketAddr::new(args.bind, port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Listen { addr, source })?;
-    relay::serve(relay, listener, shutdown.cancelled_owned())
+    // The ingest port and, with spec.ingest.probePort, the probe port; TLS and tokens loaded.
+    let server = relay::listener::IngestServer::bind(relay, args.bind, port).await?;
+    relay::serve_with(server, shutdown.cancelled_owned())
         .await
         .map_err(Error::Serve)
 }

@@ -398,18 +398,21 @@ pub const CLOSE_MARGIN_SECONDS: i64 = 10;
 
 /// The pod's `terminationGracePeriodSeconds`: long enough that a stopping relay's whole drain
 /// ends before SIGKILL, in this order: the preStop sleep ([`PRE_STOP_SECONDS`]); after SIGTERM,
-/// requests in flight finish (each bounded by `spec.ingest.requestTimeout`, 30 s by default);
-/// the replay empties the backlogs for at most [`crate::relay::BACKLOG_GRACE`] (20 s); the
-/// providers close ([`CLOSE_MARGIN_SECONDS`]). 65 s with the defaults. A backlog not emptied
-/// in that time stays on the relay's claim for its successor.
+/// requests in flight finish ([`crate::relay::listener::DRAIN_GRACE`], 5 s) and a publish still
+/// running meets its deadline (`spec.publishTimeout`, 5 s by default); the replay empties the
+/// backlogs for at most [`crate::relay::BACKLOG_GRACE`] (20 s); the providers close
+/// ([`CLOSE_MARGIN_SECONDS`]). 45 s with the defaults. A backlog not emptied in that time stays
+/// on the relay's claim for its successor.
 pub fn grace_period_seconds(p: &DualWritePipeline) -> i64 {
-    let request_timeout = PipelineConfig::try_from(&p.spec)
-        .map_or(crate::relay::pipeline::DEFAULT_REQUEST_TIMEOUT, |c| {
-            c.ingest.request_timeout
+    let publish_timeout = PipelineConfig::try_from(&p.spec)
+        .map_or(crate::composite::DEFAULT_PUBLISH_TIMEOUT, |c| {
+            c.publish_timeout
         });
+    let secs = |d: std::time::Duration| d.as_secs_f64().ceil() as i64;
     PRE_STOP_SECONDS
-        + request_timeout.as_secs_f64().ceil() as i64
-        + crate::relay::BACKLOG_GRACE.as_secs() as i64
+        + secs(crate::relay::listener::DRAIN_GRACE)
+        + secs(publish_timeout)
+        + secs(crate::relay::BACKLOG_GRACE)
         + CLOSE_MARGIN_SECONDS
 }
 
@@ -1059,14 +1062,17 @@ spec:
     #[test]
     fn the_grace_period_covers_the_whole_drain() {
         let c = pod_of(&pipeline());
-        // preStop 5 s + request timeout 30 s + backlog grace 20 s + closing 10 s.
-        assert_eq!(c.termination_grace_period_seconds, Some(65));
-        assert!(
-            PRE_STOP_SECONDS
-                + crate::relay::pipeline::DEFAULT_REQUEST_TIMEOUT.as_secs() as i64
-                + (crate::relay::BACKLOG_GRACE.as_secs() as i64)
-                < 65,
-            "margin before SIGKILL"
+        // preStop 5 s + requests in flight 5 s + publish timeout 5 s + backlog grace 20 s +
+        // closing 10 s.
+        assert_eq!(c.termination_grace_period_seconds, Some(45));
+        assert_eq!(
+            (
+                crate::relay::listener::DRAIN_GRACE.as_secs(),
+                crate::composite::DEFAULT_PUBLISH_TIMEOUT.as_secs(),
+                crate::relay::BACKLOG_GRACE.as_secs()
+            ),
+            (5, 5, 20),
+            "the relay's own deadlines, which the grace period adds up"
         );
         let container = &c.containers[0];
         let pre_stop = container.lifecycle.clone().unwrap().pre_stop.unwrap();
@@ -1076,10 +1082,10 @@ spec:
             Some("FallbackToLogsOnError")
         );
         let mut p = pipeline();
-        p.spec.ingest.as_mut().unwrap().request_timeout = Some("2m".into());
+        p.spec.publish_timeout = Some("1500ms".into());
         assert_eq!(
             pod_of(&p).termination_grace_period_seconds,
-            Some(5 + 120 + 20 + 10)
+            Some(5 + 5 + 2 + 20 + 10)
         );
     }
 

@@ -137,14 +137,11 @@ pub enum Error {
     /// The pipeline's providers could not be built (the message names the provider).
     #[error(transparent)]
     Build(#[from] super::RelayError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("ingest server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The ingest listener cannot start (port taken, TLS certificate or tokens unusable).
+    #[error(transparent)]
+    Ingest(#[from] super::listener::ListenerError),
     #[error("ingest server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -208,14 +205,12 @@ pub async fn run(
     let port = config.port(options.port);
     let relay = Relay::with_handoff(composite, config, options.handoff);
     let generation = Arc::new(AtomicI64::new(p.metadata.generation.unwrap_or(0)));
-    let addr = std::net::SocketAddr::new(options.bind, port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Listen { addr, source })?;
+    // Bound (and TLS and tokens loaded) before anything is spawned: a start-up error stops the
+    // relay at once.
+    let server = super::listener::IngestServer::bind(relay.clone(), options.bind, port).await?;
 
-    let server = tokio::spawn(super::serve(
-        relay.clone(),
-        listener,
+    let server = tokio::spawn(super::serve_with(
+        server,
         shutdown.clone().cancelled_owned(),
     ));
     let follower = tokio::spawn(follow(

@@ -1,5 +1,7 @@
 //! The ingest API (seed-compatible): `POST /api/v1/ingest` plus `/health`, `/ready`, `/stats`
-//! and `/metrics`. Every error is JSON with a message a person understands.
+//! and `/metrics`, on one port or split over two ([`Endpoints`]). Every error is JSON with a
+//! message a person understands. What guards the API (TLS, tokens, timeouts, caps) is the
+//! listener's business ([`super::listener`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,32 +35,78 @@ struct IngestRequest {
     id: Option<String>,
 }
 
-/// The router of the ingest API.
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// The ingest API and the probe endpoints, on one port.
+    All,
+    /// The ingest API only; the probe endpoints are on `probe_port`.
+    Ingest { probe_port: u16 },
+    /// `/health`, `/ready`, `/stats`, `/metrics` only (the probe port).
+    Probes,
+}
+
+/// The endpoints that probes and scrapers call: never counted against `maxInFlight`.
+pub const PROBE_PATHS: [&str; 4] = ["/health", "/ready", "/stats", "/metrics"];
+
+/// The endpoints a kubelet probe calls: it carries no token, so they need none.
+pub const UNAUTHENTICATED_PATHS: [&str; 2] = ["/health", "/ready"];
+
+/// The router of the whole API (ingest and probes on one port).
 pub fn router(relay: Arc<Relay>) -> Router {
+    routes(relay, Endpoints::All)
+}
+
+/// The router of `endpoints`.
+pub fn routes(relay: Arc<Relay>, endpoints: Endpoints) -> Router {
     let max_body = relay.max_body_bytes();
-    // Built once; its collector reads the live numbers at every scrape.
-    let registry = Arc::new(metrics::registry(relay.clone()));
-    let scrape = move || prometheus(registry.clone());
-    Router::new()
-        .route(
+    let mut router = Router::new();
+    if endpoints != Endpoints::Probes {
+        router = router.route(
             "/api/v1/ingest",
             post(ingest).fallback(|| async { method_not_allowed("POST") }),
-        )
-        .route("/health", get(health).fallback(|| async { method_not_allowed("GET") }))
-        .route("/ready", get(ready).fallback(|| async { method_not_allowed("GET") }))
-        .route("/stats", get(stats).fallback(|| async { method_not_allowed("GET") }))
-        .route("/metrics", get(scrape).fallback(|| async { method_not_allowed("GET") }))
-        .fallback(|| async {
-            error(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; try POST /api/v1/ingest, GET /health, /ready, /stats or /metrics",
+        );
+    }
+    if !matches!(endpoints, Endpoints::Ingest { .. }) {
+        // Built once; its collector reads the live numbers at every scrape.
+        let registry = Arc::new(metrics::registry(relay.clone()));
+        let scrape = move || prometheus(registry.clone());
+        router = router
+            .route(
+                "/health",
+                get(health).fallback(|| async { method_not_allowed("GET") }),
             )
+            .route(
+                "/ready",
+                get(ready).fallback(|| async { method_not_allowed("GET") }),
+            )
+            .route(
+                "/stats",
+                get(stats).fallback(|| async { method_not_allowed("GET") }),
+            )
+            .route(
+                "/metrics",
+                get(scrape).fallback(|| async { method_not_allowed("GET") }),
+            );
+    }
+    let not_found: String = match endpoints {
+        Endpoints::All => "no such endpoint; try POST /api/v1/ingest, GET /health, /ready, /stats or /metrics".into(),
+        Endpoints::Ingest { probe_port } => format!(
+            "no such endpoint; try POST /api/v1/ingest (GET /health, /ready, /stats and /metrics are served on port {probe_port})"
+        ),
+        Endpoints::Probes => "no such endpoint on the probe port; try GET /health, /ready, /stats or /metrics (POST /api/v1/ingest is served on the ingest port)".into(),
+    };
+    router
+        .fallback(move || {
+            let message = not_found.clone();
+            async move { error(StatusCode::NOT_FOUND, message) }
         })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(relay)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+/// A JSON error: `{"error": message}`.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 

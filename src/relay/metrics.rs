@@ -31,11 +31,51 @@ pub struct IngestMetrics {
     pub unavailable: AtomicU64,
     /// Time from request to answer for accepted messages.
     pub latency: Histogram,
+    /// What the listener refused before a handler ran (see [`super::listener`]).
+    pub rejected: Rejected,
+    /// Connections open now, on the ingest listener.
+    pub connections: AtomicU64,
+    /// Requests being served now, on the ingest listener (the ones `maxInFlight` caps).
+    pub in_flight: AtomicU64,
+}
+
+/// Requests and connections the ingest listener refused, by reason.
+#[derive(Debug, Default)]
+pub struct Rejected {
+    /// Past `maxInFlight`: 503 with `Retry-After`.
+    pub overloaded: AtomicU64,
+    /// No bearer token, or one not accepted: 401.
+    pub unauthorized: AtomicU64,
+    /// The request's body did not arrive within `requestTimeout`: 408.
+    pub body_timeout: AtomicU64,
+    /// The request took longer than `requestTimeout` to answer: 503.
+    pub request_timeout: AtomicU64,
+    /// Connections closed because the headers did not arrive within `headerTimeout`.
+    pub header_timeout: AtomicU64,
+    /// Connections closed because the TLS handshake failed or did not finish within
+    /// `headerTimeout`.
+    pub tls_handshake: AtomicU64,
 }
 
 impl IngestMetrics {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds one to the gauge `gauge` until the guard is dropped.
+    pub fn hold(gauge: &AtomicU64) -> GaugeGuard<'_> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(gauge)
+    }
+}
+
+/// One unit of a gauge, given back on drop (a connection closed, a request answered).
+#[derive(Debug)]
+pub struct GaugeGuard<'a>(&'a AtomicU64);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -105,6 +145,40 @@ fn encode_ingest(encoder: &mut DescriptorEncoder, ingest: &IngestMetrics) -> fmt
     ] {
         let labels = [("outcome", outcome)];
         counter(&mut m.encode_family(&labels)?, c.load(Ordering::Relaxed))?;
+    }
+    let mut m = encoder.encode_descriptor(
+        "dualwrite_ingest_rejected",
+        "Requests and connections the ingest listener refused, by reason.",
+        None,
+        MetricType::Counter,
+    )?;
+    let r = &ingest.rejected;
+    for (reason, c) in [
+        ("overloaded", &r.overloaded),
+        ("unauthorized", &r.unauthorized),
+        ("body_timeout", &r.body_timeout),
+        ("request_timeout", &r.request_timeout),
+        ("header_timeout", &r.header_timeout),
+        ("tls_handshake", &r.tls_handshake),
+    ] {
+        let labels = [("reason", reason)];
+        counter(&mut m.encode_family(&labels)?, c.load(Ordering::Relaxed))?;
+    }
+    for (name, help, g) in [
+        (
+            "dualwrite_ingest_connections",
+            "Connections open now on the ingest listener.",
+            &ingest.connections,
+        ),
+        (
+            "dualwrite_ingest_in_flight",
+            "Ingest requests being served now (capped by maxInFlight).",
+            &ingest.in_flight,
+        ),
+    ] {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(&g.load(Ordering::Relaxed))?;
     }
     let mut m = encoder.encode_descriptor(
         "dualwrite_ingest_duration_seconds",
@@ -241,6 +315,8 @@ mod tests {
         let text = render(&registry(relay));
         for line in [
             "dualwrite_ingest_requests_total{outcome=\"accepted\"} 1",
+            "dualwrite_ingest_rejected_total{reason=\"overloaded\"} 0",
+            "dualwrite_ingest_connections 0",
             "dualwrite_provider_published_total{provider=\"a\",type=\"memory\"} 1",
             "dualwrite_provider_published_total{provider=\"b\",type=\"memory\"} 1",
             "dualwrite_provider_depth{provider=\"b\",type=\"memory\"} 1",

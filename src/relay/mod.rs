@@ -1,7 +1,7 @@
 //! The relay: a [`PipelineConfig`] becomes providers, the providers a [`Composite`], and the
 //! composite is served by the HTTP ingest API ([`http`]).
 //!
-//! The relay core (this module, [`pipeline`], [`http`], [`metrics`]) knows nothing of
+//! The relay core (this module, [`pipeline`], [`http`], [`listener`], [`metrics`]) knows nothing of
 //! Kubernetes. [`config`] reads a pipeline from a manifest file or the seed's variables, and
 //! [`cluster`] (`dualwrite relay --pipeline`) watches the resource and feeds changed pipelines
 //! to [`Relay::apply`]; both go through `api`'s one validator.
@@ -23,6 +23,7 @@ use crate::provider::{Provider, ProviderError};
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 
@@ -195,18 +196,27 @@ impl Relay {
     }
 }
 
-/// Serves the ingest API on `listener` until `shutdown` resolves, lets in-flight requests finish,
-/// then closes every provider.
+/// Serves the whole ingest API (probe endpoints included) on `listener`, guarded as the relay's
+/// pipeline says (TLS, tokens, limits), until `shutdown` resolves; then as [`serve_with`].
 pub async fn serve(
     relay: Arc<Relay>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, strategy = %relay.composite().strategy(), "ingest API listening");
-    axum::serve(listener, http::router(relay.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let server = self::listener::IngestServer::new(relay, listener, None)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    serve_with(server, shutdown).await
+}
+
+/// Runs `server` until `shutdown` resolves: stops accepting, lets requests in flight finish (up
+/// to [`listener::DRAIN_GRACE`]), then closes every provider, letting the backlogs replay up to
+/// [`BACKLOG_GRACE`]. Both bounds together stay inside the pod's 30 s grace period.
+pub async fn serve_with(
+    server: listener::IngestServer,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let relay = server.relay().clone();
+    server.run(shutdown).await;
     tracing::info!("ingest stopped; in-flight requests finished; closing providers");
     let composite = relay.composite();
     if let Err(e) = composite.close_with_grace(BACKLOG_GRACE).await {
