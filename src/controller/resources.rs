@@ -363,15 +363,19 @@ fn pod_template(p: &DualWritePipeline, default_image: &str, port: u16) -> PodTem
     let mut annotations = relay
         .and_then(|r| r.pod_annotations.clone())
         .unwrap_or_default();
-    // The relay reads its ingest settings once at start: a change here rolls it.
+    // The relay reads its ingest settings (port, body limit, TLS, tokens, probe port, caps,
+    // timeouts) once at start: any change to `spec.ingest` changes this value and rolls it.
+    // (A rotated Secret's content is followed live and needs no roll.)
+    let ingest = serde_json::to_vec(&p.spec.ingest).unwrap_or_default();
     annotations.insert(
         "dualwrite.io/ingest".to_string(),
         format!(
-            "port={port},maxBodyBytes={}",
+            "port={port},maxBodyBytes={},settings={:016x}",
             crate::relay::PipelineConfig::try_from(&p.spec)
                 .map_or(crate::relay::DEFAULT_MAX_BODY_BYTES, |c| c
                     .ingest
-                    .max_body_bytes)
+                    .max_body_bytes),
+            fnv1a(&ingest)
         ),
     );
     let secrets = referenced_secret_keys(p);
@@ -694,10 +698,24 @@ mod tests {
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 9000);
         assert_eq!(pod.service_account_name.as_deref(), Some("orders-relay"));
         let annotations = spec.template.metadata.unwrap().annotations.unwrap();
-        assert_eq!(
-            annotations["dualwrite.io/ingest"],
-            "port=9000,maxBodyBytes=1048576"
+        let ingest = &annotations["dualwrite.io/ingest"];
+        assert!(
+            ingest.starts_with("port=9000,maxBodyBytes=1048576,settings="),
+            "{ingest}"
         );
+        // Any other ingest setting (TLS, tokens, probe port, caps) changes it too, so the
+        // relays roll and start with it.
+        let mut q = pipeline();
+        q.spec.ingest.as_mut().unwrap().probe_port = Some(9090);
+        let other = statefulset(&q, "img")
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_ne!(&other["dualwrite.io/ingest"], ingest);
     }
 
     #[test]

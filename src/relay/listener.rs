@@ -32,7 +32,8 @@
 //!   connection is told to finish the request it is serving and close (idle ones close at
 //!   once), and [`IngestServer::run`] waits up to [`DRAIN_GRACE`] for them before it drops the
 //!   stragglers. The relay then closes the composite, letting backlogs replay up to
-//!   [`super::BACKLOG_GRACE`]: 5 s + 20 s, plus closing the providers, fit the pod's 30 s grace.
+//!   [`super::BACKLOG_GRACE`]: 5 s + 20 s, plus closing the providers, fit the pod's grace
+//!   period (the operator sizes it from these: 45 s with the defaults).
 //! - **Secrets.** The certificate, key and tokens are read from their Secret files at start; a
 //!   file that is missing or not usable stops the relay with an error naming the Secret and key.
 //!   The files are looked at again at most once a second (on a request or a handshake) and read
@@ -78,8 +79,8 @@ use super::Relay;
 use crate::provider::secret::{CertAndKey, SecretFile, SecretMissing};
 
 /// How long a stopping relay lets requests in flight finish before it closes their connections.
-/// With [`super::BACKLOG_GRACE`] (20 s) it leaves 5 s of the pod's 30 s grace period to close
-/// the providers.
+/// With [`super::BACKLOG_GRACE`] (20 s) and the publish timeout it fits the pod's grace period
+/// (45 s with the defaults), with time to close the providers.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Connections the probe port accepts at once: a kubelet, a scraper and a person with curl need

@@ -210,7 +210,8 @@ pub async fn serve(
 
 /// Runs `server` until `shutdown` resolves: stops accepting, lets requests in flight finish (up
 /// to [`listener::DRAIN_GRACE`]), then closes every provider, letting the backlogs replay up to
-/// [`BACKLOG_GRACE`]. Both bounds together stay inside the pod's 30 s grace period.
+/// [`BACKLOG_GRACE`]. Both bounds, with the publish timeout, stay inside the pod's grace period (the operator
+/// sets it from them: 45 s with the defaults).
 pub async fn serve_with(
     server: listener::IngestServer,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -225,6 +226,7 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// How long a stopping relay lets the replay empty its backlogs (within the pod's 30 s
-/// termination grace period, leaving time to close the providers).
+/// How long a stopping relay lets the replay empty its backlogs (within the pod's
+/// termination grace period, which the operator sizes from it, leaving time to close the
+/// providers).
 pub const BACKLOG_GRACE: Duration = Duration::from_secs(20);
