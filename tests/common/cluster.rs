@@ -83,16 +83,31 @@ pub fn install_crd(env: &KubeEnv) {
         ],
         None,
     );
-    kubectl_ok(
-        env,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/dualwritepipelines.dualwrite.io",
-        ],
-        None,
-    );
+    // `kubectl wait --for=condition=Established` fails at once, rather than waiting, while the
+    // CRD has no conditions yet (right after a change applied by a test running in parallel):
+    // poll the condition instead, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = kubectl(
+            env,
+            &[
+                "get",
+                "crd/dualwritepipelines.dualwrite.io",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ],
+            None,
+        );
+        if String::from_utf8_lossy(&out.stdout).trim() == "True" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRD did not become Established within 60 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Creates a namespace with a unique name.
