@@ -7,6 +7,11 @@
 # Build (BuildKit, for the cache mounts):  docker build -t dualwrite:dev .
 # Run a demo relay (memory providers):     docker run --rm -p 8080:8080 dualwrite:dev
 #
+# Without Docker, hack/build-image builds the same image (binary, libraries, CA certificates, user,
+# entrypoint, cmd, env, ports, labels) with crane and a root filesystem it assembles from this
+# Debian 12 machine; it is what the test node runs. Keep the two in step: a change here (base,
+# user, entrypoint, cmd, labels, native libraries) is a change there. See docs/image.md.
+#
 # NOTE: this file is not built by the project's checks: the development and CI machines have no
 # Docker engine. Keep it in step with Cargo.toml by hand (binary name, native dependencies).
 
@@ -30,18 +35,20 @@ WORKDIR /src
 COPY . .
 
 # Cache mounts keep the crates.io registry and the target directory between builds; the binary
-# is copied out of the (unpersisted) target mount into the layer.
+# is copied out of the (unpersisted) target mount into the layer, without its DWARF (the release
+# profile keeps debug = 1 for local profiling; the symbol table stays, so panics name functions).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --bin dualwrite \
- && cp target/release/dualwrite /dualwrite
+ && objcopy --strip-debug target/release/dualwrite /dualwrite
 
 # ---- runtime -------------------------------------------------------------------------------
 # glibc, libgcc, OpenSSL 3 (libssl3: the binary links libssl.so.3 and libcrypto.so.3 dynamically,
 # built against the same Debian 12 version) and CA certificates, no shell, no package manager;
 # runs as UID 65532 ("nonroot"), which the Helm chart's restricted security context
-# (runAsUser 65532) matches. Do not move to a "-nossl" base.
+# (runAsUser 65532) matches. Do not move to a "-nossl" base. The base sets PATH and
+# SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt (read by OpenSSL and rustls-native-certs).
 FROM gcr.io/distroless/cc-debian12:nonroot
 
 LABEL org.opencontainers.image.title="dualwrite" \
