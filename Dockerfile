@@ -53,7 +53,8 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 
 LABEL org.opencontainers.image.title="dualwrite" \
       org.opencontainers.image.description="Kubernetes operator and relay that dual-writes every message to several brokers (memory, NATS JetStream, Kafka)" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.dualwrite.cargo-profile="release"
 
 COPY --from=builder /dualwrite /dualwrite
 
