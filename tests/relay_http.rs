@@ -101,6 +101,18 @@ async fn bad_input_gets_clear_json_errors() {
 
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (c.post(&url).body("{not json"), 400, "malformed JSON"),
+        // serde would read an array as the struct's fields in order: only an object is a message.
+        (
+            c.post(&url).body(r#"["test","dual-write test"]"#),
+            400,
+            "must be a JSON object",
+        ),
+        (
+            c.post(&url).body(r#""just a string""#),
+            400,
+            "must be a JSON object",
+        ),
+        (c.post(&url).body("[not json"), 400, "malformed JSON"),
         (
             c.post(&url).body(r#"{"source":"x"}"#),
             400,

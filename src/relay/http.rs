@@ -199,6 +199,17 @@ fn message_from(
             ));
         }
     };
+    // serde's derived struct deserializer also takes a JSON array in field order
+    // (`["test", "data"]`): only an object is a message.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok()
+    {
+        IngestMetrics::count(&m.bad_request);
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "invalid request: the body must be a JSON object, e.g. {\"source\": \"...\", \"data\": \"...\", \"metadata\": {...}}".to_string(),
+        ));
+    }
     let req: IngestRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
