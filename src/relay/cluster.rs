@@ -182,6 +182,59 @@ pub async fn run_in_cluster(
     run(client, pipeline, options, shutdown).await
 }
 
+/// The last pipeline this relay ran, in its state directory: a relay restarted while the API
+/// server is unreachable starts from it and keeps serving (reports resume once the API answers).
+pub const KEPT_PIPELINE_FILE: &str = "last-pipeline.json";
+
+/// The pipeline to start from: the API server's (kept in the state directory for the next
+/// start), or, when the API server cannot be reached, the one kept there. An answer from the API
+/// server (the pipeline is gone, access denied) is never overridden by the kept copy.
+async fn starting_pipeline(
+    api: &Api<DualWritePipeline>,
+    pipeline: &PipelineRef,
+    kept: Option<&std::path::Path>,
+) -> Result<DualWritePipeline, Error> {
+    match api.get(&pipeline.name).await {
+        Ok(p) => {
+            if let Some(path) = kept {
+                keep_pipeline(path, &p);
+            }
+            Ok(p)
+        }
+        Err(source) => {
+            let unreachable = !matches!(source, kube::Error::Api(_));
+            let last = kept
+                .filter(|_| unreachable)
+                .and_then(|path| std::fs::read(path).ok())
+                .and_then(|bytes| serde_json::from_slice::<DualWritePipeline>(&bytes).ok());
+            match last {
+                Some(p) => {
+                    tracing::warn!(error = %source, "the Kubernetes API cannot be reached: starting from the pipeline kept in the state directory; reports resume once it answers");
+                    Ok(p)
+                }
+                None => Err(Error::Read {
+                    namespace: pipeline.namespace.clone(),
+                    name: pipeline.name.clone(),
+                    source,
+                }),
+            }
+        }
+    }
+}
+
+/// Writes `p` to `path` (via a temporary file and a rename, so a crash never leaves half a
+/// file); a failure is only logged: the kept copy is a fallback, not the source of truth.
+fn keep_pipeline(path: &std::path::Path, p: &DualWritePipeline) {
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec(p)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "could not keep the pipeline in the state directory");
+    }
+}
+
 /// Runs the relay for `pipeline` until `shutdown` is cancelled: the ingest server, a follower
 /// of the pipeline's changes and a reporter of this relay's numbers, all stopped by one token.
 pub async fn run(
@@ -191,14 +244,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let api: Api<DualWritePipeline> = Api::namespaced(client, &pipeline.namespace);
-    let p = api
-        .get(&pipeline.name)
-        .await
-        .map_err(|source| Error::Read {
-            namespace: pipeline.namespace.clone(),
-            name: pipeline.name.clone(),
-            source,
-        })?;
+    let kept = options
+        .handoff
+        .as_ref()
+        .and_then(|store| store.path().parent())
+        .map(|dir| dir.join(KEPT_PIPELINE_FILE));
+    let p = starting_pipeline(&api, &pipeline, kept.as_deref()).await?;
     let config =
         PipelineConfig::try_from(&effective_spec(&p))?.with_secrets_dir(&options.secrets_dir);
     let composite = super::build_composite_with(&config, options.handoff.as_ref()).await?;
@@ -216,6 +267,7 @@ pub async fn run(
     let follower = tokio::spawn(follow(
         api.clone(),
         pipeline.name.clone(),
+        kept,
         options.secrets_dir,
         relay.clone(),
         generation.clone(),
@@ -246,6 +298,7 @@ pub async fn run(
 async fn follow(
     api: Api<DualWritePipeline>,
     name: String,
+    kept: Option<std::path::PathBuf>,
     secrets_dir: std::path::PathBuf,
     relay: Arc<Relay>,
     generation: Arc<AtomicI64>,
@@ -263,7 +316,12 @@ async fn follow(
                 Some(Ok(p)) => {
                     let g = p.metadata.generation.unwrap_or(0);
                     match apply_pipeline(&relay, &p, &secrets_dir).await {
-                        Ok(()) => generation.store(g, Ordering::Release),
+                        Ok(()) => {
+                            generation.store(g, Ordering::Release);
+                            if let Some(path) = &kept {
+                                keep_pipeline(path, &p);
+                            }
+                        }
                         Err(e) => tracing::error!(pipeline = %p.name_any(), error = %e, "cannot apply the changed pipeline; keeping the previous one"),
                     }
                 }
