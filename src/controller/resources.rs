@@ -243,6 +243,12 @@ pub fn pods_service_name(pipeline: &str) -> String {
     format!("{pipeline}-relay-pods")
 }
 
+/// The pod of relay `ordinal` of pipeline `pipeline`, as the StatefulSet controller names it
+/// (also the name its report has in `status.relays`).
+pub fn relay_pod_name(pipeline: &str, ordinal: i32) -> String {
+    format!("{}-{ordinal}", relay_name(pipeline))
+}
+
 /// The claim template's name: a relay's PVC is `state-<name>-relay-<ordinal>`.
 pub const STATE_VOLUME: &str = "state";
 
