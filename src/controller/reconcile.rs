@@ -1,8 +1,9 @@
 //! The reconciler's I/O: one reconcile applies the relay's owned objects with server-side apply
-//! (the StatefulSet only when [`rollout`] admits its template; the PodDisruptionBudget only with
-//! more than one relay; the Deployment of an operator before StatefulSets deleted), lists the
-//! relay pods and claims ([`pods`]), records the Events the decisions call for, writes the
-//! status [`status::next_status`] computed, and prunes the reports of relays gone for long.
+//! (the StatefulSet only when [`rollout`] admits its template, with the replicas [`scale`]
+//! decides; the PodDisruptionBudget only with more than one relay; the Deployment of an
+//! operator before StatefulSets deleted), lists the relay pods and claims ([`pods`]), records
+//! the Events the decisions call for, writes the status [`status::next_status`] computed, and
+//! prunes the reports of relays gone for long.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -47,14 +48,24 @@ pub(super) async fn reconcile(
         return Ok(Action::await_change());
     }
     let (pods, claims) = list_relays(&p, &ns, &ctx).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = statefulsets
+        .get_opt(&resources::relay_name(&p.name_any()))
+        .await?;
     let applied = if p.spec.validate().is_ok() {
-        Some(apply_owned(&p, &ns, &ctx, &claims).await?)
+        apply_owned(&p, &ns, &ctx, existing.as_ref(), &claims).await?
     } else {
-        None
+        // Nothing is applied: the StatefulSet keeps its replicas (a hold included).
+        Applied {
+            rollout_queued: None,
+            replicas: existing
+                .as_ref()
+                .map_or(resources::replicas(&p), scale::running_replicas),
+            scale: None,
+        }
     };
-    let held = applied.as_ref().is_some_and(|a| {
-        a.rollout_queued.is_some() || a.scale.as_ref().is_some_and(|d| d.holding())
-    });
+    let held =
+        applied.rollout_queued.is_some() || applied.scale.as_ref().is_some_and(|d| d.holding());
     let observed = observe_relays(&p, &pods, &claims, applied);
     let next = status::next_status(&p, &ctx.settings, &observed, Timestamp::now());
     for event in next.events {
@@ -205,16 +216,15 @@ async fn apply_owned(
     p: &DualWritePipeline,
     ns: &str,
     ctx: &Context,
+    existing: Option<&StatefulSet>,
     claims: &[String],
 ) -> Result<Applied, Error> {
     let c = &ctx.client;
     let name = resources::relay_name(&p.name_any());
-    let statefulsets: Api<StatefulSet> = Api::namespaced(c.clone(), ns);
-    let existing = statefulsets.get_opt(&name).await?;
     let mut desired = resources::statefulset(p, &ctx.settings.relay_image);
-    let decision = decide_scale(p, &ctx.settings, existing.as_ref(), claims);
+    let decision = decide_scale(p, &ctx.settings, existing, claims);
     scale::apply_to(&mut desired, &decision);
-    let admission = admit_rollout(p, ctx, existing.as_ref(), &desired);
+    let admission = admit_rollout(p, ctx, existing, &desired);
     let mut changes = vec![
         (
             "ServiceAccount",
@@ -250,9 +260,7 @@ async fn apply_owned(
             tracing::info!(pipeline = %key(p), "{why}");
             Applied {
                 rollout_queued: Some(why),
-                replicas: existing
-                    .as_ref()
-                    .map_or(resources::replicas(p), scale::running_replicas),
+                replicas: existing.map_or(resources::replicas(p), scale::running_replicas),
                 scale: None,
             }
         }
@@ -268,7 +276,7 @@ async fn apply_owned(
     // An operator before StatefulSets ran the relays as a Deployment of the same name: it goes
     // once the StatefulSet's relays are Ready (no gap in ingest; the Service selects both
     // meanwhile). Its pods drain on SIGTERM; a backlog left on their emptyDir is lost.
-    if existing.as_ref().is_some_and(|s| relays_ready(p, s))
+    if existing.is_some_and(|s| relays_ready(p, s))
         && delete_owned::<Deployment>(c, ns, &name, p).await?
     {
         changes.push(("Deployment", Change::Deleted));
@@ -429,16 +437,12 @@ fn observe_relays(
     p: &DualWritePipeline,
     pods: &[Pod],
     claims: &[String],
-    applied: Option<Applied>,
+    applied: Applied,
 ) -> RelayObservation {
-    let replicas = applied
-        .as_ref()
-        .map_or(resources::replicas(p), |a| a.replicas);
-    let (rollout_queued, scale) = applied.map_or((None, None), |a| (a.rollout_queued, a.scale));
     RelayObservation {
         failure: pods::relay_failure(pods),
-        retained_claims: pods::retained_claims(&p.name_any(), replicas, claims),
-        rollout_queued,
-        scale,
+        retained_claims: pods::retained_claims(&p.name_any(), applied.replicas, claims),
+        rollout_queued: applied.rollout_queued,
+        scale: applied.scale,
     }
 }

@@ -233,7 +233,7 @@ fn a_held_scale_down_is_reconciling_with_events_at_its_start_and_end() {
         (c.status.clone(), c.reason.clone(), c.message.clone())
     };
     let events = |e: &[PipelineEvent]| -> Vec<(EventType, &'static str)> {
-        e.iter().map(|e| (e.type_.clone(), e.reason)).collect()
+        e.iter().map(|e| (e.type_, e.reason)).collect()
     };
 
     // The hold starts: Reconciling names the relay and its backlog; no claim is retained yet
