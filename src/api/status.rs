@@ -53,9 +53,10 @@ pub struct DualWritePipelineStatus {
     pub fallback: Option<FallbackStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<ConsistencyStatus>,
-    /// PersistentVolumeClaims of relays scaled away (ordinal ≥ `spec.relay.replicas`). Each may
-    /// still hold a backlog that no relay replays until the relays scale back up to that
-    /// ordinal; the operator never deletes them (see the README's hinted-handoff section).
+    /// PersistentVolumeClaims of relays scaled away (ordinal ≥ the StatefulSet's replicas; a
+    /// scale-down waits, bounded, for a leaving relay's backlog to drain first). Each may still
+    /// hold a backlog that no relay replays until the relays scale back up to that ordinal; the
+    /// operator never deletes them (see the README's hinted-handoff section).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retained_claims: Vec<String>,
     /// Each relay's own report, written by that relay (one entry per pod).
