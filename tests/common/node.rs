@@ -250,9 +250,9 @@ pub async fn post_accepted(
     prefix: &str,
     n: usize,
 ) -> Vec<String> {
-    let answers = futures::future::join_all(
-        (0..n).map(|i| post(client, ip, port, &format!("{prefix} {i}"))),
-    )
+    let answers = futures::future::join_all((0..n).map(|i| async move {
+        post(client, ip, port, &format!("{prefix} {i}")).await
+    }))
     .await;
     answers
         .into_iter()
