@@ -184,6 +184,7 @@ spec:
                 "0s",
             ])
             .env("KUBECONFIG", &self.env.kube.kubeconfig)
+            .env("RUST_LOG", "warn")
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -193,7 +194,12 @@ spec:
             "dualwrite verify: the brokers disagree or it failed: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let report: Value = serde_json::from_str(&text).unwrap();
+        // The report is the JSON document after the log lines (which also go to stdout).
+        let json = text
+            .find("\n{")
+            .map_or(text.as_str(), |at| &text[at + 1..]);
+        let report: Value = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("verify prints a JSON report ({e}): {text}"));
         for (provider, n) in report["missing"].as_object().unwrap() {
             assert_eq!(n, 0, "verify finds ids missing on {provider}: {report}");
         }
