@@ -130,7 +130,11 @@ spec:
     fn apply(&self, name: &str, manifest: &str) {
         let file = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, manifest).unwrap();
-        kubectl_ok(&self.env.kube, &["apply", "-f", file.to_str().unwrap()], None);
+        kubectl_ok(
+            &self.env.kube,
+            &["apply", "-f", file.to_str().unwrap()],
+            None,
+        );
     }
 
     fn operator_log_tail(&self) -> String {
@@ -165,7 +169,11 @@ spec:
                     missing_nats.len(),
                     accepted.len(),
                     missing_kafka.len(),
-                    missing_kafka.iter().chain(&missing_nats).take(3).collect::<Vec<_>>()
+                    missing_kafka
+                        .iter()
+                        .chain(&missing_nats)
+                        .take(3)
+                        .collect::<Vec<_>>()
                 ))
             }
         })
@@ -195,9 +203,7 @@ spec:
             String::from_utf8_lossy(&out.stderr)
         );
         // The report is the JSON document after the log lines (which also go to stdout).
-        let json = text
-            .find("\n{")
-            .map_or(text.as_str(), |at| &text[at + 1..]);
+        let json = text.find("\n{").map_or(text.as_str(), |at| &text[at + 1..]);
         let report: Value = serde_json::from_str(json)
             .unwrap_or_else(|e| panic!("verify prints a JSON report ({e}): {text}"));
         for (provider, n) in report["missing"].as_object().unwrap() {
@@ -257,8 +263,21 @@ async fn relay_pods_take_messages_to_both_brokers() {
         return;
     };
     c.apply("orders", &c.manifest("orders", "FailFast", 1, None, None));
-    let pod = ready_relay(&c.env.kube, &c.ns, "orders", "orders-relay-0", None, POD_READY).await;
-    println!("[{}] relay pod {} Ready at {:?}", c.elapsed(), pod.name, pod.ip);
+    let pod = ready_relay(
+        &c.env.kube,
+        &c.ns,
+        "orders",
+        "orders-relay-0",
+        None,
+        POD_READY,
+    )
+    .await;
+    println!(
+        "[{}] relay pod {} Ready at {:?}",
+        c.elapsed(),
+        pod.name,
+        pod.ip
+    );
     let image = kubectl_ok(
         &c.env.kube,
         &[
@@ -332,8 +351,7 @@ async fn backlog_survives_pod_deletion_and_rollout_restart() {
     let mut accepted = post_accepted(&client, pod.ip.as_deref().unwrap(), PORT, "b-up", 10).await;
 
     let kafka = StoppedService::stop("kafka").await;
-    let while_down =
-        post_accepted(&client, pod.ip.as_deref().unwrap(), PORT, "b-down", 30).await;
+    let while_down = post_accepted(&client, pod.ip.as_deref().unwrap(), PORT, "b-down", 30).await;
     accepted.extend(while_down);
     let backlog = c
         .backlog_until(
@@ -439,7 +457,11 @@ async fn backlog_survives_pod_deletion_and_rollout_restart() {
     c.all_on_both_brokers(&accepted, Duration::from_secs(30))
         .await;
     c.verify("orders");
-    println!("[{}] done: {} accepted, none missing", c.elapsed(), accepted.len());
+    println!(
+        "[{}] done: {} accepted, none missing",
+        c.elapsed(),
+        accepted.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,7 +474,12 @@ async fn scale_down_keeps_the_removed_relays_backlog() {
     c.apply("orders", &c.manifest("orders", "BestEffort", 2, None, None));
     let r0 = ready_relay(kube, &c.ns, "orders", "orders-relay-0", None, POD_READY).await;
     let r1 = ready_relay(kube, &c.ns, "orders", "orders-relay-1", None, POD_READY).await;
-    println!("[{}] relays Ready at {:?} and {:?}", c.elapsed(), r0.ip, r1.ip);
+    println!(
+        "[{}] relays Ready at {:?} and {:?}",
+        c.elapsed(),
+        r0.ip,
+        r1.ip
+    );
     let client = http();
     let mut accepted = post_accepted(&client, r0.ip.as_deref().unwrap(), PORT, "c0", 10).await;
     accepted.extend(post_accepted(&client, r1.ip.as_deref().unwrap(), PORT, "c1", 10).await);
@@ -485,7 +512,15 @@ async fn scale_down_keeps_the_removed_relays_backlog() {
             let observed = p["status"]["observedGeneration"] == p["metadata"]["generation"];
             let sts: Value = serde_json::from_str(&kubectl_ok(
                 kube,
-                &["get", "statefulset", "orders-relay", "-n", &c.ns, "-o", "json"],
+                &[
+                    "get",
+                    "statefulset",
+                    "orders-relay",
+                    "-n",
+                    &c.ns,
+                    "-o",
+                    "json",
+                ],
                 None,
             ))
             .unwrap();
@@ -496,7 +531,9 @@ async fn scale_down_keeps_the_removed_relays_backlog() {
             if observed && (replicas == 1 || held) {
                 Ok((replicas, held))
             } else {
-                Err(format!("observed {observed}, StatefulSet replicas {replicas}, held {held}"))
+                Err(format!(
+                    "observed {observed}, StatefulSet replicas {replicas}, held {held}"
+                ))
             }
         },
     )
@@ -507,7 +544,9 @@ async fn scale_down_keeps_the_removed_relays_backlog() {
         c.elapsed(),
         held.0,
         held.1,
-        pods.iter().map(|p| (&p.name, p.terminating)).collect::<Vec<_>>()
+        pods.iter()
+            .map(|p| (&p.name, p.terminating))
+            .collect::<Vec<_>>()
     );
     assert!(
         held.1 && held.0 == 2 && pods.iter().any(|p| p.name == "orders-relay-1" && !p.terminating),
@@ -523,7 +562,10 @@ async fn scale_down_keeps_the_removed_relays_backlog() {
         || async {
             let pods = relay_pods(kube, &c.ns, "orders");
             if pods.iter().any(|p| p.name == "orders-relay-1") {
-                Err(format!("pods {pods:?}; operator log:\n{}", c.operator_log_tail()))
+                Err(format!(
+                    "pods {pods:?}; operator log:\n{}",
+                    c.operator_log_tail()
+                ))
             } else {
                 Ok(())
             }
@@ -534,7 +576,11 @@ async fn scale_down_keeps_the_removed_relays_backlog() {
     c.all_on_both_brokers(&accepted, Duration::from_secs(30))
         .await;
     c.verify("orders");
-    println!("[{}] done: {} accepted, none missing", c.elapsed(), accepted.len());
+    println!(
+        "[{}] done: {} accepted, none missing",
+        c.elapsed(),
+        accepted.len()
+    );
 }
 
 /// The `Ready` condition's reason and message, and `kubectl describe dwp NAME`.
@@ -575,7 +621,13 @@ async fn describe_names_an_unreachable_broker_and_a_missing_image() {
     );
     c.apply(
         "noimage",
-        &c.manifest("noimage", "FailFast", 1, None, Some("dualwrite.test/nope:0")),
+        &c.manifest(
+            "noimage",
+            "FailFast",
+            1,
+            None,
+            Some("dualwrite.test/nope:0"),
+        ),
     );
 
     let (reason, message, describe) = eventually(
@@ -606,7 +658,9 @@ async fn describe_names_an_unreachable_broker_and_a_missing_image() {
     );
 
     let (reason, message, describe) = eventually(
-        Duration::from_secs(30).saturating_sub(applied.elapsed()).max(Duration::from_secs(1)),
+        Duration::from_secs(30)
+            .saturating_sub(applied.elapsed())
+            .max(Duration::from_secs(1)),
         "kubectl describe dwp noimage names the image that cannot be pulled",
         || async {
             let (reason, message, describe) = ready_and_describe(&c, "noimage");

@@ -64,7 +64,15 @@ pub fn node_env() -> Option<NodeEnv> {
     }
     let relay_image = operator_default_relay_image();
     let images = std::process::Command::new("ctr")
-        .args(["--address", &containerd, "-n", "k8s.io", "images", "ls", "-q"])
+        .args([
+            "--address",
+            &containerd,
+            "-n",
+            "k8s.io",
+            "images",
+            "ls",
+            "-q",
+        ])
         .output();
     let listed = match images {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -103,7 +111,10 @@ pub fn operator_default_relay_image() -> String {
         .find("--relay-image")
         .expect("the operator has a --relay-image flag");
     let rest = &help[at..];
-    let start = rest.find("[default: ").expect("--relay-image has a default") + 10;
+    let start = rest
+        .find("[default: ")
+        .expect("--relay-image has a default")
+        + 10;
     let end = rest[start..].find(']').unwrap() + start;
     rest[start..end].to_string()
 }
@@ -250,9 +261,9 @@ pub async fn post_accepted(
     prefix: &str,
     n: usize,
 ) -> Vec<String> {
-    let answers = futures::future::join_all((0..n).map(|i| async move {
-        post(client, ip, port, &format!("{prefix} {i}")).await
-    }))
+    let answers = futures::future::join_all(
+        (0..n).map(|i| async move { post(client, ip, port, &format!("{prefix} {i}")).await }),
+    )
     .await;
     answers
         .into_iter()
@@ -307,7 +318,10 @@ pub struct NamespaceGuard {
 impl Drop for NamespaceGuard {
     fn drop(&mut self) {
         if std::env::var("DUALWRITE_KEEP_NAMESPACES").is_ok_and(|v| v == "1") {
-            eprintln!("keeping namespace {} (DUALWRITE_KEEP_NAMESPACES=1)", self.ns);
+            eprintln!(
+                "keeping namespace {} (DUALWRITE_KEEP_NAMESPACES=1)",
+                self.ns
+            );
             return;
         }
         let _ = kubectl(
