@@ -1,9 +1,10 @@
 //! End to end against the real API server, the operator under the chart's RBAC only: the relay
 //! StatefulSet and its companions (headless Service, PodDisruptionBudget with more than one
 //! relay), relay pod failures in the pipeline's status and as Warning Events, claims of relays
-//! scaled away in the status, and the Deployment of an operator before StatefulSets deleted once
-//! the StatefulSet's relays are Ready. There is no kubelet or controller manager here: the test
-//! writes the pod, claim and StatefulSet statuses those would write. Memory providers only: no
+//! scaled away in the status, the Deployment of an operator before StatefulSets deleted once
+//! the StatefulSet's relays are Ready, and a scale-down held while the relay it removes reports
+//! a backlog. There is no kubelet or controller manager here: the test writes the pod, claim
+//! and StatefulSet statuses and the relay reports those would write. Memory providers only: no
 //! broker is needed.
 
 mod common;
@@ -299,5 +300,233 @@ async fn statefulset_companions_pod_failures_retained_claims_and_the_old_deploym
         },
     )
     .await;
+    kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+/// Writes relay `pod`'s report (now, `backlog` on provider `a`) into the pipeline's status, as
+/// the relay does: server-side apply under its own field manager.
+fn relay_reports(env: &KubeEnv, ns: &str, pipeline: &str, pod: &str, backlog: u64) {
+    let report = serde_json::json!({
+        "apiVersion": "dualwrite.io/v1alpha1",
+        "kind": "DualWritePipeline",
+        "metadata": {"name": pipeline, "namespace": ns},
+        "status": {"relays": [{
+            "name": pod,
+            "reportedAt": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "strategy": "BestEffort",
+            "generation": 2,
+            "providers": [{"name": "a", "healthy": backlog == 0, "backlog": backlog}]
+        }]}
+    });
+    kubectl_ok(
+        env,
+        &[
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            &format!("--field-manager=dualwrite-relay-{pod}"),
+            "-f",
+            "-",
+        ],
+        Some(&format!("{report}\n")),
+    );
+}
+
+/// `(status, reason, message)` of condition `type_` of pipeline `name`.
+fn condition(env: &KubeEnv, ns: &str, name: &str, type_: &str) -> (String, String, String) {
+    let p = get(env, ns, &["dwp", name]).unwrap_or(Value::Null);
+    let c = p["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null);
+    let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+    (s("status"), s("reason"), s("message"))
+}
+
+/// Notes of the Events of `reason` and `type_` in `ns`.
+fn event_notes(env: &KubeEnv, ns: &str, type_: &str, reason: &str) -> Vec<String> {
+    let events = get(
+        env,
+        ns,
+        &[
+            "events",
+            "--field-selector",
+            &format!("reason={reason},type={type_}"),
+        ],
+    )
+    .unwrap_or(Value::Null);
+    events["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|e| e["message"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `(spec.replicas, the hold annotation)` of the relay StatefulSet `name`.
+fn statefulset_scale(env: &KubeEnv, ns: &str, name: &str) -> (i64, Option<String>) {
+    let s = get(env, ns, &["statefulset", name]).unwrap_or(Value::Null);
+    (
+        s["spec"]["replicas"].as_i64().unwrap_or(-1),
+        s["metadata"]["annotations"]["dualwrite.io/scale-down-held-since"]
+            .as_str()
+            .map(String::from),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_waits_until_the_removed_relay_has_replayed_its_backlog() {
+    let Some(env) = kube_env() else { return };
+    install_crd(&env);
+    let ns = namespace(&env, "relay-scale");
+    let name = "drain";
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--namespace",
+        ns.as_str(),
+        "--resync",
+        "2s",
+        "--relay-image",
+        "example.org/dualwrite:e2e",
+    ];
+    let mut operator = start_operator(&env, &dir.path().join("first"), &args);
+    let manifest = |replicas: i32| {
+        format!(
+            "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  strategy: BestEffort\n  providers: [{{name: a, type: memory}}]\n  relay: {{replicas: {replicas}}}\n"
+        )
+    };
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&manifest(2)));
+    eventually(
+        Duration::from_secs(60),
+        "the StatefulSet runs 2 relays",
+        || async {
+            match statefulset_scale(&env, &ns, "drain-relay") {
+                (2, None) => Ok(()),
+                other => Err(format!("{other:?}\noperator log:\n{}", operator.log_text())),
+            }
+        },
+    )
+    .await;
+    // Both relays report; relay 1 holds a backlog for a provider that is down. Its claim exists,
+    // as the StatefulSet controller would have made it.
+    relay_reports(&env, &ns, name, "drain-relay-0", 0);
+    relay_reports(&env, &ns, name, "drain-relay-1", 5);
+    let claim = format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: state-drain-relay-1\n  namespace: {ns}\n  labels: {{dualwrite.io/pipeline: {name}, app.kubernetes.io/managed-by: dualwrite-operator}}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 1Gi}}}}\n"
+    );
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&claim));
+
+    // 1. Spec 2 → 1: the StatefulSet stays at 2, Reconciling says why, a Normal Event says the
+    //    hold began, and the held relay's claim is not listed as retained (it is in use).
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&manifest(1)));
+    let since = eventually(
+        Duration::from_secs(30),
+        "the scale-down is held with ScaleDownDraining",
+        || async {
+            let (status, reason, message) = condition(&env, &ns, name, "Reconciling");
+            let sts = statefulset_scale(&env, &ns, "drain-relay");
+            let started = event_notes(&env, &ns, "Normal", "ScaleDownDraining");
+            let p = get(&env, &ns, &["dwp", name]).unwrap_or(Value::Null);
+            match (&sts, started.as_slice()) {
+                ((2, Some(since)), [note])
+                    if status == "True"
+                        && reason == "ScaleDownDraining"
+                        && message.contains("drain-relay-1 (backlog 5)")
+                        && note.contains("drain-relay-1 (backlog 5)")
+                        && p["metadata"]["generation"] == p["status"]["observedGeneration"]
+                        && p["status"]["retainedClaims"].is_null() =>
+                {
+                    Ok(since.clone())
+                }
+                _ => Err(format!(
+                    "Reconciling {status} {reason}: {message}; StatefulSet {sts:?}; events {started:?}; status {}\noperator log:\n{}",
+                    p["status"],
+                    operator.log_text()
+                )),
+            }
+        },
+    )
+    .await;
+    // The scale subresource: spec is the desired count, status the relays that run and report.
+    let scale: Value = serde_json::from_str(&kubectl_ok(
+        &env,
+        &[
+            "get",
+            "--raw",
+            &format!("/apis/dualwrite.io/v1alpha1/namespaces/{ns}/dualwritepipelines/{name}/scale"),
+        ],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(
+        (&scale["spec"]["replicas"], &scale["status"]["replicas"]),
+        (&Value::from(1), &Value::from(2)),
+        "{scale}"
+    );
+
+    // 2. An operator restart keeps the hold and its start, and does not announce it again.
+    operator.terminate();
+    let operator = start_operator(&env, &dir.path().join("second"), &args);
+    eventually(
+        Duration::from_secs(30),
+        "the new operator holds the scale-down too",
+        || async {
+            if operator
+                .log_text()
+                .contains("scale-down held for a backlog")
+            {
+                Ok(())
+            } else {
+                Err(format!("operator log:\n{}", operator.log_text()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        statefulset_scale(&env, &ns, "drain-relay"),
+        (2, Some(since))
+    );
+    assert_eq!(
+        event_notes(&env, &ns, "Normal", "ScaleDownDraining").len(),
+        1,
+        "the hold's start is announced once"
+    );
+
+    // 3. The broker is back and relay 1 has replayed its backlog: the scale-down proceeds, the
+    //    hold's annotation goes, and its claim is retained (reported empty: a Normal Event).
+    relay_reports(&env, &ns, name, "drain-relay-1", 0);
+    eventually(
+        Duration::from_secs(30),
+        "the StatefulSet goes to 1 relay",
+        || async {
+            let sts = statefulset_scale(&env, &ns, "drain-relay");
+            let (_, reason, _) = condition(&env, &ns, name, "Reconciling");
+            let drained = event_notes(&env, &ns, "Normal", "ScaleDownDrained");
+            let retained = event_notes(&env, &ns, "Normal", "ClaimsRetained");
+            let p = get(&env, &ns, &["dwp", name]).unwrap_or(Value::Null);
+            if sts == (1, None)
+                && reason != "ScaleDownDraining"
+                && drained.len() == 1
+                && retained.len() == 1
+                && p["status"]["retainedClaims"] == serde_json::json!(["state-drain-relay-1"])
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "StatefulSet {sts:?}; Reconciling {reason}; drained {drained:?}; retained {retained:?}; status {}\noperator log:\n{}",
+                    p["status"],
+                    operator.log_text()
+                ))
+            }
+        },
+    )
+    .await;
+    assert!(
+        event_notes(&env, &ns, "Warning", "ClaimsRetained").is_empty(),
+        "an empty claim is no Warning"
+    );
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }

@@ -43,6 +43,9 @@ pub struct ConditionInput<'a> {
     pub relay_failure: Option<&'a RelayFailure>,
     /// A new pod template waits for a rollout slot: why.
     pub rollout_queued: Option<&'a str>,
+    /// A scale-down waits for the relays it removes to replay their backlog: which, and
+    /// their backlog ([`super::scale::holding_message`]).
+    pub scale_down_held: Option<&'a str>,
 }
 
 /// The active providers counted by readiness, once for all four conditions.
@@ -227,7 +230,8 @@ fn stalled(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
     }
 }
 
-/// True while a migration step change is under way or relays still roll out the generation.
+/// True while a migration step change is under way, relays still roll out the generation, an
+/// operator-made rollout waits for its turn, or a scale-down waits for a backlog.
 fn reconciling(input: &ConditionInput<'_>) -> Verdict {
     let g = input.generation;
     if input.invalid.is_some() {
@@ -244,6 +248,9 @@ fn reconciling(input: &ConditionInput<'_>) -> Verdict {
         )
     } else if let Some(why) = input.rollout_queued {
         verdict(Readiness::True, reason::ROLLOUT_QUEUED, why)
+    } else if let Some(why) = input.scale_down_held {
+        // More relays run than the spec asks for: that is the change under way.
+        verdict(Readiness::True, reason::SCALE_DOWN_DRAINING, why)
     } else if input.fresh_relays < input.desired_relays
         || input.relays_on_generation < input.fresh_relays
     {

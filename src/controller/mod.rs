@@ -17,6 +17,7 @@
 //! | [`resources`] | the owned objects (StatefulSet, Services, PodDisruptionBudget, RBAC) |
 //! | [`pods`] | relay pod failures and retained claims, from the pods' and claims' status |
 //! | [`rollout`] | the bound on rollouts the operator starts of its own |
+//! | [`scale`] | a scale-down held while a relay it removes holds a backlog |
 //! | `reconcile` | one reconcile's I/O |
 //! | [`probes`] | the operator's health and metrics endpoints |
 
@@ -49,6 +50,7 @@ mod reconcile;
 pub mod resources;
 pub mod rollout;
 pub mod rows;
+pub mod scale;
 pub mod status;
 pub mod step;
 #[cfg(test)]

@@ -10,9 +10,10 @@
 //! `app.kubernetes.io/managed-by=dualwrite-operator`, so a failure reaches the status within a
 //! reconcile of the kubelet reporting it (seconds), well inside the 30 s promised.
 
-use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt;
 
+use super::scale::ScaleDecision;
 use super::{reason, resources};
 
 #[cfg(test)]
@@ -35,6 +36,9 @@ pub struct RelayObservation {
     pub retained_claims: Vec<String>,
     /// Why a new pod template waits (see [`super::rollout`]), if it does.
     pub rollout_queued: Option<String>,
+    /// What this reconcile decided about the StatefulSet's replicas ([`super::scale`]), when
+    /// it applied the StatefulSet.
+    pub scale: Option<ScaleDecision>,
 }
 
 /// Why a relay pod cannot run.
@@ -183,21 +187,16 @@ fn one_line(text: &str) -> String {
 }
 
 /// The backlog claims of pipeline `pipeline` that belong to relays scaled away (ordinal ≥
-/// `replicas`), sorted by ordinal. Claims being deleted are left out.
-pub fn retained_claims(
-    pipeline: &str,
-    replicas: i32,
-    claims: &[PersistentVolumeClaim],
-) -> Vec<String> {
-    let mut out: Vec<(i32, String)> = claims
+/// `replicas`, the StatefulSet's count), sorted by ordinal, from the names of its claims (those
+/// not being deleted).
+pub fn retained_claims(pipeline: &str, replicas: i32, claims: &[String]) -> Vec<String> {
+    let mut out: Vec<(i32, &String)> = claims
         .iter()
-        .filter(|c| c.metadata.deletion_timestamp.is_none())
-        .filter_map(|c| {
-            let name = c.name_any();
-            let ordinal = resources::claim_ordinal(pipeline, &name)?;
+        .filter_map(|name| {
+            let ordinal = resources::claim_ordinal(pipeline, name)?;
             (ordinal >= replicas).then_some((ordinal, name))
         })
         .collect();
     out.sort();
-    out.into_iter().map(|(_, n)| n).collect()
+    out.into_iter().map(|(_, n)| n.clone()).collect()
 }

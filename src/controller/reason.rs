@@ -40,8 +40,19 @@ pub const RELAY_UNSCHEDULABLE: &str = "RelayUnschedulable";
 /// A new pod template the operator made of its own (a new operator version, a new default
 /// image) waits until fewer pipelines are rolling out (Reconciling's reason meanwhile).
 pub const ROLLOUT_QUEUED: &str = "RolloutQueued";
-/// Relays were scaled away and their claims, which may hold a backlog, are kept (Event).
+/// Relays were scaled away and their claims are kept (Event: Warning when one may hold a
+/// backlog, Normal when every one was reported empty).
 pub const CLAIMS_RETAINED: &str = "ClaimsRetained";
+/// A scale-down waits while a relay it removes holds a backlog (Reconciling's reason
+/// meanwhile, and the Normal Event when the hold begins).
+pub const SCALE_DOWN_DRAINING: &str = "ScaleDownDraining";
+/// The relays a held scale-down removes have replayed their backlog: it proceeds (Event).
+pub const SCALE_DOWN_DRAINED: &str = "ScaleDownDrained";
+/// The spec asks for the held relays again: the hold ends with nothing removed (Event).
+pub const SCALE_DOWN_CANCELLED: &str = "ScaleDownCancelled";
+/// A held scale-down waited its limit and proceeded, leaving a backlog on a retained claim
+/// (Warning Event).
+pub const SCALE_DOWN_DRAIN_TIMED_OUT: &str = "ScaleDownDrainTimedOut";
 
 // Provider rows.
 

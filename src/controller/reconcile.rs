@@ -1,8 +1,9 @@
 //! The reconciler's I/O: one reconcile applies the relay's owned objects with server-side apply
-//! (the StatefulSet only when [`rollout`] admits its template; the PodDisruptionBudget only with
-//! more than one relay; the Deployment of an operator before StatefulSets deleted), lists the
-//! relay pods and claims ([`pods`]), records the Events the decisions call for, writes the
-//! status [`status::next_status`] computed, and prunes the reports of relays gone for long.
+//! (the StatefulSet only when [`rollout`] admits its template, with the replicas [`scale`]
+//! decides; the PodDisruptionBudget only with more than one relay; the Deployment of an
+//! operator before StatefulSets deleted), lists the relay pods and claims ([`pods`]), records
+//! the Events the decisions call for, writes the status [`status::next_status`] computed, and
+//! prunes the reports of relays gone for long.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::pods::{self, RelayObservation};
+use super::scale::{self, ScaleDecision};
 use super::{
     key, reason, resources, rollout, signed, status, Context, Error, PipelineEvent, Settings,
     MANAGER,
@@ -45,13 +47,26 @@ pub(super) async fn reconcile(
             .release(&key(&p));
         return Ok(Action::await_change());
     }
-    let queued = if p.spec.validate().is_ok() {
-        apply_owned(&p, &ns, &ctx).await?
+    let (pods, claims) = list_relays(&p, &ns, &ctx).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = statefulsets
+        .get_opt(&resources::relay_name(&p.name_any()))
+        .await?;
+    let applied = if p.spec.validate().is_ok() {
+        apply_owned(&p, &ns, &ctx, existing.as_ref(), &claims).await?
     } else {
-        None
+        // Nothing is applied: the StatefulSet keeps its replicas (a hold included).
+        Applied {
+            rollout_queued: None,
+            replicas: existing
+                .as_ref()
+                .map_or(resources::replicas(&p), scale::running_replicas),
+            scale: None,
+        }
     };
-    let held = queued.is_some();
-    let observed = observe_relays(&p, &ns, &ctx, queued).await?;
+    let held =
+        applied.rollout_queued.is_some() || applied.scale.as_ref().is_some_and(|d| d.holding());
+    let observed = observe_relays(&p, &pods, &claims, applied);
     let next = status::next_status(&p, &ctx.settings, &observed, Timestamp::now());
     for event in next.events {
         publish_event(&ctx, &p, event).await;
@@ -63,17 +78,19 @@ pub(super) async fn reconcile(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&key(&p));
-    // A held rollout looks for a free slot sooner than the resync.
+    // A held rollout looks for a free slot, and a held scale-down at its limit, sooner than
+    // the resync (a relay's report of its drained backlog triggers a reconcile of its own).
     let after = if held {
-        ctx.settings.resync.min(HELD_ROLLOUT_RETRY)
+        ctx.settings.resync.min(HELD_RETRY)
     } else {
         ctx.settings.resync
     };
     Ok(Action::requeue(after))
 }
 
-/// How soon a pipeline whose rollout waits for a slot looks again.
-const HELD_ROLLOUT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How soon a pipeline whose rollout waits for a slot, or whose scale-down waits for a backlog,
+/// looks again.
+const HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Relay reports this much older than the staleness limit belong to pods that are gone: they
 /// are removed so the status does not grow with every rollout.
@@ -184,17 +201,30 @@ where
     })
 }
 
+/// What [`apply_owned`] did with the StatefulSet.
+struct Applied {
+    /// Why a new pod template waits for a rollout slot, if it does (the StatefulSet was left
+    /// as it was).
+    rollout_queued: Option<String>,
+    /// The StatefulSet's replicas after this reconcile.
+    replicas: i32,
+    /// The scale decision applied with it (`None` when the StatefulSet was left as it was).
+    scale: Option<ScaleDecision>,
+}
+
 async fn apply_owned(
     p: &DualWritePipeline,
     ns: &str,
     ctx: &Context,
-) -> Result<Option<String>, Error> {
+    existing: Option<&StatefulSet>,
+    claims: &[String],
+) -> Result<Applied, Error> {
     let c = &ctx.client;
     let name = resources::relay_name(&p.name_any());
-    let statefulsets: Api<StatefulSet> = Api::namespaced(c.clone(), ns);
-    let existing = statefulsets.get_opt(&name).await?;
-    let desired = resources::statefulset(p, &ctx.settings.relay_image);
-    let admission = admit_rollout(p, ctx, existing.as_ref(), &desired);
+    let mut desired = resources::statefulset(p, &ctx.settings.relay_image);
+    let decision = decide_scale(p, &ctx.settings, existing, claims);
+    scale::apply_to(&mut desired, &decision);
+    let admission = admit_rollout(p, ctx, existing, &desired);
     let mut changes = vec![
         (
             "ServiceAccount",
@@ -208,10 +238,17 @@ async fn apply_owned(
         ("Service", apply(c, ns, &resources::service(p)).await?),
         ("Service", apply(c, ns, &resources::pods_service(p)).await?),
     ];
-    let queued = match admission {
+    let applied = match admission {
         rollout::Admission::Apply => {
             changes.push(("StatefulSet", apply(c, ns, &desired).await?));
-            None
+            if decision.holding() {
+                tracing::info!(pipeline = %key(p), replicas = decision.replicas, desired = decision.desired, waiting = ?decision.waiting, "scale-down held for a backlog");
+            }
+            Applied {
+                rollout_queued: None,
+                replicas: decision.replicas,
+                scale: Some(decision),
+            }
         }
         rollout::Admission::Hold { rolling } => {
             let why = format!(
@@ -221,7 +258,11 @@ async fn apply_owned(
                 rollout::MAX_CONCURRENT_ROLLOUTS
             );
             tracing::info!(pipeline = %key(p), "{why}");
-            Some(why)
+            Applied {
+                rollout_queued: Some(why),
+                replicas: existing.map_or(resources::replicas(p), scale::running_replicas),
+                scale: None,
+            }
         }
     };
     match resources::pod_disruption_budget(p) {
@@ -235,7 +276,7 @@ async fn apply_owned(
     // An operator before StatefulSets ran the relays as a Deployment of the same name: it goes
     // once the StatefulSet's relays are Ready (no gap in ingest; the Service selects both
     // meanwhile). Its pods drain on SIGTERM; a backlog left on their emptyDir is lost.
-    if existing.as_ref().is_some_and(|s| relays_ready(p, s))
+    if existing.is_some_and(|s| relays_ready(p, s))
         && delete_owned::<Deployment>(c, ns, &name, p).await?
     {
         changes.push(("Deployment", Change::Deleted));
@@ -255,7 +296,38 @@ async fn apply_owned(
         };
         publish_event(ctx, p, event).await;
     }
-    Ok(queued)
+    Ok(applied)
+}
+
+/// How many relays the StatefulSet keeps on this reconcile ([`scale::decide_scale`] over the
+/// relays' fresh reports, the claims and the hold recorded on the StatefulSet).
+fn decide_scale(
+    p: &DualWritePipeline,
+    settings: &Settings,
+    existing: Option<&StatefulSet>,
+    claims: &[String],
+) -> ScaleDecision {
+    let now = Timestamp::now();
+    let desired = resources::replicas(p);
+    let running = existing.map(scale::running_replicas);
+    let reports = p.status.as_ref().map_or(&[][..], |s| &s.relays[..]);
+    let leaving = scale::leaving_relays(
+        &p.name_any(),
+        desired,
+        running.unwrap_or(desired),
+        reports,
+        claims,
+        now,
+        signed(settings.stale_after),
+    );
+    scale::decide_scale(&scale::ScaleInput {
+        desired,
+        running,
+        leaving: &leaving,
+        held_since: existing.and_then(scale::held_since),
+        now,
+        limit: signed(scale::DRAIN_LIMIT),
+    })
 }
 
 /// Whether the StatefulSet may take the template the operator wants now ([`rollout`]).
@@ -331,14 +403,12 @@ where
     }
 }
 
-/// What the relay pods and claims of `p` show: the most telling pod failure, and the claims of
-/// relays scaled away.
-async fn observe_relays(
+/// The relay pods of `p`, and the names of its claims.
+async fn list_relays(
     p: &DualWritePipeline,
     ns: &str,
     ctx: &Context,
-    rollout_queued: Option<String>,
-) -> Result<RelayObservation, Error> {
+) -> Result<(Vec<Pod>, Vec<String>), Error> {
     let selector = format!(
         "dualwrite.io/pipeline={},app.kubernetes.io/managed-by={}",
         p.name_any(),
@@ -348,10 +418,31 @@ async fn observe_relays(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let pods = pods.list(&params).await?.items;
-    let claims = claims.list(&params).await?.items;
-    Ok(RelayObservation {
-        failure: pods::relay_failure(&pods),
-        retained_claims: pods::retained_claims(&p.name_any(), resources::replicas(p), &claims),
-        rollout_queued,
-    })
+    let claims = claims
+        .list(&params)
+        .await?
+        .items
+        .into_iter()
+        // A claim being deleted holds nothing a relay will replay.
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .map(|c| c.name_any())
+        .collect();
+    Ok((pods, claims))
+}
+
+/// What the relay pods and claims of `p` show: the most telling pod failure, the claims of
+/// relays scaled away (ordinals at or past the StatefulSet's replicas after this reconcile: a
+/// relay a held scale-down keeps still uses its claim), and what `applied` did.
+fn observe_relays(
+    p: &DualWritePipeline,
+    pods: &[Pod],
+    claims: &[String],
+    applied: Applied,
+) -> RelayObservation {
+    RelayObservation {
+        failure: pods::relay_failure(pods),
+        retained_claims: pods::retained_claims(&p.name_any(), applied.replicas, claims),
+        rollout_queued: applied.rollout_queued,
+        scale: applied.scale,
+    }
 }

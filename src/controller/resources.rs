@@ -243,6 +243,12 @@ pub fn pods_service_name(pipeline: &str) -> String {
     format!("{pipeline}-relay-pods")
 }
 
+/// The pod of relay `ordinal` of pipeline `pipeline`, as the StatefulSet controller names it
+/// (also the name its report has in `status.relays`).
+pub fn relay_pod_name(pipeline: &str, ordinal: i32) -> String {
+    format!("{}-{ordinal}", relay_name(pipeline))
+}
+
 /// The claim template's name: a relay's PVC is `state-<name>-relay-<ordinal>`.
 pub const STATE_VOLUME: &str = "state";
 
@@ -267,7 +273,8 @@ pub fn replicas(p: &DualWritePipeline) -> i32 {
     p.spec.relay.as_ref().and_then(|r| r.replicas).unwrap_or(1)
 }
 
-/// The relay StatefulSet: `spec.relay.replicas` relays (default 1), each with its own
+/// The relay StatefulSet: `spec.relay.replicas` relays (default 1; the reconciler keeps more
+/// while a scale-down waits for a backlog, see [`super::scale`]), each with its own
 /// PersistentVolumeClaim for the backlog.
 ///
 /// - `podManagementPolicy: Parallel`: relays are peers with no order between them (no quorum,
@@ -279,7 +286,8 @@ pub fn replicas(p: &DualWritePipeline) -> i32 {
 ///   once the updated one is Ready; each stopping relay drains (see [`grace_period_seconds`]).
 /// - `persistentVolumeClaimRetentionPolicy: Retain/Retain`: a claim may hold a backlog, so
 ///   neither a scale-down nor the pipeline's deletion removes it; a relay that comes back with
-///   the same ordinal replays it. Claims of relays scaled away are listed in
+///   the same ordinal replays it. A scale-down waits (bounded) for the relays it removes to
+///   replay their backlog first ([`super::scale`]); claims of relays scaled away are listed in
 ///   `status.retainedClaims`.
 pub fn statefulset(p: &DualWritePipeline, default_image: &str) -> StatefulSet {
     let port = ingest_port(p);

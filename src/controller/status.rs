@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use super::fallback::{self, FallbackInput};
 use super::pods::RelayObservation;
 use super::step::{self, RelaysNotInStep, StepInput, StepView};
-use super::{conditions, reason, rows, signed, PipelineEvent, Settings};
+use super::{conditions, reason, resources, rows, scale, signed, PipelineEvent, Settings};
 use crate::api::{
     DualWritePipeline, DualWritePipelineStatus, FallbackStatus, MigrationStatus, ProviderStatus,
     Readiness, RelayReport,
@@ -95,7 +95,24 @@ pub fn next_status(
         note: why.clone(),
     }));
 
-    events.extend(relay_events(&prev, observed));
+    events.extend(relay_events(
+        &p.name_any(),
+        &prev,
+        observed,
+        now,
+        stale_after,
+    ));
+    let drain_limit = signed(scale::DRAIN_LIMIT);
+    let scale_down_held = observed
+        .scale
+        .as_ref()
+        .and_then(|d| scale::holding_message(d, drain_limit));
+    events.extend(
+        observed
+            .scale
+            .as_ref()
+            .and_then(|d| scale::scale_event(&p.name_any(), d, drain_limit)),
+    );
 
     let fresh: Vec<&RelayReport> = prev
         .relays
@@ -121,6 +138,7 @@ pub fn next_status(
         migrating,
         relay_failure: observed.failure.as_ref(),
         rollout_queued: observed.rollout_queued.as_deref(),
+        scale_down_held: scale_down_held.as_deref(),
     };
     let conditions = conditions::compute_conditions(&input, &prev.conditions);
     let status = DualWritePipelineStatus {
@@ -238,9 +256,17 @@ fn kept(prev: &DualWritePipelineStatus, decided: InForce) -> InForce {
     }
 }
 
-/// The Warning Events of what the relay pods and claims show: a relay failure when Ready did not
-/// already say exactly that, and claims newly retained after a scale-down.
-fn relay_events(prev: &DualWritePipelineStatus, observed: &RelayObservation) -> Vec<PipelineEvent> {
+/// The Events of what the relay pods and claims show: a relay failure when Ready did not
+/// already say exactly that (Warning), and claims newly retained after a scale-down: a Warning
+/// when one may hold a backlog (its relay's last fresh report had one, or there is none), with
+/// how to get it back, else a Normal Event.
+fn relay_events(
+    pipeline: &str,
+    prev: &DualWritePipelineStatus,
+    observed: &RelayObservation,
+    now: Timestamp,
+    stale_after: SignedDuration,
+) -> Vec<PipelineEvent> {
     let mut events = Vec::new();
     if let Some(f) = &observed.failure {
         let known = prev.conditions.iter().any(|c| {
@@ -254,22 +280,57 @@ fn relay_events(prev: &DualWritePipelineStatus, observed: &RelayObservation) -> 
             });
         }
     }
-    let new: Vec<&str> = observed
+    let new: Vec<(&str, Option<i32>, Option<u64>)> = observed
         .retained_claims
         .iter()
         .filter(|c| !prev.retained_claims.contains(c))
-        .map(String::as_str)
+        .map(|claim| {
+            let ordinal = resources::claim_ordinal(pipeline, claim);
+            let backlog = ordinal.and_then(|o| {
+                let relay = resources::relay_pod_name(pipeline, o);
+                scale::relay_backlog(&relay, &prev.relays, now, stale_after)
+            });
+            (claim.as_str(), ordinal, backlog)
+        })
         .collect();
-    if !new.is_empty() {
-        events.push(PipelineEvent {
+    if new.is_empty() {
+        return events;
+    }
+    let listed = |with_backlog: bool| {
+        new.iter()
+            .map(|(claim, _, backlog)| match (with_backlog, backlog) {
+                (false, _) => claim.to_string(),
+                (true, Some(n)) => format!("{claim} (backlog {n})"),
+                (true, None) => format!("{claim} (backlog unknown)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let event = if new.iter().all(|(_, _, backlog)| *backlog == Some(0)) {
+        PipelineEvent {
+            type_: EventType::Normal,
+            reason: reason::CLAIMS_RETAINED,
+            note: format!(
+                "kept the claim(s) of relays scaled away, empty when their relays last reported: {}; a relay scaled back up to that ordinal reuses its claim, or delete it with kubectl delete pvc",
+                listed(false)
+            ),
+        }
+    } else {
+        let back_to = new
+            .iter()
+            .filter_map(|(_, ordinal, _)| *ordinal)
+            .max()
+            .map_or(String::new(), |o| format!(" --replicas={}", o + 1));
+        PipelineEvent {
             type_: EventType::Warning,
             reason: reason::CLAIMS_RETAINED,
             note: format!(
-                "kept the claim(s) of relays scaled away, which may hold a backlog that is replayed only when the relays scale back up to them: {}",
-                new.join(", ")
+                "kept the claim(s) of relays scaled away, which may hold a backlog that is replayed only when the relays scale back up to them: {}; once the brokers are back, kubectl scale dwp/{pipeline}{back_to}, then scale down again when BACKLOG is 0",
+                listed(true)
             ),
-        });
-    }
+        }
+    };
+    events.push(event);
     events
 }
 

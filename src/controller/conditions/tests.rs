@@ -125,6 +125,7 @@ fn condition_table() {
             migrating: false,
             relay_failure: None,
             rollout_queued: None,
+            scale_down_held: None,
         };
         let conds = compute_conditions(&input, &[]);
         let got: Vec<&str> = conds.iter().map(|c| c.status.as_str()).collect();
@@ -162,6 +163,7 @@ fn transition_time_is_kept_while_status_is_unchanged() {
         migrating: false,
         relay_failure: None,
         rollout_queued: None,
+        scale_down_held: None,
     };
     let first = compute_conditions(&input, &[]);
     input.now = t(100);
@@ -194,6 +196,7 @@ fn a_failing_relay_pod_makes_ready_false_with_its_reason_and_a_queued_rollout_is
         migrating: false,
         relay_failure: Some(&failure),
         rollout_queued: None,
+        scale_down_held: None,
     };
     // (input, Ready status and reason, Reconciling status and reason)
     let invalid = ConditionInput {
@@ -233,5 +236,61 @@ fn a_failing_relay_pod_makes_ready_false_with_its_reason_and_a_queued_rollout_is
     assert_eq!(
         (r.status.as_str(), r.reason.as_str(), r.message.as_str()),
         ("True", reason::ROLLOUT_QUEUED, "waits")
+    );
+}
+
+#[test]
+fn a_held_scale_down_is_reconciling_and_leaves_ready_alone() {
+    let active = vec!["nats".to_string()];
+    let rows = vec![row("nats", Readiness::True)];
+    // Two relays run and report, the spec asks for one: without a hold that reads as done.
+    let base = ConditionInput {
+        generation: 2,
+        invalid: None,
+        strategy: Strategy::BestEffort,
+        active: &active,
+        providers: &rows,
+        fresh_relays: 2,
+        relays_on_generation: 2,
+        desired_relays: 1,
+        blocked_since: None,
+        now: t(0),
+        stall_after: SignedDuration::from_secs(300),
+        migrating: false,
+        relay_failure: None,
+        rollout_queued: None,
+        scale_down_held: None,
+    };
+    let held = ConditionInput {
+        scale_down_held: Some("scale-down to 1 relay(s) waits for p-relay-1 (backlog 7)"),
+        ..base.clone()
+    };
+    let migrating_too = ConditionInput {
+        migrating: true,
+        ..held.clone()
+    };
+    // (input, Ready, Reconciling, Stalled)
+    let cases = [
+        (&base, ["True", "False", "False"], reason::RECONCILED),
+        (
+            &held,
+            ["True", "True", "False"],
+            reason::SCALE_DOWN_DRAINING,
+        ),
+        (
+            &migrating_too,
+            ["True", "True", "False"],
+            reason::PROGRESSING,
+        ),
+    ];
+    for (input, want, reconciling_reason) in cases {
+        let c = compute_conditions(input, &[]);
+        let got: Vec<&str> = c[..3].iter().map(|c| c.status.as_str()).collect();
+        assert_eq!(got, want, "{:?}", input.scale_down_held);
+        assert_eq!(c[1].reason, reconciling_reason);
+    }
+    assert_eq!(
+        compute_conditions(&held, &[])[1].message,
+        "scale-down to 1 relay(s) waits for p-relay-1 (backlog 7)"
     );
 }

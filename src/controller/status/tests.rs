@@ -131,6 +131,7 @@ fn relay_failures_and_retained_claims_show_with_a_warning_once() {
         failure: Some(failure.clone()),
         retained_claims: vec!["state-p-relay-2".into()],
         rollout_queued: None,
+        scale: None,
     };
     let warnings = |events: &[PipelineEvent]| -> Vec<&'static str> {
         events
@@ -176,4 +177,155 @@ fn relay_failures_and_retained_claims_show_with_a_warning_once() {
         warnings(&next_status(&p, &settings(), &worse, t(10)).events),
         [reason::RELAY_CRASH_LOOPING]
     );
+}
+
+/// Relay `name`'s report at `at` with `backlog` on provider `a` (down while it has one).
+fn relay_report(name: &str, at: i64, backlog: u64) -> RelayReport {
+    RelayReport {
+        name: name.into(),
+        reported_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(at)),
+        strategy: Strategy::BestEffort,
+        generation: Some(1),
+        providers: vec![crate::api::ProviderReport {
+            name: "a".into(),
+            healthy: backlog == 0,
+            backlog,
+            ..Default::default()
+        }],
+    }
+}
+
+const SCALED: &str = "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {name: p, namespace: n}\nspec:\n  strategy: BestEffort\n  providers: [{name: a, type: memory}, {name: b, type: memory}]\n  relay: {replicas: 1}\n";
+
+#[test]
+fn a_held_scale_down_is_reconciling_with_events_at_its_start_and_end() {
+    use crate::controller::scale::{LeavingRelay, ScaleDecision, Transition};
+    let mut p = pipeline(SCALED);
+    p.status = Some(DualWritePipelineStatus {
+        relays: vec![
+            relay_report("p-relay-0", -5, 0),
+            relay_report("p-relay-1", -5, 7),
+        ],
+        ..Default::default()
+    });
+    let holding = ScaleDecision {
+        desired: 1,
+        replicas: 2,
+        held_since: Some(t(0)),
+        waiting: vec![LeavingRelay {
+            ordinal: 1,
+            name: "p-relay-1".into(),
+            backlog: Some(7),
+        }],
+        transition: Some(Transition::Started),
+    };
+    let observed = |scale: ScaleDecision, retained: &[&str]| RelayObservation {
+        retained_claims: retained.iter().map(|c| c.to_string()).collect(),
+        scale: Some(scale),
+        ..RelayObservation::default()
+    };
+    let reconciling = |st: &DualWritePipelineStatus| {
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::RECONCILING)
+            .unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    };
+    let events = |e: &[PipelineEvent]| -> Vec<(EventType, &'static str)> {
+        e.iter().map(|e| (e.type_, e.reason)).collect()
+    };
+
+    // The hold starts: Reconciling names the relay and its backlog; no claim is retained yet
+    // (the held relay still uses its own); both relays count in status.replicas.
+    let first = next_status(&p, &settings(), &observed(holding.clone(), &[]), t(0));
+    let (status, why, message) = reconciling(&first.status);
+    assert_eq!(
+        (status.as_str(), why.as_str()),
+        ("True", reason::SCALE_DOWN_DRAINING)
+    );
+    assert!(message.contains("p-relay-1 (backlog 7)"), "{message}");
+    assert_eq!(
+        events(&first.events),
+        [(EventType::Normal, reason::SCALE_DOWN_DRAINING)]
+    );
+    assert_eq!(first.status.replicas, 2);
+    assert!(first.status.retained_claims.is_empty());
+
+    // Still held: no new Event, still Reconciling.
+    let mut prev = first.status.clone();
+    prev.relays = p.status.as_ref().unwrap().relays.clone();
+    p.status = Some(prev);
+    let still = ScaleDecision {
+        transition: None,
+        ..holding.clone()
+    };
+    let second = next_status(&p, &settings(), &observed(still, &[]), t(30));
+    assert_eq!(reconciling(&second.status).1, reason::SCALE_DOWN_DRAINING);
+    assert!(second.events.is_empty(), "{:?}", second.events);
+
+    // Drained (relay-1 reports 0): the scale-down proceeds with a Normal Event, the claim is
+    // retained with a Normal Event (empty), and Reconciling no longer holds.
+    let mut prev = second.status.clone();
+    prev.relays = vec![
+        relay_report("p-relay-0", 35, 0),
+        relay_report("p-relay-1", 35, 0),
+    ];
+    p.status = Some(prev);
+    let drained = ScaleDecision {
+        replicas: 1,
+        held_since: None,
+        waiting: vec![],
+        transition: Some(Transition::Drained),
+        ..holding.clone()
+    };
+    let third = next_status(
+        &p,
+        &settings(),
+        &observed(drained, &["state-p-relay-1"]),
+        t(40),
+    );
+    assert_ne!(reconciling(&third.status).1, reason::SCALE_DOWN_DRAINING);
+    assert_eq!(
+        events(&third.events),
+        [
+            (EventType::Normal, reason::CLAIMS_RETAINED),
+            (EventType::Normal, reason::SCALE_DOWN_DRAINED)
+        ]
+    );
+
+    // Timed out instead: a Warning for the hold and one for the claim with its backlog.
+    let mut prev = second.status;
+    prev.relays = vec![
+        relay_report("p-relay-0", 35, 0),
+        relay_report("p-relay-1", 35, 7),
+    ];
+    p.status = Some(prev);
+    let timed_out = ScaleDecision {
+        replicas: 1,
+        held_since: None,
+        transition: Some(Transition::TimedOut),
+        ..holding
+    };
+    let fourth = next_status(
+        &p,
+        &settings(),
+        &observed(timed_out, &["state-p-relay-1"]),
+        t(40),
+    );
+    assert_eq!(
+        events(&fourth.events),
+        [
+            (EventType::Warning, reason::CLAIMS_RETAINED),
+            (EventType::Warning, reason::SCALE_DOWN_DRAIN_TIMED_OUT)
+        ]
+    );
+    let claim_note = &fourth.events[0].note;
+    for w in [
+        "state-p-relay-1 (backlog 7)",
+        "kubectl scale dwp/p --replicas=2",
+    ] {
+        assert!(claim_note.contains(w), "{w:?} in {claim_note}");
+    }
+    assert_eq!(fourth.status.retained_claims, ["state-p-relay-1"]);
 }
