@@ -9,6 +9,8 @@
 /// kube-apiserver helpers (kubectl, kubeconfigs, namespaces) for the cluster tests.
 pub mod brokers;
 pub mod cluster;
+/// Relay pods on the real node (`hack/test-env up node`): pod IPs, `/stats`, the image.
+pub mod node;
 
 use std::fmt::Display;
 use std::future::Future;
