@@ -496,6 +496,30 @@ async fn scale_down_keeps_the_removed_relays_backlog() {
         )
         .await;
     println!("[{}] Kafka stopped, relay-1 backlog {backlog}", c.elapsed());
+    // The operator knows a relay's backlog from the relay's reports in status, which follow
+    // `/stats` within one report interval (README, hinted handoff): the scale-down is asked for
+    // once relay-1 has reported it.
+    eventually(
+        Duration::from_secs(60),
+        "relay-1 reports its backlog into the status",
+        || async {
+            let p = pipeline(kube, &c.ns, "orders");
+            let reported: u64 = p["status"]["relays"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["name"] == "orders-relay-1")
+                .flat_map(|r| r["providers"].as_array().cloned().unwrap_or_default())
+                .filter_map(|row| row["backlog"].as_u64())
+                .sum();
+            if reported > 0 {
+                Ok(reported)
+            } else {
+                Err("relay-1's report shows no backlog yet".to_string())
+            }
+        },
+    )
+    .await;
 
     kubectl_ok(
         kube,
