@@ -7,6 +7,7 @@
 
 use kube::CustomResourceExt;
 
+mod rules;
 mod spec;
 mod status;
 mod validate;

@@ -6,127 +6,22 @@
 //! must not act on a spec the API server let through from an older CRD.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
 use regex::Regex;
 
+pub use super::rules::*;
 use super::*;
 use crate::duration;
 use crate::handoff::Limits;
 use crate::provider::kafka::KafkaConfig;
 use crate::provider::memory::DEFAULT_CAPACITY;
 use crate::provider::nats::NatsConfig;
-use crate::provider::secret::{
-    redact_url, CertAndKey, KafkaAuth, NatsAuth, SaslMechanism, SecretFile, TlsFiles,
-    DEFAULT_SECRETS_DIR,
-};
+use crate::provider::secret::redact_url;
 use crate::relay::pipeline::{
     HandoffConfig, IngestConfig, PipelineConfig, ProviderConfig, ProviderSettings,
     DEFAULT_MAX_BODY_BYTES,
 };
-
-/// A provider name: a DNS label.
-pub const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
-/// A concrete NATS subject: dot-separated non-empty tokens, no wildcards, no whitespace.
-pub const NATS_SUBJECT: &str = r"^[^\s*>.]+(\.[^\s*>.]+)*$";
-/// A Kafka topic's characters (Kafka's rule; `.` and `..` alone are refused by a CEL rule).
-pub const KAFKA_TOPIC: &str = r"^[a-zA-Z0-9._-]+$";
-/// NATS server URLs, comma-separated: an optional scheme of nats, tls, ws or wss, optional
-/// user info, a host name or a bracketed IPv6 address, an optional port.
-pub const NATS_URLS: &str = r"^ *((nats|tls|ws|wss)://)?([^\s,/@]+@)?(\[[0-9a-fA-F:.]+\]|[^\s,/:@\[\]]+)(:[0-9]+)?/? *( *, *((nats|tls|ws|wss)://)?([^\s,/@]+@)?(\[[0-9a-fA-F:.]+\]|[^\s,/:@\[\]]+)(:[0-9]+)?/? *)*$";
-/// A bootstrap server, `host:port`.
-pub const KAFKA_BROKER: &str = r"^[^\s,]+:[0-9]+$";
-/// A publish deadline: not zero, in ms, s or m.
-pub const TIMEOUT: &str = r"^([0-9]*[1-9][0-9]*(ms|s|m))+$";
-/// A duration in ms, s, m or h.
-pub const DURATION_MS: &str = r"^([0-9]+(ms|s|m|h))+$";
-/// A duration in s, m or h.
-pub const DURATION: &str = r"^([0-9]+(s|m|h))+$";
-
-/// Longest pipeline name: `<name>-relay` and a StatefulSet's `<name>-relay-<10-char hash>`
-/// revision label must stay within 63 characters.
-pub const MAX_PIPELINE_NAME: usize = 46;
-/// The CRD's rule on `metadata.name` (only the API server sees a resource's name).
-pub const PIPELINE_NAME_RULE: &str =
-    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 46";
-/// Its message.
-pub const PIPELINE_NAME_MESSAGE: &str = "metadata.name: a pipeline's name must start with a letter, hold only lower case letters, digits and '-', end with a letter or digit, and be at most 46 characters (it names the relay's Service and StatefulSet)";
-
-/// A Secret's name: a DNS subdomain.
-pub const SECRET_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// A key within a Secret (Kubernetes' rule for ConfigMap and Secret keys).
-pub const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
-
-/// The librdkafka settings `kafka.config` may hold: tuning only. Everything about security
-/// (`security.protocol`, `ssl.*`, `sasl.*`, plugins, Kerberos commands) goes through the typed
-/// `tls` and `authentication` fields, and the delivery guarantees (`acks=all`, idempotence, a
-/// finite message timeout derived from `publishTimeout`) cannot be changed. An allowlist, so a
-/// key librdkafka adds later is refused until someone decides it is safe.
-macro_rules! kafka_config_allowlist {
-    ($m:ident) => {
-        $m!(
-            "batch.num.messages",
-            "batch.size",
-            "broker.address.family",
-            "client.id",
-            "client.rack",
-            "compression.codec",
-            "compression.level",
-            "compression.type",
-            "connections.max.idle.ms",
-            "fetch.max.bytes",
-            "fetch.min.bytes",
-            "fetch.wait.max.ms",
-            "heartbeat.interval.ms",
-            "linger.ms",
-            "max.partition.fetch.bytes",
-            "max.poll.interval.ms",
-            "message.max.bytes",
-            "metadata.max.age.ms",
-            "partitioner",
-            "queue.buffering.max.kbytes",
-            "queue.buffering.max.messages",
-            "queue.buffering.max.ms",
-            "receive.message.max.bytes",
-            "reconnect.backoff.max.ms",
-            "reconnect.backoff.ms",
-            "request.timeout.ms",
-            "retry.backoff.max.ms",
-            "retry.backoff.ms",
-            "session.timeout.ms",
-            "socket.keepalive.enable",
-            "socket.receive.buffer.bytes",
-            "socket.send.buffer.bytes",
-            "socket.timeout.ms",
-            "statistics.interval.ms",
-            "sticky.partitioning.linger.ms",
-            "topic.metadata.refresh.interval.ms"
-        )
-    };
-}
-macro_rules! as_array {
-    ($($k:literal),*) => { [$($k),*] };
-}
-// A CEL map literal, not a list: membership in a map is a constant-cost lookup for the API
-// server's cost estimator, which refuses a list scan per key of an unbounded map.
-macro_rules! as_cel_list {
-    ($($k:literal),*) => { concat!("{", $("'", $k, "': true, ",)* "}") };
-}
-/// The keys `kafka.config` accepts.
-pub const KAFKA_CONFIG_ALLOWED: &[&str] = &kafka_config_allowlist!(as_array);
-/// The CRD's rule for `kafka.config` (the same list).
-pub const KAFKA_CONFIG_RULE: &str = concat!(
-    "!has(self.config) || self.config.all(k, k in ",
-    kafka_config_allowlist!(as_cel_list),
-    ")"
-);
-/// The CRD's message naming a refused key (the first; the relay's validator names them all).
-pub const KAFKA_CONFIG_MESSAGE: &str = concat!(
-    "'kafka.config: ' + self.config.filter(k, !(k in ",
-    kafka_config_allowlist!(as_cel_list),
-    "))[0] + ' is not allowed: only tuning settings (batching, linger, compression, buffering, timeouts, client.id); security goes through tls and authentication, and acks, idempotence and the message timeout are fixed'"
-);
 
 /// One thing wrong with a spec, at a path such as `spec.providers[1].kafka.brokers`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -161,10 +56,10 @@ impl SpecError {
 
 /// Collects problems while a spec is walked.
 #[derive(Default)]
-struct Problems(Vec<FieldError>);
+pub(super) struct Problems(Vec<FieldError>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             message: message.into(),
@@ -172,7 +67,7 @@ impl Problems {
     }
 
     /// `text` must match `pattern` (one of the constants above); `what` says what was expected.
-    fn pattern(&mut self, path: &str, text: &str, pattern: &str, what: &str) -> bool {
+    pub(super) fn pattern(&mut self, path: &str, text: &str, pattern: &str, what: &str) -> bool {
         let ok = Regex::new(pattern)
             .expect("the patterns compile")
             .is_match(text);
@@ -182,7 +77,7 @@ impl Problems {
         ok
     }
 
-    fn length(&mut self, path: &str, text: &str, min: usize, max: usize) -> bool {
+    pub(super) fn length(&mut self, path: &str, text: &str, min: usize, max: usize) -> bool {
         let n = text.chars().count();
         let ok = (min..=max).contains(&n);
         if !ok {
@@ -191,14 +86,20 @@ impl Problems {
         ok
     }
 
-    fn range<T: PartialOrd + std::fmt::Display>(&mut self, path: &str, v: T, min: T, max: T) {
+    pub(super) fn range<T: PartialOrd + std::fmt::Display>(
+        &mut self,
+        path: &str,
+        v: T,
+        min: T,
+        max: T,
+    ) {
         if v < min || v > max {
             self.add(path, format!("{v} is out of range: {min} to {max}"));
         }
     }
 
     /// A duration matching `pattern`, parsed.
-    fn duration(&mut self, path: &str, text: &str, pattern: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, path: &str, text: &str, pattern: &str) -> Option<Duration> {
         let units = if pattern == DURATION {
             "s, m or h"
         } else {
@@ -674,188 +575,8 @@ fn migration(problems: &mut Problems, m: &MigrationSpec, providers: &[ProviderSp
     }
 }
 
-/// Checks every Secret reference of a provider or the ingest listener: names and keys as
-/// Kubernetes allows them (the CRD's patterns).
-fn secret_refs(problems: &mut Problems, at: &str, refs: &[(&str, &str, &str)]) {
-    for (field, name, key) in refs {
-        let path = format!("{at}.{field}");
-        if problems.length(&format!("{path}.secretName"), name, 1, 253) {
-            problems.pattern(
-                &format!("{path}.secretName"),
-                name,
-                SECRET_NAME,
-                "is not a Secret name (lower case letters, digits, '-' and '.')",
-            );
-        }
-        if problems.length(&format!("{path} key"), key, 1, 253) {
-            problems.pattern(
-                &format!("{path} key"),
-                key,
-                SECRET_KEY,
-                "is not a Secret key (letters, digits, '-', '_' and '.')",
-            );
-        }
-    }
-}
-
-/// Every Secret reference of a TLS block, as (field, secret, key).
-fn tls_refs(t: &TlsSpec) -> Vec<(&'static str, &str, &str)> {
-    let mut out: Vec<(&str, &str, &str)> = t
-        .trusted_certificates
-        .iter()
-        .map(|c| {
-            (
-                "tls.trustedCertificates[]",
-                c.secret_name.as_str(),
-                c.certificate.as_str(),
-            )
-        })
-        .collect();
-    if let Some(c) = &t.certificate_and_key {
-        out.push(("tls.certificateAndKey", &c.secret_name, &c.certificate));
-        out.push(("tls.certificateAndKey", &c.secret_name, &c.key));
-    }
-    out
-}
-
-/// The secrets directory a spec's Secret keys resolve under until `--secrets-dir` re-roots them.
-fn secrets_dir() -> &'static Path {
-    Path::new(DEFAULT_SECRETS_DIR)
-}
-
-fn secret_key(s: &SecretKeySource) -> SecretFile {
-    SecretFile::new(secrets_dir(), &s.secret_name, &s.key)
-}
-
-fn password(s: &PasswordSecretSource) -> SecretFile {
-    SecretFile::new(secrets_dir(), &s.secret_name, &s.password)
-}
-
-fn cert_and_key(s: &CertAndKeySecretSource) -> CertAndKey {
-    CertAndKey {
-        certificate: SecretFile::new(secrets_dir(), &s.secret_name, &s.certificate),
-        key: SecretFile::new(secrets_dir(), &s.secret_name, &s.key),
-    }
-}
-
-fn tls_files(t: &TlsSpec) -> TlsFiles {
-    TlsFiles {
-        trusted_certificates: t
-            .trusted_certificates
-            .iter()
-            .map(|c| SecretFile::new(secrets_dir(), &c.secret_name, &c.certificate))
-            .collect(),
-        client: t.certificate_and_key.as_ref().map(cert_and_key),
-    }
-}
-
-/// Kafka credentials; each type takes its own fields and refuses the others (as the CRD does).
-fn kafka_auth(
-    problems: &mut Problems,
-    at: &str,
-    a: &KafkaAuthenticationSpec,
-    has_tls: bool,
-) -> Option<KafkaAuth> {
-    let at = format!("{at}.authentication");
-    let sasl = |mechanism| match (&a.username, &a.password_secret) {
-        (Some(u), Some(p)) => Some(KafkaAuth::Sasl {
-            mechanism,
-            username: u.clone(),
-            password: password(p),
-        }),
-        _ => None,
-    };
-    let (auth, wants) = match a.kind {
-        KafkaAuthType::Tls => (
-            a.certificate_and_key
-                .as_ref()
-                .map(|c| KafkaAuth::Tls(cert_and_key(c))),
-            "certificateAndKey",
-        ),
-        KafkaAuthType::Plain => (sasl(SaslMechanism::Plain), "username and passwordSecret"),
-        KafkaAuthType::ScramSha256 => (
-            sasl(SaslMechanism::ScramSha256),
-            "username and passwordSecret",
-        ),
-        KafkaAuthType::ScramSha512 => (
-            sasl(SaslMechanism::ScramSha512),
-            "username and passwordSecret",
-        ),
-    };
-    let is_tls = a.kind == KafkaAuthType::Tls;
-    if auth.is_none() {
-        problems.add(&at, format!("this type needs {wants}"));
-    }
-    if is_tls && (a.username.is_some() || a.password_secret.is_some()) {
-        problems.add(&at, "username and passwordSecret are not for type tls");
-    }
-    if !is_tls && a.certificate_and_key.is_some() {
-        problems.add(&at, "certificateAndKey is only for type tls");
-    }
-    if is_tls && !has_tls {
-        problems.add(&at, "type tls needs a tls block");
-    }
-    auth
-}
-
-/// NATS credentials; each type takes its own field and refuses the others (as the CRD does).
-fn nats_auth(problems: &mut Problems, at: &str, a: &NatsAuthenticationSpec) -> Option<NatsAuth> {
-    let at = format!("{at}.authentication");
-    let given = [
-        (
-            "credsSecret",
-            a.creds_secret.is_some(),
-            a.kind == NatsAuthType::Creds,
-        ),
-        (
-            "seedSecret",
-            a.seed_secret.is_some(),
-            a.kind == NatsAuthType::Nkey,
-        ),
-        (
-            "tokenSecret",
-            a.token_secret.is_some(),
-            a.kind == NatsAuthType::Token,
-        ),
-        (
-            "username",
-            a.username.is_some(),
-            a.kind == NatsAuthType::UserPassword,
-        ),
-        (
-            "passwordSecret",
-            a.password_secret.is_some(),
-            a.kind == NatsAuthType::UserPassword,
-        ),
-    ];
-    for (field, present, wanted) in given {
-        if present != wanted {
-            let verb = if wanted { "needs" } else { "does not take" };
-            problems.add(&at, format!("this type {verb} {field}"));
-        }
-    }
-    match a.kind {
-        NatsAuthType::Creds => a
-            .creds_secret
-            .as_ref()
-            .map(|s| NatsAuth::Creds(secret_key(s))),
-        NatsAuthType::Nkey => a
-            .seed_secret
-            .as_ref()
-            .map(|s| NatsAuth::Nkey(secret_key(s))),
-        NatsAuthType::Token => a
-            .token_secret
-            .as_ref()
-            .map(|s| NatsAuth::Token(secret_key(s))),
-        NatsAuthType::UserPassword => match (&a.username, &a.password_secret) {
-            (Some(u), Some(p)) => Some(NatsAuth::UserPassword {
-                username: u.clone(),
-                password: password(p),
-            }),
-            _ => None,
-        },
-    }
-}
+mod secrets;
+use secrets::{cert_and_key, kafka_auth, nats_auth, secret_key, secret_refs, tls_files, tls_refs};
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]
