@@ -16,7 +16,7 @@ pub use spec::*;
 pub use status::*;
 pub use validate::*;
 
-pub use crate::composite::Strategy;
+pub use crate::composite::{Acceptance, Strategy};
 pub use crate::provider::ProviderKind;
 
 /// The strategy's schema in the CRD. The type belongs to the core (`composite`), which knows
@@ -31,6 +31,21 @@ impl schemars::JsonSchema for Strategy {
             "description": "What a publish requires of the providers.",
             "type": "string",
             "enum": ["FailFast", "BestEffort"],
+        })
+    }
+}
+
+/// The acceptance rule's schema in the CRD (the type belongs to the core, like [`Strategy`]).
+impl schemars::JsonSchema for Acceptance {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Acceptance".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "What BestEffort needs to accept a message: BrokerAck (at least one broker acknowledged it; the default) or RelayDisk (the relay's disk backlog is enough, as Cassandra's consistency level ANY).",
+            "type": "string",
+            "enum": ["BrokerAck", "RelayDisk"],
         })
     }
 }

@@ -18,12 +18,17 @@ use super::validate::{
 use super::validate::{
     KAFKA_CONFIG_MESSAGE, KAFKA_CONFIG_RULE, PIPELINE_NAME_MESSAGE, PIPELINE_NAME_RULE,
 };
-use super::{DualWritePipelineStatus, ProviderKind, Strategy};
+use super::{Acceptance, DualWritePipelineStatus, ProviderKind, Strategy};
 
 /// `spec.relay.storage` is the StatefulSet's volume claim template, which Kubernetes does not
 /// let change: a transition rule refuses a change at apply time instead of leaving the operator
 /// failing to apply the StatefulSet.
 const STORAGE_FIXED_RULE: &str = "has(oldSelf.relay) && has(oldSelf.relay.storage) ? (has(self.relay) && has(self.relay.storage) && self.relay.storage == oldSelf.relay.storage) : !(has(self.relay) && has(self.relay.storage))";
+/// Acceptance on the relay's disk needs the disk backlog (the one validator checks the same).
+const RELAY_DISK_RULE: &str =
+    "!has(self.acceptance) || self.acceptance != 'RelayDisk' || !has(self.enabled) || self.enabled";
+/// The message of [`RELAY_DISK_RULE`], shared with the validator.
+pub(super) const RELAY_DISK_MESSAGE: &str = "spec.handoff.acceptance: RelayDisk needs hinted handoff (the relay's disk backlog): remove spec.handoff.enabled: false, or use acceptance BrokerAck";
 const STORAGE_FIXED_MESSAGE: &str = "spec.relay.storage cannot change once the pipeline exists (a StatefulSet's volume claim template is immutable): keep the old value, or delete and re-create the pipeline (the relays' claims are retained: see the README on removing them)";
 
 /// A pipeline that writes every ingested message to several brokers at once.
@@ -316,7 +321,8 @@ pub struct RelayStorageSpec {
     pub storage_class_name: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(RELAY_DISK_RULE).message(RELAY_DISK_MESSAGE))]
 #[serde(rename_all = "camelCase")]
 pub struct HandoffSpec {
     /// Keep missed writes and replay them (default true).
@@ -330,6 +336,13 @@ pub struct HandoffSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION))]
     pub max_age: Option<String>,
+    /// What BestEffort needs to accept a message (answer 202). `BrokerAck` (default): at least
+    /// one broker acknowledged it; when none did, the answer is 503 and nothing is kept.
+    /// `RelayDisk`: the relay's disk backlog is enough (as Cassandra's consistency level ANY):
+    /// a message no broker has yet is accepted once the backlogs hold it, and reaches the
+    /// brokers when they are back (lost if the relay's volume is lost first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<Acceptance>,
 }
 
 /// A migration: ordered steps, each with a strategy and gates to leave it.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::composite::ProviderRow;
 
-use super::{DualWritePipeline, ProviderKind, Strategy};
+use super::{Acceptance, DualWritePipeline, ProviderKind, Strategy};
 
 /// What the operator and the relays observed.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -22,6 +22,10 @@ pub struct DualWritePipelineStatus {
     /// The strategy in force now (the spec's, a migration step's, or the fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+    /// What BestEffort needs to accept a message (`spec.handoff.acceptance`): BrokerAck (a
+    /// broker acknowledged it) or RelayDisk (the relay's disk backlog is enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<Acceptance>,
     /// Providers written now (all, or the current migration step's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_providers: Option<Vec<String>>,
@@ -121,9 +125,24 @@ pub struct ProviderStatus {
     /// 99th percentile publish latency in milliseconds (bucket bound).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_p99_ms: Option<f64>,
-    /// The backlog passed its limits: replay cannot guarantee completeness; reconcile by hand.
+    /// Accepted messages this provider missed for good (refused by the broker, or its backlog
+    /// could not keep them), summed over the relays since they started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub missed: u64,
+    /// Backlog appends that failed with a storage error (disk full, I/O error), summed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backlog_errors: u64,
+    /// Replay cannot make the provider complete (its backlog passed its limits, or it missed an
+    /// accepted message): reconcile by hand.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_reconciliation: bool,
+    /// Why it needs reconciliation, as a relay reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciliation_reason: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ProviderStatus {
@@ -140,7 +159,10 @@ impl ProviderStatus {
             failed: 0,
             backlog: 0,
             latency_p99_ms: None,
+            missed: 0,
+            backlog_errors: 0,
             needs_reconciliation: false,
+            reconciliation_reason: None,
         }
     }
 
@@ -149,6 +171,8 @@ impl ProviderStatus {
     pub fn add_totals(&mut self, report: &ProviderReport) {
         self.published += report.published;
         self.failed += report.failed;
+        self.missed += report.missed;
+        self.backlog_errors += report.backlog_errors;
     }
 
     /// Adds what a fresh report says of now: its backlog, whether it needs reconciliation, and
@@ -156,6 +180,9 @@ impl ProviderStatus {
     pub fn add_current(&mut self, report: &ProviderReport) {
         self.backlog += report.backlog;
         self.needs_reconciliation |= report.needs_reconciliation;
+        if self.reconciliation_reason.is_none() {
+            self.reconciliation_reason = report.reconciliation_reason.clone();
+        }
         self.latency_p99_ms = match (self.latency_p99_ms, report.latency_p99_ms) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -203,8 +230,14 @@ pub struct ProviderReport {
     pub backlog: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_p99_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub missed: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backlog_errors: u64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_reconciliation: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciliation_reason: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -295,7 +328,10 @@ impl From<&ProviderRow> for ProviderReport {
             failed: row.stats.failed,
             backlog: row.stats.backlog,
             latency_p99_ms: (row.latency.count > 0).then_some(row.latency.p99_ms),
+            missed: row.missed,
+            backlog_errors: row.backlog_errors,
             needs_reconciliation: row.needs_reconciliation,
+            reconciliation_reason: row.reconciliation_reason.clone(),
         }
     }
 }

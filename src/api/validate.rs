@@ -133,6 +133,16 @@ impl TryFrom<&DualWritePipelineSpec> for PipelineConfig {
             .unwrap_or(crate::composite::DEFAULT_PUBLISH_TIMEOUT);
         let ingest = ingest(&mut problems, spec.ingest.as_ref());
         let handoff = handoff(&mut problems, spec.handoff.as_ref());
+        let acceptance = spec
+            .handoff
+            .as_ref()
+            .and_then(|h| h.acceptance)
+            .unwrap_or_default();
+        if acceptance == crate::composite::Acceptance::RelayDisk && !handoff.enabled {
+            let message = super::spec::RELAY_DISK_MESSAGE;
+            let message = message.strip_prefix("spec.handoff.acceptance: ").unwrap_or(message);
+            problems.add("spec.handoff.acceptance", message);
+        }
         if let Some(r) = spec.relay.as_ref().and_then(|r| r.replicas) {
             problems.range("spec.relay.replicas", r, 0, 100);
         }
@@ -145,6 +155,7 @@ impl TryFrom<&DualWritePipelineSpec> for PipelineConfig {
         Ok(PipelineConfig {
             providers,
             strategy: spec.strategy,
+            acceptance,
             publish_timeout,
             handoff,
             ingest,

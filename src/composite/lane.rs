@@ -1,13 +1,16 @@
 //! A lane: one provider inside the composite, with what the composite measures of it (latency,
 //! timeouts) and, under BestEffort, its hinted-handoff backlog. A lane decides, per message,
-//! whether the write goes to the provider now or behind its backlog.
+//! whether the write goes to the provider now or behind its backlog; it does not append to the
+//! backlog itself: it says the message needs deferral, and the composite appends once it knows
+//! the message is accepted (so a refused message is never left in a backlog to appear later).
+//! A lane also counts what its provider missed of accepted messages.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{ProviderRow, Strategy};
-use crate::handoff::Backlog;
+use crate::handoff::{Backlog, HandoffError};
 use crate::latency::Histogram;
 use crate::message::DataMessage;
 use crate::provider::{Provider, ProviderError};
@@ -20,14 +23,33 @@ pub(super) struct Lane {
     pub(super) timeouts: AtomicU64,
     /// Hinted handoff: where BestEffort keeps the writes this provider missed.
     pub(super) backlog: Option<Arc<Backlog>>,
+    /// Accepted messages this provider did not get and that no backlog holds for it (refused by
+    /// the broker for good, a backlog that could not write, no backlog), since the relay started.
+    missed: AtomicU64,
+    /// Of `missed`, those no backlog could count persistently (no backlog, or its disk failed):
+    /// they mark the provider for reconciliation until the relay restarts.
+    missed_unrecorded: AtomicU64,
+    /// Appends the backlog failed with a storage error (disk full, I/O error).
+    backlog_errors: AtomicU64,
+    /// Why the provider last missed a message (shown with `needsReconciliation`). A std Mutex:
+    /// held for a clone, never across an await.
+    last_miss: Mutex<Option<String>>,
 }
 
 /// How one provider took one message.
 pub(super) enum LaneOutcome {
     Acked,
-    /// Stored in the provider's backlog, to be replayed.
-    Deferred,
+    /// BestEffort with a backlog: the message is for the backlog (behind a non-empty one, or
+    /// after the failed write `cause`); the composite appends it once the message is accepted.
+    NeedsDeferral(Option<ProviderError>),
     Failed(ProviderError),
+}
+
+/// Why a deferral failed: the error for the caller, and whether the backlog already counted the
+/// miss itself (a full backlog counts its refusals persistently).
+pub(super) struct DeferFailed {
+    pub(super) error: ProviderError,
+    pub(super) counted: bool,
 }
 
 impl Lane {
@@ -38,6 +60,10 @@ impl Lane {
             latency: Histogram::default(),
             timeouts: AtomicU64::new(0),
             backlog: None,
+            missed: AtomicU64::new(0),
+            missed_unrecorded: AtomicU64::new(0),
+            backlog_errors: AtomicU64::new(0),
+            last_miss: Mutex::new(None),
         }
     }
 
@@ -48,6 +74,18 @@ impl Lane {
         if let Some(b) = &self.backlog {
             stats.backlog = b.len();
         }
+        let backlog_says = self
+            .backlog
+            .as_ref()
+            .is_some_and(|b| b.needs_reconciliation());
+        let needs_reconciliation =
+            backlog_says || self.missed_unrecorded.load(Ordering::Relaxed) > 0;
+        let reconciliation_reason = needs_reconciliation.then(|| {
+            let last = self.last_miss.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            last.unwrap_or_else(|| {
+                "its hinted-handoff backlog passed its limits (maxMessages or maxAge)".to_string()
+            })
+        });
         ProviderRow {
             name: self.provider.name().to_string(),
             kind: self.provider.kind(),
@@ -55,16 +93,38 @@ impl Lane {
             timeouts: self.timeouts.load(Ordering::Relaxed),
             latency: self.latency.summary(),
             health: self.provider.health(),
-            needs_reconciliation: self
-                .backlog
-                .as_ref()
-                .is_some_and(|b| b.needs_reconciliation()),
+            missed: self.missed.load(Ordering::Relaxed),
+            backlog_errors: self.backlog_errors.load(Ordering::Relaxed),
+            needs_reconciliation,
+            reconciliation_reason,
         }
     }
 
-    /// Writes to the provider, or (BestEffort, with hinted handoff) to its backlog: behind a
-    /// non-empty backlog so the provider receives messages in ingest order, or after a failed
-    /// write.
+    /// Counts a message that was accepted without this provider: it missed it for good (replay
+    /// will not bring it), so the provider needs reconciliation. `counted`: the backlog already
+    /// counted it persistently; otherwise the backlog (if any) is asked to, and what cannot be
+    /// kept on disk marks the provider in memory.
+    pub(super) async fn record_miss(&self, cause: &ProviderError, counted: bool) {
+        self.missed.fetch_add(1, Ordering::Relaxed);
+        *self.last_miss.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("missed an accepted message: {cause}"));
+        tracing::error!(provider = self.provider.name(), error = %cause,
+            "an accepted message was not written to this provider and is not in its backlog; it needs reconciliation");
+        if counted {
+            return;
+        }
+        let persisted = match &self.backlog {
+            Some(b) => b.count_missed(1).await.is_ok(),
+            None => false,
+        };
+        if !persisted {
+            self.missed_unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes to the provider, or (BestEffort, with hinted handoff) says the message needs
+    /// deferral to its backlog: behind a non-empty backlog so the provider receives messages in
+    /// ingest order, or after a failed write.
     pub(super) async fn publish_with_handoff(
         &self,
         msg: &DataMessage,
@@ -90,35 +150,51 @@ impl Lane {
                     ),
                 });
             }
-            return self.defer(backlog, msg, None).await;
+            return LaneOutcome::NeedsDeferral(None);
         }
         match self.publish(msg, deadline).await {
             Ok(()) => LaneOutcome::Acked,
             // A message the provider refuses for itself (too large, say) would fail every
             // replay too and block the backlog behind it: fail the lane instead.
             Err(e @ ProviderError::Rejected { .. }) => LaneOutcome::Failed(e),
-            Err(e) if strategy == Strategy::BestEffort => self.defer(backlog, msg, Some(e)).await,
+            Err(e) if strategy == Strategy::BestEffort => LaneOutcome::NeedsDeferral(Some(e)),
             Err(e) => LaneOutcome::Failed(e),
         }
     }
 
-    async fn defer(
+    /// Appends `msg` to the backlog (the composite calls this once the message is accepted).
+    /// A storage failure (disk full, I/O error) is counted in `backlog_errors`.
+    pub(super) async fn defer(
         &self,
-        backlog: &Backlog,
         msg: &DataMessage,
-        cause: Option<ProviderError>,
-    ) -> LaneOutcome {
-        match backlog.append(msg).await {
-            Ok(()) => LaneOutcome::Deferred,
-            Err(e) => {
-                let provider = self.provider.name().to_string();
-                let reason = match cause {
-                    Some(c) => format!("{c}; and its backlog refused the message: {e}"),
-                    None => format!("its backlog refused the message: {e}"),
-                };
-                LaneOutcome::Failed(ProviderError::Unavailable { provider, reason })
-            }
+        cause: Option<&ProviderError>,
+    ) -> Result<(), DeferFailed> {
+        let provider = self.provider.name().to_string();
+        let Some(backlog) = &self.backlog else {
+            // Only a lane with a backlog asks for deferral.
+            return Err(DeferFailed {
+                error: ProviderError::Unavailable {
+                    provider,
+                    reason: "no hinted-handoff backlog".into(),
+                },
+                counted: false,
+            });
+        };
+        let Err(e) = backlog.append(msg).await else {
+            return Ok(());
+        };
+        let counted = matches!(e, HandoffError::Full { .. });
+        if let HandoffError::Storage { .. } = e {
+            self.backlog_errors.fetch_add(1, Ordering::Relaxed);
         }
+        let reason = match cause {
+            Some(c) => format!("{c}; and its backlog could not keep the message: {e}"),
+            None => format!("its backlog could not keep the message: {e}"),
+        };
+        Err(DeferFailed {
+            error: ProviderError::Unavailable { provider, reason },
+            counted,
+        })
     }
 
     async fn publish(&self, msg: &DataMessage, deadline: Duration) -> Result<(), ProviderError> {

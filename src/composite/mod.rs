@@ -11,8 +11,15 @@
 //!   names the provider (the other writes are abandoned; the id is stable, so a client retry is
 //!   de-duplicated by the brokers).
 //! - **BestEffort**: all writes run concurrently and are all awaited; failures are logged and
-//!   counted; the publish succeeds when at least one provider accepted the message. A message
-//!   that went nowhere is never reported as accepted.
+//!   counted; the publish succeeds when at least one broker acknowledged the message (or, with
+//!   [`Acceptance::RelayDisk`], when a hinted-handoff backlog holds it). A message that went
+//!   nowhere is never reported as accepted, and a refused message is never kept in a backlog:
+//!   lanes only say a message needs deferral, and the composite appends it to the backlogs once
+//!   it knows the message is accepted. A provider that misses an accepted message for good (the
+//!   broker refused it, its backlog could not keep it) is counted and marked as needing
+//!   reconciliation.
+//! - Under either strategy a message larger than the smallest limit of the providers' brokers
+//!   ([`Provider::message_limit`]) is refused before any write ([`PublishError::TooLarge`]).
 //!
 //! The composite is itself a [`Provider`], so code that used one broker can use several.
 //!
@@ -34,15 +41,17 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::handoff::Backlog;
 use crate::latency::{Histogram, LatencySummary};
 use crate::message::DataMessage;
-use crate::provider::{Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
+use crate::provider::{
+    Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
+};
 
 mod lane;
 mod merge;
 mod strategy;
 
-use lane::{Lane, LaneOutcome};
+use lane::{DeferFailed, Lane, LaneOutcome};
 pub use merge::MERGE_DEDUP_WINDOW;
-pub use strategy::{strategy_satisfied, Strategy};
+pub use strategy::{strategy_satisfied, Acceptance, Strategy};
 
 /// Deadline for one provider write when nothing else is configured.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,9 +96,21 @@ pub enum PublishError {
     /// FailFast: this provider failed first.
     #[error("fail-fast: {0}")]
     Failed(ProviderError),
-    /// BestEffort: no provider accepted the message.
-    #[error("best-effort: no provider accepted the message: {}", join_errors(.0))]
+    /// BestEffort: no provider accepted the message (no broker acknowledged it, and, unless
+    /// acceptance is RelayDisk, nothing of it was kept in a backlog).
+    #[error("best-effort: no broker acknowledged the message, so it was not accepted and nothing of it was kept: {}", join_errors(.0))]
     AllFailed(Vec<ProviderError>),
+    /// The message is larger than a provider's broker takes; nothing was written.
+    #[error(
+        "message too large for provider {provider}: {size} bytes as encoded for it, above its \
+         limit of {} bytes ({}); nothing was written: send a smaller message or raise the \
+         broker's limit", .limit.bytes, .limit.setting
+    )]
+    TooLarge {
+        provider: String,
+        size: u64,
+        limit: MessageLimit,
+    },
     #[error("the pipeline is closed")]
     Closed,
 }
@@ -110,6 +131,7 @@ impl PublishError {
             PublishError::AllFailed(errs) => {
                 errs.iter().map(|e| e.provider().to_string()).collect()
             }
+            PublishError::TooLarge { provider, .. } => vec![provider.clone()],
             PublishError::Closed => Vec::new(),
         }
     }
@@ -139,8 +161,17 @@ pub struct ProviderRow {
     pub timeouts: u64,
     pub latency: LatencySummary,
     pub health: Health,
-    /// The provider's backlog passed its limits: replay alone cannot make it complete.
+    /// Accepted messages this provider missed for good (not written, not in its backlog),
+    /// since the relay started.
+    pub missed: u64,
+    /// Appends its backlog failed with a storage error (disk full, I/O error).
+    pub backlog_errors: u64,
+    /// Replay alone cannot make the provider complete: its backlog passed its limits, or it
+    /// missed an accepted message.
     pub needs_reconciliation: bool,
+    /// Why it needs reconciliation (set only when it does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconciliation_reason: Option<String>,
 }
 
 /// Stats of the whole composite: a row per provider, in pipeline order, and their sum.
@@ -148,6 +179,8 @@ pub struct ProviderRow {
 #[serde(rename_all = "camelCase")]
 pub struct CompositeStats {
     pub strategy: Strategy,
+    /// What BestEffort needs to accept a message.
+    pub acceptance: Acceptance,
     pub providers: Vec<ProviderRow>,
     pub total: Stats,
 }
@@ -160,6 +193,7 @@ const INFLIGHT_PERMITS: u32 = 1 << 20;
 pub struct Composite {
     lanes: Vec<Lane>,
     strategy: AtomicU8,
+    acceptance: AtomicU8,
     publish_timeout: Duration,
     closed: AtomicBool,
     inflight: tokio::sync::Semaphore,
@@ -194,6 +228,7 @@ impl Composite {
         Ok(Self {
             lanes: providers.into_iter().map(Lane::new).collect(),
             strategy: AtomicU8::new(strategy.to_u8()),
+            acceptance: AtomicU8::new(Acceptance::default().to_u8()),
             publish_timeout,
             closed: AtomicBool::new(false),
             inflight: tokio::sync::Semaphore::new(INFLIGHT_PERMITS as usize),
@@ -291,8 +326,52 @@ impl Composite {
         self.strategy.store(strategy.to_u8(), Ordering::Release);
     }
 
+    /// What BestEffort needs to accept a message (default [`Acceptance::BrokerAck`]).
+    pub fn acceptance(&self) -> Acceptance {
+        Acceptance::from_u8(self.acceptance.load(Ordering::Acquire))
+    }
+
+    /// Sets what BestEffort needs; publishes already under way finish under the old rule.
+    pub fn set_acceptance(&self, acceptance: Acceptance) {
+        self.acceptance
+            .store(acceptance.to_u8(), Ordering::Release);
+    }
+
+    /// The same composite with `acceptance`.
+    pub fn with_acceptance(self, acceptance: Acceptance) -> Self {
+        self.set_acceptance(acceptance);
+        self
+    }
+
     pub fn publish_timeout(&self) -> Duration {
         self.publish_timeout
+    }
+
+    /// Refuses a message larger than some provider's broker takes ([`PublishError::TooLarge`],
+    /// naming the provider with the smallest limit the message exceeds).
+    fn check_size(&self, msg: &DataMessage) -> Result<(), PublishError> {
+        let limits: Vec<(&Lane, MessageLimit)> = self
+            .lanes
+            .iter()
+            .filter_map(|l| l.provider.message_limit().map(|m| (l, m)))
+            .collect();
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let wire_len = wire_len(msg);
+        let exceeded = limits
+            .into_iter()
+            .map(|(l, limit)| (l, l.provider.encoded_size(msg, wire_len), limit))
+            .filter(|(_, size, limit)| *size > limit.bytes)
+            .min_by_key(|(_, _, limit)| limit.bytes);
+        match exceeded {
+            None => Ok(()),
+            Some((lane, size, limit)) => Err(PublishError::TooLarge {
+                provider: lane.provider.name().to_string(),
+                size,
+                limit,
+            }),
+        }
     }
 
     pub fn providers(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
@@ -307,26 +386,28 @@ impl Composite {
         if self.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
+        self.check_size(msg)?;
         let strategy = self.strategy();
         let mut writes: FuturesUnordered<_> = self
             .lanes
             .iter()
             .map(|lane| async move {
                 (
-                    lane.provider.name(),
+                    lane,
                     lane.publish_with_handoff(msg, self.publish_timeout, strategy)
                         .await,
                 )
             })
             .collect();
         let mut report = PublishReport::default();
-        while let Some((name, outcome)) = writes.next().await {
+        // Providers that did not get the message: (lane, error, already counted as missed).
+        let mut missing: Vec<(&Lane, ProviderError, bool)> = Vec::new();
+        let mut to_defer: Vec<(&Lane, Option<ProviderError>)> = Vec::new();
+        while let Some((lane, outcome)) = writes.next().await {
+            let name = lane.provider.name();
             match outcome {
                 LaneOutcome::Acked => report.accepted.push(name.to_string()),
-                LaneOutcome::Deferred => {
-                    tracing::debug!(provider = name, message_id = %msg.id, "kept in the provider's backlog for replay");
-                    report.deferred.push(name.to_string());
-                }
+                LaneOutcome::NeedsDeferral(cause) => to_defer.push((lane, cause)),
                 LaneOutcome::Failed(e) if strategy == Strategy::FailFast => {
                     tracing::warn!(provider = name, error = %e, message_id = %msg.id, "fail-fast publish failed");
                     // Dropping `writes` abandons the other writes: the caller hears at once.
@@ -334,13 +415,53 @@ impl Composite {
                 }
                 LaneOutcome::Failed(e) => {
                     tracing::warn!(provider = name, error = %e, message_id = %msg.id, "best-effort write failed; continuing with the other providers");
-                    report.failed.push(e);
+                    missing.push((lane, e, false));
                 }
             }
         }
-        // A message counts as accepted once a provider or a durable backlog holds it.
+        drop(writes);
+        // Backlogs take the message only once it is accepted: a refused message must not be
+        // replayed later. (Requests in flight at the same time have no order between them, so
+        // appending after the other writes answered keeps every provider's order of accepted
+        // messages.)
+        if !report.accepted.is_empty() || self.acceptance() == Acceptance::RelayDisk {
+            let appends = to_defer.into_iter().map(|(lane, cause)| async move {
+                let outcome = lane.defer(msg, cause.as_ref()).await;
+                (lane, outcome)
+            });
+            for (lane, outcome) in futures::future::join_all(appends).await {
+                match outcome {
+                    Ok(()) => {
+                        tracing::debug!(provider = lane.provider.name(), message_id = %msg.id, "kept in the provider's backlog for replay");
+                        report.deferred.push(lane.provider.name().to_string());
+                    }
+                    Err(DeferFailed { error, counted }) => {
+                        tracing::warn!(provider = lane.provider.name(), error = %error, message_id = %msg.id, "best-effort: the backlog could not keep the message");
+                        missing.push((lane, error, counted));
+                    }
+                }
+            }
+        } else {
+            for (lane, cause) in to_defer {
+                let error = cause.unwrap_or_else(|| ProviderError::Unavailable {
+                    provider: lane.provider.name().to_string(),
+                    reason: "not written: its backlog is still replaying, and a message goes \
+                             behind it"
+                        .into(),
+                });
+                missing.push((lane, error, false));
+            }
+        }
         if report.accepted.is_empty() && report.deferred.is_empty() {
-            return Err(PublishError::AllFailed(report.failed));
+            return Err(PublishError::AllFailed(
+                missing.into_iter().map(|(_, e, _)| e).collect(),
+            ));
+        }
+        // Accepted: every provider that has neither the message nor a backlog entry for it
+        // missed it for good.
+        for (lane, error, counted) in missing {
+            lane.record_miss(&error, counted).await;
+            report.failed.push(error);
         }
         Ok(report)
     }
@@ -374,6 +495,7 @@ impl Composite {
             .collect();
         CompositeStats {
             strategy: self.strategy(),
+            acceptance: self.acceptance(),
             providers,
             total,
         }
@@ -454,6 +576,10 @@ impl Provider for Composite {
                 provider: "composite".into(),
                 reason: e.to_string(),
             }),
+            Err(e @ PublishError::TooLarge { .. }) => Err(ProviderError::Rejected {
+                provider: "composite".into(),
+                reason: e.to_string(),
+            }),
             Err(PublishError::Closed) => Err(ProviderError::Closed {
                 provider: "composite".into(),
             }),
@@ -482,6 +608,24 @@ impl Provider for Composite {
     async fn close(&self) -> Result<(), ProviderError> {
         self.close_all().await
     }
+}
+
+/// Bytes of `msg`'s wire JSON, counted without building it.
+fn wire_len(msg: &DataMessage) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a struct of strings, bytes and a string map cannot fail.
+    let _ = serde_json::to_writer(&mut count, msg);
+    count.0
 }
 
 #[cfg(test)]

@@ -73,6 +73,45 @@ impl FromStr for Strategy {
     }
 }
 
+/// What BestEffort needs before a publish is accepted (FailFast always needs every provider's
+/// acknowledgement, so this does not apply to it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Acceptance {
+    /// At least one broker acknowledged the message. A message no broker acknowledged is
+    /// refused, and nothing of it is kept in a backlog (it cannot appear later).
+    #[default]
+    BrokerAck,
+    /// The relay's disk is enough, as Cassandra's consistency level ANY: a message no broker
+    /// acknowledged is accepted once the hinted-handoff backlogs hold it, to be replayed later.
+    RelayDisk,
+}
+
+impl Acceptance {
+    pub(super) fn to_u8(self) -> u8 {
+        match self {
+            Acceptance::BrokerAck => 0,
+            Acceptance::RelayDisk => 1,
+        }
+    }
+
+    pub(super) fn from_u8(v: u8) -> Self {
+        if v == 1 {
+            Acceptance::RelayDisk
+        } else {
+            Acceptance::BrokerAck
+        }
+    }
+}
+
+impl fmt::Display for Acceptance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Acceptance::BrokerAck => "BrokerAck",
+            Acceptance::RelayDisk => "RelayDisk",
+        })
+    }
+}
+
 /// Whether the providers' health satisfies the strategy: FailFast needs every provider healthy,
 /// BestEffort at least one.
 pub fn strategy_satisfied(strategy: Strategy, healthy: &[bool]) -> bool {

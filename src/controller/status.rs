@@ -144,6 +144,13 @@ pub fn next_status(
     let status = DualWritePipelineStatus {
         observed_generation: Some(generation),
         strategy: Some(in_force.strategy),
+        acceptance: Some(
+            p.spec
+                .handoff
+                .as_ref()
+                .and_then(|h| h.acceptance)
+                .unwrap_or_default(),
+        ),
         active_providers: Some(in_force.active),
         read_from: in_force.read_from,
         replicas: fresh.len() as i32,

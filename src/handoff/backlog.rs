@@ -193,6 +193,15 @@ impl Backlog {
             .map(|_| ())
     }
 
+    /// Counts `n` messages the provider missed that were never in the backlog (a broker refused
+    /// them for good), so the provider needs reconciliation, persistently, as for a refusal.
+    pub async fn count_missed(&self, n: u64) -> Result<(), HandoffError> {
+        self.store
+            .submit(&self.state, OpKind::CountMissed(n))
+            .await
+            .map(|_| ())
+    }
+
     /// Clears the missed counter, once the provider has been reconciled by other means.
     pub async fn reset_missed(&self) -> Result<(), HandoffError> {
         self.store

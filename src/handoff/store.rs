@@ -56,6 +56,9 @@ pub struct HandoffStore {
     /// One state per provider, so every `Backlog` handle for a provider shares its counters
     /// and its sequence numbers.
     states: Mutex<HashMap<String, Arc<State>>>,
+    /// Test hook: every write fails as a disk that is full or broken would (set only by
+    /// [`HandoffStore::fail_writes`], which exists in test builds).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for HandoffStore {
@@ -107,6 +110,7 @@ impl HandoffStore {
             queue: Some(queue),
             writer: Some(writer),
             states: Mutex::new(HashMap::new()),
+            failing: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -200,6 +204,12 @@ impl HandoffStore {
         Ok(state)
     }
 
+    /// Test hook: makes every later write fail (or work again), as a full or broken disk would.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Release);
+    }
+
     /// Hands one operation to the writer and waits until it is committed.
     pub(super) async fn submit(
         &self,
@@ -207,6 +217,13 @@ impl HandoffStore {
         kind: OpKind,
     ) -> Result<Outcome, HandoffError> {
         let stopped = || storage_error(&self.path, "write failed", "the writer thread has stopped");
+        if self.failing.load(Ordering::Acquire) {
+            return Err(storage_error(
+                &self.path,
+                "cannot commit to the backlog",
+                "No space left on device (os error 28) [test hook]",
+            ));
+        }
         let queue = self.queue.as_ref().ok_or_else(stopped)?;
         let (reply, outcome) = oneshot::channel();
         queue
@@ -244,6 +261,9 @@ pub(super) struct Op {
 pub(super) enum OpKind {
     Append { value: Vec<u8>, enqueued_ms: u64 },
     Remove { through: u64, lost: u64 },
+    /// Messages the provider missed that never reached the backlog (refused by the broker for
+    /// good): counted with the backlog's own refusals.
+    CountMissed(u64),
     ResetMissed,
 }
 
@@ -390,6 +410,10 @@ fn apply(txn: &WriteTransaction, s: &mut Staged, kind: &OpKind) -> Result<Outcom
                 None => UNSET,
             };
             s.missed += lost;
+            Ok(Outcome::Done)
+        }
+        OpKind::CountMissed(n) => {
+            s.missed += n;
             Ok(Outcome::Done)
         }
         OpKind::ResetMissed => {

@@ -289,6 +289,16 @@ impl HealthTracker {
     }
 }
 
+/// The largest message a broker takes, and which setting says so (shown in the 413 a client
+/// gets, e.g. `max.message.bytes of topic orders`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageLimit {
+    /// Bytes, counted as [`Provider::encoded_size`] counts them.
+    pub bytes: u64,
+    /// The broker setting the limit comes from.
+    pub setting: String,
+}
+
 /// A broker adapter: memory, NATS JetStream or Kafka.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
@@ -303,6 +313,17 @@ pub trait Provider: Send + Sync + 'static {
     async fn subscribe(&self) -> Result<MessageStream, ProviderError>;
     fn stats(&self) -> Stats;
     fn health(&self) -> Health;
+    /// The largest message the broker takes, once known (read from the broker after
+    /// connecting); `None`: no limit known (memory, or not connected yet).
+    fn message_limit(&self) -> Option<MessageLimit> {
+        None
+    }
+    /// What `msg` weighs against [`Provider::message_limit`]: its wire JSON (`wire_len` bytes,
+    /// computed once by the caller) plus whatever else the broker counts (headers, key, framing).
+    fn encoded_size(&self, msg: &DataMessage, wire_len: usize) -> u64 {
+        let _ = msg;
+        wire_len as u64
+    }
     /// Releases the broker connection. Idempotent; a publish after close is an error.
     async fn close(&self) -> Result<(), ProviderError>;
 }

@@ -149,9 +149,22 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
                     "messageId": msg.id,
                     "status": "accepted",
                     "strategy": composite.strategy(),
+                    "acceptance": composite.acceptance(),
                     "providers": report.accepted,
                     "deferredProviders": report.deferred,
                     "failedProviders": failed,
+                })),
+            )
+                .into_response()
+        }
+        Err(e @ PublishError::TooLarge { .. }) => {
+            IngestMetrics::count(&m.too_large);
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({
+                    "error": e.to_string(),
+                    "messageId": msg.id,
+                    "failedProviders": e.failed_providers(),
                 })),
             )
                 .into_response()

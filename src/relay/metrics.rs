@@ -197,7 +197,7 @@ type Series = (
     fn(&ProviderRow) -> u64,
 );
 
-const PROVIDER_SERIES: [Series; 8] = [
+const PROVIDER_SERIES: [Series; 10] = [
     (
         "dualwrite_provider_published",
         MetricType::Counter,
@@ -241,9 +241,21 @@ const PROVIDER_SERIES: [Series; 8] = [
         |r| u64::from(r.health.healthy),
     ),
     (
+        "dualwrite_provider_missed",
+        MetricType::Counter,
+        "Accepted messages the provider missed for good (refused by the broker, or its backlog could not keep them).",
+        |r| r.missed,
+    ),
+    (
+        "dualwrite_provider_backlog_errors",
+        MetricType::Counter,
+        "Appends to the provider's hinted-handoff backlog that failed with a storage error (disk full, I/O error).",
+        |r| r.backlog_errors,
+    ),
+    (
         "dualwrite_provider_needs_reconciliation",
         MetricType::Gauge,
-        "1 when the provider's backlog passed its limits: replay alone cannot make it complete.",
+        "1 when replay alone cannot make the provider complete (its backlog passed its limits, or it missed an accepted message).",
         |r| u64::from(r.needs_reconciliation),
     ),
 ];

@@ -88,7 +88,8 @@ pub async fn build_composite_with(
             }
         }
     }
-    let composite = Composite::new(providers, config.strategy, timeout)?;
+    let composite =
+        Composite::new(providers, config.strategy, timeout)?.with_acceptance(config.acceptance);
     match handoff {
         Some(store) if config.handoff.enabled => {
             let mut backlogs = std::collections::HashMap::new();
@@ -157,7 +158,7 @@ impl Relay {
         self.max_body_bytes
     }
 
-    /// Applies a changed pipeline without dropping in-flight messages: a strategy change takes effect
+    /// Applies a changed pipeline without dropping in-flight messages: a strategy or acceptance change takes effect
     /// for the next publish; a changed provider list, publish timeout or handoff setting builds a
     /// new composite, swaps it in, waits for publishes still running on the old one, then closes
     /// it.
@@ -176,6 +177,10 @@ impl Relay {
             if composite.strategy() != new.strategy {
                 tracing::info!(from = %composite.strategy(), to = %new.strategy, "strategy changed");
                 composite.set_strategy(new.strategy);
+            }
+            if composite.acceptance() != new.acceptance {
+                tracing::info!(from = %composite.acceptance(), to = %new.acceptance, "acceptance changed");
+                composite.set_acceptance(new.acceptance);
             }
         } else {
             let fresh = Arc::new(build_composite_with(&new, self.handoff.as_ref()).await?);

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::composite::{Strategy, DEFAULT_PUBLISH_TIMEOUT};
+use crate::composite::{Acceptance, Strategy, DEFAULT_PUBLISH_TIMEOUT};
 use crate::handoff::Limits;
 use crate::provider::kafka::KafkaConfig;
 use crate::provider::memory::DEFAULT_CAPACITY;
@@ -23,6 +23,8 @@ pub struct PipelineConfig {
     /// In order; the first is the default read provider.
     pub providers: Vec<ProviderConfig>,
     pub strategy: Strategy,
+    /// What BestEffort needs to accept a message (`spec.handoff.acceptance`).
+    pub acceptance: Acceptance,
     /// Deadline of one write to one provider.
     pub publish_timeout: Duration,
     pub handoff: HandoffConfig,
@@ -131,6 +133,7 @@ impl PipelineConfig {
         Self {
             providers: vec![memory("memory-1"), memory("memory-2")],
             strategy: Strategy::FailFast,
+            acceptance: Acceptance::BrokerAck,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             handoff: HandoffConfig::default(),
             ingest: IngestConfig::default(),

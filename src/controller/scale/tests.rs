@@ -213,6 +213,7 @@ fn report(name: &str, at: i64, backlogs: &[u64]) -> RelayReport {
                 backlog: *b,
                 latency_p99_ms: None,
                 needs_reconciliation: false,
+                ..Default::default()
             })
             .collect(),
     }

@@ -37,6 +37,8 @@ pub(super) struct Shared {
     /// Which set of clients is in force; callbacks of clients replaced since (a rotated Secret)
     /// no longer touch health.
     pub(super) generation: AtomicU64,
+    /// The topic's `max.message.bytes` once read (0: not yet), see `KafkaProvider::message_limit`.
+    pub(super) topic_max_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -56,6 +58,7 @@ impl Shared {
             brokers_down,
             kick: Notify::new(),
             generation: AtomicU64::new(0),
+            topic_max_bytes: AtomicU64::new(0),
         }
     }
 

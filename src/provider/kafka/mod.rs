@@ -59,11 +59,12 @@ use rdkafka::util::Timeout;
 
 use self::client::{ClientConfigs, Clients, HealthContext, KafkaProducer, ProducerSlot, Shared};
 use self::supervisor::KafkaProbe;
-use self::topic::{ensure_topic_at_start, TopicSpec};
+use self::topic::{ensure_topic_at_start, read_topic_limit, TopicSpec};
 use super::secret::{KafkaAuth, SecretFile, SecretMissing, SecretWatch, TlsFiles};
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
 use super::{
-    Health, MessageStream, Provider, ProviderError, ProviderKind, Stats, REASON_AUTH_FAILED,
+    Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
+    REASON_AUTH_FAILED,
 };
 use crate::message::DataMessage;
 
@@ -82,6 +83,13 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const LINGER_MS: f64 = 5.0;
 /// Shortest `message.timeout.ms` handed to librdkafka (0 would mean "never time out").
 const MIN_MESSAGE_TIMEOUT_MS: u128 = 10;
+
+/// librdkafka's default `message.max.bytes` (the producer refuses a larger record locally).
+const PRODUCER_MAX_BYTES_DEFAULT: u64 = 1_000_000;
+/// What a record adds to its value, at most, on the wire (record batch v2): the batch header
+/// (61 bytes, one record per batch in the worst case), the record's varint fields, and the
+/// varint lengths of the key and of each header. The key and header bytes are added apart.
+const RECORD_FRAMING_BYTES: u64 = 61 + 40 + 2 * 10;
 
 /// Record header carrying the message id (the record key carries it too).
 pub const HEADER_MESSAGE_ID: &str = "message_id";
@@ -169,6 +177,8 @@ pub struct KafkaProvider {
     topic: String,
     group_id: String,
     publish_timeout: Duration,
+    /// The producer's `message.max.bytes` (librdkafka refuses a larger record itself).
+    producer_max_bytes: u64,
     producer: Arc<ProducerSlot>,
     shared: Arc<Shared>,
     /// The health supervisor; its stop signal also ends subscription streams.
@@ -275,6 +285,9 @@ impl KafkaProvider {
                 secrets.built(fingerprint);
                 let first = ensure_topic_at_start(&admin, &topic, &brokers, brokers_down).await;
                 record_topic_at_start(&shared, first)?;
+                if shared.topic_ready.load(Ordering::Acquire) {
+                    read_topic_limit(&shared, &admin).await;
+                }
                 Some(admin)
             }
             Err(BuildError::Secret(missing)) => {
@@ -296,9 +309,15 @@ impl KafkaProvider {
             maker,
             secrets,
         };
+        let producer_max_bytes = spec
+            .config
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(PRODUCER_MAX_BYTES_DEFAULT);
         Ok(KafkaProvider {
             name: name.to_string(),
             topic: topic.name,
+            producer_max_bytes,
             group_id,
             publish_timeout,
             producer: slot,
@@ -414,6 +433,30 @@ impl Provider for KafkaProvider {
             });
         }
         self.open_subscription().await
+    }
+
+    /// The smaller of the topic's `max.message.bytes` (read with the admin client once the
+    /// topic exists) and the producer's `message.max.bytes`.
+    fn message_limit(&self) -> Option<MessageLimit> {
+        let topic = self.shared.topic_max_bytes.load(Ordering::Acquire);
+        Some(if topic != 0 && topic < self.producer_max_bytes {
+            MessageLimit {
+                bytes: topic,
+                setting: format!("max.message.bytes of topic {}", self.topic),
+            }
+        } else {
+            MessageLimit {
+                bytes: self.producer_max_bytes,
+                setting: "the producer's message.max.bytes".to_string(),
+            }
+        })
+    }
+
+    /// The record as the broker counts it: value, key (the id), headers and framing.
+    fn encoded_size(&self, msg: &DataMessage, wire_len: usize) -> u64 {
+        let key = msg.id.len();
+        let headers = HEADER_MESSAGE_ID.len() + msg.id.len() + HEADER_SOURCE.len() + msg.source.len();
+        (wire_len + key + headers) as u64 + RECORD_FRAMING_BYTES
     }
 
     fn stats(&self) -> Stats {

@@ -13,7 +13,7 @@ use rdkafka::producer::Producer;
 use tokio::sync::Notify;
 
 use super::client::{HealthContext, ProducerSlot, Shared};
-use super::topic::{ensure_topic, TopicSpec};
+use super::topic::{ensure_topic, read_topic_limit, TopicSpec};
 use super::{
     BuildError, ClientMaker, PROBE_TIMEOUT, REASON_CONNECTED, REASON_CONNECTING, REASON_INVALID,
 };
@@ -54,6 +54,11 @@ impl Probe for KafkaProbe {
         }
         if !self.shared.health.get().healthy {
             self.probe_leaders().await;
+        }
+        if self.shared.topic_max_bytes.load(Ordering::Acquire) == 0 {
+            if let Some(admin) = &self.admin {
+                read_topic_limit(&self.shared, admin).await;
+            }
         }
     }
 }

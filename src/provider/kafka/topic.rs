@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::watch;
 
-use super::client::HealthContext;
+use super::client::{HealthContext, Shared};
 use super::SETUP_TIMEOUT;
 use crate::provider::supervise::EnsureError;
 
@@ -83,6 +83,55 @@ pub(super) async fn ensure_topic_at_start(
         }
         _ = brokers_down.changed() => {
             Err(EnsureError::Transient(format!("no broker reachable at {brokers}")))
+        }
+    }
+}
+
+/// The topic's `max.message.bytes` as the cluster reports it (the broker's `message.max.bytes`
+/// when the topic does not override it): the largest record batch the topic takes.
+pub(super) async fn topic_max_message_bytes(
+    admin: &AdminClient<HealthContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+        .await
+        .map_err(|e| format!("describing topic {topic}: {e}"))?;
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("describing topic {topic}: no answer"))?
+        .map_err(|code| format!("describing topic {topic}: {code}"))?;
+    let value = resource
+        .get("max.message.bytes")
+        .and_then(|e| e.value.as_deref())
+        .ok_or_else(|| format!("topic {topic} reports no max.message.bytes"))?;
+    value
+        .trim()
+        .parse()
+        .map_err(|e| format!("topic {topic}: max.message.bytes {value:?}: {e}"))
+}
+
+/// Reads the topic's `max.message.bytes` into `shared` (once it is known it stays: a later
+/// change of the topic's setting is picked up when the relay restarts). A failure is logged and
+/// retried by the supervisor's next round; until then the producer's own limit applies.
+pub(super) async fn read_topic_limit(shared: &Shared, admin: &AdminClient<HealthContext>) {
+    use std::sync::atomic::Ordering;
+    let read = tokio::time::timeout(
+        super::PROBE_TIMEOUT,
+        topic_max_message_bytes(admin, &shared.topic, super::PROBE_TIMEOUT),
+    )
+    .await
+    .unwrap_or_else(|_| Err(format!("describing topic {}: no answer in time", shared.topic)));
+    match read {
+        Ok(bytes) => {
+            tracing::info!(provider = %shared.name, topic = %shared.topic, max_message_bytes = bytes, "kafka: topic limit read");
+            shared.topic_max_bytes.store(bytes, Ordering::Release);
+        }
+        Err(reason) => {
+            tracing::warn!(provider = %shared.name, %reason, "kafka: cannot read the topic's max.message.bytes yet; retrying")
         }
     }
 }

@@ -71,7 +71,7 @@ use super::secret::{
 };
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
 use super::{
-    Health, MessageStream, Provider, ProviderError, ProviderKind, Stats, REASON_AUTH_FAILED,
+    Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats, REASON_AUTH_FAILED,
 };
 use crate::message::DataMessage;
 
@@ -429,6 +429,23 @@ impl Provider for NatsProvider {
             return Err(self.closed_error());
         }
         self.open_subscription().await
+    }
+
+    /// The server's `max_payload` (from its INFO), once connected.
+    fn message_limit(&self) -> Option<MessageLimit> {
+        let conn = self.conn.get()?;
+        let max = conn.client.server_info().max_payload;
+        (max > 0).then(|| MessageLimit {
+            bytes: max as u64,
+            setting: format!("max_payload of the NATS server at {}", self.shared.url),
+        })
+    }
+
+    /// The payload and the headers block (`NATS/1.0`, `Nats-Msg-Id: <id>`): the server counts
+    /// both against `max_payload`.
+    fn encoded_size(&self, msg: &DataMessage, wire_len: usize) -> u64 {
+        let headers = "NATS/1.0\r\n".len() + MSG_ID_HEADER.len() + 2 + msg.id.len() + 2 + 2;
+        (headers + wire_len) as u64
     }
 
     fn stats(&self) -> Stats {
