@@ -12,7 +12,9 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::message::DataMessage;
-use crate::provider::{Counters, Health, MessageStream, Provider, ProviderError, ProviderKind};
+use crate::provider::{
+    Counters, Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind,
+};
 
 /// A message with the id `msg-0007` for `i = 7`, so tests can name messages and check order.
 pub fn numbered(i: usize) -> DataMessage {
@@ -39,6 +41,8 @@ pub struct FakeProvider {
     delay: Duration,
     rejects: HashSet<String>,
     reject_everything: bool,
+    /// The broker limit it reports (`Provider::message_limit`).
+    limit: Option<u64>,
     /// Publishes fail with `Unavailable` while set; health reads down.
     pub fail: AtomicBool,
     /// Publishes never answer while set (to test that a stop or a deadline does not wait).
@@ -68,6 +72,7 @@ impl FakeProvider {
             delay: Duration::ZERO,
             rejects: HashSet::new(),
             reject_everything: false,
+            limit: None,
             fail: AtomicBool::new(false),
             hang: AtomicBool::new(false),
             counters: Counters::default(),
@@ -107,6 +112,12 @@ impl FakeProvider {
     /// Rejects every message for good.
     pub fn rejecting_everything(mut self) -> Self {
         self.reject_everything = true;
+        self
+    }
+
+    /// Reports a broker limit of `bytes` (the size it counts is the wire JSON's).
+    pub fn message_limit(mut self, bytes: u64) -> Self {
+        self.limit = Some(bytes);
         self
     }
 
@@ -207,6 +218,13 @@ impl Provider for FakeProvider {
 
     async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
         Ok(futures::stream::empty().boxed())
+    }
+
+    fn message_limit(&self) -> Option<MessageLimit> {
+        self.limit.map(|bytes| MessageLimit {
+            bytes,
+            setting: format!("test limit of {}", self.name),
+        })
     }
 
     fn stats(&self) -> crate::provider::Stats {

@@ -140,7 +140,9 @@ impl TryFrom<&DualWritePipelineSpec> for PipelineConfig {
             .unwrap_or_default();
         if acceptance == crate::composite::Acceptance::RelayDisk && !handoff.enabled {
             let message = super::spec::RELAY_DISK_MESSAGE;
-            let message = message.strip_prefix("spec.handoff.acceptance: ").unwrap_or(message);
+            let message = message
+                .strip_prefix("spec.handoff.acceptance: ")
+                .unwrap_or(message);
             problems.add("spec.handoff.acceptance", message);
         }
         if let Some(r) = spec.relay.as_ref().and_then(|r| r.replicas) {

@@ -81,7 +81,11 @@ impl Lane {
         let needs_reconciliation =
             backlog_says || self.missed_unrecorded.load(Ordering::Relaxed) > 0;
         let reconciliation_reason = needs_reconciliation.then(|| {
-            let last = self.last_miss.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let last = self
+                .last_miss
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             last.unwrap_or_else(|| {
                 "its hinted-handoff backlog passed its limits (maxMessages or maxAge)".to_string()
             })

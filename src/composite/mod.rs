@@ -333,8 +333,7 @@ impl Composite {
 
     /// Sets what BestEffort needs; publishes already under way finish under the old rule.
     pub fn set_acceptance(&self, acceptance: Acceptance) {
-        self.acceptance
-            .store(acceptance.to_u8(), Ordering::Release);
+        self.acceptance.store(acceptance.to_u8(), Ordering::Release);
     }
 
     /// The same composite with `acceptance`.

@@ -338,21 +338,38 @@ async fn closing_with_grace_lets_the_replay_empty_the_backlogs_first() {
     assert_eq!(c.stats_detailed().providers[1].stats.backlog, 0);
 }
 
+// Issue 11 item 6: by default a 202 needs a broker's acknowledgement; a message no broker
+// acknowledged is refused and nothing of it is kept (it would appear later, after a 503).
 #[tokio::test]
-async fn best_effort_with_every_provider_down_succeeds_only_into_backlogs() {
+async fn best_effort_with_every_broker_down_is_refused_and_keeps_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let c = with_handoff(
         vec![scripted("x", 0, true), scripted("y", 0, true)],
         Strategy::BestEffort,
         dir.path(),
     );
-    let report = c
+    assert_eq!(c.acceptance(), Acceptance::BrokerAck, "the default");
+    let err = c
         .publish_detailed(&DataMessage::new("t", "x"))
         .await
-        .unwrap();
-    assert!(report.accepted.is_empty());
-    assert_eq!(report.deferred.len(), 2, "held durably for both");
-    // Without handoff the same publish fails: a message that went nowhere is not accepted.
+        .unwrap_err();
+    assert!(
+        matches!(err, PublishError::AllFailed(ref e) if e.len() == 2),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no broker acknowledged"), "{err}");
+    let rows = c.stats_detailed().providers;
+    assert_eq!(
+        rows.iter().map(|r| r.stats.backlog).collect::<Vec<_>>(),
+        [0, 0],
+        "a refused message is not left in a backlog to appear later"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.missed == 0 && !r.needs_reconciliation),
+        "a refused message is nobody's miss"
+    );
+    // Without handoff the same publish fails too.
     let bare = composite(vec![scripted("x", 0, true)], Strategy::BestEffort);
     assert!(matches!(
         bare.publish_detailed(&DataMessage::new("t", "x")).await,
@@ -360,8 +377,81 @@ async fn best_effort_with_every_provider_down_succeeds_only_into_backlogs() {
     ));
 }
 
+// Item 6: a message behind a replaying backlog, with no broker acknowledging it, is refused
+// too, and the backlog does not grow.
 #[tokio::test]
-async fn a_message_a_provider_rejects_for_good_is_not_kept_for_replay() {
+async fn behind_a_backlog_with_no_broker_ack_the_message_is_refused_and_not_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = scripted("good", 0, false);
+    let flaky = scripted("flaky", 0, true);
+    let c = with_handoff(
+        vec![good.clone(), flaky.clone()],
+        Strategy::BestEffort,
+        dir.path(),
+    );
+    let report = c
+        .publish_detailed(&DataMessage::new("t", "1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.accepted, report.deferred),
+        (vec!["good".into()], vec!["flaky".into()])
+    );
+    // Now good is down, and flaky is back but still has its backlog (no replay running).
+    good.fail.store(true, Ordering::Release);
+    flaky.fail.store(false, Ordering::Release);
+    let err = c
+        .publish_detailed(&DataMessage::new("t", "2"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("still replaying"), "{err}");
+    assert_eq!(
+        c.stats_detailed().providers[1].stats.backlog,
+        1,
+        "only the accepted message"
+    );
+}
+
+// Item 6: acceptance on the relay's disk alone is an explicit option.
+#[tokio::test]
+async fn relay_disk_acceptance_accepts_a_message_only_the_backlogs_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = with_handoff(
+        vec![scripted("x", 0, true), scripted("y", 0, true)],
+        Strategy::BestEffort,
+        dir.path(),
+    )
+    .with_acceptance(Acceptance::RelayDisk);
+    let report = c
+        .publish_detailed(&DataMessage::new("t", "x"))
+        .await
+        .unwrap();
+    assert!(report.accepted.is_empty());
+    assert_eq!(report.deferred.len(), 2, "held durably for both");
+    let stats = c.stats_detailed();
+    assert_eq!(stats.acceptance, Acceptance::RelayDisk);
+    assert_eq!(
+        stats
+            .providers
+            .iter()
+            .map(|r| r.stats.backlog)
+            .collect::<Vec<_>>(),
+        [1, 1]
+    );
+    // Without a backlog even RelayDisk has nowhere to keep it.
+    let bare = composite(vec![scripted("x", 0, true)], Strategy::BestEffort)
+        .with_acceptance(Acceptance::RelayDisk);
+    assert!(matches!(
+        bare.publish_detailed(&DataMessage::new("t", "x")).await,
+        Err(PublishError::AllFailed(_))
+    ));
+}
+
+// Item 2: a message a broker refuses for good is not kept for replay (it would block the
+// backlog); since the message was accepted without that provider, it is counted as missed and
+// the provider needs reconciliation, persistently.
+#[tokio::test]
+async fn a_message_a_provider_rejects_for_good_is_counted_as_missed() {
     let rejecting = FakeProvider::named("small")
         .kind(ProviderKind::Nats)
         .rejecting_everything()
@@ -382,7 +472,121 @@ async fn a_message_a_provider_rejects_for_good_is_not_kept_for_replay() {
         "not deferred: it would block the backlog forever"
     );
     assert!(matches!(report.failed[0], ProviderError::Rejected { .. }));
-    assert_eq!(c.stats_detailed().providers[1].stats.backlog, 0);
+    let row = &c.stats_detailed().providers[1];
+    assert_eq!(row.stats.backlog, 0);
+    assert_eq!(row.missed, 1);
+    assert!(row.needs_reconciliation, "{row:?}");
+    let reason = row.reconciliation_reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("rejected the message"), "{reason}");
+    c.close_all().await.unwrap();
+    drop(c);
+    // Counted on disk with the backlog's own refusals: it survives a restart.
+    let store = crate::handoff::HandoffStore::open(dir.path()).unwrap();
+    let backlog = store.backlog("small", Default::default()).unwrap();
+    assert_eq!(backlog.missed(), 1);
+    assert!(backlog.needs_reconciliation());
+}
+
+// Item 2, without hinted handoff: the miss is still counted and marks the provider.
+#[tokio::test]
+async fn without_a_backlog_a_best_effort_miss_still_marks_the_provider() {
+    let c = composite(
+        vec![scripted("good", 0, false), scripted("down", 0, true)],
+        Strategy::BestEffort,
+    );
+    c.publish_detailed(&DataMessage::new("t", "x"))
+        .await
+        .unwrap();
+    let row = &c.stats_detailed().providers[1];
+    assert_eq!((row.missed, row.needs_reconciliation), (1, true), "{row:?}");
+}
+
+// Item 3: a backlog that cannot take a write (disk full) makes that write a failure for the
+// strategy: counted, in the row (needsReconciliation with the reason), never a silent skip.
+#[tokio::test]
+async fn a_backlog_that_cannot_write_fails_the_write_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::handoff::HandoffStore::open(dir.path()).unwrap();
+    let good = scripted("good", 0, false);
+    let flaky = scripted("flaky", 0, true);
+    let providers: Vec<Arc<dyn Provider>> = vec![good.clone(), flaky.clone()];
+    let backlogs = providers
+        .iter()
+        .map(|p| {
+            let b = store.backlog(p.name(), Default::default()).unwrap();
+            (p.name().to_string(), b)
+        })
+        .collect();
+    let c = composite(providers, Strategy::BestEffort).with_backlogs(backlogs);
+    store.fail_writes(true);
+    let report = c
+        .publish_detailed(&DataMessage::new("t", "x"))
+        .await
+        .unwrap();
+    assert_eq!(report.accepted, ["good"]);
+    assert!(report.deferred.is_empty());
+    assert_eq!(report.failed.len(), 1);
+    let err = report.failed[0].to_string();
+    assert!(
+        err.contains("flaky") && err.contains("No space left"),
+        "{err}"
+    );
+    let row = &c.stats_detailed().providers[1];
+    assert_eq!((row.backlog_errors, row.missed), (1, 1), "{row:?}");
+    assert!(row.needs_reconciliation);
+    assert!(
+        row.reconciliation_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("backlog could not keep")),
+        "{row:?}"
+    );
+    // With no broker acknowledging either, the publish fails (and it is nobody's miss).
+    good.fail.store(true, Ordering::Release);
+    assert!(matches!(
+        c.publish_detailed(&DataMessage::new("t", "y")).await,
+        Err(PublishError::AllFailed(_))
+    ));
+    assert_eq!(c.stats_detailed().providers[1].missed, 1);
+}
+
+// Item 2: a message above the smallest broker limit is refused before any write, naming the
+// provider and its limit, under either strategy.
+#[tokio::test]
+async fn a_message_too_large_for_the_smallest_broker_is_refused_before_any_write() {
+    for strategy in [Strategy::FailFast, Strategy::BestEffort] {
+        let roomy = FakeProvider::named("roomy").message_limit(10_000).arc();
+        let small = FakeProvider::named("small").message_limit(500).arc();
+        let unlimited = scripted("memory", 0, false);
+        let c = composite(
+            vec![roomy.clone(), small.clone(), unlimited.clone()],
+            strategy,
+        );
+        let big = DataMessage::new("t", vec![b'x'; 1_000]);
+        let err = c.publish_detailed(&big).await.unwrap_err();
+        let PublishError::TooLarge {
+            provider,
+            size,
+            limit,
+        } = &err
+        else {
+            panic!("{strategy}: {err}");
+        };
+        assert_eq!((provider.as_str(), limit.bytes), ("small", 500));
+        assert_eq!(*size, big.to_wire().len() as u64);
+        let text = err.to_string();
+        assert!(
+            text.contains("small") && text.contains("500 bytes"),
+            "{text}"
+        );
+        assert_eq!(err.failed_providers(), ["small"]);
+        for p in [&roomy, &small, &unlimited] {
+            assert!(p.started().is_empty(), "{strategy}: nothing was written");
+        }
+        // A message within every limit is written.
+        let fits = DataMessage::new("t", vec![b'x'; 200]);
+        c.publish_detailed(&fits).await.unwrap();
+        assert_eq!(small.received(), [fits.id.clone()]);
+    }
 }
 
 #[tokio::test]

@@ -259,8 +259,14 @@ pub(super) struct Op {
 }
 
 pub(super) enum OpKind {
-    Append { value: Vec<u8>, enqueued_ms: u64 },
-    Remove { through: u64, lost: u64 },
+    Append {
+        value: Vec<u8>,
+        enqueued_ms: u64,
+    },
+    Remove {
+        through: u64,
+        lost: u64,
+    },
     /// Messages the provider missed that never reached the backlog (refused by the broker for
     /// good): counted with the backlog's own refusals.
     CountMissed(u64),

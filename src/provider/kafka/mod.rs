@@ -455,7 +455,8 @@ impl Provider for KafkaProvider {
     /// The record as the broker counts it: value, key (the id), headers and framing.
     fn encoded_size(&self, msg: &DataMessage, wire_len: usize) -> u64 {
         let key = msg.id.len();
-        let headers = HEADER_MESSAGE_ID.len() + msg.id.len() + HEADER_SOURCE.len() + msg.source.len();
+        let headers =
+            HEADER_MESSAGE_ID.len() + msg.id.len() + HEADER_SOURCE.len() + msg.source.len();
         (wire_len + key + headers) as u64 + RECORD_FRAMING_BYTES
     }
 

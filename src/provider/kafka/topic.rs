@@ -124,7 +124,12 @@ pub(super) async fn read_topic_limit(shared: &Shared, admin: &AdminClient<Health
         topic_max_message_bytes(admin, &shared.topic, super::PROBE_TIMEOUT),
     )
     .await
-    .unwrap_or_else(|_| Err(format!("describing topic {}: no answer in time", shared.topic)));
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "describing topic {}: no answer in time",
+            shared.topic
+        ))
+    });
     match read {
         Ok(bytes) => {
             tracing::info!(provider = %shared.name, topic = %shared.topic, max_message_bytes = bytes, "kafka: topic limit read");

@@ -71,7 +71,8 @@ use super::secret::{
 };
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
 use super::{
-    Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats, REASON_AUTH_FAILED,
+    Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
+    REASON_AUTH_FAILED,
 };
 use crate::message::DataMessage;
 
