@@ -341,3 +341,101 @@ async fn health_ready_and_graceful_shutdown() {
         .iter()
         .all(|p| !p.health.healthy));
 }
+
+/// A memory queue that reports a broker limit, as NATS (`max_payload`) and Kafka
+/// (`max.message.bytes`) do.
+struct Limited(dualwrite::provider::memory::MemoryProvider);
+
+#[async_trait::async_trait]
+impl dualwrite::provider::Provider for Limited {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn kind(&self) -> dualwrite::provider::ProviderKind {
+        dualwrite::provider::ProviderKind::Nats
+    }
+    async fn publish(
+        &self,
+        m: &dualwrite::message::DataMessage,
+    ) -> Result<(), dualwrite::provider::ProviderError> {
+        self.0.publish(m).await
+    }
+    async fn subscribe(
+        &self,
+    ) -> Result<dualwrite::provider::MessageStream, dualwrite::provider::ProviderError> {
+        self.0.subscribe().await
+    }
+    fn stats(&self) -> dualwrite::provider::Stats {
+        self.0.stats()
+    }
+    fn health(&self) -> dualwrite::provider::Health {
+        self.0.health()
+    }
+    fn message_limit(&self) -> Option<dualwrite::provider::MessageLimit> {
+        Some(dualwrite::provider::MessageLimit {
+            bytes: 1024,
+            setting: "max_payload of the test server".into(),
+        })
+    }
+    async fn close(&self) -> Result<(), dualwrite::provider::ProviderError> {
+        self.0.close().await
+    }
+}
+
+// Issue 11 item 2: a message above the smallest broker limit is a 413 naming the broker and the
+// limit, and nothing is written anywhere.
+#[tokio::test]
+async fn a_message_too_large_for_a_broker_is_413_naming_it_and_its_limit() {
+    use dualwrite::provider::memory::MemoryProvider;
+    use dualwrite::provider::Provider;
+    let open = Arc::new(MemoryProvider::new("memory-1", 10));
+    let small = Arc::new(Limited(MemoryProvider::new("small", 10)));
+    let providers: Vec<Arc<dyn Provider>> = vec![open.clone(), small.clone()];
+    let composite = dualwrite::composite::Composite::new(
+        providers,
+        Strategy::BestEffort,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let relay = Relay::new(composite, relay::PipelineConfig::two_memory_queues());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(relay::serve(relay.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    let r = Running {
+        base,
+        relay,
+        stop: Some(tx),
+        server,
+    };
+    let url = format!("{}/api/v1/ingest", r.base);
+    let send = |data: String| {
+        client()
+            .post(&url)
+            .json(&serde_json::json!({"source": "t", "data": data}))
+            .send()
+    };
+    // 900 bytes of data are 1200 in base64: above 1024 once encoded, though the body is small.
+    let resp = send("x".repeat(900)).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("provider small")
+            && error.contains("1024 bytes")
+            && error.contains("max_payload of the test server"),
+        "{body}"
+    );
+    assert_eq!(body["failedProviders"], serde_json::json!(["small"]));
+    assert_eq!(
+        (open.stats().published, small.stats().published),
+        (0, 0),
+        "refused before any write"
+    );
+    let resp = send("x".repeat(100)).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(small.stats().published, 1);
+    r.shutdown().await;
+}

@@ -70,6 +70,11 @@ fn validation_table() {
             "{providers: [{name: a, type: memory}], handoff: {maxAge: 1day}}",
             Some(("spec.handoff.maxAge", "is not a duration")),
         ),
+        ("{providers: [{name: a, type: memory}], handoff: {acceptance: RelayDisk}}", None),
+        (
+            "{providers: [{name: a, type: memory}], handoff: {enabled: false, acceptance: RelayDisk}}",
+            Some(("spec.handoff.acceptance", "RelayDisk needs hinted handoff")),
+        ),
         (
             "{providers: [{name: a, type: memory}], ingest: {maxBodyBytes: 10}}",
             Some(("spec.ingest.maxBodyBytes", "out of range")),
@@ -130,6 +135,11 @@ fn conversion_fills_in_defaults_and_types() {
     );
     assert_eq!(config.ingest.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
     assert!(config.handoff.enabled);
+    assert_eq!(
+        config.acceptance,
+        crate::composite::Acceptance::BrokerAck,
+        "a 202 needs a broker's acknowledgement unless the spec says otherwise"
+    );
     assert_eq!(
         config.providers[0].settings,
         ProviderSettings::Memory {
