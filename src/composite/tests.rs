@@ -585,7 +585,7 @@ async fn a_message_too_large_for_the_smallest_broker_is_refused_before_any_write
         // A message within every limit is written.
         let fits = DataMessage::new("t", vec![b'x'; 200]);
         c.publish_detailed(&fits).await.unwrap();
-        assert_eq!(small.received(), [fits.id.clone()]);
+        assert_eq!(small.received(), vec![fits.id]);
     }
 }
 
