@@ -90,6 +90,12 @@ pub struct Report {
     /// Up to 10 missing ids per provider, to start an investigation.
     pub missing_examples: BTreeMap<String, Vec<String>>,
     pub consistent: bool,
+    /// Unix seconds of the oldest ingest time read (`--window`); `None`: everything held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<i64>,
+    /// Unix seconds before which messages were read (the check's start less `--settle`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<i64>,
 }
 
 /// Compares the providers' holdings. Pure.
@@ -344,7 +350,10 @@ pub async fn check(
     if holdings.len() < 2 {
         return Err(Error::TooFewProviders);
     }
-    Ok(compare(&holdings))
+    let mut report = compare(&holdings);
+    report.window_start = since;
+    report.window_end = Some(until);
+    Ok(report)
 }
 
 /// The pipeline `r` in the cluster (KUBECONFIG or in-cluster), with the API to record a
@@ -372,7 +381,13 @@ pub fn consistency_status(report: &Report, at: Timestamp) -> ConsistencyStatus {
         missing: report.missing.clone(),
         duplicates: report.duplicates.clone(),
         consistent: report.consistent,
+        window_start: report.window_start.and_then(unix_time),
+        window_end: report.window_end.and_then(unix_time),
     }
+}
+
+fn unix_time(secs: i64) -> Option<Time> {
+    Timestamp::from_second(secs).ok().map(Time)
 }
 
 /// Writes `report` into the pipeline's `status.consistency` (a migration gate reads it), under

@@ -59,7 +59,9 @@ pub struct DualWritePipelineStatus {
     /// operator never deletes them (see the README's hinted-handoff section).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retained_claims: Vec<String>,
-    /// Each relay's own report, written by that relay (one entry per pod).
+    /// Each relay's report (one entry per pod): the operator's copy of the relays' reports
+    /// ConfigMap ([`super::relay_reports_name`]); a relay of an earlier version wrote its entry
+    /// here itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub relays: Vec<RelayReport>,
@@ -124,6 +126,11 @@ pub struct ProviderStatus {
     /// The backlog passed its limits: replay cannot guarantee completeness; reconcile by hand.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_reconciliation: bool,
+    /// Misses recorded up to this time are reconciled (a clean `dualwrite verify` or the
+    /// `dualwrite.io/reconciled` annotation): the relays clear their needs-reconciliation flag
+    /// for misses up to it. Written by the operator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled_through: Option<Time>,
 }
 
 impl ProviderStatus {
@@ -141,6 +148,7 @@ impl ProviderStatus {
             backlog: 0,
             latency_p99_ms: None,
             needs_reconciliation: false,
+            reconciled_through: None,
         }
     }
 
@@ -175,6 +183,11 @@ pub struct RelayReport {
     /// The spec generation the relay runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The relay's last report before it stopped (providers closed, backlog as left on disk):
+    /// once stale, its backlog is still known, where a report that just went stale says
+    /// nothing of now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
     #[serde(default)]
     pub providers: Vec<ProviderReport>,
 }
@@ -205,6 +218,11 @@ pub struct ProviderReport {
     pub latency_p99_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_reconciliation: bool,
+    /// The relay no longer writes this provider (a migration step or a rollback removed it),
+    /// but its backlog file still holds `backlog` messages for it: counted toward the backlog,
+    /// never toward health.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orphaned: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -255,6 +273,13 @@ pub struct ConsistencyStatus {
     #[serde(default)]
     pub duplicates: BTreeMap<String, u64>,
     pub consistent: bool,
+    /// The check read messages ingested from this time (`--window`); absent: everything the
+    /// brokers held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<Time>,
+    /// The check read messages ingested before this time (its start less `--settle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<Time>,
 }
 
 /// Writes `status` (the fields this field manager owns, and only those) into the pipeline's
@@ -296,6 +321,7 @@ impl From<&ProviderRow> for ProviderReport {
             backlog: row.stats.backlog,
             latency_p99_ms: (row.latency.count > 0).then_some(row.latency.p99_ms),
             needs_reconciliation: row.needs_reconciliation,
+            orphaned: false,
         }
     }
 }

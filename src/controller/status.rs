@@ -156,7 +156,7 @@ pub fn next_status(
         fallback: in_force.fallback,
         consistency: None, // owned by `dualwrite verify`; never written by the operator
         retained_claims: observed.retained_claims.clone(),
-        relays: Vec::new(), // owned by the relays; never written by the operator
+        relays: Vec::new(), // the reconciler puts its copy of the reports ConfigMap here
         conditions,
     };
     NextStatus { status, events }

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
-    WriteTransaction,
+    TableHandle, WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
@@ -125,6 +125,35 @@ impl HandoffStore {
         provider: &str,
         limits: Limits,
     ) -> Result<Arc<Backlog>, HandoffError> {
+        let state = self.state_of(provider)?;
+        state.set_limits(limits);
+        Ok(Arc::new(Backlog::new(Arc::clone(self), state)))
+    }
+
+    /// The backlog of every provider this file has a table for, limits untouched: how a relay
+    /// finds what waits on its disk for a provider it no longer writes (a migration step or a
+    /// rollback removed it), so that backlog is reported rather than forgotten.
+    pub fn backlogs_on_disk(self: &Arc<Self>) -> Result<Vec<Arc<Backlog>>, HandoffError> {
+        let names = (|| -> Result<Vec<String>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let names = txn
+                .list_tables()?
+                .filter_map(|t| t.name().strip_prefix("backlog/").map(String::from))
+                .collect();
+            Ok(names)
+        })()
+        .map_err(|e| storage_error(&self.path, "cannot list the backlogs", e))?;
+        names
+            .iter()
+            .map(|name| {
+                let state = self.state_of(name)?;
+                Ok(Arc::new(Backlog::new(Arc::clone(self), state)))
+            })
+            .collect()
+    }
+
+    /// The shared state of `provider`, read from disk the first time.
+    fn state_of(&self, provider: &str) -> Result<Arc<State>, HandoffError> {
         // A std Mutex: the critical section is a map lookup and, the first time, one small read
         // transaction; it never awaits. Holding it across the load keeps two first calls for the
         // same provider from creating two states.
@@ -147,9 +176,7 @@ impl HandoffStore {
                 state
             }
         };
-        drop(states);
-        state.set_limits(limits);
-        Ok(Arc::new(Backlog::new(Arc::clone(self), state)))
+        Ok(state)
     }
 
     /// Reads a provider's counters from disk.
@@ -157,7 +184,7 @@ impl HandoffStore {
         let state = State::new(provider);
         let read = || -> Result<(), redb::Error> {
             let txn = self.db.begin_read()?;
-            let (mut last_seq, mut missed) = (0, 0);
+            let (mut last_seq, mut missed, mut missed_at) = (0, 0, None);
             match txn.open_table(META) {
                 Ok(meta) => {
                     if let Some(v) = meta.get(state.seq_key.as_str())? {
@@ -165,6 +192,9 @@ impl HandoffStore {
                     }
                     if let Some(v) = meta.get(state.missed_key.as_str())? {
                         missed = v.value();
+                    }
+                    if let Some(v) = meta.get(state.missed_at_key.as_str())? {
+                        missed_at = Some(v.value());
                     }
                 }
                 Err(TableError::TableDoesNotExist(_)) => {}
@@ -188,6 +218,14 @@ impl HandoffStore {
             }
             state.last_seq.store(last_seq, Ordering::Release);
             state.missed.store(missed, Ordering::Release);
+            // Misses counted by a version that kept no time: they happened before now, so
+            // only a reconciliation from now on covers them.
+            let missed_at = match missed_at {
+                Some(at) => at,
+                None if missed > 0 => now_millis(),
+                None => UNSET,
+            };
+            state.missed_at_ms.store(missed_at, Ordering::Release);
             Ok(())
         };
         read().map_err(|e| {
@@ -245,6 +283,7 @@ pub(super) enum OpKind {
     Append { value: Vec<u8>, enqueued_ms: u64 },
     Remove { through: u64, lost: u64 },
     ResetMissed,
+    ResetMissedThrough { through_ms: u64 },
 }
 
 #[derive(Debug)]
@@ -261,6 +300,7 @@ struct Staged {
     len: u64,
     last_seq: u64,
     missed: u64,
+    missed_at_ms: u64,
     oldest_ms: u64,
     appended: bool,
 }
@@ -314,6 +354,7 @@ fn write_group(db: &Database, ops: &[Op]) -> Result<(Vec<Staged>, Vec<Outcome>),
         for s in &staged {
             meta.insert(s.state.seq_key.as_str(), s.last_seq)?;
             meta.insert(s.state.missed_key.as_str(), s.missed)?;
+            meta.insert(s.state.missed_at_key.as_str(), s.missed_at_ms)?;
         }
     }
     txn.commit()?;
@@ -331,6 +372,7 @@ fn stage(staged: &mut Vec<Staged>, state: &Arc<State>) -> usize {
         len: state.len.load(Ordering::Acquire),
         last_seq: state.last_seq.load(Ordering::Acquire),
         missed: state.missed.load(Ordering::Acquire),
+        missed_at_ms: state.missed_at_ms.load(Ordering::Acquire),
         oldest_ms: state.oldest_ms.load(Ordering::Acquire),
         appended: false,
     });
@@ -344,6 +386,7 @@ fn publish_counters(staged: &[Staged]) {
         let st = &s.state;
         st.last_seq.store(s.last_seq, Ordering::Release);
         st.missed.store(s.missed, Ordering::Release);
+        st.missed_at_ms.store(s.missed_at_ms, Ordering::Release);
         st.oldest_ms.store(s.oldest_ms, Ordering::Release);
         st.len.store(s.len, Ordering::Release);
         if s.appended {
@@ -370,6 +413,7 @@ fn apply(txn: &WriteTransaction, s: &mut Staged, kind: &OpKind) -> Result<Outcom
             let max = s.state.max_messages.load(Ordering::Acquire);
             if table.len()? >= max {
                 s.missed += 1;
+                s.missed_at_ms = now_millis();
                 return Ok(Outcome::Refused { max });
             }
             let seq = s.last_seq + 1;
@@ -390,10 +434,20 @@ fn apply(txn: &WriteTransaction, s: &mut Staged, kind: &OpKind) -> Result<Outcom
                 None => UNSET,
             };
             s.missed += lost;
+            if *lost > 0 {
+                s.missed_at_ms = now_millis();
+            }
             Ok(Outcome::Done)
         }
         OpKind::ResetMissed => {
             s.missed = 0;
+            Ok(Outcome::Done)
+        }
+        OpKind::ResetMissedThrough { through_ms } => {
+            // A miss of unknown time (UNSET) is never covered.
+            if s.missed_at_ms != UNSET && s.missed_at_ms <= *through_ms {
+                s.missed = 0;
+            }
             Ok(Outcome::Done)
         }
     }

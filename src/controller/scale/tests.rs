@@ -199,10 +199,12 @@ fn report(name: &str, at: i64, backlogs: &[u64]) -> RelayReport {
         reported_at: Time(t(at)),
         strategy: Strategy::BestEffort,
         generation: Some(1),
+        stopped: false,
         providers: backlogs
             .iter()
             .enumerate()
             .map(|(i, b)| ProviderReport {
+                orphaned: false,
                 name: format!("prov{i}"),
                 healthy: *b == 0,
                 reason: String::new(),

@@ -38,6 +38,8 @@ fn consistency(checked: i64, ok: bool) -> ConsistencyStatus {
         },
         duplicates: BTreeMap::new(),
         consistent: ok,
+        window_start: None,
+        window_end: None,
     }
 }
 
