@@ -146,6 +146,9 @@ fn gone_for_long(
     reports
         .iter()
         .filter(|r| now.duration_since(r.reported_at.0) > limit)
+        // A relay that stopped with a backlog on its disk (a scale-down that timed out) stays
+        // listed: that backlog holds the gates until the relay returns and replays it.
+        .filter(|r| !(r.stopped && r.providers.iter().any(|x| x.backlog > 0)))
         .map(|r| r.name.clone())
         .collect()
 }
@@ -407,12 +410,16 @@ fn decide_scale(
     let desired = resources::replicas(p);
     let running = existing.map(scale::running_replicas);
     let reports = p.status.as_ref().map_or(&[][..], |s| &s.relays[..]);
+    let held_since = existing.and_then(scale::held_since);
+    // The operator first sees a scale-down now unless a hold already records when it did.
+    let requested_at = held_since.unwrap_or(now);
     let leaving = scale::leaving_relays(
         &p.name_any(),
         desired,
         running.unwrap_or(desired),
         reports,
         claims,
+        requested_at,
         now,
         signed(settings.stale_after),
     );
@@ -420,7 +427,7 @@ fn decide_scale(
         desired,
         running,
         leaving: &leaving,
-        held_since: existing.and_then(scale::held_since),
+        held_since,
         now,
         limit: signed(scale::DRAIN_LIMIT),
     })

@@ -73,6 +73,7 @@ pub fn next_status(
         Some(m) if invalid.is_none() => {
             let input = StepInput {
                 relays_in_step: relays_in_step(&prev, now, stale_after),
+                stale: &stale_backlogs(&prev, now, stale_after),
                 migration: m,
                 current: prev.migration.as_ref(),
                 providers: &rows,
@@ -354,6 +355,25 @@ fn blocked_since(prev: &DualWritePipelineStatus) -> Option<Timestamp> {
                 && c.reason == reason::PROVIDERS_NOT_READY
         })
         .map(|c| c.last_transition_time.0)
+}
+
+/// The relays whose report went stale, with their backlog when their last report was the one
+/// they wrote on stopping (else unknown).
+fn stale_backlogs(
+    prev: &DualWritePipelineStatus,
+    now: Timestamp,
+    stale_after: SignedDuration,
+) -> Vec<step::StaleBacklog> {
+    prev.relays
+        .iter()
+        .filter(|r| !rows::is_fresh(r, now, stale_after))
+        .map(|r| step::StaleBacklog {
+            relay: r.name.clone(),
+            backlog: r
+                .stopped
+                .then(|| r.providers.iter().map(|p| p.backlog).sum()),
+        })
+        .collect()
 }
 
 /// Whether every fresh relay has reported since the current step began, running the strategy
