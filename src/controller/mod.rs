@@ -18,6 +18,7 @@
 //! | [`pods`] | relay pod failures and retained claims, from the pods' and claims' status |
 //! | [`rollout`] | the bound on rollouts the operator starts of its own |
 //! | [`scale`] | a scale-down held while a relay it removes holds a backlog |
+//! | [`reconciled`] | through when a provider's misses are reconciled (a clean verify, an annotation) |
 //! | `reconcile` | one reconcile's I/O |
 //! | [`probes`] | the operator's health and metrics endpoints |
 
@@ -47,6 +48,7 @@ pub mod pods;
 pub mod probes;
 pub mod reason;
 mod reconcile;
+pub mod reconciled;
 pub mod resources;
 pub mod rollout;
 pub mod rows;

@@ -15,7 +15,9 @@ use kube::ResourceExt;
 use super::fallback::{self, FallbackInput};
 use super::pods::RelayObservation;
 use super::step::{self, RelaysNotInStep, StepInput, StepView};
-use super::{conditions, reason, resources, rows, scale, signed, PipelineEvent, Settings};
+use super::{
+    conditions, reason, reconciled, resources, rows, scale, signed, PipelineEvent, Settings,
+};
 use crate::api::{
     DualWritePipeline, DualWritePipelineStatus, FallbackStatus, MigrationStatus, ProviderStatus,
     Readiness, RelayReport,
@@ -64,7 +66,21 @@ pub fn next_status(
     let generation = p.metadata.generation.unwrap_or(0);
     let invalid = p.spec.validate().err().map(|e| e.join("; "));
     let stale_after = signed(settings.stale_after);
-    let rows = rows::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
+    let mut rows =
+        rows::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
+    let annotation = p
+        .annotations()
+        .get(reconciled::ANNOTATION)
+        .map(String::as_str);
+    for row in &mut rows {
+        let previous = prev.providers.iter().find(|x| x.name == row.name);
+        row.reconciled_through = reconciled::reconciled_through(
+            &row.name,
+            previous.and_then(|x| x.reconciled_through.as_ref()),
+            annotation,
+            prev.consistency.as_ref(),
+        );
+    }
     let mut events = Vec::new();
 
     // The migration step (if any) decides the strategy and the providers written; the automatic

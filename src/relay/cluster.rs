@@ -508,6 +508,100 @@ mod tests {
     use super::*;
     use crate::composite::Strategy;
 
+    /// A migration step removes memory-2 from the composite while its backlog still holds
+    /// messages: the relay's report carries that backlog as orphaned (so the operator counts it
+    /// toward backlogEmpty), and drops the row once the backlog is gone.
+    #[tokio::test]
+    async fn a_removed_providers_backlog_is_reported_as_orphaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::handoff::HandoffStore::open(dir.path()).unwrap();
+        let config = PipelineConfig::two_memory_queues();
+        let composite = super::super::build_composite_with(&config, Some(&store))
+            .await
+            .unwrap();
+        let relay = Relay::with_handoff(composite, config.clone(), Some(store.clone()));
+        // The step removes memory-2; what it missed before (here written straight to its
+        // backlog, as a failed write would have) stays on disk, and nothing replays it.
+        let mut step = config.clone();
+        step.providers.retain(|p| p.name == "memory-1");
+        relay.apply(step).await.unwrap();
+        let backlog = store.backlog("memory-2", config.handoff.limits).unwrap();
+        for i in 0..4 {
+            backlog
+                .append(&crate::message::DataMessage::new("s", format!("m{i}")))
+                .await
+                .unwrap();
+        }
+
+        let stats = relay.composite().stats_detailed();
+        let written: Vec<&str> = stats.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(written, ["memory-1"]);
+        let orphaned = orphaned_backlogs(&store, &written);
+        let r = report(
+            "p-relay-0",
+            Some(1),
+            &stats,
+            orphaned,
+            false,
+            Timestamp::now(),
+        );
+        let row = r
+            .providers
+            .iter()
+            .find(|p| p.name == "memory-2")
+            .expect("the removed provider's backlog is reported");
+        assert!(row.orphaned);
+        assert_eq!(row.backlog, 4, "the backlog on disk");
+
+        let (seq, _) = backlog.peek(10).await.unwrap().pop().unwrap();
+        backlog.remove_through(seq).await.unwrap();
+        assert!(
+            orphaned_backlogs(&store, &written).is_empty(),
+            "empty: no row"
+        );
+    }
+
+    /// `status.providers[].reconciledThrough` written by the operator reaches the relay's
+    /// backlog store: misses up to it are cleared, a later one is kept.
+    #[tokio::test]
+    async fn reconciled_through_clears_the_flag_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::handoff::HandoffStore::open(dir.path()).unwrap();
+        let limits = crate::handoff::Limits {
+            max_messages: Some(1),
+            max_age: None,
+        };
+        let b = store.backlog("kafka", limits).unwrap();
+        b.append(&crate::message::DataMessage::new("s", "a"))
+            .await
+            .unwrap();
+        let _ = b.append(&crate::message::DataMessage::new("s", "b")).await;
+        assert!(b.needs_reconciliation());
+        let missed_at = b.last_missed_at().unwrap() as i64;
+
+        let pipeline = |through_ms: i64| {
+            let mut p: DualWritePipeline = serde_yaml::from_str(
+                "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {name: x}\nspec:\n  providers: [{name: kafka, type: memory}]\n",
+            )
+            .unwrap();
+            let mut row =
+                crate::api::ProviderStatus::new("kafka", crate::api::ProviderKind::Memory);
+            row.reconciled_through = Some(Time(Timestamp::from_millisecond(through_ms).unwrap()));
+            p.status = Some(crate::api::DualWritePipelineStatus {
+                providers: vec![row],
+                ..Default::default()
+            });
+            p
+        };
+        apply_reconciled(&store, &pipeline(missed_at - 1000)).await;
+        assert!(
+            b.needs_reconciliation(),
+            "reconciled through a time before the miss"
+        );
+        apply_reconciled(&store, &pipeline(missed_at)).await;
+        assert!(!b.needs_reconciliation(), "cleared");
+    }
+
     #[test]
     fn pipeline_ref_parsing() {
         assert_eq!(
