@@ -11,7 +11,8 @@
 //! files under the secrets directory, and every URL in an error is redacted.
 //!
 //! `dualwrite verify --pipeline` reads the pipeline from the cluster ([`read_pipeline`]) and
-//! [`record`]s the verdict in its `status.consistency`, which a migration gate reads.
+//! [`record`]s the verdict in the pipeline's reports ConfigMap; the operator checks it and
+//! copies it into `status.consistency`, which a migration gate reads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -66,7 +67,7 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot write status.consistency: {0}")]
+    #[error("cannot hand the verdict to the operator (the pipeline's <name>-relay-reports ConfigMap): {0}")]
     WriteStatus(#[source] kube::Error),
 }
 
@@ -357,12 +358,18 @@ pub async fn check(
 }
 
 /// The pipeline `r` in the cluster (KUBECONFIG or in-cluster), with the API to record a
-/// verdict on it.
+/// verdict for it.
 pub async fn read_pipeline(
     r: &PipelineRef,
-) -> Result<(DualWritePipelineSpec, Api<DualWritePipeline>), Error> {
+) -> Result<
+    (
+        DualWritePipelineSpec,
+        Api<k8s_openapi::api::core::v1::ConfigMap>,
+    ),
+    Error,
+> {
     let client = kube::Client::try_default().await.map_err(Error::Connect)?;
-    let api: Api<DualWritePipeline> = Api::namespaced(client, &r.namespace);
+    let api: Api<DualWritePipeline> = Api::namespaced(client.clone(), &r.namespace);
     let obj = api
         .get(&r.name)
         .await
@@ -370,7 +377,7 @@ pub async fn read_pipeline(
             pipeline: format!("{}/{}", r.namespace, r.name),
             source,
         })?;
-    Ok((obj.spec, api))
+    Ok((obj.spec, Api::namespaced(client, &r.namespace)))
 }
 
 /// What `status.consistency` says of `report`, checked `at`.
@@ -390,17 +397,29 @@ fn unix_time(secs: i64) -> Option<Time> {
     Timestamp::from_second(secs).ok().map(Time)
 }
 
-/// Writes `report` into the pipeline's `status.consistency` (a migration gate reads it), under
-/// a field manager of its own so it never takes the operator's or a relay's fields.
+/// Hands `report` to the operator: under [`crate::api::VERDICT_KEY`] of the pipeline's reports
+/// ConfigMap, the one object the relay's ServiceAccount (which a verify Job runs under) may
+/// write. The operator checks it and copies it into `status.consistency`, which a migration
+/// gate reads; nobody but the operator writes the status.
 pub async fn record(
-    api: &Api<DualWritePipeline>,
+    maps: &Api<k8s_openapi::api::core::v1::ConfigMap>,
     name: &str,
     report: &Report,
 ) -> Result<(), Error> {
-    let part = serde_json::json!({ "consistency": consistency_status(report, Timestamp::now()) });
-    crate::api::apply_status(api, name, VERIFY_MANAGER, &part)
-        .await
-        .map_err(Error::WriteStatus)?;
+    let verdict = serde_json::to_string(&consistency_status(report, Timestamp::now()))
+        .expect("a verdict serializes");
+    let patch = serde_json::json!({ "data": { crate::api::VERDICT_KEY: verdict } });
+    let params = kube::api::PatchParams {
+        field_manager: Some(VERIFY_MANAGER.into()),
+        ..Default::default()
+    };
+    maps.patch(
+        &crate::api::relay_reports_name(name),
+        &params,
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
     Ok(())
 }
 

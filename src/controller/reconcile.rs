@@ -26,7 +26,7 @@ use super::{
     key, reason, resources, rollout, signed, status, Context, Error, PipelineEvent, Settings,
     MANAGER,
 };
-use crate::api::DualWritePipeline;
+use crate::api::{ConsistencyStatus, DualWritePipeline, RelayReport};
 
 /// One reconcile: the owned objects (unless the spec is invalid), the Events of the decisions,
 /// the status, then the pruning of relays gone for long.
@@ -50,9 +50,9 @@ pub(super) async fn reconcile(
     let (pods, claims) = list_relays(&p, &ns, &ctx).await?;
     // The relays' reports come from their ConfigMap (the only thing their Role may write);
     // the decisions below read them as the status' `relays`.
-    let from_map = read_relay_reports(&p, &ns, &ctx).await?;
+    let (from_map, verdict) = read_relay_reports(&p, &ns, &ctx).await?;
     let as_stored = p;
-    let p = Arc::new(with_reports(&as_stored, &from_map));
+    let p = Arc::new(with_reports(&as_stored, &from_map, verdict));
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = statefulsets
         .get_opt(&resources::relay_name(&p.name_any()))
@@ -78,6 +78,8 @@ pub(super) async fn reconcile(
     }
     let api: Api<DualWritePipeline> = Api::namespaced(ctx.client.clone(), &ns);
     let mut status = next.status;
+    // The verdict the decisions read: the ConfigMap's (checked), else the one already there.
+    status.consistency = p.status.as_ref().and_then(|s| s.consistency.clone());
     let gone = gone_for_long(&from_map, &ctx.settings, Timestamp::now());
     status.relays = from_map
         .into_iter()
@@ -108,40 +110,48 @@ const HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 /// are removed so the status does not grow with every rollout.
 const PRUNE_AFTER_STALE: u32 = 4;
 
-/// The reports in the pipeline's reports ConfigMap (none when it does not exist yet).
+/// The reports in the pipeline's reports ConfigMap (none when it does not exist yet), and the
+/// `dualwrite verify` verdict there if it passes [`crate::api::read_verdict`].
 async fn read_relay_reports(
     p: &DualWritePipeline,
     ns: &str,
     ctx: &Context,
-) -> Result<Vec<crate::api::RelayReport>, Error> {
+) -> Result<(Vec<RelayReport>, Option<ConsistencyStatus>), Error> {
     let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let Some(map) = maps
         .get_opt(&crate::api::relay_reports_name(&p.name_any()))
         .await?
     else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
-    let (reports, unreadable) = crate::api::parse_relay_reports(&map.data.unwrap_or_default());
+    let data = map.data.unwrap_or_default();
+    let providers: Vec<&str> = p.spec.providers.iter().map(|x| x.name.as_str()).collect();
+    let verdict = crate::api::read_verdict(&data, &providers, Timestamp::now());
+    let (reports, unreadable) = crate::api::parse_relay_reports(&data);
     if !unreadable.is_empty() {
         tracing::warn!(pipeline = %key(p), relays = ?unreadable, "relay reports that cannot be read are left out (a relay of another version?)");
     }
-    Ok(reports)
+    Ok((reports, verdict))
 }
 
-/// `p` with the reports of the ConfigMap in place of the status' copy of them.
-fn with_reports(p: &DualWritePipeline, from_map: &[crate::api::RelayReport]) -> DualWritePipeline {
+/// `p` with the reports of the ConfigMap in place of the status' copy of them, and the
+/// ConfigMap's verdict (when it passed) in place of the status' consistency.
+fn with_reports(
+    p: &DualWritePipeline,
+    from_map: &[RelayReport],
+    verdict: Option<ConsistencyStatus>,
+) -> DualWritePipeline {
     let mut p = p.clone();
     let status = p.status.get_or_insert_with(Default::default);
     status.relays = crate::api::merge_relay_reports(from_map, &status.relays);
+    if verdict.is_some() {
+        status.consistency = verdict;
+    }
     p
 }
 
 /// The relays among `reports` gone for long (`PRUNE_AFTER_STALE` × stale-after).
-fn gone_for_long(
-    reports: &[crate::api::RelayReport],
-    settings: &Settings,
-    now: Timestamp,
-) -> Vec<String> {
+fn gone_for_long(reports: &[RelayReport], settings: &Settings, now: Timestamp) -> Vec<String> {
     let limit = signed(settings.stale_after * PRUNE_AFTER_STALE);
     reports
         .iter()

@@ -171,7 +171,7 @@ pub fn next_status(
         providers: rows,
         migration: in_force.migration,
         fallback: in_force.fallback,
-        consistency: None, // owned by `dualwrite verify`; never written by the operator
+        consistency: None, // the reconciler copies the checked `dualwrite verify` verdict here
         retained_claims: observed.retained_claims.clone(),
         relays: Vec::new(), // the reconciler puts its copy of the reports ConfigMap here
         conditions,
