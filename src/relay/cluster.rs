@@ -116,7 +116,7 @@ pub fn orphaned_backlogs(
     backlogs
         .iter()
         .filter(|b| !written.contains(&b.provider()))
-        .filter(|b| b.len() > 0 || b.missed() > 0)
+        .filter(|b| !b.is_empty() || b.missed() > 0)
         .map(|b| ProviderReport {
             name: b.provider().to_string(),
             healthy: false,

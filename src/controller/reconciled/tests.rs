@@ -23,19 +23,22 @@ fn verdict(window_start: Option<i64>, end: i64, missing_kafka: Option<u64>) -> C
     }
 }
 
+/// (case, previous, annotation, verdict, want)
+type Case<'a> = (
+    &'a str,
+    Option<i64>,
+    Option<&'a str>,
+    Option<ConsistencyStatus>,
+    Option<i64>,
+);
+
 #[test]
 fn reconciled_through_table() {
     let at = |s: i64| t(s).to_string();
     let ann_kafka_100 = format!("kafka={}", at(100));
     let ann_both = format!("nats={}, kafka={}", at(50), at(300));
     // (case, previous, annotation, verdict, want)
-    let cases: Vec<(
-        &str,
-        Option<i64>,
-        Option<&str>,
-        Option<ConsistencyStatus>,
-        Option<i64>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         ("nothing said", None, None, None, None),
         (
             "the annotation names the provider",
