@@ -11,7 +11,8 @@
 //! files under the secrets directory, and every URL in an error is redacted.
 //!
 //! `dualwrite verify --pipeline` reads the pipeline from the cluster ([`read_pipeline`]) and
-//! [`record`]s the verdict in its `status.consistency`, which a migration gate reads.
+//! [`record`]s the verdict in the pipeline's reports ConfigMap; the operator checks it and
+//! copies it into `status.consistency`, which a migration gate reads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -66,7 +67,7 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot write status.consistency: {0}")]
+    #[error("cannot hand the verdict to the operator (the pipeline's <name>-relay-reports ConfigMap): {0}")]
     WriteStatus(#[source] kube::Error),
 }
 
@@ -90,6 +91,12 @@ pub struct Report {
     /// Up to 10 missing ids per provider, to start an investigation.
     pub missing_examples: BTreeMap<String, Vec<String>>,
     pub consistent: bool,
+    /// Unix seconds of the oldest ingest time read (`--window`); `None`: everything held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<i64>,
+    /// Unix seconds before which messages were read (the check's start less `--settle`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<i64>,
 }
 
 /// Compares the providers' holdings. Pure.
@@ -344,16 +351,25 @@ pub async fn check(
     if holdings.len() < 2 {
         return Err(Error::TooFewProviders);
     }
-    Ok(compare(&holdings))
+    let mut report = compare(&holdings);
+    report.window_start = since;
+    report.window_end = Some(until);
+    Ok(report)
 }
 
 /// The pipeline `r` in the cluster (KUBECONFIG or in-cluster), with the API to record a
-/// verdict on it.
+/// verdict for it.
 pub async fn read_pipeline(
     r: &PipelineRef,
-) -> Result<(DualWritePipelineSpec, Api<DualWritePipeline>), Error> {
+) -> Result<
+    (
+        DualWritePipelineSpec,
+        Api<k8s_openapi::api::core::v1::ConfigMap>,
+    ),
+    Error,
+> {
     let client = kube::Client::try_default().await.map_err(Error::Connect)?;
-    let api: Api<DualWritePipeline> = Api::namespaced(client, &r.namespace);
+    let api: Api<DualWritePipeline> = Api::namespaced(client.clone(), &r.namespace);
     let obj = api
         .get(&r.name)
         .await
@@ -361,7 +377,7 @@ pub async fn read_pipeline(
             pipeline: format!("{}/{}", r.namespace, r.name),
             source,
         })?;
-    Ok((obj.spec, api))
+    Ok((obj.spec, Api::namespaced(client, &r.namespace)))
 }
 
 /// What `status.consistency` says of `report`, checked `at`.
@@ -372,20 +388,38 @@ pub fn consistency_status(report: &Report, at: Timestamp) -> ConsistencyStatus {
         missing: report.missing.clone(),
         duplicates: report.duplicates.clone(),
         consistent: report.consistent,
+        window_start: report.window_start.and_then(unix_time),
+        window_end: report.window_end.and_then(unix_time),
     }
 }
 
-/// Writes `report` into the pipeline's `status.consistency` (a migration gate reads it), under
-/// a field manager of its own so it never takes the operator's or a relay's fields.
+fn unix_time(secs: i64) -> Option<Time> {
+    Timestamp::from_second(secs).ok().map(Time)
+}
+
+/// Hands `report` to the operator: under [`crate::api::VERDICT_KEY`] of the pipeline's reports
+/// ConfigMap, the one object the relay's ServiceAccount (which a verify Job runs under) may
+/// write. The operator checks it and copies it into `status.consistency`, which a migration
+/// gate reads; nobody but the operator writes the status.
 pub async fn record(
-    api: &Api<DualWritePipeline>,
+    maps: &Api<k8s_openapi::api::core::v1::ConfigMap>,
     name: &str,
     report: &Report,
 ) -> Result<(), Error> {
-    let part = serde_json::json!({ "consistency": consistency_status(report, Timestamp::now()) });
-    crate::api::apply_status(api, name, VERIFY_MANAGER, &part)
-        .await
-        .map_err(Error::WriteStatus)?;
+    let verdict = serde_json::to_string(&consistency_status(report, Timestamp::now()))
+        .expect("a verdict serializes");
+    let patch = serde_json::json!({ "data": { crate::api::VERDICT_KEY: verdict } });
+    let params = kube::api::PatchParams {
+        field_manager: Some(VERIFY_MANAGER.into()),
+        ..Default::default()
+    };
+    maps.patch(
+        &crate::api::relay_reports_name(name),
+        &params,
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
     Ok(())
 }
 

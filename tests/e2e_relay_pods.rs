@@ -303,32 +303,31 @@ async fn statefulset_companions_pod_failures_retained_claims_and_the_old_deploym
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }
 
-/// Writes relay `pod`'s report (now, `backlog` on provider `a`) into the pipeline's status, as
-/// the relay does: server-side apply under its own field manager.
+/// Writes relay `pod`'s report (now, `backlog` on provider `a`) under its key of the
+/// pipeline's reports ConfigMap, as the relay does, with the relay's ServiceAccount.
 fn relay_reports(env: &KubeEnv, ns: &str, pipeline: &str, pod: &str, backlog: u64) {
     let report = serde_json::json!({
-        "apiVersion": "dualwrite.io/v1alpha1",
-        "kind": "DualWritePipeline",
-        "metadata": {"name": pipeline, "namespace": ns},
-        "status": {"relays": [{
-            "name": pod,
-            "reportedAt": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            "strategy": "BestEffort",
-            "generation": 2,
-            "providers": [{"name": "a", "healthy": backlog == 0, "backlog": backlog}]
-        }]}
+        "name": pod,
+        "reportedAt": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        "strategy": "BestEffort",
+        "generation": 2,
+        "providers": [{"name": "a", "healthy": backlog == 0, "backlog": backlog}]
     });
+    let patch = serde_json::json!({"data": {pod: report.to_string()}});
     kubectl_ok(
         env,
         &[
-            "apply",
-            "--server-side",
-            "--subresource=status",
-            &format!("--field-manager=dualwrite-relay-{pod}"),
-            "-f",
-            "-",
+            &format!("--as=system:serviceaccount:{ns}:{pipeline}-relay"),
+            "patch",
+            "configmap",
+            &format!("{pipeline}-relay-reports"),
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
         ],
-        Some(&format!("{report}\n")),
+        None,
     );
 }
 
@@ -420,12 +419,15 @@ async fn scale_down_waits_until_the_removed_relay_has_replayed_its_backlog() {
     kubectl_ok(&env, &["apply", "-f", "-"], Some(&claim));
 
     // 1. Spec 2 → 1: the StatefulSet stays at 2, Reconciling says why, a Normal Event says the
-    //    hold began, and the held relay's claim is not listed as retained (it is in use).
+    //    hold began (the reports from before the request count as unknown), and the held
+    //    relay's claim is not listed as retained (it is in use). The relays go on reporting,
+    //    as they do every interval; relay 1's report after the request names its backlog.
     kubectl_ok(&env, &["apply", "-f", "-"], Some(&manifest(1)));
     let since = eventually(
         Duration::from_secs(30),
         "the scale-down is held with ScaleDownDraining",
         || async {
+            relay_reports(&env, &ns, name, "drain-relay-1", 5);
             let (status, reason, message) = condition(&env, &ns, name, "Reconciling");
             let sts = statefulset_scale(&env, &ns, "drain-relay");
             let started = event_notes(&env, &ns, "Normal", "ScaleDownDraining");
@@ -435,7 +437,7 @@ async fn scale_down_waits_until_the_removed_relay_has_replayed_its_backlog() {
                     if status == "True"
                         && reason == "ScaleDownDraining"
                         && message.contains("drain-relay-1 (backlog 5)")
-                        && note.contains("drain-relay-1 (backlog 5)")
+                        && note.contains("drain-relay-1 (backlog")
                         && p["metadata"]["generation"] == p["status"]["observedGeneration"]
                         && p["status"]["retainedClaims"].is_null() =>
                 {

@@ -49,23 +49,25 @@ async fn http(port: u16, method: &str, path: &str, body: &str) -> Result<u16, St
         .map_err(|e| e.to_string())
 }
 
-/// The time of this relay's report in the pipeline's status, if any.
+/// The time of this relay's report in the pipeline's reports ConfigMap, if any (no operator
+/// runs here to copy it into the status).
 fn reported_at(kubeconfig: &str, ns: &str) -> Option<String> {
     let out = Command::new("kubectl")
         .env("KUBECONFIG", kubeconfig)
         .args([
             "get",
-            "dwp",
-            "api-outage",
+            "configmap",
+            "api-outage-relay-reports",
             "-n",
             ns,
             "-o",
-            "jsonpath={.status.relays[?(@.name==\"api-outage-0\")].reportedAt}",
+            "jsonpath={.data.api-outage-0}",
         ])
         .output()
         .ok()?;
-    let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !t.is_empty()).then_some(t)
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let t = report["reportedAt"].as_str()?.to_string();
+    out.status.success().then_some(t)
 }
 
 #[tokio::test]
@@ -80,6 +82,12 @@ async fn a_relay_restarted_without_the_api_server_runs_its_last_pipeline() {
         "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: api-outage, namespace: {ns}}}\nspec:\n  strategy: FailFast\n  providers:\n  - {{name: a, type: memory}}\n  - {{name: b, type: memory}}\n"
     );
     kubectl_ok(&env, &["apply", "-f", "-"], Some(&manifest));
+    // The reports ConfigMap the operator would create (no operator runs here).
+    kubectl_ok(
+        &env,
+        &["create", "configmap", "api-outage-relay-reports", "-n", &ns],
+        None,
+    );
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();

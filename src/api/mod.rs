@@ -7,11 +7,13 @@
 
 use kube::CustomResourceExt;
 
+mod reports;
 mod rules;
 mod spec;
 mod status;
 mod validate;
 
+pub use reports::*;
 pub use spec::*;
 pub use status::*;
 pub use validate::*;

@@ -63,7 +63,9 @@ pub struct DualWritePipelineStatus {
     /// operator never deletes them (see the README's hinted-handoff section).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retained_claims: Vec<String>,
-    /// Each relay's own report, written by that relay (one entry per pod).
+    /// Each relay's report (one entry per pod): the operator's copy of the relays' reports
+    /// ConfigMap ([`super::relay_reports_name`]); a relay of an earlier version wrote its entry
+    /// here itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub relays: Vec<RelayReport>,
@@ -139,6 +141,11 @@ pub struct ProviderStatus {
     /// Why it needs reconciliation, as a relay reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciliation_reason: Option<String>,
+    /// Misses recorded up to this time are reconciled (a clean `dualwrite verify` or the
+    /// `dualwrite.io/reconciled` annotation): the relays clear their needs-reconciliation flag
+    /// for misses up to it. Written by the operator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled_through: Option<Time>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -163,6 +170,7 @@ impl ProviderStatus {
             backlog_errors: 0,
             needs_reconciliation: false,
             reconciliation_reason: None,
+            reconciled_through: None,
         }
     }
 
@@ -202,6 +210,11 @@ pub struct RelayReport {
     /// The spec generation the relay runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The relay's last report before it stopped (providers closed, backlog as left on disk):
+    /// once stale, its backlog is still known, where a report that just went stale says
+    /// nothing of now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
     #[serde(default)]
     pub providers: Vec<ProviderReport>,
 }
@@ -238,6 +251,11 @@ pub struct ProviderReport {
     pub needs_reconciliation: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciliation_reason: Option<String>,
+    /// The relay no longer writes this provider (a migration step or a rollback removed it),
+    /// but its backlog file still holds `backlog` messages for it: counted toward the backlog,
+    /// never toward health.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orphaned: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -288,6 +306,13 @@ pub struct ConsistencyStatus {
     #[serde(default)]
     pub duplicates: BTreeMap<String, u64>,
     pub consistent: bool,
+    /// The check read messages ingested from this time (`--window`); absent: everything the
+    /// brokers held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<Time>,
+    /// The check read messages ingested before this time (its start less `--settle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<Time>,
 }
 
 /// Writes `status` (the fields this field manager owns, and only those) into the pipeline's
@@ -332,6 +357,7 @@ impl From<&ProviderRow> for ProviderReport {
             backlog_errors: row.backlog_errors,
             needs_reconciliation: row.needs_reconciliation,
             reconciliation_reason: row.reconciliation_reason.clone(),
+            orphaned: false,
         }
     }
 }

@@ -14,10 +14,11 @@
 //! | [`fallback`] | the automatic fallback from FailFast to BestEffort and back |
 //! | [`conditions`] | Ready, Reconciling, Stalled, Degraded |
 //! | [`reason`] | every reason string the operator writes |
-//! | [`resources`] | the owned objects (StatefulSet, Services, PodDisruptionBudget, RBAC) |
+//! | [`resources`] | the owned objects (StatefulSet, Services, PodDisruptionBudget, RBAC, the relays' reports ConfigMap) |
 //! | [`pods`] | relay pod failures and retained claims, from the pods' and claims' status |
 //! | [`rollout`] | the bound on rollouts the operator starts of its own |
 //! | [`scale`] | a scale-down held while a relay it removes holds a backlog |
+//! | [`reconciled`] | through when a provider's misses are reconciled (a clean verify, an annotation) |
 //! | `reconcile` | one reconcile's I/O |
 //! | [`probes`] | the operator's health and metrics endpoints |
 
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::SignedDuration;
@@ -47,6 +48,7 @@ pub mod pods;
 pub mod probes;
 pub mod reason;
 mod reconcile;
+pub mod reconciled;
 pub mod resources;
 pub mod rollout;
 pub mod rows;
@@ -213,7 +215,9 @@ pub async fn run(
         .watches(scoped::<Pod>(client, ns), owned.clone(), pod_pipeline)
         .owns(scoped::<ServiceAccount>(client, ns), owned.clone())
         .owns(scoped::<Role>(client, ns), owned.clone())
-        .owns(scoped::<RoleBinding>(client, ns), owned)
+        .owns(scoped::<RoleBinding>(client, ns), owned.clone())
+        // The relays' reports: a changed report reconciles its pipeline.
+        .owns(scoped::<ConfigMap>(client, ns), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {

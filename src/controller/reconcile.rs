@@ -9,7 +9,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
@@ -26,7 +26,7 @@ use super::{
     key, reason, resources, rollout, signed, status, Context, Error, PipelineEvent, Settings,
     MANAGER,
 };
-use crate::api::DualWritePipeline;
+use crate::api::{ConsistencyStatus, DualWritePipeline, RelayReport};
 
 /// One reconcile: the owned objects (unless the spec is invalid), the Events of the decisions,
 /// the status, then the pruning of relays gone for long.
@@ -48,6 +48,11 @@ pub(super) async fn reconcile(
         return Ok(Action::await_change());
     }
     let (pods, claims) = list_relays(&p, &ns, &ctx).await?;
+    // The relays' reports come from their ConfigMap (the only thing their Role may write);
+    // the decisions below read them as the status' `relays`.
+    let (from_map, verdict) = read_relay_reports(&p, &ns, &ctx).await?;
+    let as_stored = p;
+    let p = Arc::new(with_reports(&as_stored, &from_map, verdict));
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = statefulsets
         .get_opt(&resources::relay_name(&p.name_any()))
@@ -72,8 +77,17 @@ pub(super) async fn reconcile(
         publish_event(&ctx, &p, event).await;
     }
     let api: Api<DualWritePipeline> = Api::namespaced(ctx.client.clone(), &ns);
-    crate::api::apply_status(&api, &p.name_any(), MANAGER, &next.status).await?;
-    prune_gone_relays(&api, &p, &ctx.settings).await?;
+    let mut status = next.status;
+    // The verdict the decisions read: the ConfigMap's (checked), else the one already there.
+    status.consistency = p.status.as_ref().and_then(|s| s.consistency.clone());
+    let gone = gone_for_long(&from_map, &ctx.settings, Timestamp::now());
+    status.relays = from_map
+        .into_iter()
+        .filter(|r| !gone.contains(&r.name))
+        .collect();
+    crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
+    prune_gone_relays(&api, &as_stored, &ctx.settings).await?;
+    prune_gone_reports(&p, &ns, &ctx, &gone).await?;
     ctx.failures
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -95,6 +109,97 @@ const HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Relay reports this much older than the staleness limit belong to pods that are gone: they
 /// are removed so the status does not grow with every rollout.
 const PRUNE_AFTER_STALE: u32 = 4;
+
+/// The reports in the pipeline's reports ConfigMap (none when it does not exist yet), and the
+/// `dualwrite verify` verdict there if it passes [`crate::api::read_verdict`].
+async fn read_relay_reports(
+    p: &DualWritePipeline,
+    ns: &str,
+    ctx: &Context,
+) -> Result<(Vec<RelayReport>, Option<ConsistencyStatus>), Error> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(map) = maps
+        .get_opt(&crate::api::relay_reports_name(&p.name_any()))
+        .await?
+    else {
+        return Ok((Vec::new(), None));
+    };
+    let data = map.data.unwrap_or_default();
+    let providers: Vec<&str> = p.spec.providers.iter().map(|x| x.name.as_str()).collect();
+    let verdict = crate::api::read_verdict(&data, &providers, Timestamp::now());
+    let (reports, unreadable) = crate::api::parse_relay_reports(&data);
+    if !unreadable.is_empty() {
+        tracing::warn!(pipeline = %key(p), relays = ?unreadable, "relay reports that cannot be read are left out (a relay of another version?)");
+    }
+    Ok((reports, verdict))
+}
+
+/// `p` with the reports of the ConfigMap in place of the status' copy of them, and the
+/// ConfigMap's verdict (when it passed) in place of the status' consistency.
+fn with_reports(
+    p: &DualWritePipeline,
+    from_map: &[RelayReport],
+    verdict: Option<ConsistencyStatus>,
+) -> DualWritePipeline {
+    let mut p = p.clone();
+    let status = p.status.get_or_insert_with(Default::default);
+    status.relays = crate::api::merge_relay_reports(from_map, &status.relays);
+    if verdict.is_some() {
+        status.consistency = verdict;
+    }
+    p
+}
+
+/// The relays among `reports` gone for long (`PRUNE_AFTER_STALE` × stale-after).
+fn gone_for_long(reports: &[RelayReport], settings: &Settings, now: Timestamp) -> Vec<String> {
+    let limit = signed(settings.stale_after * PRUNE_AFTER_STALE);
+    reports
+        .iter()
+        .filter(|r| now.duration_since(r.reported_at.0) > limit)
+        // A relay that stopped with a backlog on its disk (a scale-down that timed out) stays
+        // listed: that backlog holds the gates until the relay returns and replays it.
+        .filter(|r| !(r.stopped && r.providers.iter().any(|x| x.backlog > 0)))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// Removes the keys of relays gone for long from the reports ConfigMap; a merge patch that
+/// names the resourceVersion it read, so a relay writing at the same moment makes it fail
+/// harmlessly (retried next reconcile).
+async fn prune_gone_reports(
+    p: &DualWritePipeline,
+    ns: &str,
+    ctx: &Context,
+    gone: &[String],
+) -> Result<(), Error> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let name = crate::api::relay_reports_name(&p.name_any());
+    let Some(map) = maps.get_opt(&name).await? else {
+        return Ok(());
+    };
+    let data: serde_json::Map<String, serde_json::Value> = gone
+        .iter()
+        .map(|pod| (pod.clone(), serde_json::Value::Null))
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": map.resource_version()},
+        "data": data,
+    });
+    match maps
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(pipeline = %key(p), relays = ?gone, "removed reports of relays gone for long");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Removes reports of relays gone for long (`PRUNE_AFTER_STALE` × stale-after). A JSON patch
 /// with a `test` per entry: a relay writing its entry at the same moment makes the patch fail
@@ -232,6 +337,10 @@ async fn apply_owned(
         ),
         ("Role", apply(c, ns, &resources::role(p)).await?),
         (
+            "ConfigMap",
+            apply(c, ns, &resources::relay_reports(p)).await?,
+        ),
+        (
             "RoleBinding",
             apply(c, ns, &resources::role_binding(p)).await?,
         ),
@@ -311,12 +420,16 @@ fn decide_scale(
     let desired = resources::replicas(p);
     let running = existing.map(scale::running_replicas);
     let reports = p.status.as_ref().map_or(&[][..], |s| &s.relays[..]);
+    let held_since = existing.and_then(scale::held_since);
+    // The operator first sees a scale-down now unless a hold already records when it did.
+    let requested_at = held_since.unwrap_or(now);
     let leaving = scale::leaving_relays(
         &p.name_any(),
         desired,
         running.unwrap_or(desired),
         reports,
         claims,
+        requested_at,
         now,
         signed(settings.stale_after),
     );
@@ -324,7 +437,7 @@ fn decide_scale(
         desired,
         running,
         leaving: &leaving,
-        held_since: existing.and_then(scale::held_since),
+        held_since,
         now,
         limit: signed(scale::DRAIN_LIMIT),
     })

@@ -1,5 +1,5 @@
 //! The objects the operator owns for each pipeline, built as plain values (applied with
-//! server-side apply by the reconciler): the relay's ServiceAccount, Role and RoleBinding, its
+//! server-side apply by the reconciler): the relay's ServiceAccount, Role and RoleBinding, the ConfigMap its reports go to, its
 //! StatefulSet (a PersistentVolumeClaim per relay for the hinted-handoff backlog), the ingest
 //! Service, the headless Service of the relay pods, and a PodDisruptionBudget when there is
 //! more than one relay.
@@ -20,8 +20,8 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
+    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
     ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
@@ -181,26 +181,42 @@ pub fn service_account(p: &DualWritePipeline) -> ServiceAccount {
 }
 
 /// The relay may read its own pipeline and write its own report into the status; nothing else.
+/// The relay's Role: read its own pipeline (spec, and the status the operator decides), and
+/// get/patch its pipeline's reports ConfigMap, nothing else. No verb on
+/// `dualwritepipelines/status`: what the operator decides (step, fallback, strategy,
+/// conditions, consistency) cannot be written with a relay's token. No `create` either (it
+/// cannot be limited by `resourceNames`): the operator creates the ConfigMap.
 pub fn role(p: &DualWritePipeline) -> Role {
-    let only_this = Some(vec![p.name_any()]);
     Role {
         metadata: meta(p),
         rules: Some(vec![
             PolicyRule {
                 api_groups: Some(vec![crate::api::GROUP.into()]),
                 resources: Some(vec!["dualwritepipelines".into()]),
-                resource_names: only_this.clone(),
+                resource_names: Some(vec![p.name_any()]),
                 verbs: vec!["get".into(), "list".into(), "watch".into()],
                 ..PolicyRule::default()
             },
             PolicyRule {
-                api_groups: Some(vec![crate::api::GROUP.into()]),
-                resources: Some(vec!["dualwritepipelines/status".into()]),
-                resource_names: only_this,
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![crate::api::relay_reports_name(&p.name_any())]),
                 verbs: vec!["get".into(), "patch".into()],
                 ..PolicyRule::default()
             },
         ]),
+    }
+}
+
+/// The ConfigMap the relays report into (see [`crate::api::relay_reports_name`]), as the
+/// operator applies it: no `data`, so server-side apply never touches the relays' keys.
+pub fn relay_reports(p: &DualWritePipeline) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(crate::api::relay_reports_name(&p.name_any())),
+            ..meta(p)
+        },
+        ..ConfigMap::default()
     }
 }
 
@@ -750,9 +766,19 @@ mod tests {
                     .any(|r| r.contains("secret")),
                 "the relay reads its Secret keys as mounted files, never through the API"
             );
-            assert_eq!(
-                rule.resource_names.as_deref(),
-                Some(&["orders".to_string()][..])
+            assert!(
+                rule.resource_names.as_deref() == Some(&["orders".to_string()][..])
+                    || rule.resource_names.as_deref()
+                        == Some(&["orders-relay-reports".to_string()][..]),
+                "{rule:?}"
+            );
+            assert!(
+                !rule
+                    .resources
+                    .iter()
+                    .flatten()
+                    .any(|r| r.starts_with("dualwritepipelines/")),
+                "a relay's token writes no part of the pipeline's status: {rule:?}"
             );
             assert!(!rule
                 .verbs

@@ -81,6 +81,12 @@ fn aggregate_one(
         if !is_fresh(report, now, stale_after) {
             continue;
         }
+        if r.orphaned {
+            // A backlog on disk for a provider this relay no longer writes: it counts as
+            // backlog (and needs reconciliation), but says nothing of the provider's health.
+            row.add_current(r);
+            continue;
+        }
         // A gone relay's backlog is gone with it (or waits on its volume for its return): it
         // must not hold gates or the fallback forever.
         row.add_current(r);

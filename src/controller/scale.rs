@@ -4,7 +4,8 @@
 //! retained claim, which no relay replays until the relays scale back up to that ordinal: the
 //! messages accepted with 202 miss a broker. So the operator keeps the StatefulSet at the
 //! higher count while a relay to be removed (ordinal ≥ `spec.relay.replicas`) reports a
-//! backlog, or has not reported freshly (unknown is not empty), for at most
+//! backlog, or has not reported since the scale-down was requested (unknown is not empty: a
+//! report from before the request may predate a backlog), for at most
 //! [`DRAIN_LIMIT`]; then it scales down anyway, and the claim in `status.retainedClaims` and a
 //! Warning Event say that a backlog stays on it and how to get it back (scale up again).
 //!
@@ -158,21 +159,31 @@ pub fn decide_scale(input: &ScaleInput<'_>) -> ScaleDecision {
 }
 
 /// The relays a scale-down from `running` to `desired` would remove (ordinals
-/// `desired..running`), each with its backlog from its fresh report; one with no fresh report
-/// is unknown, unless it has no claim among `claims` (then it never held a backlog).
+/// `desired..running`), each with its backlog from its fresh report made after the scale-down
+/// was requested (`requested_at`: the start of the hold, or now when the operator first sees
+/// the request); one with no such report is unknown, unless it has no claim among `claims`
+/// (then it never held a backlog). A report from before the request may predate a backlog the
+/// relay took since, so it is never trusted to let a relay go.
+#[allow(clippy::too_many_arguments)]
 pub fn leaving_relays(
     pipeline: &str,
     desired: i32,
     running: i32,
     reports: &[RelayReport],
     claims: &[String],
+    requested_at: Timestamp,
     now: Timestamp,
     stale_after: SignedDuration,
 ) -> Vec<LeavingRelay> {
+    let since_request: Vec<RelayReport> = reports
+        .iter()
+        .filter(|r| r.reported_at.0 > requested_at)
+        .cloned()
+        .collect();
     (desired..running)
         .map(|ordinal| {
             let name = resources::relay_pod_name(pipeline, ordinal);
-            let backlog = relay_backlog(&name, reports, now, stale_after).or_else(|| {
+            let backlog = relay_backlog(&name, &since_request, now, stale_after).or_else(|| {
                 let claim = resources::claim_name(pipeline, ordinal);
                 (!claims.contains(&claim)).then_some(0)
             });

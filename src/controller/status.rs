@@ -15,7 +15,9 @@ use kube::ResourceExt;
 use super::fallback::{self, FallbackInput};
 use super::pods::RelayObservation;
 use super::step::{self, RelaysNotInStep, StepInput, StepView};
-use super::{conditions, reason, resources, rows, scale, signed, PipelineEvent, Settings};
+use super::{
+    conditions, reason, reconciled, resources, rows, scale, signed, PipelineEvent, Settings,
+};
 use crate::api::{
     DualWritePipeline, DualWritePipelineStatus, FallbackStatus, MigrationStatus, ProviderStatus,
     Readiness, RelayReport,
@@ -64,7 +66,21 @@ pub fn next_status(
     let generation = p.metadata.generation.unwrap_or(0);
     let invalid = p.spec.validate().err().map(|e| e.join("; "));
     let stale_after = signed(settings.stale_after);
-    let rows = rows::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
+    let mut rows =
+        rows::aggregate_providers(&p.spec, &prev.relays, &prev.providers, now, stale_after);
+    let annotation = p
+        .annotations()
+        .get(reconciled::ANNOTATION)
+        .map(String::as_str);
+    for row in &mut rows {
+        let previous = prev.providers.iter().find(|x| x.name == row.name);
+        row.reconciled_through = reconciled::reconciled_through(
+            &row.name,
+            previous.and_then(|x| x.reconciled_through.as_ref()),
+            annotation,
+            prev.consistency.as_ref(),
+        );
+    }
     let mut events = Vec::new();
 
     // The migration step (if any) decides the strategy and the providers written; the automatic
@@ -73,6 +89,7 @@ pub fn next_status(
         Some(m) if invalid.is_none() => {
             let input = StepInput {
                 relays_in_step: relays_in_step(&prev, now, stale_after),
+                stale: &stale_backlogs(&prev, now, stale_after),
                 migration: m,
                 current: prev.migration.as_ref(),
                 providers: &rows,
@@ -161,9 +178,9 @@ pub fn next_status(
         providers: rows,
         migration: in_force.migration,
         fallback: in_force.fallback,
-        consistency: None, // owned by `dualwrite verify`; never written by the operator
+        consistency: None, // the reconciler copies the checked `dualwrite verify` verdict here
         retained_claims: observed.retained_claims.clone(),
-        relays: Vec::new(), // owned by the relays; never written by the operator
+        relays: Vec::new(), // the reconciler puts its copy of the reports ConfigMap here
         conditions,
     };
     NextStatus { status, events }
@@ -361,6 +378,25 @@ fn blocked_since(prev: &DualWritePipelineStatus) -> Option<Timestamp> {
                 && c.reason == reason::PROVIDERS_NOT_READY
         })
         .map(|c| c.last_transition_time.0)
+}
+
+/// The relays whose report went stale, with their backlog when their last report was the one
+/// they wrote on stopping (else unknown).
+fn stale_backlogs(
+    prev: &DualWritePipelineStatus,
+    now: Timestamp,
+    stale_after: SignedDuration,
+) -> Vec<step::StaleBacklog> {
+    prev.relays
+        .iter()
+        .filter(|r| !rows::is_fresh(r, now, stale_after))
+        .map(|r| step::StaleBacklog {
+            relay: r.name.clone(),
+            backlog: r
+                .stopped
+                .then(|| r.providers.iter().map(|p| p.backlog).sum()),
+        })
+        .collect()
 }
 
 /// Whether every fresh relay has reported since the current step began, running the strategy

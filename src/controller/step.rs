@@ -58,7 +58,19 @@ pub struct StepInput<'a> {
     pub consistency: Option<&'a ConsistencyStatus>,
     /// Ok when every fresh relay has reported since the step began, running its strategy.
     pub relays_in_step: Result<(), RelaysNotInStep>,
+    /// Relays whose report went stale: their backlog is not in `providers`, yet may be on
+    /// their disk (see [`StaleBacklog`]).
+    pub stale: &'a [StaleBacklog],
     pub now: Timestamp,
+}
+
+/// A relay whose report went stale, and what is known of its backlog now: `Some(n)` when its
+/// last report was the one it wrote on stopping (its disk holds what that report said), `None`
+/// when unknown (it stopped reporting without saying: unknown is not empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleBacklog {
+    pub relay: String,
+    pub backlog: Option<u64>,
 }
 
 /// The step in force after this reconcile, and why.
@@ -349,15 +361,22 @@ fn health_gate(input: &StepInput<'_>, step: &MigrationStep, cur: u32) -> Option<
     })
 }
 
-/// `backlogEmpty`: every backlog, not only the step's providers': a provider this step stopped
-/// writing may still be replaying what it missed, and the next step may read from it.
+/// `backlogEmpty`: every backlog, not only the step's providers' (a provider this step stopped
+/// writing keeps its backlog on the relays' disks, reported as orphaned, and the next step may
+/// read from it), and the backlog of every relay whose report went stale: a stopped relay's
+/// last known backlog, or unknown, which is not empty.
 fn backlog_gate(input: &StepInput<'_>, cur: u32) -> Option<Hold> {
-    let backlogs: Vec<String> = input
+    let mut backlogs: Vec<String> = input
         .providers
         .iter()
         .filter(|p| p.backlog > 0)
         .map(|p| format!("{}={}", p.name, p.backlog))
         .collect();
+    backlogs.extend(input.stale.iter().filter_map(|s| match s.backlog {
+        Some(0) => None,
+        Some(n) => Some(format!("relay {} (stopped, on its disk)={n}", s.relay)),
+        None => Some(format!("relay {} (no fresh report: unknown)", s.relay)),
+    }));
     (!backlogs.is_empty()).then(|| Hold {
         reason: reason::BACKLOG_NOT_EMPTY,
         message: format!(

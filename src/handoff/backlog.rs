@@ -36,12 +36,15 @@ pub(super) struct State {
     pub(super) table: String,
     pub(super) seq_key: String,
     pub(super) missed_key: String,
+    pub(super) missed_at_key: String,
     pub(super) max_messages: AtomicU64,
     pub(super) max_age_ms: AtomicU64,
     pub(super) len: AtomicU64,
     /// Highest sequence number ever assigned (persisted in `meta`, so numbers never repeat).
     pub(super) last_seq: AtomicU64,
     pub(super) missed: AtomicU64,
+    /// When the last miss was counted, unix millis (persisted in `meta`); `UNSET` when unknown.
+    pub(super) missed_at_ms: AtomicU64,
     /// Enqueue time of the oldest entry, unix millis; `UNSET` when empty.
     pub(super) oldest_ms: AtomicU64,
     pub(super) last_full_log_ms: AtomicU64,
@@ -55,11 +58,13 @@ impl State {
             table: format!("backlog/{provider}"),
             seq_key: format!("seq/{provider}"),
             missed_key: format!("missed/{provider}"),
+            missed_at_key: format!("missed-at/{provider}"),
             max_messages: AtomicU64::new(UNSET),
             max_age_ms: AtomicU64::new(UNSET),
             len: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
             missed: AtomicU64::new(0),
+            missed_at_ms: AtomicU64::new(UNSET),
             oldest_ms: AtomicU64::new(UNSET),
             last_full_log_ms: AtomicU64::new(0),
             appended: Notify::new(),
@@ -208,6 +213,36 @@ impl Backlog {
             .submit(&self.state, OpKind::ResetMissed)
             .await
             .map(|_| ())
+    }
+
+    /// Clears the missed counter when every miss it counts happened at or before
+    /// `through_unix_millis` (a reconciliation that covers them: a clean `dualwrite verify`, or
+    /// a person saying so). A miss after it keeps the counter, so a stale or repeated
+    /// clearing never hides a newer loss. Decided by the writer, in the same transaction order
+    /// as the misses themselves. Whether it cleared.
+    pub async fn reset_missed_through(
+        &self,
+        through_unix_millis: u64,
+    ) -> Result<bool, HandoffError> {
+        if self.missed() == 0 {
+            return Ok(false);
+        }
+        let before = self.missed();
+        self.store
+            .submit(
+                &self.state,
+                OpKind::ResetMissedThrough {
+                    through_ms: through_unix_millis,
+                },
+            )
+            .await?;
+        Ok(before > 0 && self.missed() == 0)
+    }
+
+    /// When the last miss was counted (unix millis); `None` when none is known.
+    pub fn last_missed_at(&self) -> Option<u64> {
+        let at = self.state.missed_at_ms.load(Ordering::Acquire);
+        (at != UNSET).then_some(at)
     }
 
     /// True when replay alone cannot make the provider complete: a message was refused (or lost)

@@ -154,3 +154,65 @@ async fn oldest_time_is_restored_on_reopen() {
     assert!(!b.needs_reconciliation_at(11_000));
     assert!(b.needs_reconciliation_at(11_001));
 }
+
+/// A reconciliation up to a time clears the misses counted at or before it, never a later one,
+/// and the time of the last miss survives a restart.
+#[tokio::test]
+async fn misses_are_cleared_only_through_the_reconciled_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_messages: Some(1),
+        max_age: None,
+    };
+    let store = HandoffStore::open(dir.path()).unwrap();
+    let b = store.backlog("kafka", limits).unwrap();
+    b.append(&msg(0)).await.unwrap();
+    assert!(b.append(&msg(1)).await.is_err(), "full: a miss");
+    let missed_at = b.last_missed_at().expect("the miss has a time");
+    assert!(b.needs_reconciliation());
+
+    assert!(
+        !b.reset_missed_through(missed_at - 1).await.unwrap(),
+        "a reconciliation before the miss does not cover it"
+    );
+    assert_eq!(b.missed(), 1);
+    drop(b);
+    drop(store);
+
+    let store = HandoffStore::open(dir.path()).unwrap();
+    let b = store.backlog("kafka", limits).unwrap();
+    assert_eq!(b.last_missed_at(), Some(missed_at), "kept across a restart");
+    assert!(b.reset_missed_through(missed_at).await.unwrap());
+    assert_eq!(b.missed(), 0);
+    assert!(!b.needs_reconciliation());
+}
+
+/// Every provider the file holds a backlog for is found, the ones no composite opened in this
+/// process included, without touching the limits of one that is open.
+#[tokio::test]
+async fn backlogs_on_disk_lists_every_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_messages: Some(7),
+        max_age: None,
+    };
+    {
+        let store = HandoffStore::open(dir.path()).unwrap();
+        let nats = store.backlog("nats", Limits::default()).unwrap();
+        for i in 0..3 {
+            nats.append(&msg(i)).await.unwrap();
+        }
+    }
+    let store = HandoffStore::open(dir.path()).unwrap();
+    let kafka = store.backlog("kafka", limits).unwrap();
+    kafka.append(&msg(9)).await.unwrap();
+    let mut found: Vec<(String, u64)> = store
+        .backlogs_on_disk()
+        .unwrap()
+        .iter()
+        .map(|b| (b.provider().to_string(), b.len()))
+        .collect();
+    found.sort();
+    assert_eq!(found, [("kafka".to_string(), 1), ("nats".to_string(), 3)]);
+    assert_eq!(kafka.limits(), limits, "limits untouched");
+}

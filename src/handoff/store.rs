@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
-    WriteTransaction,
+    TableHandle, WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
@@ -129,6 +129,35 @@ impl HandoffStore {
         provider: &str,
         limits: Limits,
     ) -> Result<Arc<Backlog>, HandoffError> {
+        let state = self.state_of(provider)?;
+        state.set_limits(limits);
+        Ok(Arc::new(Backlog::new(Arc::clone(self), state)))
+    }
+
+    /// The backlog of every provider this file has a table for, limits untouched: how a relay
+    /// finds what waits on its disk for a provider it no longer writes (a migration step or a
+    /// rollback removed it), so that backlog is reported rather than forgotten.
+    pub fn backlogs_on_disk(self: &Arc<Self>) -> Result<Vec<Arc<Backlog>>, HandoffError> {
+        let names = (|| -> Result<Vec<String>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let names = txn
+                .list_tables()?
+                .filter_map(|t| t.name().strip_prefix("backlog/").map(String::from))
+                .collect();
+            Ok(names)
+        })()
+        .map_err(|e| storage_error(&self.path, "cannot list the backlogs", e))?;
+        names
+            .iter()
+            .map(|name| {
+                let state = self.state_of(name)?;
+                Ok(Arc::new(Backlog::new(Arc::clone(self), state)))
+            })
+            .collect()
+    }
+
+    /// The shared state of `provider`, read from disk the first time.
+    fn state_of(&self, provider: &str) -> Result<Arc<State>, HandoffError> {
         // A std Mutex: the critical section is a map lookup and, the first time, one small read
         // transaction; it never awaits. Holding it across the load keeps two first calls for the
         // same provider from creating two states.
@@ -151,9 +180,7 @@ impl HandoffStore {
                 state
             }
         };
-        drop(states);
-        state.set_limits(limits);
-        Ok(Arc::new(Backlog::new(Arc::clone(self), state)))
+        Ok(state)
     }
 
     /// Reads a provider's counters from disk.
@@ -161,7 +188,7 @@ impl HandoffStore {
         let state = State::new(provider);
         let read = || -> Result<(), redb::Error> {
             let txn = self.db.begin_read()?;
-            let (mut last_seq, mut missed) = (0, 0);
+            let (mut last_seq, mut missed, mut missed_at) = (0, 0, None);
             match txn.open_table(META) {
                 Ok(meta) => {
                     if let Some(v) = meta.get(state.seq_key.as_str())? {
@@ -169,6 +196,9 @@ impl HandoffStore {
                     }
                     if let Some(v) = meta.get(state.missed_key.as_str())? {
                         missed = v.value();
+                    }
+                    if let Some(v) = meta.get(state.missed_at_key.as_str())? {
+                        missed_at = Some(v.value());
                     }
                 }
                 Err(TableError::TableDoesNotExist(_)) => {}
@@ -192,6 +222,14 @@ impl HandoffStore {
             }
             state.last_seq.store(last_seq, Ordering::Release);
             state.missed.store(missed, Ordering::Release);
+            // Misses counted by a version that kept no time: they happened before now, so
+            // only a reconciliation from now on covers them.
+            let missed_at = match missed_at {
+                Some(at) => at,
+                None if missed > 0 => now_millis(),
+                None => UNSET,
+            };
+            state.missed_at_ms.store(missed_at, Ordering::Release);
             Ok(())
         };
         read().map_err(|e| {
@@ -271,6 +309,7 @@ pub(super) enum OpKind {
     /// good): counted with the backlog's own refusals.
     CountMissed(u64),
     ResetMissed,
+    ResetMissedThrough { through_ms: u64 },
 }
 
 #[derive(Debug)]
@@ -287,6 +326,7 @@ struct Staged {
     len: u64,
     last_seq: u64,
     missed: u64,
+    missed_at_ms: u64,
     oldest_ms: u64,
     appended: bool,
 }
@@ -340,6 +380,7 @@ fn write_group(db: &Database, ops: &[Op]) -> Result<(Vec<Staged>, Vec<Outcome>),
         for s in &staged {
             meta.insert(s.state.seq_key.as_str(), s.last_seq)?;
             meta.insert(s.state.missed_key.as_str(), s.missed)?;
+            meta.insert(s.state.missed_at_key.as_str(), s.missed_at_ms)?;
         }
     }
     txn.commit()?;
@@ -357,6 +398,7 @@ fn stage(staged: &mut Vec<Staged>, state: &Arc<State>) -> usize {
         len: state.len.load(Ordering::Acquire),
         last_seq: state.last_seq.load(Ordering::Acquire),
         missed: state.missed.load(Ordering::Acquire),
+        missed_at_ms: state.missed_at_ms.load(Ordering::Acquire),
         oldest_ms: state.oldest_ms.load(Ordering::Acquire),
         appended: false,
     });
@@ -370,6 +412,7 @@ fn publish_counters(staged: &[Staged]) {
         let st = &s.state;
         st.last_seq.store(s.last_seq, Ordering::Release);
         st.missed.store(s.missed, Ordering::Release);
+        st.missed_at_ms.store(s.missed_at_ms, Ordering::Release);
         st.oldest_ms.store(s.oldest_ms, Ordering::Release);
         st.len.store(s.len, Ordering::Release);
         if s.appended {
@@ -396,6 +439,7 @@ fn apply(txn: &WriteTransaction, s: &mut Staged, kind: &OpKind) -> Result<Outcom
             let max = s.state.max_messages.load(Ordering::Acquire);
             if table.len()? >= max {
                 s.missed += 1;
+                s.missed_at_ms = now_millis();
                 return Ok(Outcome::Refused { max });
             }
             let seq = s.last_seq + 1;
@@ -416,6 +460,9 @@ fn apply(txn: &WriteTransaction, s: &mut Staged, kind: &OpKind) -> Result<Outcom
                 None => UNSET,
             };
             s.missed += lost;
+            if *lost > 0 {
+                s.missed_at_ms = now_millis();
+            }
             Ok(Outcome::Done)
         }
         OpKind::CountMissed(n) => {
@@ -424,6 +471,13 @@ fn apply(txn: &WriteTransaction, s: &mut Staged, kind: &OpKind) -> Result<Outcom
         }
         OpKind::ResetMissed => {
             s.missed = 0;
+            Ok(Outcome::Done)
+        }
+        OpKind::ResetMissedThrough { through_ms } => {
+            // A miss of unknown time (UNSET) is never covered.
+            if s.missed_at_ms != UNSET && s.missed_at_ms <= *through_ms {
+                s.missed = 0;
+            }
             Ok(Outcome::Done)
         }
     }

@@ -1,7 +1,8 @@
 //! The relay inside a cluster (`dualwrite relay --pipeline NS/NAME`): it reads its pipeline,
 //! follows changes to it (strategy and provider list decided by the operator in the status), and
-//! reports its own per-provider numbers into the status, one entry per relay pod, written with
-//! server-side apply under a field manager of its own. The only part of the relay that knows
+//! reports its own per-provider numbers (and any backlog on its disk of a provider it no longer
+//! writes) under its pod's key of the pipeline's reports ConfigMap, the one object its Role may
+//! write; the operator aggregates them into the status. The only part of the relay that knows
 //! Kubernetes.
 //!
 //! Lifecycle: [`run`] starts three tasks (the ingest server, the follower of the pipeline, the
@@ -17,6 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -72,19 +74,90 @@ pub fn effective_spec(p: &DualWritePipeline) -> DualWritePipelineSpec {
     spec
 }
 
-/// This relay's report from the composite's stats.
+/// This relay's report from the composite's stats, with a row for each backlog on its disk of
+/// a provider it no longer writes (`orphaned`); `stopped` on the last report before it exits.
 pub fn report(
     pod: &str,
     generation: Option<i64>,
     stats: &CompositeStats,
+    orphaned: Vec<ProviderReport>,
+    stopped: bool,
     now: Timestamp,
 ) -> RelayReport {
+    let mut providers: Vec<ProviderReport> =
+        stats.providers.iter().map(ProviderReport::from).collect();
+    providers.extend(orphaned);
     RelayReport {
         name: pod.to_string(),
         reported_at: Time(now),
         strategy: stats.strategy,
         generation,
-        providers: stats.providers.iter().map(ProviderReport::from).collect(),
+        stopped,
+        providers,
+    }
+}
+
+/// The backlogs on this relay's disk of providers its composite does not write (a migration
+/// step or a rollback removed them): each stays on disk, replayed only once a step writes that
+/// provider again, so it is reported (`orphaned`) and counts toward `backlogEmpty`. Empty ones
+/// with nothing missed are left out. A store that cannot be listed is logged and yields none
+/// (the composite's rows still go out).
+pub fn orphaned_backlogs(
+    store: &Arc<crate::handoff::HandoffStore>,
+    written: &[&str],
+) -> Vec<ProviderReport> {
+    let backlogs = match store.backlogs_on_disk() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the backlogs on disk; orphaned backlogs are not reported");
+            return Vec::new();
+        }
+    };
+    backlogs
+        .iter()
+        .filter(|b| !written.contains(&b.provider()))
+        .filter(|b| !b.is_empty() || b.missed() > 0)
+        .map(|b| ProviderReport {
+            name: b.provider().to_string(),
+            healthy: false,
+            reason: "NotWritten".into(),
+            message: "no longer written by this relay; its backlog waits on disk until a step writes this provider again".into(),
+            backlog: b.len(),
+            needs_reconciliation: b.missed() > 0,
+            orphaned: true,
+            ..ProviderReport::default()
+        })
+        .collect()
+}
+
+/// Clears the needs-reconciliation flag of every backlog on disk whose misses all happened at
+/// or before the time the operator says its provider was reconciled through
+/// (`status.providers[].reconciledThrough`).
+pub async fn apply_reconciled(store: &Arc<crate::handoff::HandoffStore>, p: &DualWritePipeline) {
+    let Some(status) = &p.status else { return };
+    let Ok(backlogs) = store.backlogs_on_disk() else {
+        return;
+    };
+    for row in &status.providers {
+        let Some(through) = &row.reconciled_through else {
+            continue;
+        };
+        let Some(b) = backlogs.iter().find(|b| b.provider() == row.name) else {
+            continue;
+        };
+        let through_ms = u64::try_from(through.0.as_millisecond()).unwrap_or(0);
+        if b.missed() == 0 || b.last_missed_at().is_none_or(|at| at > through_ms) {
+            continue;
+        }
+        match b.reset_missed_through(through_ms).await {
+            Ok(true) => {
+                tracing::info!(provider = %row.name, through = %through.0, "provider reconciled: needs-reconciliation cleared")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(provider = %row.name, error = %e, "cannot clear needs-reconciliation")
+            }
+        }
     }
 }
 
@@ -243,7 +316,7 @@ pub async fn run(
     options: Options,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let api: Api<DualWritePipeline> = Api::namespaced(client, &pipeline.namespace);
+    let api: Api<DualWritePipeline> = Api::namespaced(client.clone(), &pipeline.namespace);
     let kept = options
         .handoff
         .as_ref()
@@ -275,7 +348,7 @@ pub async fn run(
     ));
     let reporter = tokio::spawn(report_loop(
         Reporter {
-            api,
+            api: Api::namespaced(client, &pipeline.namespace),
             name: pipeline.name,
             pod: options.pod,
             relay,
@@ -314,6 +387,9 @@ async fn follow(
             _ = stop.cancelled() => break,
             next = changes.next() => match next {
                 Some(Ok(p)) => {
+                    if let Some(store) = relay.handoff() {
+                        apply_reconciled(store, &p).await;
+                    }
                     let g = p.metadata.generation.unwrap_or(0);
                     match apply_pipeline(&relay, &p, &secrets_dir).await {
                         Ok(()) => {
@@ -334,7 +410,8 @@ async fn follow(
 
 /// What the reporter needs: where to write, under which name, and what to read.
 struct Reporter {
-    api: Api<DualWritePipeline>,
+    /// The pipeline's reports ConfigMap (the relay's Role allows get/patch on it only).
+    api: Api<ConfigMap>,
     name: String,
     pod: String,
     relay: Arc<Relay>,
@@ -347,7 +424,11 @@ struct Reporter {
 async fn report_loop(r: Reporter, stop: CancellationToken) {
     let manager = format!("dualwrite-relay-{}", r.pod);
     let heartbeat = r.every * 4;
+    let map = crate::api::relay_reports_name(&r.name);
     let mut last: Option<(RelayReport, Timestamp)> = None;
+    // A failing report is said once at warn (with what to fix), then at debug until one
+    // succeeds: a relay that cannot report keeps serving, and its log is not flooded.
+    let mut failing = false;
     let mut tick = tokio::time::interval(r.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -356,31 +437,67 @@ async fn report_loop(r: Reporter, stop: CancellationToken) {
             _ = tick.tick() => false,
         };
         let now = Timestamp::now();
+        let composite = r.relay.composite();
+        let stats = composite.stats_detailed();
+        let orphaned = match r.relay.handoff() {
+            Some(store) => {
+                let written: Vec<&str> = stats.providers.iter().map(|p| p.name.as_str()).collect();
+                orphaned_backlogs(store, &written)
+            }
+            None => Vec::new(),
+        };
         let next = report(
             &r.pod,
             Some(r.generation.load(Ordering::Acquire)),
-            &r.relay.composite().stats_detailed(),
+            &stats,
+            orphaned,
+            stopping,
             now,
         );
         if stopping || should_report(last.as_ref(), &next, now, heartbeat) {
-            let part = serde_json::json!({ "relays": [next] });
-            match tokio::time::timeout(
-                REPORT_TIMEOUT,
-                crate::api::apply_status(&r.api, &r.name, &manager, &part),
-            )
-            .await
-            {
-                Ok(Ok(_)) => last = Some((next, now)),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not report to the pipeline status")
+            let written =
+                tokio::time::timeout(REPORT_TIMEOUT, write_report(&r.api, &map, &manager, &next))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".to_string()));
+            match written {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!(configmap = %map, "reporting again");
+                    }
+                    failing = false;
+                    last = Some((next, now));
                 }
-                Err(_) => tracing::warn!("reporting to the pipeline status timed out"),
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(configmap = %map, error = %e, "could not report: the operator creates this ConfigMap and lets the relay patch it (an operator of an earlier version does not); the relay keeps serving and retries every report interval");
+                }
+                Err(e) => tracing::debug!(configmap = %map, error = %e, "could not report"),
             }
         }
         if stopping {
             break;
         }
     }
+}
+
+/// Writes `report` under its pod's key of the reports ConfigMap `map` (a merge patch: the other
+/// relays' keys are left as they are).
+async fn write_report(
+    api: &Api<ConfigMap>,
+    map: &str,
+    manager: &str,
+    report: &RelayReport,
+) -> Result<(), String> {
+    let json = serde_json::to_string(report).map_err(|e| e.to_string())?;
+    let patch = serde_json::json!({ "data": { report.name.clone(): json } });
+    let params = kube::api::PatchParams {
+        field_manager: Some(manager.to_string()),
+        ..Default::default()
+    };
+    api.patch(map, &params, &kube::api::Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Deadline of one status report: a slow API server must not hold up the next one or shutdown.
@@ -390,6 +507,100 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 mod tests {
     use super::*;
     use crate::composite::Strategy;
+
+    /// A migration step removes memory-2 from the composite while its backlog still holds
+    /// messages: the relay's report carries that backlog as orphaned (so the operator counts it
+    /// toward backlogEmpty), and drops the row once the backlog is gone.
+    #[tokio::test]
+    async fn a_removed_providers_backlog_is_reported_as_orphaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::handoff::HandoffStore::open(dir.path()).unwrap();
+        let config = PipelineConfig::two_memory_queues();
+        let composite = super::super::build_composite_with(&config, Some(&store))
+            .await
+            .unwrap();
+        let relay = Relay::with_handoff(composite, config.clone(), Some(store.clone()));
+        // The step removes memory-2; what it missed before (here written straight to its
+        // backlog, as a failed write would have) stays on disk, and nothing replays it.
+        let mut step = config.clone();
+        step.providers.retain(|p| p.name == "memory-1");
+        relay.apply(step).await.unwrap();
+        let backlog = store.backlog("memory-2", config.handoff.limits).unwrap();
+        for i in 0..4 {
+            backlog
+                .append(&crate::message::DataMessage::new("s", format!("m{i}")))
+                .await
+                .unwrap();
+        }
+
+        let stats = relay.composite().stats_detailed();
+        let written: Vec<&str> = stats.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(written, ["memory-1"]);
+        let orphaned = orphaned_backlogs(&store, &written);
+        let r = report(
+            "p-relay-0",
+            Some(1),
+            &stats,
+            orphaned,
+            false,
+            Timestamp::now(),
+        );
+        let row = r
+            .providers
+            .iter()
+            .find(|p| p.name == "memory-2")
+            .expect("the removed provider's backlog is reported");
+        assert!(row.orphaned);
+        assert_eq!(row.backlog, 4, "the backlog on disk");
+
+        let (seq, _) = backlog.peek(10).await.unwrap().pop().unwrap();
+        backlog.remove_through(seq).await.unwrap();
+        assert!(
+            orphaned_backlogs(&store, &written).is_empty(),
+            "empty: no row"
+        );
+    }
+
+    /// `status.providers[].reconciledThrough` written by the operator reaches the relay's
+    /// backlog store: misses up to it are cleared, a later one is kept.
+    #[tokio::test]
+    async fn reconciled_through_clears_the_flag_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::handoff::HandoffStore::open(dir.path()).unwrap();
+        let limits = crate::handoff::Limits {
+            max_messages: Some(1),
+            max_age: None,
+        };
+        let b = store.backlog("kafka", limits).unwrap();
+        b.append(&crate::message::DataMessage::new("s", "a"))
+            .await
+            .unwrap();
+        let _ = b.append(&crate::message::DataMessage::new("s", "b")).await;
+        assert!(b.needs_reconciliation());
+        let missed_at = b.last_missed_at().unwrap() as i64;
+
+        let pipeline = |through_ms: i64| {
+            let mut p: DualWritePipeline = serde_yaml::from_str(
+                "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {name: x}\nspec:\n  providers: [{name: kafka, type: memory}]\n",
+            )
+            .unwrap();
+            let mut row =
+                crate::api::ProviderStatus::new("kafka", crate::api::ProviderKind::Memory);
+            row.reconciled_through = Some(Time(Timestamp::from_millisecond(through_ms).unwrap()));
+            p.status = Some(crate::api::DualWritePipelineStatus {
+                providers: vec![row],
+                ..Default::default()
+            });
+            p
+        };
+        apply_reconciled(&store, &pipeline(missed_at - 1000)).await;
+        assert!(
+            b.needs_reconciliation(),
+            "reconciled through a time before the miss"
+        );
+        apply_reconciled(&store, &pipeline(missed_at)).await;
+        assert!(!b.needs_reconciliation(), "cleared");
+    }
 
     #[test]
     fn pipeline_ref_parsing() {
@@ -431,6 +642,7 @@ mod tests {
             reported_at: Time(at),
             strategy: Strategy::FailFast,
             generation: Some(1),
+            stopped: false,
             providers: vec![ProviderReport {
                 name: "a".into(),
                 healthy: true,

@@ -146,6 +146,11 @@ impl Relay {
             .clone()
     }
 
+    /// The hinted-handoff store, when the relay keeps one.
+    pub fn handoff(&self) -> Option<&Arc<HandoffStore>> {
+        self.handoff.as_ref()
+    }
+
     /// The pipeline in force now.
     pub fn config(&self) -> PipelineConfig {
         self.config

@@ -20,6 +20,7 @@ fn report(name: &str, at: i64, rows: &[(&str, bool, u64)]) -> RelayReport {
         reported_at: Time(t(at)),
         strategy: Strategy::FailFast,
         generation: Some(1),
+        stopped: false,
         providers: rows
             .iter()
             .map(|(n, healthy, published)| ProviderReport {

@@ -199,10 +199,12 @@ fn report(name: &str, at: i64, backlogs: &[u64]) -> RelayReport {
         reported_at: Time(t(at)),
         strategy: Strategy::BestEffort,
         generation: Some(1),
+        stopped: false,
         providers: backlogs
             .iter()
             .enumerate()
             .map(|(i, b)| ProviderReport {
+                orphaned: false,
                 name: format!("prov{i}"),
                 healthy: *b == 0,
                 reason: String::new(),
@@ -230,7 +232,7 @@ fn leaving_relays_from_fresh_reports_and_claims() {
         report("other-relay-4", -10, &[0]),
     ];
     let claims: Vec<String> = (0..5).map(|o| format!("state-p-relay-{o}")).collect();
-    let got = leaving_relays("p", 1, 6, &reports, &claims[..5], t(0), stale_after);
+    let got = leaving_relays("p", 1, 6, &reports, &claims[..5], t(-60), t(0), stale_after);
     let want = vec![
         (1, "p-relay-1", Some(4)),
         (2, "p-relay-2", Some(0)),
@@ -245,8 +247,69 @@ fn leaving_relays_from_fresh_reports_and_claims() {
         .map(|r| (r.ordinal, r.name.as_str(), r.backlog))
         .collect();
     assert_eq!(got, want);
-    assert!(leaving_relays("p", 2, 2, &reports, &claims, t(0), stale_after).is_empty());
-    assert!(leaving_relays("p", 3, 1, &reports, &claims, t(0), stale_after).is_empty());
+    assert!(leaving_relays("p", 2, 2, &reports, &claims, t(-60), t(0), stale_after).is_empty());
+    assert!(leaving_relays("p", 3, 1, &reports, &claims, t(-60), t(0), stale_after).is_empty());
+}
+
+/// A report from before the scale-down was requested is fresh, but may predate a backlog the
+/// relay took since: it counts as unknown, and so holds the scale-down until the relay reports
+/// again. Cases: (seconds of the report, seconds of the request, backlog reported, want).
+#[test]
+fn reports_older_than_the_scale_down_request_are_unknown() {
+    let stale_after = SignedDuration::from_secs(150);
+    let claims = vec!["state-p-relay-1".to_string()];
+    let cases = [
+        (
+            "reported 10 s before the request: unknown",
+            -20,
+            -10,
+            0,
+            None,
+        ),
+        ("reported at the request itself: unknown", -10, -10, 0, None),
+        ("reported after the request: trusted", -5, -10, 0, Some(0)),
+        (
+            "reported after the request, with a backlog",
+            -5,
+            -10,
+            7,
+            Some(7),
+        ),
+        (
+            "first seen now (no hold yet): any report is older",
+            -1,
+            0,
+            0,
+            None,
+        ),
+    ];
+    for (name, reported, requested, backlog, want) in cases {
+        let reports = vec![report("p-relay-1", reported, &[backlog])];
+        let got = leaving_relays(
+            "p",
+            1,
+            2,
+            &reports,
+            &claims,
+            t(requested),
+            t(0),
+            stale_after,
+        );
+        assert_eq!(got[0].backlog, want, "{name}");
+        let decision = decide_scale(&ScaleInput {
+            desired: 1,
+            running: Some(2),
+            leaving: &got,
+            held_since: None,
+            now: t(0),
+            limit: LIMIT,
+        });
+        assert_eq!(
+            decision.replicas,
+            if want == Some(0) { 1 } else { 2 },
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -90,6 +90,7 @@ fn gates_wait_for_relays_to_report_from_inside_the_step() {
         reported_at: Time(t(at)),
         strategy: Strategy::FailFast,
         generation: Some(1),
+        stopped: false,
         providers: ["a", "b"]
             .iter()
             .map(|n| ProviderReport {
@@ -186,6 +187,7 @@ fn relay_report(name: &str, at: i64, backlog: u64) -> RelayReport {
         reported_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(at)),
         strategy: Strategy::BestEffort,
         generation: Some(1),
+        stopped: false,
         providers: vec![crate::api::ProviderReport {
             name: "a".into(),
             healthy: backlog == 0,

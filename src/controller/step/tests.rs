@@ -38,6 +38,8 @@ fn consistency(checked: i64, ok: bool) -> ConsistencyStatus {
         },
         duplicates: BTreeMap::new(),
         consistent: ok,
+        window_start: None,
+        window_end: None,
     }
 }
 
@@ -417,6 +419,7 @@ fn decide_step_table() {
             providers: &c.rows,
             consistency: c.consistency.as_ref(),
             relays_in_step: Ok(()),
+            stale: &[],
             now: t(c.now),
         };
         let d = decide_step(&input);
@@ -453,6 +456,7 @@ fn no_steps_does_not_panic() {
         providers: &[],
         consistency: None,
         relays_in_step: Ok(()),
+        stale: &[],
         now: t(0),
     };
     let d = decide_step(&input);
@@ -587,6 +591,7 @@ fn next_migration_status_keeps_the_start_unless_moved() {
         providers: &rows,
         consistency: None,
         relays_in_step: Ok(()),
+        stale: &[],
         now: t(60),
     };
     let d = decide_step(&waiting);
@@ -625,4 +630,114 @@ fn next_migration_status_keeps_the_start_unless_moved() {
         (0, reason::STARTED, Time(t(5)))
     );
     assert_eq!(s.history.len(), 1);
+}
+
+/// `backlogEmpty` counts what the provider rows do not show: the backlog of a relay whose
+/// report went stale (the one it wrote on stopping says what its disk holds; otherwise it is
+/// unknown, which is not empty). Cases: (stale relays, gate passes, words the hold names).
+#[test]
+fn backlog_gate_counts_stale_relays() {
+    let stale = |relay: &str, backlog: Option<u64>| StaleBacklog {
+        relay: relay.into(),
+        backlog,
+    };
+    let cases: Vec<(&str, Vec<StaleBacklog>, bool, &[&str])> = vec![
+        ("no stale relay", vec![], true, &[]),
+        (
+            "a stale relay that stopped with an empty backlog",
+            vec![stale("p-relay-1", Some(0))],
+            true,
+            &[],
+        ),
+        (
+            "a stale relay that stopped with a backlog on its disk",
+            vec![stale("p-relay-1", Some(9))],
+            false,
+            &["relay p-relay-1 (stopped, on its disk)=9"],
+        ),
+        (
+            "a relay that stopped reporting without saying: unknown is not empty",
+            vec![stale("p-relay-2", None)],
+            false,
+            &["relay p-relay-2 (no fresh report: unknown)"],
+        ),
+    ];
+    let m = migration(OPEN, "");
+    let current = status(0, 0);
+    for (name, stale, passes, says) in cases {
+        let input = StepInput {
+            migration: &m,
+            current: Some(&current),
+            providers: &healthy(),
+            consistency: None,
+            relays_in_step: Ok(()),
+            stale: &stale,
+            now: t(1),
+        };
+        let d = decide_step(&input);
+        let want = if passes {
+            reason::GATES_PASSED
+        } else {
+            reason::BACKLOG_NOT_EMPTY
+        };
+        assert_eq!(d.reason, want, "{name}: {}", d.message);
+        for w in says {
+            assert!(d.message.contains(w), "{name}: {:?} lacks {w:?}", d.message);
+        }
+    }
+}
+
+/// A relay reports the backlog left on its disk for a provider its step no longer writes (an
+/// orphaned backlog): the provider's row counts it (its health is not judged by that report),
+/// and the gate stays closed while it is there.
+#[test]
+fn an_orphaned_backlog_holds_the_gate_and_not_the_health() {
+    use crate::api::{ProviderReport, RelayReport};
+    let spec: crate::api::DualWritePipelineSpec = serde_yaml::from_str(
+        "providers: [{name: nats, type: nats, nats: {url: 'nats://n:4222', subject: s}}, {name: kafka, type: kafka, kafka: {brokers: ['k:9092'], topic: t}}]",
+    )
+    .unwrap();
+    let provider = |name: &str, orphaned: bool, backlog: u64| ProviderReport {
+        name: name.into(),
+        healthy: !orphaned,
+        backlog,
+        orphaned,
+        ..ProviderReport::default()
+    };
+    let report = RelayReport {
+        name: "p-relay-0".into(),
+        reported_at: Time(t(1)),
+        strategy: Strategy::BestEffort,
+        generation: Some(1),
+        stopped: false,
+        providers: vec![provider("kafka", false, 0), provider("nats", true, 5)],
+    };
+    let rows = crate::controller::rows::aggregate_providers(
+        &spec,
+        &[report],
+        &[],
+        t(2),
+        SignedDuration::from_secs(60),
+    );
+    let nats = rows.iter().find(|r| r.name == "nats").unwrap();
+    assert_eq!(nats.backlog, 5);
+    assert_eq!(
+        nats.ready,
+        Readiness::Unknown,
+        "an orphaned backlog says nothing of health"
+    );
+    let m = migration(OPEN, "");
+    let current = status(1, 0);
+    let input = StepInput {
+        migration: &m,
+        current: Some(&current),
+        providers: &rows,
+        consistency: None,
+        relays_in_step: Ok(()),
+        stale: &[],
+        now: t(2),
+    };
+    let d = decide_step(&input);
+    assert_eq!(d.reason, reason::BACKLOG_NOT_EMPTY, "{}", d.message);
+    assert!(d.message.contains("nats=5"), "{}", d.message);
 }
