@@ -27,6 +27,8 @@ fn spec(brokers: &str) -> KafkaConfig {
         topic: common::unique("dwtest"),
         partitions: None,
         replication_factor: None,
+        min_insync_replicas: None,
+        key: Default::default(),
         group_id: Some(common::unique("dwtest-group")),
         config: Default::default(),
         tls: None,
