@@ -75,3 +75,18 @@ fn configuration_defaults() {
         ("events", 1, 3)
     );
 }
+
+/// The record key of a message under each `kafka.key`; a message without the metadata field is
+/// keyed by its id.
+#[test]
+fn record_key_of_a_message() {
+    let mut m = DataMessage::new("billing", "x");
+    m.id = "o-1".into();
+    assert_eq!(KafkaKey::Id.of(&m), "o-1");
+    assert_eq!(KafkaKey::Source.of(&m), "billing");
+    let tenant = KafkaKey::Metadata("tenant".into());
+    assert_eq!(tenant.of(&m), "o-1", "no such field: the id");
+    m.metadata.insert("tenant".into(), "acme".into());
+    assert_eq!(tenant.of(&m), "acme");
+    assert_eq!(tenant.to_string(), "metadata:tenant");
+}
