@@ -1,7 +1,10 @@
 //! The Kafka provider: one idempotent `acks=all` producer (librdkafka, via rdkafka's
 //! `FutureProducer`) shared by every concurrent publish, writing the message's JSON wire form
-//! with record key = id and headers `message_id` and `source`; a publish returns once the
-//! delivery report arrived. The topic is created with the AdminClient when missing.
+//! with the record key of [`KafkaKey`] (the id by default) and headers `message_id` and
+//! `source`; a publish returns once the delivery report arrived, and an ordered batch
+//! (`publish_batch`) is enqueued in order and its reports awaited in order. The topic is created
+//! with the AdminClient when missing (with `partitions`, `replication_factor` and
+//! `min_insync_replicas`) and never altered when it exists.
 //!
 //! Lifecycle, and why it is shaped this way:
 //! - `connect` fails only on configuration errors that only librdkafka or the cluster can detect

@@ -1,5 +1,5 @@
-//! One Kafka publish: the record (key = id, headers `message_id` and `source`, the JSON wire
-//! form as value), its delivery report, and what librdkafka reports turned into a
+//! One Kafka publish, or an ordered batch of them: the record (key per `kafka.key`, headers
+//! `message_id` and `source`, the JSON wire form as value), its delivery report, and what librdkafka reports turned into a
 //! [`ProviderError`]. The overall deadline is the caller's (`Provider::publish`).
 
 use std::sync::atomic::Ordering;

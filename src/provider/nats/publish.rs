@@ -1,6 +1,7 @@
-//! One NATS publish: wait briefly for a lost connection (at most [`RECONNECT_GRACE`]), make sure
-//! the stream exists, send with the `Nats-Msg-Id` header, await the PubAck, and turn what
-//! async-nats reports into a [`ProviderError`]. The overall deadline is the caller's
+//! One NATS publish, and an ordered batch of them pipelined on one connection: wait briefly for
+//! a lost connection (at most [`RECONNECT_GRACE`]), make sure the stream exists, send with the
+//! `Nats-Msg-Id` header, await the PubAck, and turn what async-nats reports into a
+//! [`ProviderError`]. The overall deadline is the caller's
 //! (`Provider::publish`).
 
 use std::sync::atomic::Ordering;
