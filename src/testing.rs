@@ -13,7 +13,8 @@ use tokio::sync::Notify;
 
 use crate::message::DataMessage;
 use crate::provider::{
-    Counters, Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind,
+    BatchError, Counters, Health, MessageLimit, MessageStream, Provider, ProviderError,
+    ProviderKind,
 };
 
 /// A message with the id `msg-0007` for `i = 7`, so tests can name messages and check order.
@@ -56,6 +57,14 @@ pub struct FakeProvider {
     started: Mutex<Vec<String>>,
     /// Ids acknowledged, in order.
     received: Mutex<Vec<String>>,
+    /// What the "broker" holds, in the order it stored it: each id once (a resend of a stored id
+    /// is dropped, as `Nats-Msg-Id` and the idempotent producer do).
+    stored: Mutex<Vec<String>>,
+    /// Ids whose next send fails (`Unavailable`) before it reaches the broker, once each.
+    fail_once: Mutex<HashSet<String>>,
+    /// How long a single `publish` of a `fail_once` id takes to fail (as a publish that waits
+    /// for a reconnect, then gives up), on top of `delay`.
+    fail_once_after: Duration,
     in_flight: AtomicU64,
     /// The most publishes that were in flight at once.
     pub max_in_flight: AtomicU64,
@@ -80,6 +89,9 @@ impl FakeProvider {
             closes: AtomicU64::new(0),
             started: Mutex::default(),
             received: Mutex::default(),
+            stored: Mutex::default(),
+            fail_once: Mutex::default(),
+            fail_once_after: Duration::ZERO,
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             changed: Notify::new(),
@@ -119,6 +131,19 @@ impl FakeProvider {
     pub fn message_limit(mut self, bytes: u64) -> Self {
         self.limit = Some(bytes);
         self
+    }
+
+    /// The next send of each of these ids fails (`Unavailable`, not stored), once; a single
+    /// `publish` of one takes `after_ms` longer to fail than others take to succeed.
+    pub fn failing_once(mut self, ids: impl IntoIterator<Item = String>, after_ms: u64) -> Self {
+        lock(&self.fail_once).extend(ids);
+        self.fail_once_after = Duration::from_millis(after_ms);
+        self
+    }
+
+    /// What the broker holds, in the order it stored it, each id once.
+    pub fn stored(&self) -> Vec<String> {
+        lock(&self.stored).clone()
     }
 
     pub fn arc(self) -> Arc<Self> {
@@ -167,6 +192,12 @@ impl FakeProvider {
     }
 
     fn answer(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+        if lock(&self.fail_once).remove(&msg.id) {
+            return Err(ProviderError::Unavailable {
+                provider: self.name.clone(),
+                reason: "scripted failure, once".into(),
+            });
+        }
         if self.reject_everything || self.rejects.contains(&msg.id) {
             return Err(ProviderError::Rejected {
                 provider: self.name.clone(),
@@ -180,6 +211,10 @@ impl FakeProvider {
             });
         }
         lock(&self.received).push(msg.id.clone());
+        let mut stored = lock(&self.stored);
+        if !stored.contains(&msg.id) {
+            stored.push(msg.id.clone());
+        }
         Ok(())
     }
 }
@@ -208,10 +243,41 @@ impl Provider for FakeProvider {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        if lock(&self.fail_once).contains(&msg.id) {
+            tokio::time::sleep(self.fail_once_after).await;
+        }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.attempts.fetch_add(1, Ordering::SeqCst);
         let outcome = self.answer(msg);
         self.counters.record(&outcome);
+        self.changed.notify_waiters();
+        outcome
+    }
+
+    /// A broker connection: the messages go out in order, all of them in flight together (one
+    /// `delay` for the window), and sending stops at the first that fails.
+    async fn publish_batch(&self, msgs: &[DataMessage]) -> Result<(), BatchError> {
+        let n = msgs.len() as u64;
+        let now = self.in_flight.fetch_add(n, Ordering::SeqCst) + n;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.in_flight.fetch_sub(n, Ordering::SeqCst);
+        let mut outcome = Ok(());
+        for (acked, msg) in msgs.iter().enumerate() {
+            lock(&self.started).push(msg.id.clone());
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            let answer = self.answer(msg);
+            self.counters.record(&answer);
+            if let Err(error) = answer {
+                outcome = Err(BatchError { acked, error });
+                break;
+            }
+        }
         self.changed.notify_waiters();
         outcome
     }

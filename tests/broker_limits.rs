@@ -117,6 +117,8 @@ async fn kafka_topic_max_message_bytes_is_read_and_a_larger_message_is_413() {
         topic: topic.clone(),
         partitions: None,
         replication_factor: None,
+        min_insync_replicas: None,
+        key: Default::default(),
         group_id: None,
         config: Default::default(),
         tls: None,

@@ -225,6 +225,18 @@ fn the_api_server_and_the_validator_agree() {
         memory("  ingest: {tls: {secretName: t, certificate: tls.crt, key: tls.key}, authentication: {tokensSecret: {secretName: t, key: tokens}}, probePort: 9090, maxInFlight: 10, headerTimeout: 2s}\n"),
         memory("  ingest: {headerTimeout: 0s}\n"),
         memory("  ingest: {maxConnections: 0}\n"),
+        kafka_with("key: id, replicationFactor: 3, minInsyncReplicas: 2"),
+        kafka_with("key: source"),
+        kafka_with("key: 'metadata:tenant'"),
+        kafka_with("key: 'metadata:'"),
+        kafka_with("key: 'metadata:a b'"),
+        kafka_with("key: partition"),
+        kafka_with("minInsyncReplicas: 2"),
+        kafka_with("replicationFactor: 2, minInsyncReplicas: 3"),
+        kafka_with("minInsyncReplicas: 0"),
+        nats_with("replicas: 3"),
+        nats_with("replicas: 0"),
+        nats_with("replicas: 6"),
     ];
     let mut disagreements = Vec::new();
     let mut accepted = 0;

@@ -38,6 +38,8 @@ fn spec(brokers: &str) -> KafkaConfig {
         topic: common::unique("dwoutage"),
         partitions: None,
         replication_factor: None,
+        min_insync_replicas: None,
+        key: Default::default(),
         group_id: Some(common::unique("dwoutage-group")),
         config: Default::default(),
         tls: None,

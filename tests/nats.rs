@@ -23,6 +23,7 @@ fn spec(url: &str) -> NatsConfig {
         stream: None,
         durable: None,
         duplicate_window: None,
+        replicas: None,
         tls: None,
         auth: None,
     }
@@ -152,4 +153,78 @@ async fn a_stream_that_does_not_capture_the_subject_is_a_config_error() {
         "{err}"
     );
     p.close().await.unwrap();
+}
+
+/// Item 5: a stream the relay creates has the requested replicas (1: the test server is not
+/// clustered); an existing stream with other settings is written to and left exactly as it was,
+/// even when the spec asks for another duplicate window and replica count.
+#[tokio::test]
+async fn a_created_stream_has_its_replicas_and_an_existing_one_is_left_unchanged() {
+    let Some(url) = common::require_env("NATS_URL") else {
+        return;
+    };
+    let js = plain_jetstream(&url).await;
+
+    let mut s = spec(&url);
+    s.replicas = Some(1);
+    let p = NatsProvider::connect("nats-created", &s, TIMEOUT)
+        .await
+        .unwrap();
+    p.publish(&message(1)).await.unwrap();
+    let info = js
+        .get_stream(p.stream_name())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(info.num_replicas, 1);
+    p.close().await.unwrap();
+
+    // A stream someone else made: its own limits, duplicate window and storage.
+    let mut s = spec(&url);
+    let name = common::unique("DWEXISTING").replace('-', "_");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![s.subject.clone()],
+        max_messages: 1000,
+        duplicate_window: Duration::from_secs(30),
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config = |js: async_nats::jetstream::Context, name: String| async move {
+        js.get_stream(&name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .config
+            .clone()
+    };
+    let before = config(js.clone(), name.clone()).await;
+    s.stream = Some(name.clone());
+    s.duplicate_window = Some(Duration::from_secs(90));
+    s.replicas = Some(3);
+    let p = NatsProvider::connect("nats-existing", &s, TIMEOUT)
+        .await
+        .unwrap();
+    assert!(p.health().healthy, "{:?}", p.health());
+    p.publish(&message(2)).await.unwrap();
+    p.close().await.unwrap();
+    let after = config(js.clone(), name.clone()).await;
+    assert_eq!(after, before, "the existing stream is unchanged");
+    assert_eq!(
+        (
+            after.max_messages,
+            after.duplicate_window,
+            after.num_replicas
+        ),
+        (1000, Duration::from_secs(30), 1)
+    );
+    js.delete_stream(&name).await.unwrap();
 }

@@ -37,6 +37,7 @@ fn spec(url: &str) -> NatsConfig {
         stream: None,
         durable: None,
         duplicate_window: None,
+        replicas: None,
         tls: None,
         auth: None,
     }

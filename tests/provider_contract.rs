@@ -72,6 +72,7 @@ fn nats_config(url: &str) -> NatsConfig {
         stream: None,
         durable: None,
         duplicate_window: None,
+        replicas: None,
         tls: None,
         auth: None,
     }
@@ -83,6 +84,8 @@ fn kafka_config(brokers: &str) -> KafkaConfig {
         topic: common::unique("dwtest"),
         partitions: None,
         replication_factor: None,
+        min_insync_replicas: None,
+        key: Default::default(),
         group_id: Some(common::unique("dwtest-group")),
         config: Default::default(),
         tls: None,

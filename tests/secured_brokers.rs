@@ -94,6 +94,8 @@ fn kafka_spec(env: &Secured, secrets: &Secrets, topic: &str) -> KafkaConfig {
         topic: topic.into(),
         partitions: None,
         replication_factor: None,
+        min_insync_replicas: None,
+        key: Default::default(),
         group_id: None,
         config: Default::default(),
         tls: Some(secrets.tls()),
@@ -112,6 +114,7 @@ fn nats_spec(env: &Secured, secrets: &Secrets, subject: &str) -> NatsConfig {
         stream: None,
         durable: None,
         duplicate_window: None,
+        replicas: None,
         tls: Some(secrets.tls()),
         auth: Some(NatsAuth::UserPassword {
             username: env.nats_user.clone(),

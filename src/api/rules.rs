@@ -10,6 +10,13 @@ pub const KAFKA_TOPIC: &str = r"^[a-zA-Z0-9._-]+$";
 /// NATS server URLs, comma-separated: an optional scheme of nats, tls, ws or wss, optional
 /// user info, a host name or a bracketed IPv6 address, an optional port.
 pub const NATS_URLS: &str = r"^ *((nats|tls|ws|wss)://)?([^\s,/@]+@)?(\[[0-9a-fA-F:.]+\]|[^\s,/:@\[\]]+)(:[0-9]+)?/? *( *, *((nats|tls|ws|wss)://)?([^\s,/@]+@)?(\[[0-9a-fA-F:.]+\]|[^\s,/:@\[\]]+)(:[0-9]+)?/? *)*$";
+/// A Kafka record key (`kafka.key`): `id`, `source`, or `metadata:<field>` (a metadata field
+/// name without whitespace).
+pub const KAFKA_KEY: &str = r"^(id|source|metadata:\S+)$";
+/// The CRD's rule tying `minInsyncReplicas` to the replication factor a created topic gets.
+pub const KAFKA_MIN_ISR_RULE: &str = "!has(self.minInsyncReplicas) || self.minInsyncReplicas <= (has(self.replicationFactor) ? self.replicationFactor : 1)";
+/// Its message.
+pub const KAFKA_MIN_ISR_MESSAGE: &str = "kafka.minInsyncReplicas must not exceed kafka.replicationFactor (default 1): no write could ever be acknowledged";
 /// A bootstrap server, `host:port`.
 pub const KAFKA_BROKER: &str = r"^[^\s,]+:[0-9]+$";
 /// A publish deadline: not zero, in ms, s or m.

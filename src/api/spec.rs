@@ -12,11 +12,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::validate::{
-    DNS_LABEL, DURATION, DURATION_MS, KAFKA_BROKER, KAFKA_TOPIC, NATS_SUBJECT, NATS_URLS,
-    SECRET_KEY, SECRET_NAME, TIMEOUT,
+    DNS_LABEL, DURATION, DURATION_MS, KAFKA_BROKER, KAFKA_KEY, KAFKA_TOPIC, NATS_SUBJECT,
+    NATS_URLS, SECRET_KEY, SECRET_NAME, TIMEOUT,
 };
 use super::validate::{
-    KAFKA_CONFIG_MESSAGE, KAFKA_CONFIG_RULE, PIPELINE_NAME_MESSAGE, PIPELINE_NAME_RULE,
+    KAFKA_CONFIG_MESSAGE, KAFKA_CONFIG_RULE, KAFKA_MIN_ISR_MESSAGE, KAFKA_MIN_ISR_RULE,
+    PIPELINE_NAME_MESSAGE, PIPELINE_NAME_RULE,
 };
 use super::{Acceptance, DualWritePipelineStatus, ProviderKind, Strategy};
 
@@ -168,6 +169,12 @@ pub struct NatsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_MS))]
     pub duplicate_window: Option<String>,
+    /// Replicas of the stream when the relay creates it (default 1: a single server or a test
+    /// cluster; use 3 on a production cluster of three or more servers). An existing stream is
+    /// never changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: Option<u8>,
     /// TLS to the servers (a `tls://` URL or a server that requires TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
@@ -179,6 +186,7 @@ pub struct NatsSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.topic != '.' && self.topic != '..'").message("kafka.topic: '.' and '..' are not legal topic names"))]
 #[x_kube(validation = Rule::new(KAFKA_CONFIG_RULE).message(Message::Expression(KAFKA_CONFIG_MESSAGE.into())))]
+#[x_kube(validation = Rule::new(KAFKA_MIN_ISR_RULE).message(KAFKA_MIN_ISR_MESSAGE))]
 #[x_kube(validation = Rule::new("!has(self.authentication) || self.authentication.type != 'tls' || has(self.tls)").message("kafka.authentication: type tls needs a tls block"))]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
@@ -192,10 +200,24 @@ pub struct KafkaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub partitions: Option<i32>,
-    /// Replication factor when the topic is created (default 1).
+    /// Replication factor when the relay creates the topic (default 1: a single broker or a
+    /// test cluster; use 3 on a production cluster). An existing topic is never changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 32))]
     pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of a topic the relay creates (default: the broker's, 1 unless the
+    /// cluster sets it; use 2 with a replication factor of 3, so an `acks=all` write survives
+    /// the loss of a broker). At most `replicationFactor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub min_insync_replicas: Option<i32>,
+    /// The record key, which picks the partition and so the unit of order: `id` (default; no
+    /// order across messages on several partitions), `source`, or `metadata:<field>` (that
+    /// metadata field's value; a message without the field is keyed by its id). The id is
+    /// always in the `message_id` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 263), regex(pattern = KAFKA_KEY))]
+    pub key: Option<String>,
     /// Consumer group used by `subscribe`. Default: `dualwrite-<provider name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,

@@ -14,7 +14,7 @@ pub use super::rules::*;
 use super::*;
 use crate::duration;
 use crate::handoff::Limits;
-use crate::provider::kafka::KafkaConfig;
+use crate::provider::kafka::{KafkaConfig, KafkaKey};
 use crate::provider::memory::DEFAULT_CAPACITY;
 use crate::provider::nats::NatsConfig;
 use crate::provider::secret::redact_url;
@@ -315,6 +315,9 @@ fn nats(problems: &mut Problems, at: &str, n: &NatsSpec) -> Option<NatsConfig> {
         .duplicate_window
         .as_deref()
         .and_then(|w| problems.duration(&format!("{at}.duplicateWindow"), w, DURATION_MS));
+    if let Some(r) = n.replicas {
+        problems.range(&format!("{at}.replicas"), r, 1, 5);
+    }
     let mut refs = n.tls.as_ref().map(tls_refs).unwrap_or_default();
     if let Some(a) = &n.authentication {
         for (field, s) in [
@@ -347,6 +350,7 @@ fn nats(problems: &mut Problems, at: &str, n: &NatsSpec) -> Option<NatsConfig> {
         stream: n.stream.clone(),
         durable: n.durable.clone(),
         duplicate_window,
+        replicas: n.replicas.map(usize::from),
         tls,
         auth,
     })
@@ -391,6 +395,31 @@ fn kafka(problems: &mut Problems, at: &str, k: &KafkaSpec) -> Option<KafkaConfig
     if let Some(r) = k.replication_factor {
         problems.range(&format!("{at}.replicationFactor"), r, 1, 32);
     }
+    if let Some(m) = k.min_insync_replicas {
+        problems.range(&format!("{at}.minInsyncReplicas"), m, 1, 32);
+        let rf = k.replication_factor.unwrap_or(1);
+        if m > rf {
+            problems.add(
+                format!("{at}.minInsyncReplicas"),
+                format!(
+                    "{m} exceeds the replication factor {rf}: no write could ever be acknowledged"
+                ),
+            );
+        }
+    }
+    let key = match k.key.as_deref() {
+        Some(key)
+            if problems.pattern(
+                &format!("{at}.key"),
+                key,
+                KAFKA_KEY,
+                "is not a record key: use id, source or metadata:<field>",
+            ) =>
+        {
+            key.parse().unwrap_or_default()
+        }
+        _ => KafkaKey::Id,
+    };
     let refused: Vec<&str> = k
         .config
         .keys()
@@ -437,6 +466,8 @@ fn kafka(problems: &mut Problems, at: &str, k: &KafkaSpec) -> Option<KafkaConfig
         topic: k.topic.clone(),
         partitions: k.partitions,
         replication_factor: k.replication_factor,
+        min_insync_replicas: k.min_insync_replicas,
+        key,
         group_id: k.group_id.clone(),
         config: k.config.clone(),
         tls,

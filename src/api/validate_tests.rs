@@ -232,3 +232,75 @@ fn url_errors_do_not_show_user_info() {
         assert!(!text.contains("MARKER"), "{text}");
     }
 }
+
+/// `kafka.key`, `kafka.minInsyncReplicas` and `nats.replicas`: what each spelling becomes, and
+/// what is refused, naming the field.
+#[test]
+fn record_key_and_the_settings_of_created_topics_and_streams() {
+    let kafka = |extra: &str| {
+        PipelineConfig::try_from(&spec(&format!(
+            "providers: [{{name: k, type: kafka, kafka: {{brokers: ['b:1'], topic: t{extra}}}}}]"
+        )))
+    };
+    let settings = |extra: &str| match kafka(extra).unwrap().providers[0].settings.clone() {
+        ProviderSettings::Kafka(k) => k,
+        other => panic!("expected kafka, got {other:?}"),
+    };
+    assert_eq!(settings("").key, KafkaKey::Id);
+    assert_eq!(settings(", key: id").key, KafkaKey::Id);
+    assert_eq!(settings(", key: source").key, KafkaKey::Source);
+    assert_eq!(
+        settings(", key: 'metadata:tenant'").key,
+        KafkaKey::Metadata("tenant".into())
+    );
+    let k = settings(", replicationFactor: 3, minInsyncReplicas: 2");
+    assert_eq!(
+        (k.replication_factor, k.min_insync_replicas),
+        (Some(3), Some(2))
+    );
+    for (extra, path, text) in [
+        (
+            ", key: partition",
+            "spec.providers[0].kafka.key",
+            "use id, source or metadata:<field>",
+        ),
+        (
+            ", key: 'metadata:'",
+            "spec.providers[0].kafka.key",
+            "not a record key",
+        ),
+        (
+            ", key: 'metadata:a b'",
+            "spec.providers[0].kafka.key",
+            "not a record key",
+        ),
+        (
+            ", minInsyncReplicas: 2",
+            "spec.providers[0].kafka.minInsyncReplicas",
+            "exceeds the replication factor 1",
+        ),
+        (
+            ", minInsyncReplicas: 0",
+            "spec.providers[0].kafka.minInsyncReplicas",
+            "out of range",
+        ),
+    ] {
+        let err = kafka(extra).unwrap_err().to_string();
+        assert!(err.contains(path) && err.contains(text), "{extra}: {err}");
+    }
+
+    let nats = |extra: &str| {
+        PipelineConfig::try_from(&spec(&format!(
+            "providers: [{{name: n, type: nats, nats: {{url: 'nats://h:4222', subject: s{extra}}}}}]"
+        )))
+    };
+    match &nats(", replicas: 3").unwrap().providers[0].settings {
+        ProviderSettings::Nats(n) => assert_eq!(n.replicas, Some(3)),
+        other => panic!("expected nats, got {other:?}"),
+    }
+    let err = nats(", replicas: 6").unwrap_err().to_string();
+    assert!(
+        err.contains("spec.providers[0].nats.replicas") && err.contains("out of range"),
+        "{err}"
+    );
+}

@@ -4,7 +4,8 @@
 //! Each turn of the loop, in order:
 //! 1. backlog empty → sleep until the next committed append;
 //! 2. read a batch of the oldest entries;
-//! 3. send it, pipelined, taking outcomes in order up to the first failure;
+//! 3. send it in order, [`REPLAY_WINDOW`] messages per ordered batch publish (pipelined on one
+//!    connection), taking outcomes in order up to the first failure;
 //! 4. remove the acknowledged prefix (and what can never be delivered, counted as missed);
 //! 5. after a failure, back off (100 ms doubling to 5 s, reset by a success) and start again
 //!    from the oldest entry.
@@ -19,20 +20,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::backlog::{Backlog, Entry};
-use super::entry::EntryError;
 use crate::message::DataMessage;
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{BatchError, Provider, ProviderError};
 
 /// Messages `replay` reads from disk at a time (one removal, one fsync, per batch).
 pub const REPLAY_BATCH: usize = 256;
 
-/// Replay publishes in flight at once: replay must outpace ingest or a backlog never drains
-/// (new messages queue behind it), and one-at-a-time replay is capped at 1 / broker latency.
+/// Messages in one ordered batch publish (sent in order, acknowledgements awaited together):
+/// replay must outpace ingest or a backlog never drains (new messages queue behind it), and
+/// one-at-a-time replay is capped at 1 / broker latency.
 pub const REPLAY_WINDOW: usize = 64;
 
 /// First pause after a failed replay attempt; doubles up to [`REPLAY_BACKOFF_MAX`].
@@ -47,8 +47,8 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// Replays `backlog` to `provider` until `stop` is cancelled.
 ///
 /// Sleeps until the backlog has entries, then sends them in order, [`REPLAY_BATCH`] read at a
-/// time and [`REPLAY_WINDOW`] in flight,
-/// each publish bounded by `publish_timeout`; the acknowledged prefix of a batch is removed.
+/// time and [`REPLAY_WINDOW`] per ordered batch publish, bounded by the provider's deadline;
+/// the acknowledged prefix of a batch is removed.
 /// The first failure ends the batch and the loop pauses (100 ms doubling to 5 s, reset by any
 /// success) before trying again from the oldest entry — the provider's own reconnect is what
 /// makes a later attempt succeed. Messages go out whole, with their original id, so a message
@@ -153,53 +153,97 @@ impl Replayer {
         }
     }
 
-    /// Sends one batch: up to [`REPLAY_WINDOW`] publishes in flight, started in backlog order
-    /// (one connection keeps the order of sends: librdkafka's idempotent producer per partition,
-    /// JetStream per subject) and their outcomes taken in that order. Only the acknowledged
-    /// prefix counts; after a failure the rest is sent again later with the same ids.
+    /// Sends one batch in backlog order, [`REPLAY_WINDOW`] messages at a time through the
+    /// provider's ordered batch publish ([`Provider::publish_batch`]: one connection, sent in
+    /// order, acknowledgements taken in order). Only the acknowledged prefix counts. The first
+    /// failure ends the batch, and the next attempt starts again from the message that failed,
+    /// in order and with the same ids, so a message never lands behind one ingested after it
+    /// (what the broker already stored of the rest is dropped by its de-duplication). A message
+    /// the provider rejects for good is dropped (counted as missed) and the window resumes
+    /// after it.
     async fn send(&self, entries: Vec<Entry>) -> Batch {
-        let mut outcomes = futures::stream::iter(entries.into_iter().map(|(seq, entry)| {
-            let provider = Arc::clone(&self.provider);
-            let timeout = self.publish_timeout;
-            async move { (seq, replay_one(provider, timeout, entry).await) }
-        }))
-        .buffered(REPLAY_WINDOW);
         let mut batch = Batch::default();
-        loop {
-            let next = tokio::select! {
-                next = outcomes.next() => next,
-                () = self.stop.cancelled() => {
-                    batch.stopped = true;
-                    return batch;
+        let mut window: Vec<(u64, DataMessage)> = Vec::with_capacity(REPLAY_WINDOW);
+        for (seq, entry) in entries {
+            match entry {
+                Ok(msg) => {
+                    window.push((seq, msg));
+                    if window.len() == REPLAY_WINDOW
+                        && !self.send_window(&mut window, &mut batch).await
+                    {
+                        return batch;
+                    }
                 }
-            };
-            let Some((seq, outcome)) = next else {
-                return batch;
-            };
-            match outcome {
-                Ok(()) => {
-                    batch.acked = Some(seq);
-                    batch.delivered += 1;
-                }
-                // Neither can ever be delivered; keeping them would block the provider forever.
-                Err(Replayed::Undecodable(reason)) => {
+                // Can never be delivered; keeping it would block the provider forever. What
+                // came before it goes first.
+                Err(reason) => {
+                    if !self.send_window(&mut window, &mut batch).await {
+                        return batch;
+                    }
                     error!(provider = %self.name, seq, %reason,
                         "hinted handoff: dropping an undecodable entry; counted as missed");
                     batch.lost += 1;
                     batch.acked = Some(seq);
                 }
-                Err(Replayed::Rejected(reason)) => {
-                    error!(provider = %self.name, seq, %reason,
+            }
+        }
+        self.send_window(&mut window, &mut batch).await;
+        batch
+    }
+
+    /// Publishes `window` (emptied) as ordered batches, resuming after a message rejected for
+    /// good. False when the batch must end: a failure, or the stop signal.
+    async fn send_window(&self, window: &mut Vec<(u64, DataMessage)>, batch: &mut Batch) -> bool {
+        let (seqs, msgs): (Vec<u64>, Vec<DataMessage>) = std::mem::take(window).into_iter().unzip();
+        let mut from = 0;
+        while from < msgs.len() {
+            let rest = &msgs[from..];
+            // The adapters bound a batch by their publish deadline; this bounds any provider at
+            // one deadline per message, as one-at-a-time publishing would.
+            let deadline = self
+                .publish_timeout
+                .saturating_mul(u32::try_from(rest.len()).unwrap_or(u32::MAX));
+            let sent = tokio::select! {
+                sent = tokio::time::timeout(deadline, self.provider.publish_batch(rest)) => sent,
+                () = self.stop.cancelled() => {
+                    batch.stopped = true;
+                    return false;
+                }
+            };
+            let (acked, failure) = match sent {
+                Ok(Ok(())) => (rest.len(), None),
+                Ok(Err(BatchError { acked, error })) => (acked, Some(error)),
+                Err(_) => (
+                    0,
+                    Some(ProviderError::Timeout {
+                        provider: self.provider.name().to_string(),
+                        after: deadline,
+                    }),
+                ),
+            };
+            if acked > 0 {
+                batch.acked = Some(seqs[from + acked - 1]);
+                batch.delivered += acked as u64;
+            }
+            from += acked;
+            match failure {
+                None => {}
+                // The provider refuses this message itself (e.g. too large): retrying cannot
+                // help, and keeping it would block the provider forever.
+                Some(e @ ProviderError::Rejected { .. }) => {
+                    error!(provider = %self.name, seq = seqs[from], reason = %e,
                         "hinted handoff: the provider rejects this message for good; dropped from the backlog and counted as missed");
                     batch.lost += 1;
-                    batch.acked = Some(seq);
+                    batch.acked = Some(seqs[from]);
+                    from += 1;
                 }
-                Err(Replayed::Failed(reason)) => {
-                    batch.failure = Some(reason);
-                    return batch;
+                Some(e) => {
+                    batch.failure = Some(e.to_string());
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// Removes the acknowledged prefix of a sent batch, even when stopping: otherwise it would
@@ -268,36 +312,6 @@ impl Replayer {
                 "hinted handoff: backlog drained"
             );
         }
-    }
-}
-
-/// How one replayed entry went.
-enum Replayed {
-    Undecodable(EntryError),
-    /// The provider refuses this message itself (e.g. too large): retrying cannot help.
-    Rejected(String),
-    /// The provider is unavailable or slow: retry later.
-    Failed(String),
-}
-
-/// Publishes one stored entry, bounded by `timeout`.
-async fn replay_one(
-    provider: Arc<dyn Provider>,
-    timeout: Duration,
-    entry: Result<DataMessage, EntryError>,
-) -> Result<(), Replayed> {
-    let msg = entry.map_err(Replayed::Undecodable)?;
-    match tokio::time::timeout(timeout, provider.publish(&msg)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e @ ProviderError::Rejected { .. })) => Err(Replayed::Rejected(e.to_string())),
-        Ok(Err(e)) => Err(Replayed::Failed(e.to_string())),
-        Err(_) => Err(Replayed::Failed(
-            ProviderError::Timeout {
-                provider: provider.name().to_string(),
-                after: timeout,
-            }
-            .to_string(),
-        )),
     }
 }
 

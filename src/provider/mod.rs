@@ -31,6 +31,24 @@ pub use supervise::{Supervisor, PROBE_INTERVAL};
 /// Messages read back from a provider, in the provider's order.
 pub type MessageStream = Pin<Box<dyn Stream<Item = Result<DataMessage, ProviderError>> + Send>>;
 
+/// An ordered batch publish ([`Provider::publish_batch`]) that stopped at its first failure.
+///
+/// The first `acked` messages of the batch are stored, in order. The message at index `acked`
+/// was not acknowledged, for `error`; the messages after it may or may not have reached the
+/// broker (they were sent, or queued to be sent, before the failure was known). To resume
+/// without reordering, send again from index `acked` on, in order and with the same ids: the
+/// brokers' de-duplication (`Nats-Msg-Id` in JetStream's window, Kafka's idempotent producer
+/// within one producer session) drops what was already stored. A `Rejected` error is about that
+/// one message (e.g. too large): the caller may drop it and resume from the next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error} (after {acked} acknowledged messages of the batch)")]
+pub struct BatchError {
+    /// How many leading messages of the batch were acknowledged.
+    pub acked: usize,
+    /// Why the message at index `acked` was not.
+    pub error: ProviderError,
+}
+
 /// Which broker a provider talks to: the `type` of a provider in a manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -309,6 +327,22 @@ pub trait Provider: Send + Sync + 'static {
     /// Writes one message; returns after the broker acknowledged it, or an error within the
     /// provider's publish deadline.
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError>;
+    /// Writes `msgs` in this order and returns once every one was acknowledged, or at the first
+    /// that was not: the broker receives them in slice order, pipelined where it can (many in
+    /// flight, one round trip for the window rather than one per message), and the
+    /// acknowledgements are taken in that order. See [`BatchError`] for what a failure means
+    /// and how to resume.
+    ///
+    /// The default sends one message at a time through [`publish`](Provider::publish), which
+    /// keeps the order trivially; the broker adapters override it with a pipelined send.
+    async fn publish_batch(&self, msgs: &[DataMessage]) -> Result<(), BatchError> {
+        for (acked, msg) in msgs.iter().enumerate() {
+            self.publish(msg)
+                .await
+                .map_err(|error| BatchError { acked, error })?;
+        }
+        Ok(())
+    }
     /// The provider's messages, in order.
     async fn subscribe(&self) -> Result<MessageStream, ProviderError>;
     fn stats(&self) -> Stats;

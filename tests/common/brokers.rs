@@ -12,6 +12,7 @@ pub async fn nats_ids(url: &str, subject: &str, stream: &str) -> Vec<String> {
         stream: Some(stream.into()),
         durable: None,
         duplicate_window: None,
+        replicas: None,
         tls: None,
         auth: None,
     };
@@ -27,6 +28,8 @@ pub async fn kafka_ids(brokers: &str, topic: &str) -> Vec<String> {
         topic: topic.into(),
         partitions: None,
         replication_factor: None,
+        min_insync_replicas: None,
+        key: Default::default(),
         group_id: None,
         config: Default::default(),
         tls: None,

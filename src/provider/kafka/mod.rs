@@ -1,7 +1,10 @@
 //! The Kafka provider: one idempotent `acks=all` producer (librdkafka, via rdkafka's
 //! `FutureProducer`) shared by every concurrent publish, writing the message's JSON wire form
-//! with record key = id and headers `message_id` and `source`; a publish returns once the
-//! delivery report arrived. The topic is created with the AdminClient when missing.
+//! with the record key of [`KafkaKey`] (the id by default) and headers `message_id` and
+//! `source`; a publish returns once the delivery report arrived, and an ordered batch
+//! (`publish_batch`) is enqueued in order and its reports awaited in order. The topic is created
+//! with the AdminClient when missing (with `partitions`, `replication_factor` and
+//! `min_insync_replicas`) and never altered when it exists.
 //!
 //! Lifecycle, and why it is shaped this way:
 //! - `connect` fails only on configuration errors that only librdkafka or the cluster can detect
@@ -48,6 +51,7 @@ mod topic;
 
 pub use security::apply_security;
 
+use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +67,7 @@ use self::topic::{ensure_topic_at_start, read_topic_limit, TopicSpec};
 use super::secret::{KafkaAuth, SecretFile, SecretMissing, SecretWatch, TlsFiles};
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
 use super::{
-    Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
+    BatchError, Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
     REASON_AUTH_FAILED,
 };
 use crate::message::DataMessage;
@@ -103,6 +107,61 @@ const REASON_FATAL: &str = "ProducerFatal";
 /// librdkafka refused the settings made from a changed Secret file (e.g. a CA that is not PEM).
 const REASON_INVALID: &str = "InvalidConfiguration";
 
+/// What a record's key is (`kafka.key`): Kafka keeps order per partition, and the key picks the
+/// partition, so the key is the unit of order on a topic with several partitions. The message
+/// id is always in the `message_id` header (for de-duplication), whatever the key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KafkaKey {
+    /// The message id (the default): no order across messages on a topic with several
+    /// partitions.
+    #[default]
+    Id,
+    /// The message's `source`: every message of one source in one partition, in order.
+    Source,
+    /// This metadata field's value; a message without the field is keyed by its id.
+    Metadata(String),
+}
+
+impl KafkaKey {
+    /// The spelling in a manifest: `id`, `source` or `metadata:<field>`.
+    pub const METADATA_PREFIX: &'static str = "metadata:";
+
+    /// The record key of `msg`.
+    pub fn of<'a>(&self, msg: &'a DataMessage) -> &'a str {
+        match self {
+            KafkaKey::Id => &msg.id,
+            KafkaKey::Source => &msg.source,
+            KafkaKey::Metadata(field) => msg.metadata.get(field).unwrap_or(&msg.id),
+        }
+    }
+}
+
+impl std::str::FromStr for KafkaKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "id" => Ok(KafkaKey::Id),
+            "source" => Ok(KafkaKey::Source),
+            _ => match s.strip_prefix(Self::METADATA_PREFIX) {
+                Some(field) if !field.is_empty() => Ok(KafkaKey::Metadata(field.to_string())),
+                _ => Err(format!(
+                    "{s:?} is not a record key: use id, source or metadata:<field>"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for KafkaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KafkaKey::Id => f.write_str("id"),
+            KafkaKey::Source => f.write_str("source"),
+            KafkaKey::Metadata(field) => write!(f, "{}{field}", Self::METADATA_PREFIX),
+        }
+    }
+}
+
 /// What a Kafka provider is built from. The pipeline's validator (`api`) checks it before a
 /// provider sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -114,6 +173,10 @@ pub struct KafkaConfig {
     pub partitions: Option<i32>,
     /// Replication factor when the topic is created (default 1).
     pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of a topic the relay creates (default: the broker's, 1 unless set).
+    pub min_insync_replicas: Option<i32>,
+    /// What a record's key is (default: the message id).
+    pub key: KafkaKey,
     /// Consumer group used by `subscribe`; default `dualwrite-<provider name>`.
     pub group_id: Option<String>,
     /// librdkafka tuning settings from the allowlist, applied last.
@@ -167,6 +230,7 @@ impl KafkaConfig {
             name: self.topic.trim().to_string(),
             partitions: self.partitions.unwrap_or(1),
             replication_factor: self.replication_factor.unwrap_or(1),
+            min_insync_replicas: self.min_insync_replicas,
         }
     }
 }
@@ -175,6 +239,7 @@ impl KafkaConfig {
 pub struct KafkaProvider {
     name: String,
     topic: String,
+    key: KafkaKey,
     group_id: String,
     publish_timeout: Duration,
     /// The producer's `message.max.bytes` (librdkafka refuses a larger record itself).
@@ -318,6 +383,7 @@ impl KafkaProvider {
             name: name.to_string(),
             topic: topic.name,
             producer_max_bytes,
+            key: spec.key.clone(),
             group_id,
             publish_timeout,
             producer: slot,
@@ -339,6 +405,29 @@ impl KafkaProvider {
     /// The deadline of one publish.
     pub fn publish_timeout(&self) -> Duration {
         self.publish_timeout
+    }
+}
+
+impl KafkaProvider {
+    /// Why nothing can be written now (closed, or the topic is not known to exist), if so. Not
+    /// observed as a publish failure: health already says why and keeps saying it.
+    fn not_writable(&self) -> Option<ProviderError> {
+        if self.shared.health.is_closed() {
+            return Some(ProviderError::Closed {
+                provider: self.name.clone(),
+            });
+        }
+        if !self.shared.topic_ready.load(Ordering::Acquire) {
+            // Fail at once: writing before the topic exists would let a broker with
+            // `auto.create.topics.enable` create it with its defaults.
+            self.shared.kick.notify_one();
+            return Some(self.unavailable(format!(
+                "topic {} is not created yet ({})",
+                self.topic,
+                self.shared.health.get().message
+            )));
+        }
+        None
     }
 }
 
@@ -393,24 +482,10 @@ impl Provider for KafkaProvider {
     }
 
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
-        if self.shared.health.is_closed() {
-            let closed = Err(ProviderError::Closed {
-                provider: self.name.clone(),
-            });
-            self.shared.counters.record(&closed);
-            return closed;
-        }
-        if !self.shared.topic_ready.load(Ordering::Acquire) {
-            // Fail at once; health already says why (`Unavailable`, with the broker's answer)
-            // and keeps saying it: this outcome is not observed as a publish failure.
-            self.shared.kick.notify_one();
-            let not_ready = Err(self.unavailable(format!(
-                "topic {} is not created yet ({})",
-                self.topic,
-                self.shared.health.get().message
-            )));
-            self.shared.counters.record(&not_ready);
-            return not_ready;
+        if let Some(refused) = self.not_writable() {
+            let refused = Err(refused);
+            self.shared.counters.record(&refused);
+            return refused;
         }
         let outcome = match tokio::time::timeout(self.publish_timeout, self.send(msg)).await {
             Ok(r) => r,
@@ -422,6 +497,35 @@ impl Provider for KafkaProvider {
         self.shared.counters.record(&outcome);
         self.shared.health.observe(&outcome);
         outcome
+    }
+
+    /// Enqueues the whole batch in order into the idempotent producer, then awaits the delivery
+    /// reports in order; the batch shares one publish deadline.
+    async fn publish_batch(&self, msgs: &[DataMessage]) -> Result<(), BatchError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        if let Some(error) = self.not_writable() {
+            self.shared.counters.failed();
+            return Err(BatchError { acked: 0, error });
+        }
+        let mut acked = 0;
+        let sent =
+            tokio::time::timeout(self.publish_timeout, self.send_batch(msgs, &mut acked)).await;
+        let outcome = match sent {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Timeout {
+                provider: self.name.clone(),
+                after: self.publish_timeout,
+            }),
+        };
+        if let Err(e) = &outcome {
+            self.shared.counters.failed();
+            self.shared.health.observe::<()>(&Err(e.clone()));
+        } else {
+            self.shared.health.observe(&outcome);
+        }
+        outcome.map_err(|error| BatchError { acked, error })
     }
 
     /// Reads the topic with the consumer group (from the earliest offset when the group has

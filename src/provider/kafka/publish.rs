@@ -1,5 +1,5 @@
-//! One Kafka publish: the record (key = id, headers `message_id` and `source`, the JSON wire
-//! form as value), its delivery report, and what librdkafka reports turned into a
+//! One Kafka publish, or an ordered batch of them: the record (key per `kafka.key`, headers
+//! `message_id` and `source`, the JSON wire form as value), its delivery report, and what librdkafka reports turned into a
 //! [`ProviderError`]. The overall deadline is the caller's (`Provider::publish`).
 
 use std::sync::atomic::Ordering;
@@ -27,19 +27,7 @@ impl KafkaProvider {
             return Err(self.unavailable(self.shared.health.get().message));
         };
         let payload = msg.to_wire();
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: HEADER_MESSAGE_ID,
-                value: Some(msg.id.as_str()),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE,
-                value: Some(msg.source.as_str()),
-            });
-        let record = FutureRecord::to(&self.topic)
-            .key(msg.id.as_str())
-            .payload(&payload)
-            .headers(headers);
+        let record = self.record(msg, &payload);
         // The queue timeout only matters when librdkafka's local queue is full; the delivery
         // itself is bounded by message.timeout.ms and, around both, by the caller's deadline.
         match producer
@@ -49,6 +37,68 @@ impl KafkaProvider {
             Ok(_delivery) => Ok(()),
             Err((e, _)) => Err(self.delivery_error(e)),
         }
+    }
+
+    /// Enqueues every message of `msgs` in order into the one idempotent producer (which keeps
+    /// that order per partition, its own retries included), then awaits the delivery reports
+    /// in that order, counting each acknowledged message in `acked`. Stops at the first
+    /// message that cannot be enqueued or whose report is an error. The caller applies the
+    /// deadline.
+    pub(super) async fn send_batch(
+        &self,
+        msgs: &[DataMessage],
+        acked: &mut usize,
+    ) -> Result<(), ProviderError> {
+        let Some(producer) = self.producer.get() else {
+            return Err(self.unavailable(self.shared.health.get().message));
+        };
+        let mut reports = Vec::with_capacity(msgs.len());
+        let mut refused = None;
+        for msg in msgs {
+            let payload = msg.to_wire();
+            match producer.send_result(self.record(msg, &payload)) {
+                Ok(report) => reports.push(report),
+                // Nothing after a refused enqueue is sent, so nothing overtakes it.
+                Err((e, _)) => {
+                    refused = Some(self.delivery_error(e));
+                    break;
+                }
+            }
+        }
+        for report in reports {
+            match report.await {
+                Ok(Ok(_delivery)) => {
+                    *acked += 1;
+                    self.shared.counters.published();
+                }
+                Ok(Err((e, _))) => return Err(self.delivery_error(e)),
+                Err(_canceled) => {
+                    return Err(self.unavailable("the producer was replaced before delivery"))
+                }
+            }
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// The record for `msg`: key per `kafka.key`, headers `message_id` and `source`.
+    fn record<'a>(
+        &'a self,
+        msg: &'a DataMessage,
+        payload: &'a [u8],
+    ) -> FutureRecord<'a, str, [u8]> {
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: HEADER_MESSAGE_ID,
+                value: Some(msg.id.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE,
+                value: Some(msg.source.as_str()),
+            });
+        FutureRecord::to(&self.topic)
+            .key(self.key.of(msg))
+            .payload(payload)
+            .headers(headers)
     }
 
     fn delivery_error(&self, e: KafkaError) -> ProviderError {

@@ -139,6 +139,8 @@ mod tests {
             topic: "t".into(),
             partitions: None,
             replication_factor: None,
+            min_insync_replicas: None,
+            key: Default::default(),
             group_id: None,
             config: Default::default(),
             tls: Some(TlsFiles {

@@ -24,6 +24,8 @@ async fn bad_configuration_is_a_config_error() {
         topic: topic.into(),
         partitions: None,
         replication_factor: None,
+        min_insync_replicas: None,
+        key: Default::default(),
         group_id: None,
         config: Default::default(),
         tls: None,
@@ -58,6 +60,8 @@ fn configuration_defaults() {
         topic: " events ".into(),
         partitions: None,
         replication_factor: Some(3),
+        min_insync_replicas: None,
+        key: Default::default(),
         group_id: Some(" ".into()),
         config: Default::default(),
         tls: None,
@@ -70,4 +74,19 @@ fn configuration_defaults() {
         (t.name.as_str(), t.partitions, t.replication_factor),
         ("events", 1, 3)
     );
+}
+
+/// The record key of a message under each `kafka.key`; a message without the metadata field is
+/// keyed by its id.
+#[test]
+fn record_key_of_a_message() {
+    let mut m = DataMessage::new("billing", "x");
+    m.id = "o-1".into();
+    assert_eq!(KafkaKey::Id.of(&m), "o-1");
+    assert_eq!(KafkaKey::Source.of(&m), "billing");
+    let tenant = KafkaKey::Metadata("tenant".into());
+    assert_eq!(tenant.of(&m), "o-1", "no such field: the id");
+    m.metadata.insert("tenant".into(), "acme".into());
+    assert_eq!(tenant.of(&m), "acme");
+    assert_eq!(tenant.to_string(), "metadata:tenant");
 }

@@ -18,19 +18,26 @@ pub(super) struct TopicSpec {
     pub(super) name: String,
     pub(super) partitions: i32,
     pub(super) replication_factor: i32,
+    /// `min.insync.replicas` of the created topic; the broker's default when unset.
+    pub(super) min_insync_replicas: Option<i32>,
 }
 
-/// Creates the topic; "already exists" is success.
+/// Creates the topic; "already exists" is success, and an existing topic is never altered
+/// (its partitions, replication and configuration are the cluster owner's).
 pub(super) async fn ensure_topic(
     admin: &AdminClient<HealthContext>,
     topic: &TopicSpec,
     timeout: Duration,
 ) -> Result<(), EnsureError> {
-    let new = NewTopic::new(
+    let min_isr = topic.min_insync_replicas.map(|n| n.to_string());
+    let mut new = NewTopic::new(
         &topic.name,
         topic.partitions,
         TopicReplication::Fixed(topic.replication_factor),
     );
+    if let Some(n) = &min_isr {
+        new = new.set("min.insync.replicas", n);
+    }
     let opts = AdminOptions::new()
         .request_timeout(Some(timeout))
         .operation_timeout(Some(timeout));
@@ -44,6 +51,7 @@ pub(super) async fn ensure_topic(
                 topic = %topic.name,
                 partitions = topic.partitions,
                 replication_factor = topic.replication_factor,
+                min_insync_replicas = ?topic.min_insync_replicas,
                 "kafka: topic created"
             ),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -71,7 +71,7 @@ use super::secret::{
 };
 use super::supervise::{run_probe_loop, EnsureError, Supervisor};
 use super::{
-    Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
+    BatchError, Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
     REASON_AUTH_FAILED,
 };
 use crate::message::DataMessage;
@@ -151,6 +151,8 @@ pub struct NatsConfig {
     pub durable: Option<String>,
     /// JetStream de-duplication window; the server's default (2 minutes) when unset.
     pub duplicate_window: Option<Duration>,
+    /// Replicas of a stream the relay creates (default 1); an existing stream keeps its own.
+    pub replicas: Option<usize>,
     /// TLS: CAs to trust and an optional client certificate (mutual TLS).
     pub tls: Option<TlsFiles>,
     pub auth: Option<NatsAuth>,
@@ -197,7 +199,8 @@ impl NatsConfig {
             .unwrap_or_else(|| format!("dualwrite-{provider}"))
     }
 
-    /// The stream created when it is missing (an existing one is reused as it is).
+    /// The stream created when it is missing. An existing one is reused as it is, never updated:
+    /// its limits, replicas and retention are its owner's.
     fn stream_config(&self) -> stream::Config {
         stream::Config {
             name: self.stream_name(),
@@ -205,6 +208,7 @@ impl NatsConfig {
             // Zero leaves the server default (2 minutes).
             duplicate_window: self.duplicate_window.unwrap_or(Duration::ZERO),
             storage: stream::StorageType::File,
+            num_replicas: self.replicas.unwrap_or(1),
             ..Default::default()
         }
     }
@@ -419,6 +423,46 @@ impl Provider for NatsProvider {
         self.shared.counters.record(&outcome);
         self.shared.health.observe(&outcome);
         outcome
+    }
+
+    /// Sends the whole batch in order on the one connection, each with its `Nats-Msg-Id`, then
+    /// awaits the PubAcks in order (pipelined: one round trip for the batch); the batch shares
+    /// one publish deadline.
+    async fn publish_batch(&self, msgs: &[DataMessage]) -> Result<(), BatchError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let refused = if self.shared.health.is_closed() {
+            Some(self.closed_error())
+        } else if self.conn.get().is_none() {
+            Some(self.not_connected())
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            self.shared.counters.failed();
+            return Err(BatchError { acked: 0, error });
+        }
+        let mut acked = 0;
+        let sent = tokio::time::timeout(
+            self.publish_timeout,
+            self.publish_batch_acked(msgs, &mut acked),
+        )
+        .await;
+        let outcome = match sent {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Timeout {
+                provider: self.name.clone(),
+                after: self.publish_timeout,
+            }),
+        };
+        if let Err(e) = &outcome {
+            self.shared.counters.failed();
+            self.shared.health.observe::<()>(&Err(e.clone()));
+        } else {
+            self.shared.health.observe(&outcome);
+        }
+        outcome.map_err(|error| BatchError { acked, error })
     }
 
     /// Reads the stream from its first message through the durable pull consumer

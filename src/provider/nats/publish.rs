@@ -1,6 +1,7 @@
-//! One NATS publish: wait briefly for a lost connection (at most [`RECONNECT_GRACE`]), make sure
-//! the stream exists, send with the `Nats-Msg-Id` header, await the PubAck, and turn what
-//! async-nats reports into a [`ProviderError`]. The overall deadline is the caller's
+//! One NATS publish, and an ordered batch of them pipelined on one connection: wait briefly for
+//! a lost connection (at most [`RECONNECT_GRACE`]), make sure the stream exists, send with the
+//! `Nats-Msg-Id` header, await the PubAck, and turn what async-nats reports into a
+//! [`ProviderError`]. The overall deadline is the caller's
 //! (`Provider::publish`).
 
 use std::sync::atomic::Ordering;
@@ -69,14 +70,7 @@ impl NatsProvider {
     /// Publish and PubAck, without the overall deadline (the caller applies it).
     pub(super) async fn publish_acked(&self, msg: &DataMessage) -> Result<(), ProviderError> {
         let conn = self.connection().await?;
-        if !self.shared.stream_ready.load(Ordering::Acquire) {
-            // Idempotent on the server, so concurrent publishes racing here are harmless.
-            conn.setup
-                .ensure()
-                .await
-                .map_err(|e| self.unavailable(e.reason().to_string()))?;
-            self.shared.stream_ready.store(true, Ordering::Release);
-        }
+        self.ensure_stream(&conn).await?;
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID_HEADER, msg.id.as_str());
         let ack = conn
@@ -90,6 +84,63 @@ impl NatsProvider {
         if ack.duplicate {
             // A retry of a message the stream already holds: stored once, which is success.
             tracing::debug!(provider = %self.name, id = %msg.id, seq = ack.sequence, "nats: duplicate acknowledged");
+        }
+        Ok(())
+    }
+
+    /// Sends every message of `msgs` in order on one connection, then awaits the PubAcks in
+    /// that order, counting each acknowledged message in `acked`; stops at the first failure.
+    /// The connection and the stream are checked once, before the first send, so no send waits
+    /// on anything another does not (which is what kept concurrent publishes from leaving in
+    /// the order they started). Sending stops as soon as the connection is seen down, so a
+    /// message is not queued in the client behind one the broken connection lost. The caller
+    /// applies the deadline.
+    pub(super) async fn publish_batch_acked(
+        &self,
+        msgs: &[DataMessage],
+        acked: &mut usize,
+    ) -> Result<(), ProviderError> {
+        let conn = self.connection().await?;
+        self.ensure_stream(&conn).await?;
+        let mut acks = Vec::with_capacity(msgs.len());
+        let mut stopped = None;
+        for msg in msgs {
+            if conn.client.connection_state() != State::Connected {
+                stopped = Some(self.not_connected());
+                break;
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(MSG_ID_HEADER, msg.id.as_str());
+            match conn
+                .setup
+                .js
+                .publish_with_headers(self.subject.clone(), headers, Bytes::from(msg.to_wire()))
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    stopped = Some(self.publish_error(e));
+                    break;
+                }
+            }
+        }
+        for ack in acks {
+            ack.await.map_err(|e| self.publish_error(e))?;
+            *acked += 1;
+            self.shared.counters.published();
+        }
+        stopped.map_or(Ok(()), Err)
+    }
+
+    /// Checks (or creates) the stream when it is not known to be ready.
+    async fn ensure_stream(&self, conn: &Conn) -> Result<(), ProviderError> {
+        if !self.shared.stream_ready.load(Ordering::Acquire) {
+            // Idempotent on the server, so concurrent publishes racing here are harmless.
+            conn.setup
+                .ensure()
+                .await
+                .map_err(|e| self.unavailable(e.reason().to_string()))?;
+            self.shared.stream_ready.store(true, Ordering::Release);
         }
         Ok(())
     }

@@ -55,6 +55,7 @@ async fn bad_configuration_is_a_config_error() {
         stream: None,
         durable: None,
         duplicate_window: None,
+        replicas: None,
         tls: None,
         auth: None,
     };
