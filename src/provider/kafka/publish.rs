@@ -1,4 +1,5 @@
-//! One Kafka publish: the record (key = id, headers `message_id` and `source`, the JSON wire
+//! One Kafka publish: the record (key = id, headers `message_id`, `source` and
+//! `Dualwrite-Digest`, the JSON wire
 //! form as value), its delivery report, and what librdkafka reports turned into a
 //! [`ProviderError`]. The overall deadline is the caller's (`Provider::publish`).
 
@@ -10,7 +11,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 use super::{KafkaProvider, HEADER_MESSAGE_ID, HEADER_SOURCE};
-use crate::message::DataMessage;
+use crate::message::{DataMessage, DIGEST_HEADER};
 use crate::provider::ProviderError;
 
 impl KafkaProvider {
@@ -27,7 +28,8 @@ impl KafkaProvider {
             return Err(self.unavailable(self.shared.health.get().message));
         };
         let payload = msg.to_wire();
-        let headers = OwnedHeaders::new_with_capacity(2)
+        let digest = msg.content_digest().to_string();
+        let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: HEADER_MESSAGE_ID,
                 value: Some(msg.id.as_str()),
@@ -35,6 +37,10 @@ impl KafkaProvider {
             .insert(Header {
                 key: HEADER_SOURCE,
                 value: Some(msg.source.as_str()),
+            })
+            .insert(Header {
+                key: DIGEST_HEADER,
+                value: Some(digest.as_str()),
             });
         let record = FutureRecord::to(&self.topic)
             .key(msg.id.as_str())

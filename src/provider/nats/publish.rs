@@ -1,5 +1,5 @@
 //! One NATS publish: wait briefly for a lost connection (at most [`RECONNECT_GRACE`]), make sure
-//! the stream exists, send with the `Nats-Msg-Id` header, await the PubAck, and turn what
+//! the stream exists, send with the `Nats-Msg-Id` and `Dualwrite-Digest` headers, await the PubAck, and turn what
 //! async-nats reports into a [`ProviderError`]. The overall deadline is the caller's
 //! (`Provider::publish`).
 
@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::connection::Conn;
 use super::{NatsProvider, MSG_ID_HEADER, RECONNECT_GRACE};
-use crate::message::DataMessage;
+use crate::message::{DataMessage, DIGEST_HEADER};
 use crate::provider::ProviderError;
 
 impl NatsProvider {
@@ -79,6 +79,7 @@ impl NatsProvider {
         }
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID_HEADER, msg.id.as_str());
+        headers.insert(DIGEST_HEADER, msg.content_digest().to_string());
         let ack = conn
             .setup
             .js
