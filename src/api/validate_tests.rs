@@ -75,6 +75,14 @@ fn validation_table() {
             Some(("spec.ingest.maxBodyBytes", "out of range")),
         ),
         (
+            "{providers: [{name: a, type: memory}], ingest: {duplicateWindow: 0s}}",
+            Some(("spec.ingest.duplicateWindow", "is not a duration")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}], ingest: {duplicateWindowIds: 0}}",
+            Some(("spec.ingest.duplicateWindowIds", "out of range")),
+        ),
+        (
             "{providers: [{name: a, type: memory}], migration: {steps: [{name: s, strategy: FailFast, readFrom: zz}]}}",
             Some(("spec.migration.steps[0]", "\"zz\" is not a provider")),
         ),
@@ -130,6 +138,22 @@ fn conversion_fills_in_defaults_and_types() {
     );
     assert_eq!(config.ingest.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
     assert!(config.handoff.enabled);
+    assert_eq!(
+        (
+            config.ingest.duplicate_window,
+            config.ingest.duplicate_window_ids
+        ),
+        (Duration::from_secs(120), 100_000)
+    );
+    let ingest = PipelineConfig::try_from(&spec(
+        "{providers: [{name: a, type: memory}], ingest: {duplicateWindow: 10m, duplicateWindowIds: 5}}",
+    ))
+    .unwrap()
+    .ingest;
+    assert_eq!(
+        (ingest.duplicate_window, ingest.duplicate_window_ids),
+        (Duration::from_secs(600), 5)
+    );
     assert_eq!(
         config.providers[0].settings,
         ProviderSettings::Memory {
