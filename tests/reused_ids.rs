@@ -195,7 +195,11 @@ fn verify(manifest: &Path) -> (Option<i32>, Value) {
         "$ dualwrite verify\n{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = serde_json::from_str(&stdout)
+    // Logs go to stdout too: the report is the JSON that starts on a line of its own.
+    let json = stdout
+        .find("\n{")
+        .map_or(&stdout[..], |at| &stdout[at + 1..]);
+    let report = serde_json::from_str(json)
         .unwrap_or_else(|e| panic!("verify prints a JSON report ({e}): {stdout}"));
     (out.status.code(), report)
 }
