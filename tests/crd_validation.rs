@@ -222,6 +222,9 @@ fn the_api_server_and_the_validator_agree() {
         memory("  ingest: {tls: {secretName: t, certificate: tls.crt, key: tls.key}, authentication: {tokensSecret: {secretName: t, key: tokens}}, probePort: 9090, maxInFlight: 10, headerTimeout: 2s}\n"),
         memory("  ingest: {headerTimeout: 0s}\n"),
         memory("  ingest: {maxConnections: 0}\n"),
+        memory("  ingest: {duplicateWindow: 10m, duplicateWindowIds: 5}\n"),
+        memory("  ingest: {duplicateWindow: 0s}\n"),
+        memory("  ingest: {duplicateWindowIds: 0}\n"),
     ];
     let mut disagreements = Vec::new();
     let mut accepted = 0;
