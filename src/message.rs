@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest as _, Sha256};
 
 /// Longest message id accepted from a client (ids travel as NATS headers and Kafka keys).
 pub const MAX_ID_LEN: usize = 128;
@@ -52,6 +53,73 @@ impl DataMessage {
     /// Parses the JSON bytes read from a broker.
     pub fn from_wire(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// The digest of what the message says: its source, payload and metadata. Two messages with
+    /// the same id and the same digest are the same message (a retry); with another digest, a
+    /// conflict. The id is what a digest is compared under and the timestamp is the relay's
+    /// (a retry is stamped anew), so neither is part of it.
+    pub fn content_digest(&self) -> ContentDigest {
+        // Each field is preceded by its length (8 bytes, big-endian), and the metadata by its
+        // number of pairs, so no two different contents encode to the same bytes.
+        fn field(h: &mut Sha256, bytes: &[u8]) {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        }
+        let mut h = Sha256::new();
+        field(&mut h, self.source.as_bytes());
+        field(&mut h, &self.payload);
+        h.update((self.metadata.len() as u64).to_be_bytes());
+        for (k, v) in &self.metadata {
+            field(&mut h, k.as_bytes());
+            field(&mut h, v.as_bytes());
+        }
+        ContentDigest(h.finalize().into())
+    }
+}
+
+/// The header that carries a message's [`ContentDigest`] on NATS and on Kafka.
+pub const DIGEST_HEADER: &str = "Dualwrite-Digest";
+
+/// SHA-256 of a message's content ([`DataMessage::content_digest`]); written
+/// `sha256:<64 lowercase hex digits>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentDigest(pub [u8; 32]);
+
+impl ContentDigest {
+    const PREFIX: &'static str = "sha256:";
+    /// The length of its text form (`sha256:` and 64 hex digits): what the header's value takes.
+    pub const TEXT_LEN: usize = Self::PREFIX.len() + 64;
+}
+
+impl std::fmt::Display for ContentDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Self::PREFIX)?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for ContentDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for ContentDigest {
+    type Err = String;
+
+    /// Reads `sha256:<hex>` (what [`DIGEST_HEADER`] holds).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a content digest (sha256:<64 hex digits>)");
+        let hex = s.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(out))
     }
 }
 
@@ -149,6 +217,71 @@ mod tests {
         let b = DataMessage::new("s", "x");
         assert_ne!(a.id, b.id);
         validate_id(&a.id).unwrap();
+    }
+
+    #[test]
+    fn content_digest_covers_source_payload_and_metadata_only() {
+        let mut a = DataMessage::new("s", "one");
+        a.metadata.insert("k".into(), "v".into());
+        let mut retry = a.clone();
+        retry.id = "other-id".into();
+        retry.timestamp += 60;
+        assert_eq!(
+            a.content_digest(),
+            retry.content_digest(),
+            "id and timestamp are not content"
+        );
+        let changed = |f: &dyn Fn(&mut DataMessage)| {
+            let mut m = a.clone();
+            f(&mut m);
+            m.content_digest()
+        };
+        let d = a.content_digest();
+        assert_ne!(d, changed(&|m| m.source = "t".into()));
+        assert_ne!(d, changed(&|m| m.payload = Bytes::from_static(b"two")));
+        assert_ne!(
+            d,
+            changed(&|m| {
+                m.metadata.insert("k".into(), "w".into());
+            })
+        );
+        assert_ne!(d, changed(&|m| m.metadata.clear()));
+        // Lengths are part of the encoding: moving bytes from one field to the next changes it.
+        let mut x = DataMessage::new("ab", "c");
+        let mut y = DataMessage::new("a", "bc");
+        x.id = y.id.clone();
+        assert_ne!(x.content_digest(), y.content_digest());
+        y.metadata.insert(String::new(), String::new());
+        assert_ne!(
+            DataMessage::new("a", "bc").content_digest(),
+            y.content_digest()
+        );
+    }
+
+    #[test]
+    fn content_digest_text_form() {
+        // SHA-256 of the encoding of source "", payload "", no metadata: three zero lengths.
+        let empty = DataMessage::new("", "").content_digest();
+        assert_eq!(
+            empty.to_string(),
+            format!("sha256:{}", hex_sha256(&[0u8; 24]))
+        );
+        assert_eq!(empty.to_string().parse::<ContentDigest>().unwrap(), empty);
+        for bad in [
+            "",
+            "sha256:",
+            "md5:00",
+            &format!("sha256:{}", "g".repeat(64)),
+        ] {
+            assert!(bad.parse::<ContentDigest>().is_err(), "{bad:?}");
+        }
+    }
+
+    fn hex_sha256(bytes: &[u8]) -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The consistency check: reads what each broker of a pipeline holds and reports, per provider,
-//! the message ids it lacks compared with the others and the ids it holds more than once (as
-//! Uber's Chaperone audits that every tier saw the same messages).
+//! the message ids it lacks compared with the others, the ids it holds more than once, and the
+//! ids whose content differs between copies (as Uber's Chaperone audits that every tier saw the
+//! same messages). Content is compared by digest: the `Dualwrite-Digest` header the relay
+//! writes, or, for a message without one (written by another tool), the digest of its body.
 //!
 //! Reading is bounded: each broker is read up to what it held when the check started (JetStream's
 //! last sequence, Kafka's high watermarks), so the check ends even under live traffic; messages
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
@@ -28,7 +31,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 
 use crate::api::{ConsistencyStatus, DualWritePipeline, DualWritePipelineSpec};
-use crate::message::DataMessage;
+use crate::message::{ContentDigest, DataMessage, DIGEST_HEADER};
 use crate::provider::kafka::{apply_security, KafkaConfig};
 use crate::provider::nats::{client_options, default_stream_name, NatsConfig};
 use crate::provider::secret::redact_url;
@@ -74,22 +77,49 @@ pub enum Error {
 /// Deadline of each broker call in a check.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What one provider holds: every message id in the window, in broker order (duplicates kept).
+/// What one provider holds: every message in the window, in broker order (duplicates kept).
 #[derive(Clone, Debug)]
 pub struct Holdings {
     pub provider: String,
-    pub ids: Vec<String>,
+    pub messages: Vec<Held>,
 }
 
-/// The result of a check, per provider. `consistent` means no provider lacks an id another has.
+/// One message as a broker holds it: its id and the digest of its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub id: String,
+    pub digest: ContentDigest,
+}
+
+impl Held {
+    /// A message read from a broker: the digest its `Dualwrite-Digest` header states, or, when it
+    /// has none (another tool wrote it) or an unreadable one, the digest of its body.
+    pub fn read(msg: DataMessage, header: Option<&[u8]>) -> Self {
+        let stated = header
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| h.parse().ok());
+        Held {
+            digest: stated.unwrap_or_else(|| msg.content_digest()),
+            id: msg.id,
+        }
+    }
+}
+
+/// The result of a check, per provider. `consistent` means no provider lacks an id another has
+/// and no id has two contents.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub seen: BTreeMap<String, u64>,
     pub missing: BTreeMap<String, u64>,
     pub duplicates: BTreeMap<String, u64>,
+    /// Ids this provider holds whose content differs from another copy of the id (on any
+    /// provider, this one included).
+    pub conflicting: BTreeMap<String, u64>,
     /// Up to 10 missing ids per provider, to start an investigation.
     pub missing_examples: BTreeMap<String, Vec<String>>,
+    /// Up to 10 ids with more than one content, with the digests seen per provider.
+    pub conflicting_examples: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub consistent: bool,
     /// Unix seconds of the oldest ingest time read (`--window`); `None`: everything held.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,9 +133,20 @@ pub struct Report {
 pub fn compare(holdings: &[Holdings]) -> Report {
     let sets: Vec<HashSet<&str>> = holdings
         .iter()
-        .map(|h| h.ids.iter().map(String::as_str).collect())
+        .map(|h| h.messages.iter().map(|m| m.id.as_str()).collect())
         .collect();
     let union: HashSet<&str> = sets.iter().flatten().copied().collect();
+    // Every content each id has anywhere; an id with more than one is a conflict.
+    let mut contents: HashMap<&str, HashSet<ContentDigest>> = HashMap::new();
+    for m in holdings.iter().flat_map(|h| &h.messages) {
+        contents.entry(&m.id).or_default().insert(m.digest);
+    }
+    let mut conflicting: Vec<&str> = contents
+        .iter()
+        .filter(|(_, digests)| digests.len() > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    conflicting.sort_unstable();
     let mut report = Report::default();
     for (h, set) in holdings.iter().zip(&sets) {
         let mut missing: Vec<&str> = union
@@ -115,10 +156,16 @@ pub fn compare(holdings: &[Holdings]) -> Report {
             .collect();
         missing.sort_unstable();
         let mut counts: HashMap<&str, u64> = HashMap::new();
-        for id in &h.ids {
-            *counts.entry(id).or_default() += 1;
+        for m in &h.messages {
+            *counts.entry(&m.id).or_default() += 1;
         }
-        report.seen.insert(h.provider.clone(), h.ids.len() as u64);
+        report
+            .seen
+            .insert(h.provider.clone(), h.messages.len() as u64);
+        report.conflicting.insert(
+            h.provider.clone(),
+            conflicting.iter().filter(|id| set.contains(*id)).count() as u64,
+        );
         report
             .missing
             .insert(h.provider.clone(), missing.len() as u64);
@@ -131,10 +178,29 @@ pub fn compare(holdings: &[Holdings]) -> Report {
             missing.iter().take(10).map(|s| s.to_string()).collect(),
         );
     }
-    // Consistent = nothing missing anywhere. Duplicates are reported but do not fail the check:
-    // Kafka is at-least-once (a client retry or a replay after a crash is a second record with
-    // the same key), so they are a fact to know, not a lost message.
-    report.consistent = report.missing.values().all(|m| *m == 0);
+    for id in conflicting.iter().take(10) {
+        let mut per_provider = BTreeMap::new();
+        for h in holdings {
+            let mut digests: Vec<String> = h
+                .messages
+                .iter()
+                .filter(|m| m.id == *id)
+                .map(|m| m.digest.to_string())
+                .collect();
+            digests.dedup();
+            if !digests.is_empty() {
+                per_provider.insert(h.provider.clone(), digests);
+            }
+        }
+        report
+            .conflicting_examples
+            .insert(id.to_string(), per_provider);
+    }
+    // Consistent = nothing missing anywhere and one content per id. Duplicates (same id, same
+    // content) are reported but do not fail the check: Kafka is at-least-once (a client retry or
+    // a replay after a crash is a second record with the same key), so they are a fact to know,
+    // not a lost message.
+    report.consistent = report.missing.values().all(|m| *m == 0) && conflicting.is_empty();
     report
 }
 
@@ -149,6 +215,19 @@ pub async fn nats_ids(
     since: Option<i64>,
     until: i64,
 ) -> Result<Vec<String>, Error> {
+    Ok(nats_messages(spec, since, until)
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect())
+}
+
+/// Every message on the NATS stream of `spec` with a timestamp in the window, with its digest.
+pub async fn nats_messages(
+    spec: &NatsConfig,
+    since: Option<i64>,
+    until: i64,
+) -> Result<Vec<Held>, Error> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     let stream_name = spec
         .stream
@@ -179,9 +258,9 @@ pub async fn nats_ids(
         .map_err(|e| fail("stream info", &e))?
         .state
         .last_sequence;
-    let mut ids = Vec::new();
+    let mut held = Vec::new();
     if last == 0 {
-        return Ok(ids);
+        return Ok(held);
     }
     let consumer = stream
         .create_consumer(pull::Config {
@@ -212,14 +291,15 @@ pub async fn nats_ids(
             .stream_sequence;
         if let Ok(msg) = DataMessage::from_wire(&m.payload) {
             if in_window(&msg, since, until) {
-                ids.push(msg.id);
+                let header = m.headers.as_ref().and_then(|h| h.get(DIGEST_HEADER));
+                held.push(Held::read(msg, header.map(|v| v.as_str().as_bytes())));
             }
         }
         if seq >= last {
             break;
         }
     }
-    Ok(ids)
+    Ok(held)
 }
 
 /// Every message id on the Kafka topic of `spec` (all partitions, up to the high watermarks at
@@ -229,6 +309,19 @@ pub async fn kafka_ids(
     since: Option<i64>,
     until: i64,
 ) -> Result<Vec<String>, Error> {
+    Ok(kafka_messages(spec, since, until)
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect())
+}
+
+/// Every message on the Kafka topic of `spec` (as [`kafka_ids`]), with its digest.
+pub async fn kafka_messages(
+    spec: &KafkaConfig,
+    since: Option<i64>,
+    until: i64,
+) -> Result<Vec<Held>, Error> {
     let spec = spec.clone();
     // rdkafka's BaseConsumer blocks: read on the blocking pool.
     tokio::task::spawn_blocking(move || kafka_read(&spec, since, until)).await?
@@ -244,7 +337,7 @@ fn kafka_error(spec: &KafkaConfig, what: &str, e: &dyn std::fmt::Display) -> Err
 }
 
 /// [`kafka_ids`], blocking.
-fn kafka_read(spec: &KafkaConfig, since: Option<i64>, until: i64) -> Result<Vec<String>, Error> {
+fn kafka_read(spec: &KafkaConfig, since: Option<i64>, until: i64) -> Result<Vec<Held>, Error> {
     let fail = |what: &str, e: &dyn std::fmt::Display| kafka_error(spec, what, e);
     let mut config = ClientConfig::new();
     config
@@ -260,7 +353,7 @@ fn kafka_read(spec: &KafkaConfig, since: Option<i64>, until: i64) -> Result<Vec<
     }
     let consumer: BaseConsumer = config.create().map_err(|e| fail("consumer", &e))?;
     let mut remaining = assign_up_to_watermarks(&consumer, spec)?;
-    let mut ids = Vec::new();
+    let mut held = Vec::new();
     while !remaining.is_empty() {
         let m = match consumer.poll(CALL_TIMEOUT) {
             Some(Ok(m)) => m,
@@ -274,7 +367,12 @@ fn kafka_read(spec: &KafkaConfig, since: Option<i64>, until: i64) -> Result<Vec<
         };
         if let Some(Ok(msg)) = m.payload().map(DataMessage::from_wire) {
             if in_window(&msg, since, until) {
-                ids.push(msg.id);
+                let header = m.headers().and_then(|hs| {
+                    hs.iter()
+                        .find(|h| h.key == DIGEST_HEADER)
+                        .and_then(|h| h.value)
+                });
+                held.push(Held::read(msg, header));
             }
         }
         if remaining
@@ -284,7 +382,7 @@ fn kafka_read(spec: &KafkaConfig, since: Option<i64>, until: i64) -> Result<Vec<
             remaining.remove(&m.partition());
         }
     }
-    Ok(ids)
+    Ok(held)
 }
 
 /// Assigns `consumer` every non-empty partition of the topic from its low watermark, and
@@ -338,14 +436,14 @@ pub async fn check(
     let mut holdings = Vec::new();
     let config = PipelineConfig::try_from(spec)?.with_secrets_dir(secrets_dir);
     for p in &config.providers {
-        let ids = match &p.settings {
-            ProviderSettings::Nats(n) => nats_ids(n, since, until).await?,
-            ProviderSettings::Kafka(k) => kafka_ids(k, since, until).await?,
+        let messages = match &p.settings {
+            ProviderSettings::Nats(n) => nats_messages(n, since, until).await?,
+            ProviderSettings::Kafka(k) => kafka_messages(k, since, until).await?,
             ProviderSettings::Memory { .. } => continue,
         };
         holdings.push(Holdings {
             provider: p.name.clone(),
-            ids,
+            messages,
         });
     }
     if holdings.len() < 2 {
@@ -387,6 +485,7 @@ pub fn consistency_status(report: &Report, at: Timestamp) -> ConsistencyStatus {
         seen: report.seen.clone(),
         missing: report.missing.clone(),
         duplicates: report.duplicates.clone(),
+        conflicting: report.conflicting.clone(),
         consistent: report.consistent,
         window_start: report.window_start.and_then(unix_time),
         window_end: report.window_end.and_then(unix_time),
@@ -430,11 +529,96 @@ pub const VERIFY_MANAGER: &str = "dualwrite-verify";
 mod tests {
     use super::*;
 
+    /// A provider holding `ids`, each with the content "same".
     fn h(provider: &str, ids: &[&str]) -> Holdings {
+        let held: Vec<(&str, &str)> = ids.iter().map(|id| (*id, "same")).collect();
+        hc(provider, &held)
+    }
+
+    /// A provider holding `(id, content)` pairs.
+    fn hc(provider: &str, held: &[(&str, &str)]) -> Holdings {
         Holdings {
             provider: provider.into(),
-            ids: ids.iter().map(|s| s.to_string()).collect(),
+            messages: held
+                .iter()
+                .map(|(id, content)| Held {
+                    id: id.to_string(),
+                    digest: DataMessage::new("test", content.to_string()).content_digest(),
+                })
+                .collect(),
         }
+    }
+
+    #[test]
+    fn ids_with_two_contents_are_conflicts_and_make_the_check_fail() {
+        // (holdings, conflicting per provider, consistent)
+        let cases = [
+            // o-1 is "one" on a, "two" on b: both hold a conflicting id.
+            (
+                vec![hc("a", &[("o-1", "one")]), hc("b", &[("o-1", "two")])],
+                [1, 1],
+                false,
+            ),
+            // Kafka kept both writes of a reused id: a conflict within one provider.
+            (
+                vec![
+                    hc("a", &[("o-1", "one")]),
+                    hc("b", &[("o-1", "one"), ("o-1", "two")]),
+                ],
+                [1, 1],
+                false,
+            ),
+            // A retry stored twice with the same content is a duplicate, not a conflict.
+            (
+                vec![
+                    hc("a", &[("o-1", "one")]),
+                    hc("b", &[("o-1", "one"), ("o-1", "one")]),
+                ],
+                [0, 0],
+                true,
+            ),
+            // Missing on b and different on the others: counted where held.
+            (
+                vec![
+                    hc("a", &[("o-1", "one"), ("o-2", "x")]),
+                    hc("b", &[("o-2", "y")]),
+                ],
+                [1, 1],
+                false,
+            ),
+        ];
+        for (i, (holdings, conflicting, consistent)) in cases.into_iter().enumerate() {
+            let r = compare(&holdings);
+            assert_eq!(
+                [r.conflicting["a"], r.conflicting["b"]],
+                conflicting,
+                "case {i}: {r:?}"
+            );
+            assert_eq!(r.consistent, consistent, "case {i}: {r:?}");
+        }
+        let r = compare(&[hc("a", &[("o-1", "one")]), hc("b", &[("o-1", "two")])]);
+        let example = &r.conflicting_examples["o-1"];
+        let digest = |c: &str| {
+            DataMessage::new("test", c.to_string())
+                .content_digest()
+                .to_string()
+        };
+        assert_eq!(example["a"], [digest("one")]);
+        assert_eq!(example["b"], [digest("two")]);
+        assert_eq!(consistency_status(&r, Timestamp::now()).conflicting["b"], 1);
+    }
+
+    #[test]
+    fn a_message_without_a_digest_header_is_compared_by_its_body() {
+        let msg = DataMessage::new("test", "one");
+        let stated = DataMessage::new("test", "two").content_digest();
+        let header = stated.to_string();
+        assert_eq!(Held::read(msg.clone(), None).digest, msg.content_digest());
+        assert_eq!(
+            Held::read(msg.clone(), Some(b"garbage")).digest,
+            msg.content_digest()
+        );
+        assert_eq!(Held::read(msg, Some(header.as_bytes())).digest, stated);
     }
 
     #[test]

@@ -237,6 +237,9 @@ fn the_api_server_and_the_validator_agree() {
         nats_with("replicas: 3"),
         nats_with("replicas: 0"),
         nats_with("replicas: 6"),
+        memory("  ingest: {duplicateWindow: 10m, duplicateWindowIds: 5}\n"),
+        memory("  ingest: {duplicateWindow: 0s}\n"),
+        memory("  ingest: {duplicateWindowIds: 0}\n"),
     ];
     let mut disagreements = Vec::new();
     let mut accepted = 0;

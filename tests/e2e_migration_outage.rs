@@ -106,8 +106,10 @@ fn load_generator(
                     Ok(r) if r.status() == 202 => {
                         let body: Value = r.json().await.unwrap();
                         let mut brokers: Vec<String> = Vec::new();
+                        // A retry of a request that got its 202 after the client gave up is
+                        // answered as a duplicate, naming no brokers.
                         for key in ["providers", "deferredProviders"] {
-                            for b in body[key].as_array().unwrap() {
+                            for b in body[key].as_array().into_iter().flatten() {
                                 brokers.push(b.as_str().unwrap().to_string());
                             }
                         }

@@ -96,6 +96,10 @@ async fn record_is_keyed_by_id_with_headers_and_the_design_json() {
         vec![
             ("message_id".to_string(), m.id.as_bytes().to_vec()),
             ("source".to_string(), b"kafka-test".to_vec()),
+            (
+                "Dualwrite-Digest".to_string(),
+                m.content_digest().to_string().into_bytes()
+            ),
         ]
     );
     p.close().await.unwrap();

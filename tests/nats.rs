@@ -45,7 +45,7 @@ async fn plain_jetstream(url: &str) -> async_nats::jetstream::Context {
 }
 
 #[tokio::test]
-async fn bytes_on_the_stream_are_the_design_json_with_msg_id_header() {
+async fn bytes_on_the_stream_are_the_design_json_with_msg_id_and_digest_headers() {
     let Some(url) = common::require_env("NATS_URL") else {
         return;
     };
@@ -64,6 +64,13 @@ async fn bytes_on_the_stream_are_the_design_json_with_msg_id_header() {
     assert_eq!(
         raw.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
         Some(m.id.as_str())
+    );
+    // The content's digest beside the JSON, which stays byte for byte what Go reads.
+    assert_eq!(
+        raw.headers
+            .get("Dualwrite-Digest")
+            .map(|v| v.as_str().to_string()),
+        Some(m.content_digest().to_string())
     );
     // Exactly the DESIGN keys, in the Go order, payload base64.
     let text = String::from_utf8(raw.payload.to_vec()).unwrap();

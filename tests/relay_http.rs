@@ -209,6 +209,172 @@ async fn fail_fast_answers_503_naming_the_full_provider_and_best_effort_202() {
     r.shutdown().await;
 }
 
+/// Total published over the providers, from `/stats`.
+async fn published(base: &str) -> Value {
+    let stats: Value = client()
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["total"]["published"].clone()
+}
+
+#[tokio::test]
+async fn a_retry_is_a_202_duplicate_and_a_reused_id_a_409() {
+    let r = start(config::default_spec()).await;
+    let url = format!("{}/api/v1/ingest", r.base);
+    let send = |body: Value| client().post(&url).json(&body).send();
+    let one =
+        serde_json::json!({"source": "orders", "data": "one", "id": "o-1", "metadata": {"k": "v"}});
+
+    let resp = send(one.clone()).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["duplicate"],
+        Value::Null,
+        "a first write is no duplicate: {body}"
+    );
+    assert_eq!(
+        body["providers"],
+        serde_json::json!(["memory-1", "memory-2"])
+    );
+
+    // The client's retry: answered 202, marked, not written again.
+    let resp = send(one.clone()).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["duplicate"], true, "{body}");
+    assert_eq!(body["messageId"], "o-1");
+    assert_eq!(body["status"], "accepted");
+
+    // The id reused for other content (data, source or metadata): 409 naming the id.
+    for other in [
+        serde_json::json!({"source": "orders", "data": "two", "id": "o-1", "metadata": {"k": "v"}}),
+        serde_json::json!({"source": "billing", "data": "one", "id": "o-1", "metadata": {"k": "v"}}),
+        serde_json::json!({"source": "orders", "data": "one", "id": "o-1"}),
+    ] {
+        let resp = send(other).await.unwrap();
+        assert_eq!(resp.status(), 409);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["messageId"], "o-1");
+        let msg = body["error"].as_str().unwrap();
+        assert!(
+            msg.contains("\"o-1\"") && msg.contains("different content") && msg.contains("2m"),
+            "{msg}"
+        );
+    }
+    // Each provider holds o-1 once, with the first content.
+    assert_eq!(published(&r.base).await, 2);
+    let composite = r.relay.composite();
+    for provider in composite.providers() {
+        let mut stream = provider.subscribe().await.unwrap();
+        let got = futures::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.id.as_str(), &got.payload[..], got.source.as_str()),
+            ("o-1", &b"one"[..], "orders"),
+            "{}",
+            provider.name()
+        );
+    }
+    let metrics = client()
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "dualwrite_ingest_requests_total{outcome=\"duplicate\"} 1",
+        "dualwrite_ingest_requests_total{outcome=\"conflict\"} 3",
+        "dualwrite_ingest_requests_total{outcome=\"accepted\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    r.shutdown().await;
+}
+
+/// A publish that failed (503) may still have reached a broker: its retry is written again (not
+/// answered as a duplicate), and the id with other content is refused.
+#[tokio::test]
+async fn after_a_503_the_retry_is_written_again_and_other_content_refused() {
+    let mut spec = config::default_spec();
+    spec.providers[1].memory.as_mut().unwrap().capacity = Some(1);
+    let r = start(spec).await;
+    let url = format!("{}/api/v1/ingest", r.base);
+    let send = |data: &str| {
+        client()
+            .post(&url)
+            .json(&serde_json::json!({"source": "t", "data": data, "id": "m2"}))
+            .send()
+    };
+    let fill = client()
+        .post(&url)
+        .json(&serde_json::json!({"source": "t", "data": "x", "id": "m1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fill.status(), 202);
+    // memory-2 is full: m2 reaches memory-1 only, and FailFast answers 503.
+    assert_eq!(send("x").await.unwrap().status(), 503);
+    let resp = send("y").await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("may be stored"),
+        "{body}"
+    );
+    // The retry with the same content is published again (and fails again: memory-2 is full).
+    assert_eq!(send("x").await.unwrap().status(), 503);
+    r.shutdown().await;
+}
+
+/// Requests with one id at once, half with other content: exactly one is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_id_write_it_once() {
+    let r = start(config::default_spec()).await;
+    let url = format!("{}/api/v1/ingest", r.base);
+    let requests = (0..32).map(|i| {
+        let data = if i % 2 == 0 { "one" } else { "two" };
+        let req = client()
+            .post(&url)
+            .json(&serde_json::json!({"source": "t", "data": data, "id": "o-1"}));
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (data, status, body["duplicate"] == true)
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let written: Vec<_> = answers
+        .iter()
+        .filter(|(_, s, dup)| *s == 202 && !dup)
+        .collect();
+    assert_eq!(written.len(), 1, "{answers:?}");
+    let content = written[0].0;
+    for (data, status, duplicate) in &answers {
+        match status {
+            202 => assert!(*data == content, "{answers:?}"),
+            409 => assert!(*data != content && !duplicate, "{answers:?}"),
+            other => panic!("unexpected {other}: {answers:?}"),
+        }
+    }
+    assert_eq!(
+        published(&r.base).await,
+        2,
+        "one message on each of two providers"
+    );
+    r.shutdown().await;
+}
+
 /// A provider whose publish waits for the test's go-ahead, and that records whether it was
 /// closed while a publish was still running.
 struct Gated {

@@ -122,6 +122,7 @@ mod tests {
                 missing: seen.keys().map(|p| (p.clone(), 0)).collect(),
                 seen,
                 duplicates: BTreeMap::new(),
+                conflicting: BTreeMap::new(),
                 consistent: true,
                 window_start: None,
                 window_end: None,

@@ -275,6 +275,16 @@ pub struct IngestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = TIMEOUT))]
     pub request_timeout: Option<String>,
+    /// How long each relay remembers an accepted message id: a request with that id and the same
+    /// content is answered 202 as a duplicate, with other content 409 (default 2m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TIMEOUT))]
+    pub duplicate_window: Option<String>,
+    /// How many accepted ids each relay remembers at most, oldest forgotten first (default
+    /// 100000, about 20 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub duplicate_window_ids: Option<u32>,
 }
 
 /// Bearer-token authentication of the ingest API.

@@ -305,6 +305,9 @@ pub struct ConsistencyStatus {
     pub missing: BTreeMap<String, u64>,
     #[serde(default)]
     pub duplicates: BTreeMap<String, u64>,
+    /// Ids this provider holds whose content differs from another copy of the id.
+    #[serde(default)]
+    pub conflicting: BTreeMap<String, u64>,
     pub consistent: bool,
     /// The check read messages ingested from this time (`--window`); absent: everything the
     /// brokers held.

@@ -504,6 +504,9 @@ fn ingest(problems: &mut Problems, spec: Option<&IngestSpec>) -> IngestConfig {
             problems.range(&format!("spec.ingest.{field}"), v, 1, 100_000);
         }
     }
+    if let Some(v) = i.duplicate_window_ids {
+        problems.range("spec.ingest.duplicateWindowIds", v, 1, 1_000_000);
+    }
     let mut refs = Vec::new();
     if let Some(c) = &i.tls {
         refs.push(("tls", c.secret_name.as_str(), c.certificate.as_str()));
@@ -544,6 +547,15 @@ fn ingest(problems: &mut Problems, spec: Option<&IngestSpec>) -> IngestConfig {
             &i.request_timeout,
             defaults.request_timeout,
         ),
+        duplicate_window: timeout(
+            problems,
+            "duplicateWindow",
+            &i.duplicate_window,
+            defaults.duplicate_window,
+        ),
+        duplicate_window_ids: i
+            .duplicate_window_ids
+            .map_or(defaults.duplicate_window_ids, |v| v as usize),
     }
 }
 

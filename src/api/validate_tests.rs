@@ -80,6 +80,14 @@ fn validation_table() {
             Some(("spec.ingest.maxBodyBytes", "out of range")),
         ),
         (
+            "{providers: [{name: a, type: memory}], ingest: {duplicateWindow: 0s}}",
+            Some(("spec.ingest.duplicateWindow", "is not a duration")),
+        ),
+        (
+            "{providers: [{name: a, type: memory}], ingest: {duplicateWindowIds: 0}}",
+            Some(("spec.ingest.duplicateWindowIds", "out of range")),
+        ),
+        (
             "{providers: [{name: a, type: memory}], migration: {steps: [{name: s, strategy: FailFast, readFrom: zz}]}}",
             Some(("spec.migration.steps[0]", "\"zz\" is not a provider")),
         ),
@@ -139,6 +147,22 @@ fn conversion_fills_in_defaults_and_types() {
         config.acceptance,
         crate::composite::Acceptance::BrokerAck,
         "a 202 needs a broker's acknowledgement unless the spec says otherwise"
+    );
+    assert_eq!(
+        (
+            config.ingest.duplicate_window,
+            config.ingest.duplicate_window_ids
+        ),
+        (Duration::from_secs(120), 100_000)
+    );
+    let ingest = PipelineConfig::try_from(&spec(
+        "{providers: [{name: a, type: memory}], ingest: {duplicateWindow: 10m, duplicateWindowIds: 5}}",
+    ))
+    .unwrap()
+    .ingest;
+    assert_eq!(
+        (ingest.duplicate_window, ingest.duplicate_window_ids),
+        (Duration::from_secs(600), 5)
     );
     assert_eq!(
         config.providers[0].settings,

@@ -56,7 +56,7 @@ pub async fn run(a: VerifyArgs) -> Result<ExitCode, Error> {
     if report.consistent {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("the brokers disagree: see missing/duplicates above");
+        eprintln!("the brokers disagree: see missing and conflicting above");
         Ok(ExitCode::from(1))
     }
 }

@@ -309,7 +309,9 @@ pub(super) enum OpKind {
     /// good): counted with the backlog's own refusals.
     CountMissed(u64),
     ResetMissed,
-    ResetMissedThrough { through_ms: u64 },
+    ResetMissedThrough {
+        through_ms: u64,
+    },
 }
 
 #[derive(Debug)]

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::metrics::{self, IngestMetrics};
+use super::window::Verdict;
 use super::Relay;
 use crate::composite::PublishError;
 use crate::message::{validate_id, DataMessage};
@@ -127,6 +128,44 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
         Err((status, message)) => return error(status, message),
     };
     let m = &relay.metrics;
+    // Decided before any write: a retry of an accepted message is not written again, and an id
+    // reused for other content is refused (see `relay::window`).
+    let claim = match relay.window.check(&msg.id, msg.content_digest()).await {
+        Verdict::Fresh(claim) => claim,
+        Verdict::Duplicate => {
+            IngestMetrics::count(&m.duplicate);
+            return (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "messageId": msg.id,
+                    "status": "accepted",
+                    "duplicate": true,
+                    "strategy": relay.composite().strategy(),
+                })),
+            )
+                .into_response();
+        }
+        Verdict::Conflict { accepted } => {
+            IngestMetrics::count(&m.conflict);
+            let earlier = if accepted {
+                "was accepted"
+            } else {
+                "was sent (and may be stored on a broker)"
+            };
+            return (
+                StatusCode::CONFLICT,
+                Json(json!({
+                    "error": format!(
+                        "message id {:?} {earlier} with different content (source, data or metadata) within the last {}; a retry must repeat the same content, new content needs a new id",
+                        msg.id,
+                        crate::duration::format(relay.window.max_age()),
+                    ),
+                    "messageId": msg.id,
+                })),
+            )
+                .into_response();
+        }
+    };
     let mut composite = relay.composite();
     let mut outcome = composite.publish_detailed(&msg).await;
     if matches!(outcome, Err(PublishError::Closed)) {
@@ -140,6 +179,7 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
     }
     match outcome {
         Ok(report) => {
+            claim.accept();
             IngestMetrics::count(&m.accepted);
             m.latency.record(started.elapsed());
             let failed: Vec<&str> = report.failed.iter().map(|e| e.provider()).collect();

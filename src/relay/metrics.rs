@@ -29,6 +29,10 @@ pub struct IngestMetrics {
     pub bad_request: AtomicU64,
     pub too_large: AtomicU64,
     pub unavailable: AtomicU64,
+    /// A retry of a message accepted inside the duplicate window: 202, not written again.
+    pub duplicate: AtomicU64,
+    /// An id accepted inside the duplicate window with other content: 409.
+    pub conflict: AtomicU64,
     /// Time from request to answer for accepted messages.
     pub latency: Histogram,
     /// What the listener refused before a handler ran (see [`super::listener`]).
@@ -142,6 +146,8 @@ fn encode_ingest(encoder: &mut DescriptorEncoder, ingest: &IngestMetrics) -> fmt
         ("bad_request", &ingest.bad_request),
         ("too_large", &ingest.too_large),
         ("unavailable", &ingest.unavailable),
+        ("duplicate", &ingest.duplicate),
+        ("conflict", &ingest.conflict),
     ] {
         let labels = [("outcome", outcome)];
         counter(&mut m.encode_family(&labels)?, c.load(Ordering::Relaxed))?;

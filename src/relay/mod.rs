@@ -26,6 +26,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
+pub mod window;
 
 pub use pipeline::{
     PipelineConfig, ProviderConfig, ProviderSettings, DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT,
@@ -112,6 +113,8 @@ pub struct Relay {
     handoff: Option<Arc<HandoffStore>>,
     pub metrics: metrics::IngestMetrics,
     max_body_bytes: usize,
+    /// Ids accepted recently, to answer retries and refuse reused ids (see [`window`]).
+    pub(crate) window: window::DuplicateWindow,
 }
 
 impl Relay {
@@ -129,12 +132,17 @@ impl Relay {
     ) -> Arc<Self> {
         composite.start_replay();
         let max_body_bytes = config.ingest.max_body_bytes;
+        let window = window::DuplicateWindow::new(
+            config.ingest.duplicate_window,
+            config.ingest.duplicate_window_ids,
+        );
         Arc::new(Self {
             composite: RwLock::new(Arc::new(composite)),
             config: RwLock::new(config),
             handoff,
             metrics: Default::default(),
             max_body_bytes,
+            window,
         })
     }
 
@@ -172,7 +180,7 @@ impl Relay {
         if old == new {
             return Ok(());
         }
-        // Ingest settings (port, body limit) are fixed for the process: the operator puts them
+        // Ingest settings (port, body limit, duplicate window) are fixed for the process: the operator puts them
         // in the pod template, so a change rolls the relays.
         if old.providers == new.providers
             && old.publish_timeout == new.publish_timeout

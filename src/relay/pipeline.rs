@@ -85,6 +85,11 @@ pub struct IngestConfig {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub request_timeout: Duration,
+    /// How long an accepted id is remembered, to answer a retry as a duplicate and refuse the id
+    /// with other content (see [`super::window`]).
+    pub duplicate_window: Duration,
+    /// How many accepted ids are remembered at most (the oldest go first).
+    pub duplicate_window_ids: usize,
 }
 
 /// Requests served at once by default (past it: 503 with `Retry-After`).
@@ -117,6 +122,8 @@ impl Default for IngestConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            duplicate_window: super::window::DEFAULT_DUPLICATE_WINDOW,
+            duplicate_window_ids: super::window::DEFAULT_DUPLICATE_WINDOW_IDS,
         }
     }
 }

@@ -17,6 +17,7 @@ fn verdict(window_start: Option<i64>, end: i64, missing_kafka: Option<u64>) -> C
         seen,
         missing,
         duplicates: BTreeMap::new(),
+        conflicting: BTreeMap::new(),
         consistent: missing_kafka == Some(0),
         window_start: window_start.map(|s| Time(t(s))),
         window_end: Some(Time(t(end))),

@@ -37,6 +37,7 @@ fn consistency(checked: i64, ok: bool) -> ConsistencyStatus {
             BTreeMap::from([("kafka".to_string(), 3)])
         },
         duplicates: BTreeMap::new(),
+        conflicting: BTreeMap::new(),
         consistent: ok,
         window_start: None,
         window_end: None,

@@ -558,9 +558,13 @@ impl Provider for KafkaProvider {
 
     /// The record as the broker counts it: value, key (the id), headers and framing.
     fn encoded_size(&self, msg: &DataMessage, wire_len: usize) -> u64 {
-        let key = msg.id.len();
-        let headers =
-            HEADER_MESSAGE_ID.len() + msg.id.len() + HEADER_SOURCE.len() + msg.source.len();
+        let key = self.key.of(msg).len();
+        let headers = HEADER_MESSAGE_ID.len()
+            + msg.id.len()
+            + HEADER_SOURCE.len()
+            + msg.source.len()
+            + crate::message::DIGEST_HEADER.len()
+            + crate::message::ContentDigest::TEXT_LEN;
         (wire_len + key + headers) as u64 + RECORD_FRAMING_BYTES
     }
 

@@ -1,5 +1,6 @@
 //! One Kafka publish, or an ordered batch of them: the record (key per `kafka.key`, headers
-//! `message_id` and `source`, the JSON wire form as value), its delivery report, and what librdkafka reports turned into a
+//! `message_id`, `source` and `Dualwrite-Digest`, the JSON wire form as value), its delivery
+//! report, and what librdkafka reports turned into a
 //! [`ProviderError`]. The overall deadline is the caller's (`Provider::publish`).
 
 use std::sync::atomic::Ordering;
@@ -10,7 +11,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 use super::{KafkaProvider, HEADER_MESSAGE_ID, HEADER_SOURCE};
-use crate::message::DataMessage;
+use crate::message::{DataMessage, DIGEST_HEADER};
 use crate::provider::ProviderError;
 
 impl KafkaProvider {
@@ -27,7 +28,8 @@ impl KafkaProvider {
             return Err(self.unavailable(self.shared.health.get().message));
         };
         let payload = msg.to_wire();
-        let record = self.record(msg, &payload);
+        let digest = msg.content_digest().to_string();
+        let record = self.record(msg, &payload, &digest);
         // The queue timeout only matters when librdkafka's local queue is full; the delivery
         // itself is bounded by message.timeout.ms and, around both, by the caller's deadline.
         match producer
@@ -56,7 +58,8 @@ impl KafkaProvider {
         let mut refused = None;
         for msg in msgs {
             let payload = msg.to_wire();
-            match producer.send_result(self.record(msg, &payload)) {
+            let digest = msg.content_digest().to_string();
+            match producer.send_result(self.record(msg, &payload, &digest)) {
                 Ok(report) => reports.push(report),
                 // Nothing after a refused enqueue is sent, so nothing overtakes it.
                 Err((e, _)) => {
@@ -80,13 +83,15 @@ impl KafkaProvider {
         refused.map_or(Ok(()), Err)
     }
 
-    /// The record for `msg`: key per `kafka.key`, headers `message_id` and `source`.
+    /// The record for `msg`: key per `kafka.key`, headers `message_id`, `source` and
+    /// `Dualwrite-Digest` (`digest`, the message's content digest).
     fn record<'a>(
         &'a self,
         msg: &'a DataMessage,
         payload: &'a [u8],
+        digest: &'a str,
     ) -> FutureRecord<'a, str, [u8]> {
-        let headers = OwnedHeaders::new_with_capacity(2)
+        let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: HEADER_MESSAGE_ID,
                 value: Some(msg.id.as_str()),
@@ -94,6 +99,10 @@ impl KafkaProvider {
             .insert(Header {
                 key: HEADER_SOURCE,
                 value: Some(msg.source.as_str()),
+            })
+            .insert(Header {
+                key: DIGEST_HEADER,
+                value: Some(digest),
             });
         FutureRecord::to(&self.topic)
             .key(self.key.of(msg))

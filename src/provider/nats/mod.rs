@@ -489,7 +489,11 @@ impl Provider for NatsProvider {
     /// The payload and the headers block (`NATS/1.0`, `Nats-Msg-Id: <id>`): the server counts
     /// both against `max_payload`.
     fn encoded_size(&self, msg: &DataMessage, wire_len: usize) -> u64 {
-        let headers = "NATS/1.0\r\n".len() + MSG_ID_HEADER.len() + 2 + msg.id.len() + 2 + 2;
+        // "NATS/1.0\r\n", then "Name: value\r\n" per header, then the closing "\r\n".
+        let digest =
+            crate::message::DIGEST_HEADER.len() + 2 + crate::message::ContentDigest::TEXT_LEN + 2;
+        let headers =
+            "NATS/1.0\r\n".len() + MSG_ID_HEADER.len() + 2 + msg.id.len() + 2 + digest + 2;
         (headers + wire_len) as u64
     }
 

@@ -1,7 +1,7 @@
 //! One NATS publish, and an ordered batch of them pipelined on one connection: wait briefly for
 //! a lost connection (at most [`RECONNECT_GRACE`]), make sure the stream exists, send with the
-//! `Nats-Msg-Id` header, await the PubAck, and turn what async-nats reports into a
-//! [`ProviderError`]. The overall deadline is the caller's
+//! `Nats-Msg-Id` and `Dualwrite-Digest` headers, await the PubAck, and turn what async-nats
+//! reports into a [`ProviderError`]. The overall deadline is the caller's
 //! (`Provider::publish`).
 
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::connection::Conn;
 use super::{NatsProvider, MSG_ID_HEADER, RECONNECT_GRACE};
-use crate::message::DataMessage;
+use crate::message::{DataMessage, DIGEST_HEADER};
 use crate::provider::ProviderError;
 
 impl NatsProvider {
@@ -71,12 +71,14 @@ impl NatsProvider {
     pub(super) async fn publish_acked(&self, msg: &DataMessage) -> Result<(), ProviderError> {
         let conn = self.connection().await?;
         self.ensure_stream(&conn).await?;
-        let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID_HEADER, msg.id.as_str());
         let ack = conn
             .setup
             .js
-            .publish_with_headers(self.subject.clone(), headers, Bytes::from(msg.to_wire()))
+            .publish_with_headers(
+                self.subject.clone(),
+                headers(msg),
+                Bytes::from(msg.to_wire()),
+            )
             .await
             .map_err(|e| self.publish_error(e))?
             .await
@@ -109,12 +111,14 @@ impl NatsProvider {
                 stopped = Some(self.not_connected());
                 break;
             }
-            let mut headers = HeaderMap::new();
-            headers.insert(MSG_ID_HEADER, msg.id.as_str());
             match conn
                 .setup
                 .js
-                .publish_with_headers(self.subject.clone(), headers, Bytes::from(msg.to_wire()))
+                .publish_with_headers(
+                    self.subject.clone(),
+                    headers(msg),
+                    Bytes::from(msg.to_wire()),
+                )
                 .await
             {
                 Ok(ack) => acks.push(ack),
@@ -170,4 +174,13 @@ impl NatsProvider {
             _ => self.unavailable(format!("publish on {} failed: {e}", self.subject)),
         }
     }
+}
+
+/// The headers of `msg` on the stream: `Nats-Msg-Id` (JetStream de-duplicates retries by it) and
+/// `Dualwrite-Digest` (its content digest, which `verify` compares across brokers).
+fn headers(msg: &DataMessage) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(MSG_ID_HEADER, msg.id.as_str());
+    headers.insert(DIGEST_HEADER, msg.content_digest().to_string());
+    headers
 }
