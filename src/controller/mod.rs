@@ -66,6 +66,14 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the pipeline has no namespace")]
     NoNamespace,
+    /// Applying an owned object failed; the objects after it in the apply order were not applied.
+    #[error("cannot apply {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -73,6 +81,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::NoNamespace => "no_namespace",
+            Error::Apply { .. } => "apply",
         }
     }
 }
