@@ -20,6 +20,8 @@
 //! | [`scale`] | a scale-down held while a relay it removes holds a backlog |
 //! | `reconcile` | one reconcile's I/O |
 //! | [`probes`] | the operator's health and metrics endpoints |
+//! | [`watches`] | whether the watches work (`/readyz`), and what to fix when they do not |
+//! | [`task`] | a long-running task that ends on its own is an error (the process exits) |
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,8 +55,10 @@ pub mod rows;
 pub mod scale;
 pub mod status;
 pub mod step;
+pub mod task;
 #[cfg(test)]
 mod testing;
+pub mod watches;
 
 /// The field manager of everything the operator writes.
 pub const MANAGER: &str = "dualwrite-operator";
@@ -112,6 +116,8 @@ pub struct Context {
     /// A std Mutex: held for a few map operations, never across an `.await`.
     rollouts: Mutex<rollout::Slots>,
     pub metrics: OperatorMetrics,
+    /// Whether the watches work (`/readyz`).
+    pub watches: watches::WatchHealth,
 }
 
 /// Counters served on the operator's `/metrics`.
@@ -137,6 +143,7 @@ impl Context {
             failures: Mutex::default(),
             rollouts: Mutex::default(),
             metrics: OperatorMetrics::default(),
+            watches: watches::WatchHealth::default(),
         })
     }
 }
@@ -203,7 +210,9 @@ fn pod_pipeline(pod: Pod) -> Option<ObjectRef<DualWritePipeline>> {
     Some(ObjectRef::new(name).within(&ns))
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. A watch error goes to [`watches`] (logged at
+/// warn with what to fix, `/readyz` not ready until a check passes); the controller retries the
+/// watch with backoff meanwhile.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -224,11 +233,17 @@ pub async fn run(
         .owns(scoped::<Role>(client, ns), owned.clone())
         .owns(scoped::<RoleBinding>(client, ns), owned)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
+        .run(reconcile::reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(|result| {
+            match result {
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    ctx.watches.watch_failed(&e)
+                }
+                // Reconcile failures are logged by `error_policy`.
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+                Ok(_) => {}
             }
+            futures::future::ready(())
         })
         .await;
 }
