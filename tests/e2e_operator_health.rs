@@ -38,6 +38,50 @@ async fn a_service_refused_by_a_quota_stalls_with_a_warning_event_until_the_quot
         &["apply", "-n", &ns, "-f", "-"],
         Some("apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: no-services}\nspec: {hard: {services: \"0\"}}\n"),
     );
+    // The quota's status, as the controller manager's quota controller would write it (the
+    // test environment runs none; admission enforces only a quota with a status).
+    kubectl_ok(
+        &env,
+        &[
+            "patch",
+            "resourcequota",
+            "no-services",
+            "-n",
+            &ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"hard":{"services":"0"},"used":{"services":"0"}}}"#,
+        ],
+        None,
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the API server enforces the quota",
+        || async {
+            let out = kubectl(
+                &env,
+                &[
+                    "create",
+                    "service",
+                    "clusterip",
+                    "probe",
+                    "--tcp=80:80",
+                    "-n",
+                    &ns,
+                ],
+                None,
+            );
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !out.status.success() && err.contains("exceeded quota") {
+                Ok(())
+            } else {
+                let _ = kubectl(&env, &["delete", "service", "probe", "-n", &ns], None);
+                Err(format!("not refused yet: {err}"))
+            }
+        },
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let operator = start_operator(&env, dir.path(), &["--namespace", &ns, "--resync", "2s"]);
     let pipeline = format!(
