@@ -7,9 +7,10 @@
 --   2. condition Stalled=True   -> Degraded   (cannot progress: invalid spec, blocked fail-fast)
 --   3. condition Degraded=True  -> Degraded   (a provider is down; BestEffort runs on the rest)
 --   4. spec.migration.paused    -> Suspended  (the current step stays in force)
---   5. condition Ready=True     -> Healthy
---   6. condition Reconciling=True -> Progressing (a change or a migration step under way)
---   7. otherwise                -> Progressing (e.g. Ready=False or Unknown after a restart)
+--   5. Ready=False, reason ScaledToZero -> Suspended (spec.relay.replicas is 0: nothing runs)
+--   6. condition Ready=True     -> Healthy
+--   7. condition Reconciling=True -> Progressing (a change or a migration step under way)
+--   8. otherwise                -> Progressing (e.g. Ready=False or Unknown after a restart)
 --
 -- It uses Lua's base library only: Argo CD runs a script from argocd-cm without the string, math
 -- or os libraries unless resource.customizations.useOpenLibs is set for the kind.
@@ -83,6 +84,12 @@ if obj.spec ~= nil and obj.spec.migration ~= nil and obj.spec.migration.paused =
 end
 
 local ready = condition(conditions, "Ready")
+if ready ~= nil and ready.status == "False" and ready.reason == "ScaledToZero" then
+  hs.status = "Suspended"
+  hs.message = messageOf(ready, "Scaled to zero")
+  return hs
+end
+
 if isTrue(ready) then
   hs.status = "Healthy"
   hs.message = messageOf(ready, "Ready")

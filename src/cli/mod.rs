@@ -98,6 +98,9 @@ pub enum Error {
     Cluster(#[from] crate::relay::cluster::Error),
     #[error(transparent)]
     Lease(#[from] crate::controller::leader::Error),
+    /// A task of the operator that runs until stopped ended by itself.
+    #[error(transparent)]
+    Ended(#[from] crate::controller::task::Ended),
     #[error(transparent)]
     Verify(#[from] crate::verify::Error),
 }
@@ -105,16 +108,18 @@ pub enum Error {
 impl Error {
     /// The process's exit code for this error: 2 for a configuration or environment error,
     /// which a restart does not cure (the operator reads it as `RelayConfigError`); 1 for an
-    /// ingest server that failed while running. (`verify` also uses 1 for brokers in
+    /// ingest server that failed while running, or an operator task that ended by itself. (`verify` also uses 1 for brokers in
     /// disagreement.)
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code())
     }
 
     fn code(&self) -> u8 {
+        use crate::controller::leader::Error as Lease;
         use crate::relay::cluster::Error as Cluster;
         match self {
             Error::Serve(_) | Error::Cluster(Cluster::Serve(_) | Cluster::Task(_)) => 1,
+            Error::Ended(_) | Error::Lease(Lease::WorkEnded(_)) => 1,
             _ => 2,
         }
     }
@@ -309,6 +314,21 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "Error: ingest server failed: boom\n"
+        );
+    }
+
+    #[test]
+    fn an_operator_task_that_ends_by_itself_exits_non_zero() {
+        let ended = || crate::controller::task::Ended {
+            what: "the reconciler",
+            why: "it returned".into(),
+        };
+        assert_eq!(Error::Ended(ended()).code(), 1);
+        let lease = crate::controller::leader::Error::WorkEnded(ended());
+        assert_eq!(Error::Lease(lease).code(), 1);
+        assert_eq!(
+            Error::Lease(crate::controller::leader::Error::Lost).code(),
+            2
         );
     }
 

@@ -1,5 +1,8 @@
-//! `dualwrite operator`: its arguments, and how the reconciler, its probes and (with
-//! `--leader-elect`) the Lease are started and stopped together.
+//! `dualwrite operator`: its arguments, and how the reconciler, its probes, the check of its
+//! watches and (with `--leader-elect`) the Lease are started and stopped together. The
+//! reconciler and the lease loop run until stopped: one that ends by itself ends the process
+//! with an error (exit code 1 or 2, logged with why), never a process that serves probes with
+//! nothing reconciling.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -9,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
-use crate::controller::{self, leader, probes};
+use crate::controller::{self, leader, probes, task, watches};
 
 /// Settings of `dualwrite operator`.
 #[derive(clap::Args)]
@@ -50,8 +53,8 @@ pub struct OperatorArgs {
     pub pod_name: Option<String>,
 }
 
-/// Runs the operator until `shutdown` is cancelled, or until it loses the Lease (an error: the
-/// process exits so that Kubernetes restarts it as a follower).
+/// Runs the operator until `shutdown` is cancelled, or until it loses the Lease or the reconciler
+/// ends by itself (errors: the process exits so that Kubernetes restarts it).
 pub async fn run(a: OperatorArgs, shutdown: CancellationToken) -> Result<(), Error> {
     let client = kube::Client::try_default().await.map_err(Error::Connect)?;
     let ctx = controller::Context::new(
@@ -77,26 +80,45 @@ pub async fn run(a: OperatorArgs, shutdown: CancellationToken) -> Result<(), Err
     );
     tracing::info!(namespace = a.namespace.as_deref().unwrap_or("(all)"), probes = %addr, "operator started");
     let namespace = a.namespace;
-    let result = if a.leader_elect {
-        let lease = leader::LeaseSettings {
-            name: a.lease_name,
-            namespace: a.pod_namespace,
-            identity: a
-                .pod_name
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    // Leader or follower, /readyz says whether the watches can work.
+    let checker = watches::keep_checking(
+        client.clone(),
+        namespace.clone(),
+        &ctx.watches,
+        stop.clone(),
+    );
+    let work = async {
+        let result = if a.leader_elect {
+            let lease = leader::LeaseSettings {
+                name: a.lease_name,
+                namespace: a.pod_namespace,
+                identity: a
+                    .pod_name
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            };
+            let ctx = Arc::clone(&ctx);
+            leader::lead(client, &lease, &stop, |work| {
+                controller::run(ctx, namespace, work.cancelled_owned())
+            })
+            .await
+            .map_err(Error::from)
+        } else {
+            let reconciler = tokio::spawn(controller::run(
+                Arc::clone(&ctx),
+                namespace,
+                stop.clone().cancelled_owned(),
+            ));
+            task::until_stopped("the reconciler", reconciler, &stop)
+                .await
+                .map_err(Error::from)
         };
-        leader::lead(client, &lease, &stop, |work| {
-            controller::run(ctx, namespace, work.cancelled_owned())
-        })
-        .await
-        .map_err(Error::from)
-    } else {
-        controller::run(ctx, namespace, stop.clone().cancelled_owned()).await;
-        // The reconciler ends only when told to; should it end early, keep serving the probes.
-        stop.cancelled().await;
-        Ok(())
+        stop.cancel();
+        result
     };
-    stop.cancel();
+    let (result, ()) = tokio::join!(work, checker);
     let _ = probes.await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "the operator stops");
+    }
     result
 }

@@ -46,7 +46,20 @@ pub struct ConditionInput<'a> {
     /// A scale-down waits for the relays it removes to replay their backlog: which, and
     /// their backlog ([`super::scale::holding_message`]).
     pub scale_down_held: Option<&'a str>,
+    /// The API server refused an owned object in this reconcile: which, and what it said.
+    pub apply_failed: Option<&'a str>,
 }
+
+impl ConditionInput<'_> {
+    /// The spec asks for no relay and none is held back for a backlog: nothing runs, by request.
+    pub fn scaled_to_zero(&self) -> bool {
+        self.desired_relays == 0 && self.scale_down_held.is_none()
+    }
+}
+
+/// What Ready, Degraded and Reconciling say about a pipeline scaled to zero.
+const SCALED_TO_ZERO_MESSAGE: &str =
+    "spec.relay.replicas is 0: no relay runs and nothing is ingested; scale up (kubectl scale dwp NAME --replicas=1) to resume";
 
 /// The active providers counted by readiness, once for all four conditions.
 struct Tally {
@@ -134,6 +147,16 @@ pub fn compute_conditions(input: &ConditionInput<'_>, previous: &[Condition]) ->
 fn ready(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
     if let Some(why) = &input.invalid {
         verdict(Readiness::False, reason::INVALID_SPEC, why)
+    } else if let Some(why) = input.apply_failed {
+        verdict(Readiness::False, reason::APPLY_FAILED, why)
+    } else if input.scaled_to_zero() {
+        // Not Ready: a pipeline with no relay takes no message (an Argo CD check reads the
+        // reason as Suspended; kstatus reads Reconciling and Stalled, both False: Current).
+        verdict(
+            Readiness::False,
+            reason::SCALED_TO_ZERO,
+            SCALED_TO_ZERO_MESSAGE,
+        )
     } else if let Some(f) = input.relay_failure {
         // A relay that cannot run is the first thing to fix, whatever the others report.
         verdict(Readiness::False, f.reason, f.message.clone())
@@ -178,7 +201,13 @@ fn ready(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
 
 /// True when the pipeline runs on the remaining providers while one is down.
 fn degraded(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
-    if input.invalid.is_none() && t.satisfied && !t.down.is_empty() {
+    if input.invalid.is_none() && input.scaled_to_zero() {
+        verdict(
+            Readiness::False,
+            reason::SCALED_TO_ZERO,
+            SCALED_TO_ZERO_MESSAGE,
+        )
+    } else if input.invalid.is_none() && t.satisfied && !t.down.is_empty() {
         verdict(
             Readiness::True,
             reason::PROVIDER_DOWN,
@@ -202,7 +231,8 @@ fn degraded(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
     }
 }
 
-/// True when the pipeline cannot progress: an invalid spec, or FailFast blocked too long.
+/// True when the pipeline cannot progress: an invalid spec, an owned object the API server
+/// refused, or FailFast blocked too long.
 fn stalled(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
     let blocked_too_long = input.strategy == Strategy::FailFast
         && !t.down.is_empty()
@@ -211,6 +241,8 @@ fn stalled(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
             .is_some_and(|since| input.now.duration_since(since) >= input.stall_after);
     if let Some(why) = &input.invalid {
         verdict(Readiness::True, reason::INVALID_SPEC, why)
+    } else if let Some(why) = input.apply_failed {
+        verdict(Readiness::True, reason::APPLY_FAILED, why)
     } else if blocked_too_long {
         verdict(
             Readiness::True,
@@ -240,6 +272,13 @@ fn reconciling(input: &ConditionInput<'_>) -> Verdict {
             reason::INVALID_SPEC,
             "fix the spec to continue",
         )
+    } else if input.apply_failed.is_some() {
+        // Stalled says what was refused; the operator retries with backoff meanwhile.
+        verdict(
+            Readiness::False,
+            reason::APPLY_FAILED,
+            "the API server refused an owned object (see Stalled); retrying with backoff",
+        )
     } else if input.migrating {
         verdict(
             Readiness::True,
@@ -251,6 +290,13 @@ fn reconciling(input: &ConditionInput<'_>) -> Verdict {
     } else if let Some(why) = input.scale_down_held {
         // More relays run than the spec asks for: that is the change under way.
         verdict(Readiness::True, reason::SCALE_DOWN_DRAINING, why)
+    } else if input.scaled_to_zero() {
+        // Reports of the relays just removed stay fresh for a while: nothing waits for them.
+        verdict(
+            Readiness::False,
+            reason::SCALED_TO_ZERO,
+            SCALED_TO_ZERO_MESSAGE,
+        )
     } else if input.fresh_relays < input.desired_relays
         || input.relays_on_generation < input.fresh_relays
     {

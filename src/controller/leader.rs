@@ -5,15 +5,20 @@
 //! ours (or shutdown), then runs the work with a stop token of its own. Losing the Lease stops
 //! the work and ends with [`Error::Lost`]: the process exits and Kubernetes restarts it as a
 //! follower, which is simpler and safer than trying to become a follower again in place (any
-//! state the reconciler built while leading is dropped with the process). On shutdown the work
-//! is stopped first, then the Lease is released so that another replica takes over at once
-//! instead of waiting for the Lease to expire.
+//! state the reconciler built while leading is dropped with the process). Work that ends by
+//! itself while leading (it returned, it panicked) and a lease loop that ends (an API error)
+//! are errors too, logged with why: the process never stays up with nothing reconciling. On
+//! shutdown the work is stopped first, then the Lease is released so that another replica takes
+//! over at once instead of waiting for the Lease to expire.
 
 use std::future::Future;
 
 use kube::Client;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use super::task;
 
 /// Which Lease to hold, and as whom.
 #[derive(Clone, Debug)]
@@ -31,10 +36,12 @@ pub struct LeaseSettings {
 pub enum Error {
     #[error("leader election: {0}")]
     Manager(#[from] kube_lease_manager::LeaseManagerError),
-    #[error("leader election stopped")]
-    Stopped,
+    #[error("leader election stopped: {0}")]
+    Stopped(String),
     #[error("lost the leader Lease; exiting so that a new leader takes over")]
     Lost,
+    #[error(transparent)]
+    WorkEnded(#[from] task::Ended),
 }
 
 /// Runs `work` while this replica holds the Lease; returns when `shutdown` is cancelled (after
@@ -62,26 +69,62 @@ where
             break;
         }
         tokio::select! {
-            changed = is_leader.changed() => changed.map_err(|_| Error::Stopped)?,
+            changed = is_leader.changed() => {
+                if changed.is_err() {
+                    return Err(Error::Stopped(lease_loop_end(task.await)));
+                }
+            }
             _ = shutdown.cancelled() => return Ok(()),
         }
     }
     tracing::info!(lease = %lease.name, "leading");
     let stop = shutdown.child_token();
     let worker = tokio::spawn(work(stop.clone()));
-    let result = tokio::select! {
-        _ = shutdown.cancelled() => Ok(()),
-        _ = lost(&mut is_leader) => Err(Error::Lost),
-    };
-    stop.cancel();
-    let _ = worker.await;
+    let result = while_leading(&mut is_leader, shutdown, &stop, worker).await;
     drop(is_leader); // ends the lease task, which hands the manager back for release
-    if let Ok(Ok(manager)) = task.await {
-        if let Err(e) = manager.release().await {
-            tracing::warn!(error = %e, "could not release the Lease");
+    match task.await {
+        Ok(Ok(manager)) => {
+            if let Err(e) = manager.release().await {
+                tracing::warn!(error = %e, "could not release the Lease");
+            }
+        }
+        ended => {
+            tracing::error!("the lease loop ended: {}", lease_loop_end(ended));
         }
     }
     result
+}
+
+/// Waits, while leading, for shutdown (`Ok`), the Lease lost or the work ended (errors); then
+/// stops the work through `stop` and waits for it.
+async fn while_leading(
+    is_leader: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+    stop: &CancellationToken,
+    mut worker: JoinHandle<()>,
+) -> Result<(), Error> {
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        _ = lost(is_leader) => Err(Error::Lost),
+        finished = &mut worker => {
+            stop.cancel();
+            return Err(task::ended("the reconciler", finished).into());
+        }
+    };
+    stop.cancel();
+    let _ = worker.await;
+    result
+}
+
+/// Why the lease loop ended, for a log line.
+fn lease_loop_end<T>(
+    ended: Result<Result<T, kube_lease_manager::LeaseManagerError>, tokio::task::JoinError>,
+) -> String {
+    match ended {
+        Ok(Ok(_)) => "the lease loop returned".to_string(),
+        Ok(Err(e)) => format!("the lease loop failed: {e}"),
+        Err(e) => format!("the lease loop stopped: {e}"),
+    }
 }
 
 /// Resolves when this replica no longer holds the Lease (or the lease task ended).
@@ -90,5 +133,45 @@ async fn lost(is_leader: &mut watch::Receiver<bool>) {
         if is_leader.changed().await.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn leading_ends_in_an_error_when_the_work_ends_or_the_lease_is_lost() {
+        let shutdown = CancellationToken::new();
+        let (tx, mut rx) = watch::channel(true);
+
+        // The reconciler returns by itself: an error naming it, never a silent wait.
+        let stop = shutdown.child_token();
+        let ended = while_leading(&mut rx, &shutdown, &stop, tokio::spawn(async {})).await;
+        assert!(
+            matches!(&ended, Err(Error::WorkEnded(e)) if e.why == "it returned"),
+            "{ended:?}"
+        );
+        assert!(stop.is_cancelled());
+
+        // The Lease is lost: the work is stopped, and leading ends in Lost.
+        let stop = shutdown.child_token();
+        let token = stop.clone();
+        let worker = tokio::spawn(async move { token.cancelled().await });
+        tx.send(false).unwrap();
+        assert!(matches!(
+            while_leading(&mut rx, &shutdown, &stop, worker).await,
+            Err(Error::Lost)
+        ));
+
+        // Shutdown: the work is stopped, no error.
+        tx.send(true).unwrap();
+        let stop = shutdown.child_token();
+        let token = stop.clone();
+        let worker = tokio::spawn(async move { token.cancelled().await });
+        shutdown.cancel();
+        assert!(while_leading(&mut rx, &shutdown, &stop, worker)
+            .await
+            .is_ok());
     }
 }

@@ -21,6 +21,8 @@
 //! | [`reconciled`] | through when a provider's misses are reconciled (a clean verify, an annotation) |
 //! | `reconcile` | one reconcile's I/O |
 //! | [`probes`] | the operator's health and metrics endpoints |
+//! | [`watches`] | whether the watches work (`/readyz`), and what to fix when they do not |
+//! | [`task`] | a long-running task that ends on its own is an error (the process exits) |
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,8 +57,10 @@ pub mod rows;
 pub mod scale;
 pub mod status;
 pub mod step;
+pub mod task;
 #[cfg(test)]
 mod testing;
+pub mod watches;
 
 /// The field manager of everything the operator writes.
 pub const MANAGER: &str = "dualwrite-operator";
@@ -68,6 +72,14 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the pipeline has no namespace")]
     NoNamespace,
+    /// Applying an owned object failed; the objects after it in the apply order were not applied.
+    #[error("cannot apply {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -75,6 +87,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::NoNamespace => "no_namespace",
+            Error::Apply { .. } => "apply",
         }
     }
 }
@@ -105,6 +118,8 @@ pub struct Context {
     /// A std Mutex: held for a few map operations, never across an `.await`.
     rollouts: Mutex<rollout::Slots>,
     pub metrics: OperatorMetrics,
+    /// Whether the watches work (`/readyz`).
+    pub watches: watches::WatchHealth,
 }
 
 /// Counters served on the operator's `/metrics`.
@@ -130,6 +145,7 @@ impl Context {
             failures: Mutex::default(),
             rollouts: Mutex::default(),
             metrics: OperatorMetrics::default(),
+            watches: watches::WatchHealth::default(),
         })
     }
 }
@@ -196,7 +212,9 @@ fn pod_pipeline(pod: Pod) -> Option<ObjectRef<DualWritePipeline>> {
     Some(ObjectRef::new(name).within(&ns))
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. A watch error goes to [`watches`] (logged at
+/// warn with what to fix, `/readyz` not ready until a check passes); the controller retries the
+/// watch with backoff meanwhile.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -219,11 +237,17 @@ pub async fn run(
         // The relays' reports: a changed report reconciles its pipeline.
         .owns(scoped::<ConfigMap>(client, ns), owned)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
+        .run(reconcile::reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(|result| {
+            match result {
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    ctx.watches.watch_failed(&e)
+                }
+                // Reconcile failures are logged by `error_policy`.
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+                Ok(_) => {}
             }
+            futures::future::ready(())
         })
         .await;
 }

@@ -39,6 +39,9 @@ pub struct RelayObservation {
     /// What this reconcile decided about the StatefulSet's replicas ([`super::scale`]), when
     /// it applied the StatefulSet.
     pub scale: Option<ScaleDecision>,
+    /// The owned object the API server refused in this reconcile, and what it said (the objects
+    /// after it in the apply order were not applied).
+    pub apply_failed: Option<String>,
 }
 
 /// Why a relay pod cannot run.

@@ -1,4 +1,5 @@
-//! The operator's own HTTP endpoints: `/healthz`, `/readyz` and `/metrics`.
+//! The operator's own HTTP endpoints: `/healthz` (the process answers), `/readyz` (the watches
+//! work: [`super::watches`]; 503 with what to fix otherwise) and `/metrics`.
 //!
 //! The reconcile counters live in the shared [`Context`]; a `prometheus-client` [`Collector`]
 //! reads them at scrape time, so there is one set of counters, not a mirror of it.
@@ -7,7 +8,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -20,10 +21,10 @@ use prometheus_client::registry::Registry;
 use super::{Context, OperatorMetrics};
 
 pub fn router(ctx: Arc<Context>) -> Router {
-    let registry = Arc::new(registry(ctx, |c| &c.metrics));
+    let registry = Arc::new(registry(Arc::clone(&ctx), |c| &c.metrics));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(move || readyz(ctx.clone())))
         .route("/metrics", get(move || metrics(registry.clone())))
 }
 
@@ -82,6 +83,16 @@ pub fn render(registry: &Registry) -> String {
         tracing::error!(error = %e, "cannot encode the metrics");
     }
     out
+}
+
+async fn readyz(ctx: Arc<Context>) -> impl IntoResponse {
+    match ctx.watches.ready() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
 }
 
 async fn metrics(registry: Arc<Registry>) -> impl IntoResponse {

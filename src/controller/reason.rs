@@ -27,6 +27,13 @@ pub const INVALID_SPEC: &str = "InvalidSpec";
 pub const FAIL_FAST_BLOCKED: &str = "FailFastBlocked";
 /// A migration step change is under way.
 pub const PROGRESSING: &str = "Progressing";
+/// The API server refused an owned object the operator applied (a quota, an admission webhook,
+/// a policy): Stalled and Ready say which object and what the API server said, and a Warning
+/// Event of this reason records it. Retried with backoff.
+pub const APPLY_FAILED: &str = "ApplyFailed";
+/// `spec.relay.replicas` is 0: no relay runs and nothing is ingested, by request (Ready False,
+/// Reconciling False: nothing is under way).
+pub const SCALED_TO_ZERO: &str = "ScaledToZero";
 
 /// A relay stopped on a configuration error and said why in its termination message (exit
 /// code 2); also its Warning Event.

@@ -4,6 +4,12 @@
 //! operator before StatefulSets deleted), lists the relay pods and claims ([`pods`]), records
 //! the Events the decisions call for, writes the status [`status::next_status`] computed, and
 //! prunes the reports of relays gone for long.
+//!
+//! An owned object the API server refuses (a quota, an admission webhook, a policy) does not
+//! end the reconcile before the status: the objects applied before it keep their Events, the
+//! status is written with Stalled and Ready saying which object and what the API server said
+//! (and a Warning Event), then the reconcile fails so that it is retried with backoff. A
+//! transient failure (a conflict, throttling, a server error, no connection) is only retried.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -57,21 +63,36 @@ pub(super) async fn reconcile(
     let existing = statefulsets
         .get_opt(&resources::relay_name(&p.name_any()))
         .await?;
-    let applied = if p.spec.validate().is_ok() {
-        apply_owned(&p, &ns, &ctx, existing.as_ref(), &claims).await?
-    } else {
-        // Nothing is applied: the StatefulSet keeps its replicas (a hold included).
-        Applied {
-            rollout_queued: None,
-            replicas: existing
-                .as_ref()
-                .map_or(resources::replicas(&p), scale::running_replicas),
-            scale: None,
+    // Nothing applied (an invalid spec, or a refusal before the StatefulSet): the StatefulSet
+    // keeps its replicas (a hold included).
+    let unchanged = || Applied {
+        rollout_queued: None,
+        replicas: existing
+            .as_ref()
+            .map_or(resources::replicas(&p), scale::running_replicas),
+        scale: None,
+    };
+    let mut changes = Vec::new();
+    let (applied, refused) = if p.spec.validate().is_ok() {
+        let result = apply_owned(&p, &ns, &ctx, existing.as_ref(), &claims, &mut changes).await;
+        publish_changes(&ctx, &p, changes).await;
+        match result {
+            Ok(applied) => (applied, None),
+            Err(e) => match refusal(&e) {
+                Some(why) => {
+                    tracing::warn!(pipeline = %key(&p), "{why}");
+                    (unchanged(), Some((why, e)))
+                }
+                None => return Err(e),
+            },
         }
+    } else {
+        (unchanged(), None)
     };
     let held =
         applied.rollout_queued.is_some() || applied.scale.as_ref().is_some_and(|d| d.holding());
-    let observed = observe_relays(&p, &pods, &claims, applied);
+    let apply_failed = refused.as_ref().map(|(why, _)| why.clone());
+    let observed = observe_relays(&p, &pods, &claims, applied, apply_failed);
     let next = status::next_status(&p, &ctx.settings, &observed, Timestamp::now());
     for event in next.events {
         publish_event(&ctx, &p, event).await;
@@ -88,6 +109,10 @@ pub(super) async fn reconcile(
     crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
     prune_gone_relays(&api, &as_stored, &ctx.settings).await?;
     prune_gone_reports(&p, &ns, &ctx, &gone).await?;
+    if let Some((_, e)) = refused {
+        // Status says why; the error policy retries with backoff.
+        return Err(e);
+    }
     ctx.failures
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -280,10 +305,32 @@ enum Change {
     Unchanged,
 }
 
-/// Server-side applies `obj` and says whether that created or changed it.
+/// What Stalled says of an owned object the API server refused (a 4xx other than a conflict or
+/// throttling: a quota, an admission webhook, a policy, a field the server rejects), or `None`
+/// for a failure a retry may cure.
+fn refusal(e: &Error) -> Option<String> {
+    let Error::Apply {
+        kind,
+        name,
+        source: kube::Error::Api(status),
+    } = e
+    else {
+        return None;
+    };
+    let refused = (400..500).contains(&status.code) && ![409, 429].contains(&status.code);
+    refused.then(|| {
+        format!(
+            "{kind} {name} not applied: the API server refused it ({} {}): {}",
+            status.code, status.reason, status.message
+        )
+    })
+}
+
+/// Server-side applies `obj` and says whether that created or changed it (an error names it).
 async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<Change, Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
         + Clone
         + Debug
         + Serialize
@@ -291,14 +338,20 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
-    let before = api.get_opt(&name).await?;
+    let failed = |source| Error::Apply {
+        kind: <K as k8s_openapi::Resource>::KIND,
+        name: name.clone(),
+        source,
+    };
+    let before = api.get_opt(&name).await.map_err(failed)?;
     let after = api
         .patch(
             &name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(obj),
         )
-        .await?;
+        .await
+        .map_err(failed)?;
     Ok(match before {
         None => Change::Created,
         Some(b) if b.resource_version() != after.resource_version() => Change::Updated,
@@ -317,12 +370,15 @@ struct Applied {
     scale: Option<ScaleDecision>,
 }
 
+/// Applies the owned objects in order, recording each one's change in `changes` as it goes (so
+/// that the objects applied before a failure keep their Events).
 async fn apply_owned(
     p: &DualWritePipeline,
     ns: &str,
     ctx: &Context,
     existing: Option<&StatefulSet>,
     claims: &[String],
+    changes: &mut Vec<(&'static str, Change)>,
 ) -> Result<Applied, Error> {
     let c = &ctx.client;
     let name = resources::relay_name(&p.name_any());
@@ -330,23 +386,21 @@ async fn apply_owned(
     let decision = decide_scale(p, &ctx.settings, existing, claims);
     scale::apply_to(&mut desired, &decision);
     let admission = admit_rollout(p, ctx, existing, &desired);
-    let mut changes = vec![
-        (
-            "ServiceAccount",
-            apply(c, ns, &resources::service_account(p)).await?,
-        ),
-        ("Role", apply(c, ns, &resources::role(p)).await?),
-        (
-            "ConfigMap",
-            apply(c, ns, &resources::relay_reports(p)).await?,
-        ),
-        (
-            "RoleBinding",
-            apply(c, ns, &resources::role_binding(p)).await?,
-        ),
-        ("Service", apply(c, ns, &resources::service(p)).await?),
-        ("Service", apply(c, ns, &resources::pods_service(p)).await?),
-    ];
+    changes.push((
+        "ServiceAccount",
+        apply(c, ns, &resources::service_account(p)).await?,
+    ));
+    changes.push(("Role", apply(c, ns, &resources::role(p)).await?));
+    changes.push((
+        "ConfigMap",
+        apply(c, ns, &resources::relay_reports(p)).await?,
+    ));
+    changes.push((
+        "RoleBinding",
+        apply(c, ns, &resources::role_binding(p)).await?,
+    ));
+    changes.push(("Service", apply(c, ns, &resources::service(p)).await?));
+    changes.push(("Service", apply(c, ns, &resources::pods_service(p)).await?));
     let applied = match admission {
         rollout::Admission::Apply => {
             changes.push(("StatefulSet", apply(c, ns, &desired).await?));
@@ -390,6 +444,16 @@ async fn apply_owned(
     {
         changes.push(("Deployment", Change::Deleted));
     }
+    Ok(applied)
+}
+
+/// The Events of what [`apply_owned`] created, changed or deleted.
+async fn publish_changes(
+    ctx: &Context,
+    p: &DualWritePipeline,
+    changes: Vec<(&'static str, Change)>,
+) {
+    let name = resources::relay_name(&p.name_any());
     for (kind, change) in changes {
         let (reason, verb) = match change {
             Change::Created => (reason::CREATED, "created"),
@@ -405,7 +469,6 @@ async fn apply_owned(
         };
         publish_event(ctx, p, event).await;
     }
-    Ok(applied)
 }
 
 /// How many relays the StatefulSet keeps on this reconcile ([`scale::decide_scale`] over the
@@ -545,17 +608,60 @@ async fn list_relays(
 
 /// What the relay pods and claims of `p` show: the most telling pod failure, the claims of
 /// relays scaled away (ordinals at or past the StatefulSet's replicas after this reconcile: a
-/// relay a held scale-down keeps still uses its claim), and what `applied` did.
+/// relay a held scale-down keeps still uses its claim), what `applied` did, and the refusal
+/// that stopped the apply, if one did.
 fn observe_relays(
     p: &DualWritePipeline,
     pods: &[Pod],
     claims: &[String],
     applied: Applied,
+    apply_failed: Option<String>,
 ) -> RelayObservation {
     RelayObservation {
+        apply_failed,
         failure: pods::relay_failure(pods),
         retained_claims: pods::retained_claims(&p.name_any(), applied.replicas, claims),
         rollout_queued: applied.rollout_queued,
         scale: applied.scale,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            reason: reason.into(),
+            message: "refused for a reason".into(),
+            ..kube::core::Status::failure("refused for a reason", reason)
+        }))
+    }
+
+    #[test]
+    fn refusals_stall_and_transient_failures_only_retry() {
+        let apply = |code, reason| Error::Apply {
+            kind: "Service",
+            name: "p-relay".into(),
+            source: api_error(code, reason),
+        };
+        // (error, stalls)
+        let cases = [
+            (apply(403, "Forbidden"), true),  // a quota, RBAC
+            (apply(400, "BadRequest"), true), // an admission webhook's denial
+            (apply(422, "Invalid"), true),    // a field the server rejects
+            (apply(409, "Conflict"), false),  // another writer: retried
+            (apply(429, "TooManyRequests"), false),
+            (apply(500, "InternalError"), false),
+            (Error::Kube(api_error(403, "Forbidden")), false), // not an apply
+        ];
+        for (e, stalls) in cases {
+            assert_eq!(refusal(&e).is_some(), stalls, "{e}");
+        }
+        assert_eq!(
+            refusal(&apply(403, "Forbidden")).unwrap(),
+            "Service p-relay not applied: the API server refused it (403 Forbidden): refused for a reason"
+        );
     }
 }

@@ -156,8 +156,14 @@ pub fn next_status(
         relay_failure: observed.failure.as_ref(),
         rollout_queued: observed.rollout_queued.as_deref(),
         scale_down_held: scale_down_held.as_deref(),
+        apply_failed: observed.apply_failed.as_deref(),
     };
     let conditions = conditions::compute_conditions(&input, &prev.conditions);
+    let summary = if input.scaled_to_zero() {
+        format!("scaled to zero: {}", rows::summary(&rows))
+    } else {
+        rows::summary(&rows)
+    };
     let status = DualWritePipelineStatus {
         observed_generation: Some(generation),
         strategy: Some(in_force.strategy),
@@ -174,7 +180,7 @@ pub fn next_status(
         selector: Some(format!("dualwrite.io/pipeline={}", p.name_any())),
         published: rows.iter().map(|r| r.published).sum(),
         backlog: rows.iter().map(|r| r.backlog).sum(),
-        summary: Some(rows::summary(&rows)),
+        summary: Some(summary),
         providers: rows,
         migration: in_force.migration,
         fallback: in_force.fallback,
@@ -280,7 +286,8 @@ fn kept(prev: &DualWritePipelineStatus, decided: InForce) -> InForce {
     }
 }
 
-/// The Events of what the relay pods and claims show: a relay failure when Ready did not
+/// The Events of what the reconcile and the relay pods and claims show: an owned object the API
+/// server refused (Warning, once per distinct refusal), a relay failure when Ready did not
 /// already say exactly that (Warning), and claims newly retained after a scale-down: a Warning
 /// when one may hold a backlog (its relay's last fresh report had one, or there is none), with
 /// how to get it back, else a Normal Event.
@@ -292,6 +299,19 @@ fn relay_events(
     stale_after: SignedDuration,
 ) -> Vec<PipelineEvent> {
     let mut events = Vec::new();
+    if let Some(why) = &observed.apply_failed {
+        // Once per distinct refusal: Stalled keeps saying it while the retries fail alike.
+        let known = prev.conditions.iter().any(|c| {
+            c.type_ == conditions::STALLED && c.reason == reason::APPLY_FAILED && c.message == *why
+        });
+        if !known {
+            events.push(PipelineEvent {
+                type_: EventType::Warning,
+                reason: reason::APPLY_FAILED,
+                note: why.clone(),
+            });
+        }
+    }
     if let Some(f) = &observed.failure {
         let known = prev.conditions.iter().any(|c| {
             c.type_ == conditions::READY && c.reason == f.reason && c.message == f.message

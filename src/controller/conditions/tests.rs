@@ -126,6 +126,7 @@ fn condition_table() {
             relay_failure: None,
             rollout_queued: None,
             scale_down_held: None,
+            apply_failed: None,
         };
         let conds = compute_conditions(&input, &[]);
         let got: Vec<&str> = conds.iter().map(|c| c.status.as_str()).collect();
@@ -164,6 +165,7 @@ fn transition_time_is_kept_while_status_is_unchanged() {
         relay_failure: None,
         rollout_queued: None,
         scale_down_held: None,
+        apply_failed: None,
     };
     let first = compute_conditions(&input, &[]);
     input.now = t(100);
@@ -197,6 +199,7 @@ fn a_failing_relay_pod_makes_ready_false_with_its_reason_and_a_queued_rollout_is
         relay_failure: Some(&failure),
         rollout_queued: None,
         scale_down_held: None,
+        apply_failed: None,
     };
     // (input, Ready status and reason, Reconciling status and reason)
     let invalid = ConditionInput {
@@ -260,6 +263,7 @@ fn a_held_scale_down_is_reconciling_and_leaves_ready_alone() {
         relay_failure: None,
         rollout_queued: None,
         scale_down_held: None,
+        apply_failed: None,
     };
     let held = ConditionInput {
         scale_down_held: Some("scale-down to 1 relay(s) waits for p-relay-1 (backlog 7)"),
@@ -292,5 +296,127 @@ fn a_held_scale_down_is_reconciling_and_leaves_ready_alone() {
     assert_eq!(
         compute_conditions(&held, &[])[1].message,
         "scale-down to 1 relay(s) waits for p-relay-1 (backlog 7)"
+    );
+}
+
+#[test]
+fn scaled_to_zero_and_a_refused_apply_table() {
+    let active = vec!["nats".to_string()];
+    let unknown = vec![row("nats", Readiness::Unknown)];
+    let up = vec![row("nats", Readiness::True)];
+    let base = ConditionInput {
+        generation: 2,
+        invalid: None,
+        strategy: Strategy::FailFast,
+        active: &active,
+        providers: &unknown,
+        fresh_relays: 0,
+        relays_on_generation: 0,
+        desired_relays: 0,
+        blocked_since: None,
+        now: t(0),
+        stall_after: SignedDuration::from_secs(300),
+        migrating: false,
+        relay_failure: None,
+        rollout_queued: None,
+        scale_down_held: None,
+        apply_failed: None,
+    };
+    // The relay just removed still has a fresh report, of the previous generation.
+    let just_scaled = ConditionInput {
+        providers: &up,
+        fresh_relays: 1,
+        relays_on_generation: 0,
+        ..base.clone()
+    };
+    let held = ConditionInput {
+        scale_down_held: Some("scale-down to 0 relay(s) waits for p-relay-0 (backlog 3)"),
+        ..just_scaled.clone()
+    };
+    let refused = ConditionInput {
+        desired_relays: 1,
+        fresh_relays: 1,
+        relays_on_generation: 1,
+        providers: &up,
+        apply_failed: Some("Service p-relay not applied: exceeded quota"),
+        ..base.clone()
+    };
+    let refused_and_invalid = ConditionInput {
+        invalid: Some("spec.x: bad".into()),
+        ..refused.clone()
+    };
+    let zero = reason::SCALED_TO_ZERO;
+    let apply = reason::APPLY_FAILED;
+    // (name, input, [(status, reason)] of Ready, Reconciling, Stalled, Degraded)
+    let cases = [
+        (
+            "scaled to zero, no report",
+            &base,
+            [
+                ("False", zero),
+                ("False", zero),
+                ("False", reason::RECONCILED),
+                ("False", zero),
+            ],
+        ),
+        (
+            "scaled to zero, a stale-to-be report of the old generation",
+            &just_scaled,
+            [
+                ("False", zero),
+                ("False", zero),
+                ("False", reason::RECONCILED),
+                ("False", zero),
+            ],
+        ),
+        (
+            "scale-down to zero held for a backlog: still running",
+            &held,
+            [
+                ("True", reason::ALL_PROVIDERS_READY),
+                ("True", reason::SCALE_DOWN_DRAINING),
+                ("False", reason::RECONCILED),
+                ("False", reason::ALL_PROVIDERS_READY),
+            ],
+        ),
+        (
+            "an owned object refused",
+            &refused,
+            [
+                ("False", apply),
+                ("False", apply),
+                ("True", apply),
+                ("False", reason::ALL_PROVIDERS_READY),
+            ],
+        ),
+        (
+            "an invalid spec says so first",
+            &refused_and_invalid,
+            [
+                ("False", reason::INVALID_SPEC),
+                ("False", reason::INVALID_SPEC),
+                ("True", reason::INVALID_SPEC),
+                ("False", reason::ALL_PROVIDERS_READY),
+            ],
+        ),
+    ];
+    for (name, input, want) in cases {
+        let got: Vec<(String, String)> = compute_conditions(input, &[])
+            .into_iter()
+            .map(|c| (c.status, c.reason))
+            .collect();
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(s, r)| (s.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
+    let c = compute_conditions(&refused, &[]);
+    assert_eq!(c[2].message, "Service p-relay not applied: exceeded quota");
+    assert!(
+        compute_conditions(&base, &[])[0]
+            .message
+            .contains("spec.relay.replicas is 0"),
+        "Ready says why nothing runs"
     );
 }

@@ -133,6 +133,7 @@ fn relay_failures_and_retained_claims_show_with_a_warning_once() {
         retained_claims: vec!["state-p-relay-2".into()],
         rollout_queued: None,
         scale: None,
+        apply_failed: None,
     };
     let warnings = |events: &[PipelineEvent]| -> Vec<&'static str> {
         events
@@ -330,4 +331,66 @@ fn a_held_scale_down_is_reconciling_with_events_at_its_start_and_end() {
         assert!(claim_note.contains(w), "{w:?} in {claim_note}");
     }
     assert_eq!(fourth.status.retained_claims, ["state-p-relay-1"]);
+}
+
+#[test]
+fn zero_replicas_read_as_scaled_to_zero() {
+    let p = pipeline(
+        "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {name: p, namespace: n}\nspec:\n  providers: [{name: a, type: memory}]\n  relay: {replicas: 0}\n",
+    );
+    let st = next_status(&p, &settings(), &RelayObservation::default(), t(0)).status;
+    let ready = &st.conditions[0];
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reason::SCALED_TO_ZERO)
+    );
+    let reconciling = &st.conditions[1];
+    assert_eq!(reconciling.status, "False", "nothing is under way");
+    assert_eq!(st.summary.as_deref(), Some("scaled to zero: a(?)=0"));
+}
+
+#[test]
+fn a_refused_apply_stalls_with_a_warning_once_per_refusal() {
+    let p = pipeline(MIGRATION);
+    let refused = |why: &str| RelayObservation {
+        apply_failed: Some(why.into()),
+        ..RelayObservation::default()
+    };
+    let warnings = |events: &[PipelineEvent]| -> Vec<(&'static str, String)> {
+        events
+            .iter()
+            .filter(|e| e.type_ == EventType::Warning)
+            .map(|e| (e.reason, e.note.clone()))
+            .collect()
+    };
+    let quota =
+        "Service p-relay not applied: the API server refused it (403 Forbidden): exceeded quota";
+    let first = next_status(&p, &settings(), &refused(quota), t(0));
+    assert_eq!(
+        warnings(&first.events),
+        [(reason::APPLY_FAILED, quota.to_string())]
+    );
+    let stalled = &first.status.conditions[2];
+    assert_eq!(
+        (
+            stalled.type_.as_str(),
+            stalled.status.as_str(),
+            stalled.reason.as_str(),
+            stalled.message.as_str()
+        ),
+        ("Stalled", "True", reason::APPLY_FAILED, quota)
+    );
+    // Not an empty status: the strategy and providers in force are there.
+    assert!(first.status.strategy.is_some() && first.status.active_providers.is_some());
+    let mut p = p;
+    p.status = Some(first.status);
+    assert!(warnings(&next_status(&p, &settings(), &refused(quota), t(5)).events).is_empty());
+    let webhook = "StatefulSet p-relay not applied: the API server refused it (400 BadRequest): denied by policy";
+    assert_eq!(
+        warnings(&next_status(&p, &settings(), &refused(webhook), t(10)).events),
+        [(reason::APPLY_FAILED, webhook.to_string())]
+    );
+    // Fixed: Stalled clears.
+    let fixed = next_status(&p, &settings(), &RelayObservation::default(), t(15)).status;
+    assert_eq!(fixed.conditions[2].status, "False");
 }
