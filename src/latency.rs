@@ -153,9 +153,24 @@ mod tests {
         let inf = f64::INFINITY;
         // (case, buckets, q, expected seconds)
         let cases: [(&str, Vec<u64>, f64, f64); 8] = [
-            ("all in (5ms,10ms]: p50 halfway", counts(&[(0.01, 100)]), 0.5, 0.0075),
-            ("all in (5ms,10ms]: p99", counts(&[(0.01, 100)]), 0.99, 0.00995),
-            ("the first bucket starts at 0", counts(&[(0.0001, 10)]), 0.5, 0.00005),
+            (
+                "all in (5ms,10ms]: p50 halfway",
+                counts(&[(0.01, 100)]),
+                0.5,
+                0.0075,
+            ),
+            (
+                "all in (5ms,10ms]: p99",
+                counts(&[(0.01, 100)]),
+                0.99,
+                0.00995,
+            ),
+            (
+                "the first bucket starts at 0",
+                counts(&[(0.0001, 10)]),
+                0.5,
+                0.00005,
+            ),
             (
                 "rank in the lower bucket",
                 counts(&[(0.001, 98), (0.05, 1), (inf, 1)]),
@@ -195,7 +210,12 @@ mod tests {
         let cases: [(&str, Vec<u64>, f64, f64); 4] = [
             // The case: the old reading was the bucket bound, 10 ms, for both.
             ("Kafka at 6 ms", vec![6_000; 100], 6.0, 6.0),
-            ("5.5 to 6.49 ms", spread, 5.5 + 0.99 * 0.5, 5.5 + 0.99 * 0.99),
+            (
+                "5.5 to 6.49 ms",
+                spread,
+                5.5 + 0.99 * 0.5,
+                5.5 + 0.99 * 0.99,
+            ),
             (
                 "two buckets: the upper one narrowed to the largest value",
                 [vec![800; 98], vec![40_000; 2]].concat(),

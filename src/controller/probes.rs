@@ -205,6 +205,9 @@ mod tests {
         // No status yet: no series (absent, not a made-up 0).
         assert!(!text.contains("payments"), "{text}");
         writer.apply_watcher_event(&watcher::Event::Delete(checked));
-        assert!(!render(&registry).contains("orders"), "a deleted pipeline's series go");
+        assert!(
+            !render(&registry).contains("orders"),
+            "a deleted pipeline's series go"
+        );
     }
 }
