@@ -124,7 +124,7 @@ pub struct ProviderStatus {
     pub failed: u64,
     #[serde(default)]
     pub backlog: u64,
-    /// 99th percentile publish latency in milliseconds (bucket bound).
+    /// 99th percentile publish latency in milliseconds (interpolated within its histogram bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_p99_ms: Option<f64>,
     /// Accepted messages this provider missed for good (refused by the broker, or its backlog

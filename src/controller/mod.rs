@@ -127,6 +127,10 @@ pub struct Context {
 pub struct OperatorMetrics {
     pub reconciles: std::sync::atomic::AtomicU64,
     pub failures: std::sync::atomic::AtomicU64,
+    /// The controller's cache of pipelines, set once the controller starts: `/metrics` reads
+    /// each pipeline's verdicts (Ready, consistency) from it at scrape time, so a deleted
+    /// pipeline's series go with it.
+    pub pipelines: std::sync::OnceLock<kube::runtime::reflector::Store<DualWritePipeline>>,
 }
 
 impl Context {
@@ -224,7 +228,10 @@ pub async fn run(
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=dualwrite-operator");
     let pipelines: Api<DualWritePipeline> = scoped(client, ns);
-    Controller::new(pipelines, watcher::Config::default())
+    let controller = Controller::new(pipelines, watcher::Config::default());
+    // Set once per process; a second `run` (tests) keeps the first cache.
+    let _ = ctx.metrics.pipelines.set(controller.store());
+    controller
         .owns(scoped::<StatefulSet>(client, ns), owned.clone())
         .owns(scoped::<Service>(client, ns), owned.clone())
         .owns(scoped::<PodDisruptionBudget>(client, ns), owned.clone())

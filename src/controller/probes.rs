@@ -2,7 +2,12 @@
 //! work: [`super::watches`]; 503 with what to fix otherwise) and `/metrics`.
 //!
 //! The reconcile counters live in the shared [`Context`]; a `prometheus-client` [`Collector`]
-//! reads them at scrape time, so there is one set of counters, not a mirror of it.
+//! reads them at scrape time, so there is one set of counters, not a mirror of it. The same
+//! collector reads each pipeline's verdicts (`Ready`, the last consistency check) from the
+//! controller's cache of pipelines: the relays export what they measure, the operator what it
+//! decides. Those series carry `namespace` and `pipeline` labels (scrape them with
+//! `honorLabels`, as the chart's ServiceMonitor does, so the target's own `namespace` does not
+//! rename them).
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -19,6 +24,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{Context, OperatorMetrics};
+use crate::api::DualWritePipeline;
 
 pub fn router(ctx: Arc<Context>) -> Router {
     let registry = Arc::new(registry(Arc::clone(&ctx), |c| &c.metrics));
@@ -61,8 +67,60 @@ impl<S: Send + Sync + 'static> Collector for OperatorCollector<S> {
                 .encode_descriptor(name, help, None, MetricType::Counter)?
                 .encode_counter::<NoLabelSet, u64, u64>(&value.load(Ordering::Relaxed), None)?;
         }
-        Ok(())
+        match m.pipelines.get() {
+            Some(store) => encode_pipelines(&mut encoder, &store.state()),
+            None => Ok(()),
+        }
     }
+}
+
+/// A per-pipeline gauge: name, help, and its value for a pipeline (`None`: no series, e.g.
+/// no consistency check has run yet).
+type PipelineSeries = (
+    &'static str,
+    &'static str,
+    fn(&DualWritePipeline) -> Option<i64>,
+);
+
+const PIPELINE_SERIES: [PipelineSeries; 3] = [
+    (
+        "dualwrite_pipeline_ready",
+        "1 when the pipeline's Ready condition is True (every provider its strategy needs is healthy).",
+        |p| {
+            let ready = p.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
+            Some(i64::from(ready.status == "True"))
+        },
+    ),
+    (
+        "dualwrite_pipeline_consistent",
+        "1 when the last consistency check (dualwrite verify) found every provider holding the same messages, 0 when it found a difference.",
+        |p| Some(i64::from(p.status.as_ref()?.consistency.as_ref()?.consistent)),
+    ),
+    (
+        "dualwrite_pipeline_consistency_check_timestamp_seconds",
+        "When the last consistency check ran (Unix time).",
+        |p| Some(p.status.as_ref()?.consistency.as_ref()?.checked_at.0.as_second()),
+    ),
+];
+
+fn encode_pipelines(
+    encoder: &mut DescriptorEncoder,
+    pipelines: &[Arc<DualWritePipeline>],
+) -> fmt::Result {
+    use kube::ResourceExt;
+    for (name, help, value) in PIPELINE_SERIES {
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for p in pipelines {
+            let Some(v) = value(p) else { continue };
+            let (namespace, pipeline) = (p.namespace().unwrap_or_default(), p.name_any());
+            let labels = [
+                ("namespace", namespace.as_str()),
+                ("pipeline", pipeline.as_str()),
+            ];
+            m.encode_family(&labels)?.encode_gauge(&v)?;
+        }
+    }
+    Ok(())
 }
 
 /// The operator's registry: one collector over the counters `read` finds in `source`.
@@ -120,6 +178,47 @@ mod tests {
              # HELP dualwrite_operator_reconcile_failures_total Reconciles that failed (retried with backoff).\n\
              # TYPE dualwrite_operator_reconcile_failures_total counter\n\
              dualwrite_operator_reconcile_failures_total 1\n"
+        );
+    }
+
+    #[test]
+    fn exposition_has_each_pipelines_verdicts_and_drops_deleted_ones() {
+        use kube::runtime::{reflector, watcher};
+        let pipeline = |name: &str, status: &str| -> DualWritePipeline {
+            serde_yaml::from_str(&format!(
+                "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\n\
+                 metadata: {{name: {name}, namespace: shop}}\n\
+                 spec: {{providers: [{{name: a, type: memory}}]}}\n{status}"
+            ))
+            .unwrap()
+        };
+        let checked = pipeline(
+            "orders",
+            "status: {replicas: 1, conditions: [{type: Ready, status: 'False', reason: ProviderDown, message: m, lastTransitionTime: '2025-01-01T00:00:00Z'}], \
+             consistency: {checkedAt: '2025-01-02T03:04:05Z', consistent: false, missing: {b: 3}}}",
+        );
+        let fresh = pipeline("payments", "");
+        let (store, mut writer) = reflector::store();
+        for p in [&checked, &fresh] {
+            writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        }
+        let m = Arc::new(OperatorMetrics::default());
+        m.pipelines.set(store).unwrap();
+        let registry = registry(m.clone(), |m| m);
+        let text = render(&registry);
+        for line in [
+            "dualwrite_pipeline_ready{namespace=\"shop\",pipeline=\"orders\"} 0",
+            "dualwrite_pipeline_consistent{namespace=\"shop\",pipeline=\"orders\"} 0",
+            "dualwrite_pipeline_consistency_check_timestamp_seconds{namespace=\"shop\",pipeline=\"orders\"} 1735787045",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // No status yet: no series (absent, not a made-up 0).
+        assert!(!text.contains("payments"), "{text}");
+        writer.apply_watcher_event(&watcher::Event::Delete(checked));
+        assert!(
+            !render(&registry).contains("orders"),
+            "a deleted pipeline's series go"
         );
     }
 }

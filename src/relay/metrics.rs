@@ -16,7 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::Relay;
-use crate::composite::{Composite, ProviderRow, Strategy};
+use crate::composite::{Composite, ProviderRow};
 use crate::latency::{Histogram, BOUNDS_SECONDS};
 
 /// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
@@ -268,18 +268,17 @@ const PROVIDER_SERIES: [Series; 10] = [
 
 fn encode_providers(encoder: &mut DescriptorEncoder, composite: &Composite) -> fmt::Result {
     let stats = composite.stats_detailed();
-    let mut m = encoder.encode_descriptor(
-        "dualwrite_strategy_info",
-        "The strategy in force (1 for the current one).",
-        None,
-        MetricType::Gauge,
-    )?;
-    for s in [Strategy::FailFast, Strategy::BestEffort] {
-        let name = s.to_string();
-        let labels = [("strategy", name.as_str())];
-        m.encode_family(&labels)?
-            .encode_gauge(&u64::from(stats.strategy == s))?;
-    }
+    // An info metric, as Prometheus names them: one series, always 1, its label the value.
+    let name = stats.strategy.to_string();
+    encoder
+        .encode_descriptor(
+            "dualwrite_strategy_info",
+            "The strategy in force, as its label (always 1).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_family(&[("strategy", name.as_str())])?
+        .encode_gauge(&1u64)?;
     let kinds: Vec<String> = stats.providers.iter().map(|r| r.kind.to_string()).collect();
     for (name, kind, help, value) in PROVIDER_SERIES {
         let mut m = encoder.encode_descriptor(name, help, None, kind)?;
@@ -308,6 +307,7 @@ fn encode_providers(encoder: &mut DescriptorEncoder, composite: &Composite) -> f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::composite::Strategy;
     use crate::message::DataMessage;
     use crate::provider::memory::MemoryProvider;
     use std::sync::Arc;
@@ -348,6 +348,8 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+        // An info metric has only the series in force (its value is always 1).
+        assert!(!text.contains("strategy=\"BestEffort\""), "{text}");
         // Every sample line is `name{labels} number`.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let value = l.rsplit(' ').next().unwrap();
