@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::cluster::{
@@ -359,11 +360,15 @@ async fn operator_reconciles_reports_status_and_follows_strategy_changes() {
         ],
         None,
     );
+    let attempt = AtomicU32::new(0);
     let body = eventually(
         Duration::from_secs(30),
         "fail-fast answers 503 naming kafka",
         || async {
-            let (code, body) = post(port, "ff-1").await;
+            // A fresh id per attempt: an attempt answered 202 before the relay switched would
+            // make every retry of its id a duplicate (202), never the 503 awaited here.
+            let id = format!("ff-1-{}", attempt.fetch_add(1, Ordering::Relaxed));
+            let (code, body) = post(port, &id).await;
             if code == 503 {
                 Ok(body)
             } else {
