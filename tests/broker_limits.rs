@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use dualwrite::provider::kafka::{KafkaConfig, KafkaProvider};
+use dualwrite::provider::kafka::KafkaProvider;
 use dualwrite::provider::Provider;
 use dualwrite::relay::{self, Relay};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -112,18 +112,7 @@ async fn kafka_topic_max_message_bytes_is_read_and_a_larger_message_is_413() {
         .await
         .unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
-    let spec = KafkaConfig {
-        brokers: brokers.split(',').map(str::to_string).collect(),
-        topic: topic.clone(),
-        partitions: None,
-        replication_factor: None,
-        min_insync_replicas: None,
-        key: Default::default(),
-        group_id: None,
-        config: Default::default(),
-        tls: None,
-        auth: None,
-    };
+    let spec = common::brokers::kafka_config(&brokers, &topic);
     let kafka = KafkaProvider::connect("kafka", &spec, Duration::from_secs(5))
         .await
         .unwrap();

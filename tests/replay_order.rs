@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use dualwrite::handoff::{replay, Backlog, HandoffStore, Limits};
 use dualwrite::message::DataMessage;
-use dualwrite::provider::kafka::{KafkaConfig, KafkaProvider};
-use dualwrite::provider::nats::{NatsConfig, NatsProvider};
+use dualwrite::provider::kafka::KafkaProvider;
+use dualwrite::provider::nats::NatsProvider;
 use dualwrite::provider::Provider;
 use tokio_util::sync::CancellationToken;
 
@@ -78,16 +78,11 @@ async fn a_stretch_replayed_to_nats_arrives_in_ingest_order() {
         return;
     };
     common::init_tracing();
-    let spec = NatsConfig {
-        url: url.clone(),
-        subject: format!("dwtest.{}", common::unique("order")),
-        stream: Some(common::unique("DWORDER").replace('-', "_")),
-        durable: None,
-        duplicate_window: None,
-        replicas: None,
-        tls: None,
-        auth: None,
-    };
+    let spec = common::brokers::nats_config(
+        &url,
+        &format!("dwtest.{}", common::unique("order")),
+        &common::unique("DWORDER").replace('-', "_"),
+    );
     let provider = Arc::new(
         NatsProvider::connect("nats-order", &spec, TIMEOUT)
             .await
@@ -121,18 +116,7 @@ async fn a_stretch_replayed_to_kafka_arrives_in_ingest_order() {
         return;
     };
     common::init_tracing();
-    let spec = KafkaConfig {
-        brokers: brokers.split(',').map(str::to_string).collect(),
-        topic: common::unique("dworder"),
-        partitions: None,
-        replication_factor: None,
-        min_insync_replicas: None,
-        key: Default::default(),
-        group_id: None,
-        config: Default::default(),
-        tls: None,
-        auth: None,
-    };
+    let spec = common::brokers::kafka_config(&brokers, &common::unique("dworder"));
     let provider = Arc::new(
         KafkaProvider::connect("kafka-order", &spec, TIMEOUT)
             .await

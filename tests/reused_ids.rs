@@ -52,31 +52,11 @@ impl Names {
     }
 
     fn nats(&self, url: &str) -> NatsConfig {
-        NatsConfig {
-            url: url.into(),
-            subject: self.subject.clone(),
-            stream: Some(self.stream.clone()),
-            durable: None,
-            duplicate_window: None,
-            replicas: None,
-            tls: None,
-            auth: None,
-        }
+        common::brokers::nats_config(url, &self.subject, &self.stream)
     }
 
     fn kafka(&self, brokers: &str) -> KafkaConfig {
-        KafkaConfig {
-            brokers: vec![brokers.into()],
-            topic: self.topic.clone(),
-            partitions: None,
-            replication_factor: None,
-            min_insync_replicas: None,
-            key: Default::default(),
-            group_id: None,
-            config: Default::default(),
-            tls: None,
-            auth: None,
-        }
+        common::brokers::kafka_config(brokers, &self.topic)
     }
 }
 

@@ -288,6 +288,30 @@ impl HealthTracker {
         }
     }
 
+    /// Runs one ordered batch send under the publish `deadline`, then counts a failure and
+    /// feeds health as a single publish does. The caller pairs the error with how many leading
+    /// messages the send acknowledged ([`BatchError`]).
+    pub async fn bounded_batch(
+        &self,
+        counters: &Counters,
+        provider: &str,
+        deadline: Duration,
+        send: impl std::future::Future<Output = Result<(), ProviderError>>,
+    ) -> Result<(), ProviderError> {
+        let outcome = match tokio::time::timeout(deadline, send).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Timeout {
+                provider: provider.to_string(),
+                after: deadline,
+            }),
+        };
+        if outcome.is_err() {
+            counters.failed();
+        }
+        self.observe(&outcome);
+        outcome
+    }
+
     /// Marks the provider closed. True the first time, false when it already was.
     pub fn close(&self) -> bool {
         let mut h = self.lock();

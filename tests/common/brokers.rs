@@ -4,9 +4,9 @@
 
 use dualwrite::provider::{kafka::KafkaConfig, nats::NatsConfig};
 
-/// Every message id on `subject`'s stream (named `stream`), in stream order.
-pub async fn nats_ids(url: &str, subject: &str, stream: &str) -> Vec<String> {
-    let spec = NatsConfig {
+/// A plaintext NATS provider's settings for `subject` on the stream `stream`, the rest defaults.
+pub fn nats_config(url: &str, subject: &str, stream: &str) -> NatsConfig {
+    NatsConfig {
         url: url.into(),
         subject: subject.into(),
         stream: Some(stream.into()),
@@ -15,16 +15,14 @@ pub async fn nats_ids(url: &str, subject: &str, stream: &str) -> Vec<String> {
         replicas: None,
         tls: None,
         auth: None,
-    };
-    dualwrite::verify::nats_ids(&spec, None, i64::MAX)
-        .await
-        .expect("read the NATS stream")
+    }
 }
 
-/// Every record's id on `topic` (all partitions, partition order).
-pub async fn kafka_ids(brokers: &str, topic: &str) -> Vec<String> {
-    let spec = KafkaConfig {
-        brokers: vec![brokers.into()],
+/// A plaintext Kafka provider's settings for `topic` on `brokers` (comma-separated), the rest
+/// defaults.
+pub fn kafka_config(brokers: &str, topic: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.split(',').map(str::to_string).collect(),
         topic: topic.into(),
         partitions: None,
         replication_factor: None,
@@ -34,7 +32,20 @@ pub async fn kafka_ids(brokers: &str, topic: &str) -> Vec<String> {
         config: Default::default(),
         tls: None,
         auth: None,
-    };
+    }
+}
+
+/// Every message id on `subject`'s stream (named `stream`), in stream order.
+pub async fn nats_ids(url: &str, subject: &str, stream: &str) -> Vec<String> {
+    let spec = nats_config(url, subject, stream);
+    dualwrite::verify::nats_ids(&spec, None, i64::MAX)
+        .await
+        .expect("read the NATS stream")
+}
+
+/// Every record's id on `topic` (all partitions, partition order).
+pub async fn kafka_ids(brokers: &str, topic: &str) -> Vec<String> {
+    let spec = kafka_config(brokers, topic);
     dualwrite::verify::kafka_ids(&spec, None, i64::MAX)
         .await
         .expect("read the Kafka topic")

@@ -510,21 +510,15 @@ impl Provider for KafkaProvider {
             return Err(BatchError { acked: 0, error });
         }
         let mut acked = 0;
-        let sent =
-            tokio::time::timeout(self.publish_timeout, self.send_batch(msgs, &mut acked)).await;
-        let outcome = match sent {
-            Ok(r) => r,
-            Err(_) => Err(ProviderError::Timeout {
-                provider: self.name.clone(),
-                after: self.publish_timeout,
-            }),
-        };
-        if let Err(e) = &outcome {
-            self.shared.counters.failed();
-            self.shared.health.observe::<()>(&Err(e.clone()));
-        } else {
-            self.shared.health.observe(&outcome);
-        }
+        let send = self.send_batch(msgs, &mut acked);
+        let outcome = (self.shared.health)
+            .bounded_batch(
+                &self.shared.counters,
+                &self.name,
+                self.publish_timeout,
+                send,
+            )
+            .await;
         outcome.map_err(|error| BatchError { acked, error })
     }
 
