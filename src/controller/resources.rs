@@ -1055,6 +1055,42 @@ mod tests {
         assert_eq!(pod.security_context, relay.security_context);
     }
 
+    #[test]
+    fn the_readmes_verify_job_is_the_one_the_code_builds() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("apiVersion: batch/v1")
+            .expect("the README shows the verify Job");
+        let end = start + readme[start..].find("```").unwrap();
+        let shown: Job = serde_yaml::from_str(&readme[start..end]).unwrap();
+        let mut p: DualWritePipeline = serde_yaml::from_str(
+            r#"apiVersion: dualwrite.io/v1alpha1
+kind: DualWritePipeline
+metadata: {name: orders, namespace: shop}
+spec:
+  providers:
+  - {name: nats, type: nats, nats: {url: "nats://n:4222", subject: orders}}
+  - name: kafka
+    type: kafka
+    kafka:
+      brokers: ["k:9093"]
+      topic: orders
+      authentication: {type: scram-sha-512, username: u, passwordSecret: {secretName: kafka-user, password: password}}
+"#,
+        )
+        .unwrap();
+        p.metadata.uid = Some("u-1".into());
+        let built = verify_job(&p, "<the relay's image>", "orders-verify-1");
+        assert_eq!(shown.metadata.name, built.metadata.name);
+        let (shown, mut built) = (shown.spec.unwrap(), built.spec.unwrap());
+        let args = built.template.spec.as_mut().unwrap().containers[0]
+            .args
+            .as_mut()
+            .unwrap();
+        args.extend(["--window".into(), "1h".into()]);
+        assert_eq!(shown, built);
+    }
+
     /// Both secured providers and a closed ingest API; `shared` holds two keys used by two
     /// providers, `kafka-ca` is named twice.
     fn secured_pipeline(probe_port: &str) -> DualWritePipeline {
