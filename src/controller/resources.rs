@@ -942,35 +942,36 @@ mod tests {
         );
         let r = verify_role(&p);
         assert_eq!(r.metadata.name.as_deref(), Some("orders-verify"));
-        let rules: Vec<(Vec<String>, Vec<String>, Vec<String>, Vec<String>)> = r
+        // Each rule as [apiGroups, resources, resourceNames, verbs].
+        let rules: Vec<[Vec<String>; 4]> = r
             .rules
             .unwrap()
             .into_iter()
             .map(|r| {
-                (
+                [
                     r.api_groups.unwrap(),
                     r.resources.unwrap(),
                     r.resource_names.unwrap(),
                     r.verbs,
-                )
+                ]
             })
             .collect();
         let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(
             rules,
             [
-                (
+                [
                     v(&["dualwrite.io"]),
                     v(&["dualwritepipelines"]),
                     v(&["orders"]),
                     v(&["get"])
-                ),
-                (
+                ],
+                [
                     v(&[""]),
                     v(&["configmaps"]),
                     v(&["orders-consistency"]),
                     v(&["get", "patch"])
-                ),
+                ],
             ],
             "get the pipeline, get/patch its verdict ConfigMap: no status, no reports, no Secret"
         );
