@@ -514,6 +514,20 @@ async fn dualwrite_verify_records_its_verdict_only_under_its_own_account() {
         },
     )
     .await;
+    // The check reads messages stamped (in whole seconds) before the second it starts in.
+    let accepted_in = chrono::Utc::now().timestamp();
+    eventually(
+        Duration::from_secs(5),
+        "a second has begun since the message was accepted",
+        || async {
+            if chrono::Utc::now().timestamp() > accepted_in {
+                Ok(())
+            } else {
+                Err("same second")
+            }
+        },
+    )
+    .await;
     let pipelines: kube::Api<DualWritePipeline> =
         kube::Api::namespaced(admin_client(&env).await, &ns);
     let p = pipelines.get(CHECKED).await.unwrap();
