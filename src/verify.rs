@@ -13,8 +13,10 @@
 //! files under the secrets directory, and every URL in an error is redacted.
 //!
 //! `dualwrite verify --pipeline` reads the pipeline from the cluster ([`read_pipeline`]) and
-//! [`record`]s the verdict in the pipeline's reports ConfigMap; the operator checks it and
-//! copies it into `status.consistency`, which a migration gate reads.
+//! [`record`]s the verdict in the pipeline's consistency ConfigMap (`<pipeline>-consistency`);
+//! the operator checks it and copies it into `status.consistency`, which a migration gate
+//! reads. In the cluster it runs under the pipeline's `<pipeline>-verify` ServiceAccount, whose
+//! Role allows exactly that: get the pipeline, get/patch that ConfigMap (a relay's cannot).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -70,7 +72,7 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot hand the verdict to the operator (the pipeline's <name>-relay-reports ConfigMap): {0}")]
+    #[error("cannot hand the verdict to the operator (the pipeline's <name>-consistency ConfigMap, which the operator creates; run as the <name>-verify ServiceAccount): {0}")]
     WriteStatus(#[source] kube::Error),
 }
 
@@ -496,10 +498,11 @@ fn unix_time(secs: i64) -> Option<Time> {
     Timestamp::from_second(secs).ok().map(Time)
 }
 
-/// Hands `report` to the operator: under [`crate::api::VERDICT_KEY`] of the pipeline's reports
-/// ConfigMap, the one object the relay's ServiceAccount (which a verify Job runs under) may
-/// write. The operator checks it and copies it into `status.consistency`, which a migration
-/// gate reads; nobody but the operator writes the status.
+/// Hands `report` to the operator: under [`crate::api::VERDICT_KEY`] of the pipeline's
+/// consistency ConfigMap ([`crate::api::consistency_name`]), the one object the check's
+/// ServiceAccount (`<pipeline>-verify`) may write and the relay's may not. The operator checks
+/// it and copies it into `status.consistency`, which a migration gate reads; nobody but the
+/// operator writes the status.
 pub async fn record(
     maps: &Api<k8s_openapi::api::core::v1::ConfigMap>,
     name: &str,
@@ -513,7 +516,7 @@ pub async fn record(
         ..Default::default()
     };
     maps.patch(
-        &crate::api::relay_reports_name(name),
+        &crate::api::consistency_name(name),
         &params,
         &kube::api::Patch::Merge(&patch),
     )
@@ -522,7 +525,7 @@ pub async fn record(
     Ok(())
 }
 
-/// Field manager of the status written by `dualwrite verify --pipeline`.
+/// Field manager of the verdict written by `dualwrite verify --pipeline`.
 pub const VERIFY_MANAGER: &str = "dualwrite-verify";
 
 #[cfg(test)]

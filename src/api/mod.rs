@@ -8,7 +8,7 @@
 use kube::CustomResourceExt;
 
 mod reports;
-mod rules;
+pub(crate) mod rules;
 mod spec;
 mod status;
 mod validate;

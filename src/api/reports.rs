@@ -4,6 +4,13 @@
 //! that ConfigMap and nothing of the pipeline's status, so a relay's credentials can report what
 //! it sees but never write what the operator decides (migration step, fallback, strategy,
 //! conditions, consistency).
+//!
+//! The consistency verdict has an object and an identity of its own: `dualwrite verify
+//! --pipeline` runs under the pipeline's `<pipeline>-verify` ServiceAccount, whose Role may get
+//! the pipeline and get/patch exactly the ConfigMap `<pipeline>-consistency`, and the operator
+//! reads the verdict from there only. The relay's Role does not name that ConfigMap, so a
+//! relay's token cannot forge the verdict a migration gate reads; a verdict written into the
+//! reports ConfigMap is ignored.
 
 use std::collections::BTreeMap;
 
@@ -11,13 +18,21 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::{ConsistencyStatus, RelayReport};
 
-/// The key of the ConfigMap that holds the last `dualwrite verify --pipeline` verdict (run as
-/// a Job under the relay's ServiceAccount, it may write only there). A relay pod's name never
-/// holds a dot (a pipeline's name cannot), so it never collides with a report.
+/// The key, in the pipeline's consistency ConfigMap ([`consistency_name`]), of the last
+/// `dualwrite verify --pipeline` verdict. The reports ConfigMap may hold it too (a relay's
+/// token can write there, and verify wrote there before it had an identity of its own): it is
+/// ignored there, neither a verdict nor a report (a relay pod's name never holds a dot).
 pub const VERDICT_KEY: &str = "consistency.verify";
 
-/// The verdict in the ConfigMap's `data`, as the operator takes it into `status.consistency`:
-/// evidence written with a relay's credentials, so it is checked first. It must name only
+/// The ConfigMap of pipeline `pipeline` that holds the consistency verdict: written by
+/// `dualwrite verify` under the `<pipeline>-verify` ServiceAccount, read by the operator.
+/// At most 58 characters with the longest pipeline name (46), like the reports' 60.
+pub fn consistency_name(pipeline: &str) -> String {
+    format!("{pipeline}-consistency")
+}
+
+/// The verdict in the consistency ConfigMap's `data`, as the operator takes it into
+/// `status.consistency`: evidence written by a Job, not by the operator, so it is checked first. It must name only
 /// providers of the pipeline and at least two of them (the check compares two or more), and
 /// not be dated in the future (beyond a minute of clock skew). `None` when absent or refused.
 pub fn read_verdict(

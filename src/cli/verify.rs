@@ -1,5 +1,5 @@
 //! `dualwrite verify`: its arguments, and the exit code that tells a script whether the brokers
-//! agree. The check itself and the status it records are in [`crate::verify`].
+//! agree. The check itself and the verdict it records are in [`crate::verify`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +19,8 @@ pub struct VerifyArgs {
         required_unless_present = "pipeline"
     )]
     pub file: Option<PathBuf>,
-    /// The DualWritePipeline NAMESPACE/NAME in the cluster.
+    /// The DualWritePipeline NAMESPACE/NAME in the cluster; the verdict goes into its
+    /// `<NAME>-consistency` ConfigMap (run as the `<NAME>-verify` ServiceAccount, which may).
     #[arg(long)]
     pub pipeline: Option<String>,
     /// Only messages ingested within this span (default: everything the brokers hold).
@@ -34,7 +35,7 @@ pub struct VerifyArgs {
 }
 
 /// Runs the check and prints its report; with `--pipeline` also records it in the pipeline's
-/// status. Exit code 0 when the brokers agree, 1 when they do not.
+/// consistency ConfigMap, for the operator to take into the status. Exit code 0 when the brokers agree, 1 when they do not.
 pub async fn run(a: VerifyArgs) -> Result<ExitCode, Error> {
     let (spec, target) = match (a.file, a.pipeline) {
         (Some(path), _) => (read_manifest(&path)?, None),

@@ -14,7 +14,7 @@
 //! | [`fallback`] | the automatic fallback from FailFast to BestEffort and back |
 //! | [`conditions`] | Ready, Reconciling, Stalled, Degraded |
 //! | [`reason`] | every reason string the operator writes |
-//! | [`resources`] | the owned objects (StatefulSet, Services, PodDisruptionBudget, RBAC, the relays' reports ConfigMap) |
+//! | [`resources`] | the owned objects (StatefulSet, Services, PodDisruptionBudget, the relay's and the consistency check's RBAC, the relays' reports and the verdict's ConfigMaps) |
 //! | [`pods`] | relay pod failures and retained claims, from the pods' and claims' status |
 //! | [`rollout`] | the bound on rollouts the operator starts of its own |
 //! | [`scale`] | a scale-down held while a relay it removes holds a backlog |

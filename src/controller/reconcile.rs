@@ -56,7 +56,10 @@ pub(super) async fn reconcile(
     let (pods, claims) = list_relays(&p, &ns, &ctx).await?;
     // The relays' reports come from their ConfigMap (the only thing their Role may write);
     // the decisions below read them as the status' `relays`.
-    let (from_map, verdict) = read_relay_reports(&p, &ns, &ctx).await?;
+    let from_map = read_relay_reports(&p, &ns, &ctx).await?;
+    // The verdict comes from the consistency ConfigMap only (written under the check's own
+    // ServiceAccount), never from anything a relay's token may write.
+    let verdict = read_consistency(&p, &ns, &ctx).await?;
     let as_stored = p;
     let p = Arc::new(with_reports(&as_stored, &from_map, verdict));
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
@@ -135,28 +138,50 @@ const HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 /// are removed so the status does not grow with every rollout.
 const PRUNE_AFTER_STALE: u32 = 4;
 
-/// The reports in the pipeline's reports ConfigMap (none when it does not exist yet), and the
-/// `dualwrite verify` verdict there if it passes [`crate::api::read_verdict`].
+/// The reports in the pipeline's reports ConfigMap (none when it does not exist yet). A
+/// verdict there ([`crate::api::VERDICT_KEY`]) is neither a report nor a verdict: a relay's
+/// token can write that ConfigMap.
 async fn read_relay_reports(
     p: &DualWritePipeline,
     ns: &str,
     ctx: &Context,
-) -> Result<(Vec<RelayReport>, Option<ConsistencyStatus>), Error> {
+) -> Result<Vec<RelayReport>, Error> {
     let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let Some(map) = maps
         .get_opt(&crate::api::relay_reports_name(&p.name_any()))
         .await?
     else {
-        return Ok((Vec::new(), None));
+        return Ok(Vec::new());
     };
     let data = map.data.unwrap_or_default();
-    let providers: Vec<&str> = p.spec.providers.iter().map(|x| x.name.as_str()).collect();
-    let verdict = crate::api::read_verdict(&data, &providers, Timestamp::now());
     let (reports, unreadable) = crate::api::parse_relay_reports(&data);
     if !unreadable.is_empty() {
         tracing::warn!(pipeline = %key(p), relays = ?unreadable, "relay reports that cannot be read are left out (a relay of another version?)");
     }
-    Ok((reports, verdict))
+    Ok(reports)
+}
+
+/// The `dualwrite verify` verdict in the pipeline's consistency ConfigMap, if there is one and
+/// it passes [`crate::api::read_verdict`].
+async fn read_consistency(
+    p: &DualWritePipeline,
+    ns: &str,
+    ctx: &Context,
+) -> Result<Option<ConsistencyStatus>, Error> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(map) = maps
+        .get_opt(&crate::api::consistency_name(&p.name_any()))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let data = map.data.unwrap_or_default();
+    let providers: Vec<&str> = p.spec.providers.iter().map(|x| x.name.as_str()).collect();
+    let verdict = crate::api::read_verdict(&data, &providers, Timestamp::now());
+    if verdict.is_none() && data.contains_key(crate::api::VERDICT_KEY) {
+        tracing::warn!(pipeline = %key(p), "the consistency verdict is left out: it names a provider the pipeline lacks, fewer than two, or a time in the future");
+    }
+    Ok(verdict)
 }
 
 /// `p` with the reports of the ConfigMap in place of the status' copy of them, and the
@@ -359,6 +384,25 @@ where
     })
 }
 
+/// [`apply`], and the kind and name of what it applied (for its Event).
+async fn apply_named<K>(
+    client: &Client,
+    ns: &str,
+    obj: &K,
+) -> Result<(&'static str, String, Change), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let change = apply(client, ns, obj).await?;
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Ok((<K as k8s_openapi::Resource>::KIND, name, change))
+}
+
 /// What [`apply_owned`] did with the StatefulSet.
 struct Applied {
     /// Why a new pod template waits for a rollout slot, if it does (the StatefulSet was left
@@ -378,7 +422,7 @@ async fn apply_owned(
     ctx: &Context,
     existing: Option<&StatefulSet>,
     claims: &[String],
-    changes: &mut Vec<(&'static str, Change)>,
+    changes: &mut Vec<(&'static str, String, Change)>,
 ) -> Result<Applied, Error> {
     let c = &ctx.client;
     let name = resources::relay_name(&p.name_any());
@@ -386,24 +430,20 @@ async fn apply_owned(
     let decision = decide_scale(p, &ctx.settings, existing, claims);
     scale::apply_to(&mut desired, &decision);
     let admission = admit_rollout(p, ctx, existing, &desired);
-    changes.push((
-        "ServiceAccount",
-        apply(c, ns, &resources::service_account(p)).await?,
-    ));
-    changes.push(("Role", apply(c, ns, &resources::role(p)).await?));
-    changes.push((
-        "ConfigMap",
-        apply(c, ns, &resources::relay_reports(p)).await?,
-    ));
-    changes.push((
-        "RoleBinding",
-        apply(c, ns, &resources::role_binding(p)).await?,
-    ));
-    changes.push(("Service", apply(c, ns, &resources::service(p)).await?));
-    changes.push(("Service", apply(c, ns, &resources::pods_service(p)).await?));
+    changes.push(apply_named(c, ns, &resources::service_account(p)).await?);
+    changes.push(apply_named(c, ns, &resources::role(p)).await?);
+    changes.push(apply_named(c, ns, &resources::relay_reports(p)).await?);
+    changes.push(apply_named(c, ns, &resources::role_binding(p)).await?);
+    // The consistency check's identity, apart from the relay's (see `resources::verify_role`).
+    changes.push(apply_named(c, ns, &resources::verify_service_account(p)).await?);
+    changes.push(apply_named(c, ns, &resources::verify_role(p)).await?);
+    changes.push(apply_named(c, ns, &resources::consistency(p)).await?);
+    changes.push(apply_named(c, ns, &resources::verify_role_binding(p)).await?);
+    changes.push(apply_named(c, ns, &resources::service(p)).await?);
+    changes.push(apply_named(c, ns, &resources::pods_service(p)).await?);
     let applied = match admission {
         rollout::Admission::Apply => {
-            changes.push(("StatefulSet", apply(c, ns, &desired).await?));
+            changes.push(apply_named(c, ns, &desired).await?);
             if decision.holding() {
                 tracing::info!(pipeline = %key(p), replicas = decision.replicas, desired = decision.desired, waiting = ?decision.waiting, "scale-down held for a backlog");
             }
@@ -429,10 +469,10 @@ async fn apply_owned(
         }
     };
     match resources::pod_disruption_budget(p) {
-        Some(pdb) => changes.push(("PodDisruptionBudget", apply(c, ns, &pdb).await?)),
+        Some(pdb) => changes.push(apply_named(c, ns, &pdb).await?),
         None => {
             if delete_owned::<PodDisruptionBudget>(c, ns, &name, p).await? {
-                changes.push(("PodDisruptionBudget", Change::Deleted));
+                changes.push(("PodDisruptionBudget", name.clone(), Change::Deleted));
             }
         }
     }
@@ -442,7 +482,7 @@ async fn apply_owned(
     if existing.is_some_and(|s| relays_ready(p, s))
         && delete_owned::<Deployment>(c, ns, &name, p).await?
     {
-        changes.push(("Deployment", Change::Deleted));
+        changes.push(("Deployment", name.clone(), Change::Deleted));
     }
     Ok(applied)
 }
@@ -451,10 +491,9 @@ async fn apply_owned(
 async fn publish_changes(
     ctx: &Context,
     p: &DualWritePipeline,
-    changes: Vec<(&'static str, Change)>,
+    changes: Vec<(&'static str, String, Change)>,
 ) {
-    let name = resources::relay_name(&p.name_any());
-    for (kind, change) in changes {
+    for (kind, name, change) in changes {
         let (reason, verb) = match change {
             Change::Created => (reason::CREATED, "created"),
             Change::Updated => (reason::UPDATED, "updated"),

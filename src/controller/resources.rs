@@ -1,5 +1,7 @@
 //! The objects the operator owns for each pipeline, built as plain values (applied with
-//! server-side apply by the reconciler): the relay's ServiceAccount, Role and RoleBinding, the ConfigMap its reports go to, its
+//! server-side apply by the reconciler): the relay's ServiceAccount, Role and RoleBinding, the
+//! ConfigMap its reports go to, the consistency check's own ServiceAccount, Role, RoleBinding
+//! and verdict ConfigMap (`<pipeline>-verify`, `<pipeline>-consistency`), the relay's
 //! StatefulSet (a PersistentVolumeClaim per relay for the hinted-handoff backlog), the ingest
 //! Service, the headless Service of the relay pods, and a PodDisruptionBudget when there is
 //! more than one relay.
@@ -19,6 +21,7 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
@@ -180,12 +183,12 @@ pub fn service_account(p: &DualWritePipeline) -> ServiceAccount {
     }
 }
 
-/// The relay may read its own pipeline and write its own report into the status; nothing else.
 /// The relay's Role: read its own pipeline (spec, and the status the operator decides), and
 /// get/patch its pipeline's reports ConfigMap, nothing else. No verb on
 /// `dualwritepipelines/status`: what the operator decides (step, fallback, strategy,
-/// conditions, consistency) cannot be written with a relay's token. No `create` either (it
-/// cannot be limited by `resourceNames`): the operator creates the ConfigMap.
+/// conditions, consistency) cannot be written with a relay's token, and the consistency
+/// ConfigMap is not named (the check has a Role of its own, [`verify_role`]). No `create`
+/// either (it cannot be limited by `resourceNames`): the operator creates the ConfigMap.
 pub fn role(p: &DualWritePipeline) -> Role {
     Role {
         metadata: meta(p),
@@ -221,19 +224,146 @@ pub fn relay_reports(p: &DualWritePipeline) -> ConfigMap {
 }
 
 pub fn role_binding(p: &DualWritePipeline) -> RoleBinding {
+    binding(meta(p), relay_name(&p.name_any()))
+}
+
+/// A RoleBinding (`metadata`) of the Role and the ServiceAccount both named `name`.
+fn binding(metadata: ObjectMeta, name: String) -> RoleBinding {
+    let namespace = metadata.namespace.clone();
     RoleBinding {
-        metadata: meta(p),
+        metadata,
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
             kind: "Role".into(),
-            name: relay_name(&p.name_any()),
+            name: name.clone(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
-            name: relay_name(&p.name_any()),
-            namespace: p.namespace(),
+            name,
+            namespace,
             ..Subject::default()
         }]),
+    }
+}
+
+/// Name of the consistency check's ServiceAccount, Role and RoleBinding for pipeline `name`
+/// (at most 53 characters with the longest pipeline name).
+pub fn verify_name(pipeline: &str) -> String {
+    format!("{pipeline}-verify")
+}
+
+/// The metadata of the consistency check's objects: owned by the pipeline like the relay's,
+/// named `<pipeline>-verify`, labelled as the check's (`app.kubernetes.io/name`).
+fn verify_meta(p: &DualWritePipeline) -> ObjectMeta {
+    let mut m = meta(p);
+    m.name = Some(verify_name(&p.name_any()));
+    if let Some(l) = m.labels.as_mut() {
+        l.insert("app.kubernetes.io/name".into(), "dualwrite-verify".into());
+    }
+    m
+}
+
+/// The identity `dualwrite verify --pipeline` runs under (a Job a person starts today; the
+/// operator's scheduled check later), apart from the relay's: the consistency verdict opens
+/// the migration gate, so the relay's token must not be able to write it.
+pub fn verify_service_account(p: &DualWritePipeline) -> ServiceAccount {
+    ServiceAccount {
+        metadata: verify_meta(p),
+        automount_service_account_token: Some(true),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The consistency check's Role: `get` its pipeline (the spec says which brokers to read) and
+/// get/patch the pipeline's consistency ConfigMap ([`crate::api::consistency_name`]), where it
+/// writes its verdict; nothing else. No status, no reports ConfigMap, no `create` (the operator
+/// creates the ConfigMap), no Secrets (the brokers' credentials are mounted files).
+pub fn verify_role(p: &DualWritePipeline) -> Role {
+    Role {
+        metadata: verify_meta(p),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![crate::api::GROUP.into()]),
+                resources: Some(vec!["dualwritepipelines".into()]),
+                resource_names: Some(vec![p.name_any()]),
+                verbs: vec!["get".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![crate::api::consistency_name(&p.name_any())]),
+                verbs: vec!["get".into(), "patch".into()],
+                ..PolicyRule::default()
+            },
+        ]),
+    }
+}
+
+pub fn verify_role_binding(p: &DualWritePipeline) -> RoleBinding {
+    binding(verify_meta(p), verify_name(&p.name_any()))
+}
+
+/// The ConfigMap the consistency check writes its verdict into, as the operator applies it: no
+/// `data`, so server-side apply never touches the verdict.
+pub fn consistency(p: &DualWritePipeline) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(crate::api::consistency_name(&p.name_any())),
+            ..verify_meta(p)
+        },
+        ..ConfigMap::default()
+    }
+}
+
+/// A Job that runs the consistency check of `p` once, as the README shows: the same image as
+/// the relay (`spec.relay.image`, else `default_image`), `dualwrite verify --pipeline ns/name`
+/// under the `<pipeline>-verify` ServiceAccount, the same Secret keys as the relay mounted
+/// read-only at the same paths, restricted security, one attempt, kept for an hour so its log
+/// can be read. It writes its verdict into `<pipeline>-consistency`; its exit code says whether
+/// the brokers agree. (Issue 13's scheduled check runs this pod template.)
+pub fn verify_job(p: &DualWritePipeline, default_image: &str, name: &str) -> Job {
+    let secrets = referenced_secret_keys(p);
+    let relay = p.spec.relay.clone().unwrap_or_default();
+    let container = Container {
+        name: "verify".into(),
+        image: Some(relay.image.unwrap_or_else(|| default_image.to_string())),
+        args: Some(vec![
+            "verify".into(),
+            "--pipeline".into(),
+            format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "DUALWRITE_SECRETS_DIR".into(),
+            value: Some(DEFAULT_SECRETS_DIR.into()),
+            ..EnvVar::default()
+        }]),
+        security_context: Some(restricted_container()),
+        volume_mounts: Some(secret_mounts(&secrets)).filter(|m| !m.is_empty()),
+        ..Container::default()
+    };
+    let mut metadata = verify_meta(p);
+    metadata.name = Some(name.to_string());
+    Job {
+        metadata,
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: None,
+                spec: Some(PodSpec {
+                    service_account_name: Some(verify_name(&p.name_any())),
+                    restart_policy: Some("Never".into()),
+                    containers: vec![container],
+                    security_context: Some(restricted_pod()),
+                    volumes: Some(secret_volumes(&secrets)).filter(|v| !v.is_empty()),
+                    image_pull_secrets: relay.image_pull_secrets,
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
     }
 }
 
@@ -581,18 +711,40 @@ fn relay_container(
         // a crash with no message falls back to the end of its log.
         termination_message_path: Some("/dev/termination-log".into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(volume_mounts),
         ..Container::default()
+    }
+}
+
+/// The container security context of the restricted Pod Security Standard: no privilege
+/// escalation, a read-only root, non-root, no capabilities.
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The pod security context of the relay and the check: [`RELAY_UID`] (the Secret files are
+/// group-readable by it), the runtime's default seccomp profile.
+fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RELAY_UID),
+        run_as_group: Some(RELAY_UID),
+        fs_group: Some(RELAY_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
     }
 }
 
@@ -648,17 +800,7 @@ fn relay_pod(
         service_account_name: Some(relay_name(&p.name_any())),
         containers: vec![container],
         termination_grace_period_seconds: Some(grace_period_seconds(p)),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RELAY_UID),
-            run_as_group: Some(RELAY_UID),
-            fs_group: Some(RELAY_UID),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(restricted_pod()),
         volumes: Some(secret_volumes(secrets)).filter(|v| !v.is_empty()),
         image_pull_secrets: relay.image_pull_secrets,
         node_selector: relay.node_selector,
@@ -785,6 +927,169 @@ mod tests {
                 .iter()
                 .any(|v| v == "delete" || v == "update" || v == "create"));
         }
+    }
+
+    #[test]
+    fn verify_role_is_limited_to_reading_its_pipeline_and_writing_its_verdict() {
+        let p = pipeline();
+        let sa = verify_service_account(&p);
+        assert_eq!(sa.metadata.name.as_deref(), Some("orders-verify"));
+        assert_eq!(sa.automount_service_account_token, Some(true));
+        let owner = &sa.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.name.as_str(), owner.controller),
+            ("orders", Some(true))
+        );
+        let r = verify_role(&p);
+        assert_eq!(r.metadata.name.as_deref(), Some("orders-verify"));
+        // Each rule as [apiGroups, resources, resourceNames, verbs].
+        let rules: Vec<[Vec<String>; 4]> = r
+            .rules
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                [
+                    r.api_groups.unwrap(),
+                    r.resources.unwrap(),
+                    r.resource_names.unwrap(),
+                    r.verbs,
+                ]
+            })
+            .collect();
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            rules,
+            [
+                [
+                    v(&["dualwrite.io"]),
+                    v(&["dualwritepipelines"]),
+                    v(&["orders"]),
+                    v(&["get"])
+                ],
+                [
+                    v(&[""]),
+                    v(&["configmaps"]),
+                    v(&["orders-consistency"]),
+                    v(&["get", "patch"])
+                ],
+            ],
+            "get the pipeline, get/patch its verdict ConfigMap: no status, no reports, no Secret"
+        );
+        let b = verify_role_binding(&p);
+        assert_eq!(b.metadata.name.as_deref(), Some("orders-verify"));
+        assert_eq!(
+            (b.role_ref.kind.as_str(), b.role_ref.name.as_str()),
+            ("Role", "orders-verify")
+        );
+        let s = &b.subjects.unwrap()[0];
+        assert_eq!(
+            (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()),
+            ("ServiceAccount", "orders-verify", Some("shop"))
+        );
+        let cm = consistency(&p);
+        assert_eq!(cm.metadata.name.as_deref(), Some("orders-consistency"));
+        assert!(
+            cm.data.is_none(),
+            "server-side apply must not own the verdict"
+        );
+        assert_eq!(
+            cm.metadata.owner_references.as_ref().unwrap()[0].name,
+            "orders"
+        );
+        // The relay's Role does not name the verdict's ConfigMap, nor the relay's ServiceAccount
+        // the check's Role.
+        assert!(!role(&p)
+            .rules
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.resource_names.iter().flatten())
+            .any(|n| n == "orders-consistency"));
+        assert_eq!(role_binding(&p).subjects.unwrap()[0].name, "orders-relay");
+    }
+
+    #[test]
+    fn derived_names_fit_with_the_longest_pipeline_name() {
+        let name = "a".repeat(crate::api::rules::MAX_PIPELINE_NAME);
+        for derived in [
+            relay_name(&name),
+            verify_name(&name),
+            crate::api::relay_reports_name(&name),
+            crate::api::consistency_name(&name),
+            pods_service_name(&name),
+        ] {
+            assert!(derived.len() <= 63, "{derived}: {} > 63", derived.len());
+        }
+    }
+
+    #[test]
+    fn the_verify_job_runs_under_its_own_account_with_the_relays_secret_files() {
+        let p = secured_pipeline("");
+        let job = verify_job(&p, "img:1", "orders-verify-manual");
+        assert_eq!(job.metadata.name.as_deref(), Some("orders-verify-manual"));
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("orders-verify"));
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let relay = pod_of(&p);
+        assert_eq!(
+            pod.volumes, relay.volumes,
+            "the same Secret keys as the relay"
+        );
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("img:1"));
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &["verify", "--pipeline", "shop/orders"]
+        );
+        let mounts = |c: &Container| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.mount_path.starts_with(DEFAULT_SECRETS_DIR))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(mounts(c), mounts(&relay.containers[0]), "at the same paths");
+        assert!(mounts(c).iter().all(|m| m.read_only == Some(true)));
+        assert_eq!(c.security_context, relay.containers[0].security_context);
+        assert_eq!(pod.security_context, relay.security_context);
+    }
+
+    #[test]
+    fn the_readmes_verify_job_is_the_one_the_code_builds() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("apiVersion: batch/v1")
+            .expect("the README shows the verify Job");
+        let end = start + readme[start..].find("```").unwrap();
+        let shown: Job = serde_yaml::from_str(&readme[start..end]).unwrap();
+        let mut p: DualWritePipeline = serde_yaml::from_str(
+            r#"apiVersion: dualwrite.io/v1alpha1
+kind: DualWritePipeline
+metadata: {name: orders, namespace: shop}
+spec:
+  providers:
+  - {name: nats, type: nats, nats: {url: "nats://n:4222", subject: orders}}
+  - name: kafka
+    type: kafka
+    kafka:
+      brokers: ["k:9093"]
+      topic: orders
+      authentication: {type: scram-sha-512, username: u, passwordSecret: {secretName: kafka-user, password: password}}
+"#,
+        )
+        .unwrap();
+        p.metadata.uid = Some("u-1".into());
+        let built = verify_job(&p, "<the relay's image>", "orders-verify-1");
+        assert_eq!(shown.metadata.name, built.metadata.name);
+        let (shown, mut built) = (shown.spec.unwrap(), built.spec.unwrap());
+        let args = built.template.spec.as_mut().unwrap().containers[0]
+            .args
+            .as_mut()
+            .unwrap();
+        args.extend(["--window".into(), "1h".into()]);
+        assert_eq!(shown, built);
     }
 
     /// Both secured providers and a closed ingest API; `shared` holds two keys used by two

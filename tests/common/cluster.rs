@@ -548,6 +548,16 @@ pub async fn relay_statefulset(
     .await
 }
 
+/// A kubeconfig (written into `dir`) that impersonates the consistency check's ServiceAccount
+/// (`<name>-verify`) the operator made for pipeline `name`: `dualwrite verify` run with it has
+/// exactly the Role the operator granted the check.
+pub fn verify_kubeconfig(env: &KubeEnv, ns: &str, name: &str, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("verify.kubeconfig");
+    let account = format!("system:serviceaccount:{ns}:{name}-verify");
+    write_kubeconfig(env, &path, &admin_token(env), Some(&account));
+    path
+}
+
 /// A kubeconfig (written into `dir`) that impersonates the relay ServiceAccount the operator made
 /// for pipeline `name`: a relay run with it has exactly the Role the operator granted.
 pub fn relay_kubeconfig(env: &KubeEnv, ns: &str, name: &str, dir: &Path) -> std::path::PathBuf {
