@@ -603,5 +603,18 @@ async fn a_message_too_large_for_a_broker_is_413_naming_it_and_its_limit() {
     let resp = send("x".repeat(100)).await.unwrap();
     assert_eq!(resp.status(), 202);
     assert_eq!(small.stats().published, 1);
+
+    // Nothing of a 413 was written, so its id is free: the same client id, shrunk, is accepted
+    // (not a 409 conflict with content no broker holds).
+    let send_id = |data: String| {
+        client()
+            .post(&url)
+            .json(&serde_json::json!({"source": "t", "data": data, "id": "shrunk-1"}))
+            .send()
+    };
+    assert_eq!(send_id("x".repeat(900)).await.unwrap().status(), 413);
+    let resp = send_id("x".repeat(100)).await.unwrap();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    assert_eq!(small.stats().published, 2);
     r.shutdown().await;
 }

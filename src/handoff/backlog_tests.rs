@@ -187,6 +187,32 @@ async fn misses_are_cleared_only_through_the_reconciled_time() {
     assert!(!b.needs_reconciliation());
 }
 
+/// A miss counted without a backlog entry (a broker refused the message for good) carries its
+/// time too: a reconciliation through an earlier time never clears it, one through its time does.
+#[tokio::test]
+async fn a_counted_miss_has_its_time_and_a_later_one_outlives_an_earlier_reconciliation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HandoffStore::open(dir.path()).unwrap();
+    let b = store.backlog("kafka", Limits::default()).unwrap();
+    b.count_missed(1).await.unwrap();
+    let first = b.last_missed_at().expect("a counted miss has a time");
+    assert!(b.reset_missed_through(first).await.unwrap(), "reconciled");
+    assert!(!b.needs_reconciliation());
+
+    // The clock must move on so that the second miss is later than the reconciliation.
+    while crate::handoff::now_millis() <= first {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    b.count_missed(1).await.unwrap();
+    let second = b.last_missed_at().expect("the new miss has a time");
+    assert!(second > first, "{second} > {first}");
+    assert!(
+        !b.reset_missed_through(first).await.unwrap(),
+        "the earlier reconciliation does not cover the new miss"
+    );
+    assert!(b.needs_reconciliation());
+}
+
 /// Every provider the file holds a backlog for is found, the ones no composite opened in this
 /// process included, without touching the limits of one that is open.
 #[tokio::test]

@@ -158,7 +158,8 @@ impl Replayer {
     /// order, acknowledgements taken in order). Only the acknowledged prefix counts. The first
     /// failure ends the batch, and the next attempt starts again from the message that failed,
     /// in order and with the same ids, so a message never lands behind one ingested after it
-    /// (what the broker already stored of the rest is dropped by its de-duplication). A message
+    /// (JetStream drops what it already stored of the rest; Kafka keeps a second copy after the
+    /// first, see [`crate::provider::BatchError`]). A message
     /// the provider rejects for good is dropped (counted as missed) and the window resumes
     /// after it.
     async fn send(&self, entries: Vec<Entry>) -> Batch {

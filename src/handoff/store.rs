@@ -469,6 +469,11 @@ fn apply(txn: &WriteTransaction, s: &mut Staged, kind: &OpKind) -> Result<Outcom
         }
         OpKind::CountMissed(n) => {
             s.missed += n;
+            // When the latest miss happened decides what a reconciliation covers: a miss
+            // without its time could be cleared by an older one, or never.
+            if *n > 0 {
+                s.missed_at_ms = now_millis();
+            }
             Ok(Outcome::Done)
         }
         OpKind::ResetMissed => {

@@ -36,9 +36,11 @@ pub type MessageStream = Pin<Box<dyn Stream<Item = Result<DataMessage, ProviderE
 /// The first `acked` messages of the batch are stored, in order. The message at index `acked`
 /// was not acknowledged, for `error`; the messages after it may or may not have reached the
 /// broker (they were sent, or queued to be sent, before the failure was known). To resume
-/// without reordering, send again from index `acked` on, in order and with the same ids: the
-/// brokers' de-duplication (`Nats-Msg-Id` in JetStream's window, Kafka's idempotent producer
-/// within one producer session) drops what was already stored. A `Rejected` error is about that
+/// without reordering, send again from index `acked` on, in order and with the same ids:
+/// JetStream drops what it already stored (`Nats-Msg-Id` in its duplicate window); Kafka stores a
+/// resent record again, after the first copy (its idempotent producer removes only its own
+/// internal retries), so a reader keeping the first record per `message_id` still sees ingest
+/// order. A `Rejected` error is about that
 /// one message (e.g. too large): the caller may drop it and resume from the next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error} (after {acked} acknowledged messages of the batch)")]

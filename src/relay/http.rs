@@ -198,6 +198,8 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
                 .into_response()
         }
         Err(e @ PublishError::TooLarge { .. }) => {
+            // Refused before any write: the id stays free for a smaller message.
+            claim.release();
             IngestMetrics::count(&m.too_large);
             (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -210,6 +212,10 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
                 .into_response()
         }
         Err(e) => {
+            if matches!(e, PublishError::Closed) {
+                // Refused before any write (the pipeline is closing): nothing to remember.
+                claim.release();
+            }
             IngestMetrics::count(&m.unavailable);
             (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -139,7 +139,7 @@ impl DuplicateWindow {
                             state: self.state.clone(),
                             id: id.to_string(),
                             digest,
-                            accepted: false,
+                            outcome: ClaimOutcome::Attempted,
                             _publishing: tx,
                         });
                     }
@@ -180,22 +180,45 @@ pub struct Claim {
     state: Arc<Mutex<State>>,
     id: String,
     digest: ContentDigest,
-    accepted: bool,
+    outcome: ClaimOutcome,
     /// Dropped with the claim, after `pending` no longer names the id: wakes the waiters.
     _publishing: watch::Sender<()>,
+}
+
+/// What a claim's publish did, as the window records it when the claim is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimOutcome {
+    /// Answered 202.
+    Accepted,
+    /// Failed or cut short after writes started: a broker may hold the content.
+    Attempted,
+    /// Refused before any write (too large, the pipeline closing): nothing to remember.
+    NothingWritten,
 }
 
 impl Claim {
     /// The publish was accepted (202): later requests with this id and content are duplicates.
     pub fn accept(mut self) {
-        self.accepted = true;
+        self.outcome = ClaimOutcome::Accepted;
+    }
+
+    /// The message was refused before any write (413, a closed pipeline): the window records
+    /// nothing for it, so the same id may come again with any content.
+    pub fn release(mut self) {
+        self.outcome = ClaimOutcome::NothingWritten;
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.record(&self.id, self.digest, self.accepted);
+        match self.outcome {
+            ClaimOutcome::Accepted => state.record(&self.id, self.digest, true),
+            ClaimOutcome::Attempted => state.record(&self.id, self.digest, false),
+            ClaimOutcome::NothingWritten => {
+                state.pending.remove(&self.id);
+            }
+        }
     }
 }
 
