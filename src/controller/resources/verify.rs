@@ -1,0 +1,127 @@
+//! The consistency check's own identity and Job: a ServiceAccount, Role and RoleBinding
+//! `<pipeline>-verify` that may read the pipeline and write only the verdict ConfigMap
+//! `<pipeline>-consistency` (so a relay's token cannot forge the verdict), and the Job that runs
+//! `dualwrite verify --pipeline` under it with the relay's Secret files.
+
+use super::*;
+
+/// Name of the consistency check's ServiceAccount, Role and RoleBinding for pipeline `name`
+/// (at most 53 characters with the longest pipeline name).
+pub fn verify_name(pipeline: &str) -> String {
+    format!("{pipeline}-verify")
+}
+
+/// The metadata of the consistency check's objects: owned by the pipeline like the relay's,
+/// named `<pipeline>-verify`, labelled as the check's (`app.kubernetes.io/name`).
+fn verify_meta(p: &DualWritePipeline) -> ObjectMeta {
+    let mut m = meta(p);
+    m.name = Some(verify_name(&p.name_any()));
+    if let Some(l) = m.labels.as_mut() {
+        l.insert("app.kubernetes.io/name".into(), "dualwrite-verify".into());
+    }
+    m
+}
+
+/// The identity `dualwrite verify --pipeline` runs under (a Job a person starts today; the
+/// operator's scheduled check later), apart from the relay's: the consistency verdict opens
+/// the migration gate, so the relay's token must not be able to write it.
+pub fn verify_service_account(p: &DualWritePipeline) -> ServiceAccount {
+    ServiceAccount {
+        metadata: verify_meta(p),
+        automount_service_account_token: Some(true),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The consistency check's Role: `get` its pipeline (the spec says which brokers to read) and
+/// get/patch the pipeline's consistency ConfigMap ([`crate::api::consistency_name`]), where it
+/// writes its verdict; nothing else. No status, no reports ConfigMap, no `create` (the operator
+/// creates the ConfigMap), no Secrets (the brokers' credentials are mounted files).
+pub fn verify_role(p: &DualWritePipeline) -> Role {
+    Role {
+        metadata: verify_meta(p),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![crate::api::GROUP.into()]),
+                resources: Some(vec!["dualwritepipelines".into()]),
+                resource_names: Some(vec![p.name_any()]),
+                verbs: vec!["get".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![crate::api::consistency_name(&p.name_any())]),
+                verbs: vec!["get".into(), "patch".into()],
+                ..PolicyRule::default()
+            },
+        ]),
+    }
+}
+
+pub fn verify_role_binding(p: &DualWritePipeline) -> RoleBinding {
+    binding(verify_meta(p), verify_name(&p.name_any()))
+}
+
+/// The ConfigMap the consistency check writes its verdict into, as the operator applies it: no
+/// `data`, so server-side apply never touches the verdict.
+pub fn consistency(p: &DualWritePipeline) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(crate::api::consistency_name(&p.name_any())),
+            ..verify_meta(p)
+        },
+        ..ConfigMap::default()
+    }
+}
+
+/// A Job that runs the consistency check of `p` once, as the README shows: the same image as
+/// the relay (`spec.relay.image`, else `default_image`), `dualwrite verify --pipeline ns/name`
+/// under the `<pipeline>-verify` ServiceAccount, the same Secret keys as the relay mounted
+/// read-only at the same paths, restricted security, one attempt, kept for an hour so its log
+/// can be read. It writes its verdict into `<pipeline>-consistency`; its exit code says whether
+/// the brokers agree. (Issue 13's scheduled check runs this pod template.)
+pub fn verify_job(p: &DualWritePipeline, default_image: &str, name: &str) -> Job {
+    let secrets = referenced_secret_keys(p);
+    let relay = p.spec.relay.clone().unwrap_or_default();
+    let container = Container {
+        name: "verify".into(),
+        image: Some(relay.image.unwrap_or_else(|| default_image.to_string())),
+        args: Some(vec![
+            "verify".into(),
+            "--pipeline".into(),
+            format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "DUALWRITE_SECRETS_DIR".into(),
+            value: Some(DEFAULT_SECRETS_DIR.into()),
+            ..EnvVar::default()
+        }]),
+        security_context: Some(restricted_container()),
+        volume_mounts: Some(secret_mounts(&secrets)).filter(|m| !m.is_empty()),
+        ..Container::default()
+    };
+    let mut metadata = verify_meta(p);
+    metadata.name = Some(name.to_string());
+    Job {
+        metadata,
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: None,
+                spec: Some(PodSpec {
+                    service_account_name: Some(verify_name(&p.name_any())),
+                    restart_policy: Some("Never".into()),
+                    containers: vec![container],
+                    security_context: Some(restricted_pod()),
+                    volumes: Some(secret_volumes(&secrets)).filter(|v| !v.is_empty()),
+                    image_pull_secrets: relay.image_pull_secrets,
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
