@@ -138,6 +138,20 @@ const HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 /// are removed so the status does not grow with every rollout.
 const PRUNE_AFTER_STALE: u32 = 4;
 
+/// The data of the ConfigMap `name` in `ns` (empty when it has none), or `None` when it does not
+/// exist yet.
+async fn config_map_data(
+    ns: &str,
+    name: &str,
+    ctx: &Context,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, Error> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(maps
+        .get_opt(name)
+        .await?
+        .map(|m| m.data.unwrap_or_default()))
+}
+
 /// The reports in the pipeline's reports ConfigMap (none when it does not exist yet). A
 /// verdict there ([`crate::api::VERDICT_KEY`]) is neither a report nor a verdict: a relay's
 /// token can write that ConfigMap.
@@ -146,14 +160,11 @@ async fn read_relay_reports(
     ns: &str,
     ctx: &Context,
 ) -> Result<Vec<RelayReport>, Error> {
-    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(map) = maps
-        .get_opt(&crate::api::relay_reports_name(&p.name_any()))
-        .await?
+    let Some(data) =
+        config_map_data(ns, &crate::api::relay_reports_name(&p.name_any()), ctx).await?
     else {
         return Ok(Vec::new());
     };
-    let data = map.data.unwrap_or_default();
     let (reports, unreadable) = crate::api::parse_relay_reports(&data);
     if !unreadable.is_empty() {
         tracing::warn!(pipeline = %key(p), relays = ?unreadable, "relay reports that cannot be read are left out (a relay of another version?)");
@@ -168,14 +179,10 @@ async fn read_consistency(
     ns: &str,
     ctx: &Context,
 ) -> Result<Option<ConsistencyStatus>, Error> {
-    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(map) = maps
-        .get_opt(&crate::api::consistency_name(&p.name_any()))
-        .await?
+    let Some(data) = config_map_data(ns, &crate::api::consistency_name(&p.name_any()), ctx).await?
     else {
         return Ok(None);
     };
-    let data = map.data.unwrap_or_default();
     let providers: Vec<&str> = p.spec.providers.iter().map(|x| x.name.as_str()).collect();
     let verdict = crate::api::read_verdict(&data, &providers, Timestamp::now());
     if verdict.is_none() && data.contains_key(crate::api::VERDICT_KEY) {
