@@ -358,40 +358,8 @@ fn refusal(e: &Error) -> Option<String> {
     })
 }
 
-/// Server-side applies `obj` and says whether that created or changed it (an error names it).
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<Change, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + k8s_openapi::Resource
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    let failed = |source| Error::Apply {
-        kind: <K as k8s_openapi::Resource>::KIND,
-        name: name.clone(),
-        source,
-    };
-    let before = api.get_opt(&name).await.map_err(failed)?;
-    let after = api
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(obj),
-        )
-        .await
-        .map_err(failed)?;
-    Ok(match before {
-        None => Change::Created,
-        Some(b) if b.resource_version() != after.resource_version() => Change::Updated,
-        Some(_) => Change::Unchanged,
-    })
-}
-
-/// [`apply`], and the kind and name of what it applied (for its Event).
+/// Server-side applies `obj` and says what it applied (kind and name, for its Event) and whether
+/// that created or changed it (an error names it).
 async fn apply_named<K>(
     client: &Client,
     ns: &str,
@@ -405,9 +373,29 @@ where
         + Serialize
         + DeserializeOwned,
 {
-    let change = apply(client, ns, obj).await?;
+    let kind = <K as k8s_openapi::Resource>::KIND;
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
-    Ok((<K as k8s_openapi::Resource>::KIND, name, change))
+    let failed = |source| Error::Apply {
+        kind,
+        name: name.clone(),
+        source,
+    };
+    let before = api.get_opt(&name).await.map_err(failed)?;
+    let after = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map_err(failed)?;
+    let change = match before {
+        None => Change::Created,
+        Some(b) if b.resource_version() != after.resource_version() => Change::Updated,
+        Some(_) => Change::Unchanged,
+    };
+    Ok((kind, name, change))
 }
 
 /// What [`apply_owned`] did with the StatefulSet.
