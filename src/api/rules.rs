@@ -26,6 +26,37 @@ pub const DURATION_MS: &str = r"^([0-9]+(ms|s|m|h))+$";
 /// A duration in s, m or h.
 pub const DURATION: &str = r"^([0-9]+(s|m|h))+$";
 
+/// One item of a cron field: `*` or `?` with an optional step, or a number or three-letter
+/// name (`MON`, `JAN`) with an optional range end and step.
+macro_rules! cron_item {
+    () => {
+        r"((\*|\?)(/[0-9]+)?|([0-9]+|[A-Za-z]{3})(-([0-9]+|[A-Za-z]{3}))?(/[0-9]+)?)"
+    };
+}
+/// One cron field: items separated by commas.
+macro_rules! cron_field {
+    () => {
+        concat!(cron_item!(), "(,", cron_item!(), ")*")
+    };
+}
+/// A CronJob schedule: five fields (minute hour day-of-month month day-of-week) separated by
+/// spaces, or one of the descriptors `@hourly`, `@daily`, `@midnight`, `@weekly`, `@monthly`,
+/// `@yearly`, `@annually`. No `TZ=` prefix (Kubernetes refuses it in `schedule`). The values'
+/// ranges (a minute of 60) are left to the API server, which refuses the CronJob.
+pub const CRON_SCHEDULE: &str = concat!(
+    "^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|",
+    cron_field!(),
+    "( +",
+    cron_field!(),
+    "){4})$"
+);
+/// A CronJob's name is at most 52 characters (its Jobs add 11), so a pipeline with a scheduled
+/// check (`<name>-verify`) is at most 45 characters long. The CRD's rule at the root, where
+/// the name is seen.
+pub const SCHEDULED_NAME_RULE: &str = "!has(self.spec.consistency) || !has(self.spec.consistency.schedule) || size(self.metadata.name) <= 45";
+/// Its message.
+pub const SCHEDULED_NAME_MESSAGE: &str = "metadata.name: a pipeline with spec.consistency.schedule is at most 45 characters long (its CronJob <name>-verify may have at most 52)";
+
 /// Longest pipeline name: `<name>-relay` and a StatefulSet's `<name>-relay-<10-char hash>`
 /// revision label must stay within 63 characters.
 pub const MAX_PIPELINE_NAME: usize = 46;

@@ -12,12 +12,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::validate::{
-    DNS_LABEL, DURATION, DURATION_MS, KAFKA_BROKER, KAFKA_KEY, KAFKA_TOPIC, NATS_SUBJECT,
+    CRON_SCHEDULE, DNS_LABEL, DURATION, DURATION_MS, KAFKA_BROKER, KAFKA_KEY, KAFKA_TOPIC, NATS_SUBJECT,
     NATS_URLS, SECRET_KEY, SECRET_NAME, TIMEOUT,
 };
 use super::validate::{
     KAFKA_CONFIG_MESSAGE, KAFKA_CONFIG_RULE, KAFKA_MIN_ISR_MESSAGE, KAFKA_MIN_ISR_RULE,
-    PIPELINE_NAME_MESSAGE, PIPELINE_NAME_RULE,
+    PIPELINE_NAME_MESSAGE, PIPELINE_NAME_RULE, SCHEDULED_NAME_MESSAGE, SCHEDULED_NAME_RULE,
 };
 use super::{Acceptance, DualWritePipelineStatus, ProviderKind, Strategy};
 
@@ -47,6 +47,7 @@ const STORAGE_FIXED_MESSAGE: &str = "spec.relay.storage cannot change once the p
     // StatefulSet whose revision label adds 11 characters under the 63 of a label value), so it
     // must start with a letter and leave room for those suffixes.
     validation = Rule::new(PIPELINE_NAME_RULE).message(PIPELINE_NAME_MESSAGE),
+    validation = Rule::new(SCHEDULED_NAME_RULE).message(SCHEDULED_NAME_MESSAGE),
     status = "DualWritePipelineStatus",
     scale(
         spec_replicas_path = ".spec.relay.replicas",
@@ -111,6 +112,35 @@ pub struct DualWritePipelineSpec {
     /// A broker migration as an ordered list of steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationSpec>,
+    /// The scheduled consistency check (`dualwrite verify --pipeline` as a CronJob the operator
+    /// owns), whose verdict the migration gate `consistent: true` reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencySpec>,
+}
+
+/// The scheduled consistency check: with a `schedule`, the operator owns a CronJob
+/// `<name>-verify` that runs `dualwrite verify --pipeline` under the ServiceAccount
+/// `<name>-verify` (not the relay's: a relay's token cannot write the verdict) with the relay's
+/// Secret files, and writes its verdict into the ConfigMap `<name>-consistency`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistencySpec {
+    /// When to check, as a CronJob schedule in the cluster's time zone: five fields (minute hour
+    /// day-of-month month day-of-week), e.g. `*/15 * * * *`, or `@hourly`, `@daily`, ... Unset: no
+    /// scheduled check (a removed schedule removes the CronJob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = CRON_SCHEDULE))]
+    pub schedule: Option<String>,
+    /// Compare only the messages ingested within this span before each check, e.g. `1h`
+    /// (`dualwrite verify --window`). Unset: everything the brokers hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION))]
+    pub window: Option<String>,
+    /// Leave out messages younger than this, whose writes may still be in flight, e.g. `30s`
+    /// (`dualwrite verify --settle`; default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION))]
+    pub settle: Option<String>,
 }
 
 /// One broker the pipeline writes to.

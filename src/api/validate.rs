@@ -151,6 +151,9 @@ impl TryFrom<&DualWritePipelineSpec> for PipelineConfig {
         if let Some(m) = &spec.migration {
             migration(&mut problems, m, &spec.providers);
         }
+        if let Some(c) = &spec.consistency {
+            consistency(&mut problems, c);
+        }
         if !problems.0.is_empty() {
             return Err(SpecError(problems.0));
         }
@@ -628,6 +631,27 @@ fn migration(problems: &mut Problems, m: &MigrationSpec, providers: &[ProviderSp
     }
     if let Some(f) = &m.fallback_after {
         problems.duration("spec.migration.fallbackAfter", f, DURATION);
+    }
+}
+
+/// `spec.consistency`: the schedule a CronJob takes, and `verify`'s two durations.
+fn consistency(problems: &mut Problems, c: &ConsistencySpec) {
+    if let Some(s) = &c.schedule {
+        let at = "spec.consistency.schedule";
+        if problems.length(at, s, 1, 128) {
+            problems.pattern(
+                at,
+                s,
+                CRON_SCHEDULE,
+                "is not a cron schedule: five fields (minute hour day-of-month month day-of-week) such as \"*/15 * * * *\", or @hourly, @daily, @weekly, @monthly, @yearly",
+            );
+        }
+    }
+    if let Some(w) = &c.window {
+        problems.duration("spec.consistency.window", w, DURATION);
+    }
+    if let Some(s) = &c.settle {
+        problems.duration("spec.consistency.settle", s, DURATION);
     }
 }
 

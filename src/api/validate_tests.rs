@@ -328,3 +328,45 @@ fn record_key_and_the_settings_of_created_topics_and_streams() {
         "{err}"
     );
 }
+
+/// `spec.consistency`: a schedule is a CronJob's five fields or a descriptor; a bad one is
+/// refused naming `spec.consistency.schedule`; window and settle are durations.
+#[test]
+fn consistency_schedule_window_and_settle() {
+    let with = |c: &str| spec(&format!("{{{MEMORY}, consistency: {c}}}"));
+    // (consistency block, the path of the expected problem; None: valid)
+    let cases: &[(&str, Option<&str>)] = &[
+        ("{schedule: '* * * * *'}", None),
+        ("{schedule: '*/15 * * * *', window: 1h, settle: 30s}", None),
+        ("{schedule: '0 3 * * MON-FRI'}", None),
+        ("{schedule: '0,30 1-5/2 1 JAN ?'}", None),
+        ("{schedule: '@hourly'}", None),
+        ("{schedule: '@daily'}", None),
+        ("{window: 1h}", None),
+        ("{}", None),
+        ("{schedule: 'every minute'}", Some("spec.consistency.schedule")),
+        ("{schedule: '* * * *'}", Some("spec.consistency.schedule")),
+        ("{schedule: '* * * * * *'}", Some("spec.consistency.schedule")),
+        ("{schedule: '@every 5m'}", Some("spec.consistency.schedule")),
+        ("{schedule: 'TZ=UTC * * * * *'}", Some("spec.consistency.schedule")),
+        ("{schedule: ''}", Some("spec.consistency.schedule")),
+        ("{schedule: '*/x * * * *'}", Some("spec.consistency.schedule")),
+        ("{schedule: '* * * * *', window: 1day}", Some("spec.consistency.window")),
+        ("{schedule: '* * * * *', settle: 500ms}", Some("spec.consistency.settle")),
+    ];
+    for (block, want) in cases {
+        match (want, with(block).validate()) {
+            (None, Ok(())) => {}
+            (Some(path), Err(e)) => assert!(
+                e.0.iter().any(|f| f.path == *path),
+                "{block}: expected a problem at {path} in {e:?}"
+            ),
+            (want, got) => panic!("{block}: expected {want:?}, got {got:?}"),
+        }
+    }
+    let e = with("{schedule: 'every minute'}").validate().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "spec.consistency.schedule: \"every minute\" is not a cron schedule: five fields (minute hour day-of-month month day-of-week) such as \"*/15 * * * *\", or @hourly, @daily, @weekly, @monthly, @yearly"
+    );
+}

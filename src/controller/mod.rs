@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -241,6 +242,8 @@ pub async fn run(
         .owns(scoped::<ServiceAccount>(client, ns), owned.clone())
         .owns(scoped::<Role>(client, ns), owned.clone())
         .owns(scoped::<RoleBinding>(client, ns), owned.clone())
+        // The scheduled consistency check: edited or deleted by hand, it is put back.
+        .owns(scoped::<CronJob>(client, ns), owned.clone())
         // The relays' reports: a changed report reconciles its pipeline.
         .owns(scoped::<ConfigMap>(client, ns), owned)
         .graceful_shutdown_on(shutdown)

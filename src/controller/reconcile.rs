@@ -15,6 +15,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -434,6 +435,16 @@ async fn apply_owned(
     changes.push(apply_named(c, ns, &resources::verify_role(p)).await?);
     changes.push(apply_named(c, ns, &resources::consistency(p)).await?);
     changes.push(apply_named(c, ns, &resources::verify_role_binding(p)).await?);
+    // The scheduled check, while `spec.consistency.schedule` asks for it.
+    match resources::verify_cron_job(p, &ctx.settings.relay_image) {
+        Some(cron) => changes.push(apply_named(c, ns, &cron).await?),
+        None => {
+            let verify = resources::verify_name(&p.name_any());
+            if delete_owned::<CronJob>(c, ns, &verify, p).await? {
+                changes.push(("CronJob", verify, Change::Deleted));
+            }
+        }
+    }
     changes.push(apply_named(c, ns, &resources::service(p)).await?);
     changes.push(apply_named(c, ns, &resources::pods_service(p)).await?);
     let applied = match admission {

@@ -21,7 +21,7 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
@@ -43,7 +43,8 @@ use crate::relay::{PipelineConfig, DEFAULT_PORT};
 
 mod verify;
 pub use verify::{
-    consistency, verify_job, verify_name, verify_role, verify_role_binding, verify_service_account,
+    consistency, verify_cron_job, verify_job, verify_name, verify_role, verify_role_binding,
+    verify_service_account, VERIFY_ACTIVE_DEADLINE_SECONDS, VERIFY_STARTING_DEADLINE_SECONDS,
 };
 
 /// Where a relay keeps its hinted-handoff backlog inside the pod.

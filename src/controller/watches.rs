@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -171,7 +172,7 @@ where
 }
 
 /// Every kind `controller::run` watches, in its order.
-pub const WATCHED: [&str; 9] = [
+pub const WATCHED: [&str; 10] = [
     PIPELINES,
     "statefulsets.apps",
     "services",
@@ -181,6 +182,7 @@ pub const WATCHED: [&str; 9] = [
     "roles.rbac.authorization.k8s.io",
     "rolebindings.rbac.authorization.k8s.io",
     "configmaps",
+    "cronjobs.batch",
 ];
 
 /// Checks every watched kind once, recording each one's problem; whether all passed.
@@ -221,6 +223,10 @@ async fn check(client: &Client, namespace: Option<&str>, health: &WatchHealth) -
         (
             resource_name::<ConfigMap>(),
             check_kind::<ConfigMap>(client, namespace).await,
+        ),
+        (
+            resource_name::<CronJob>(),
+            check_kind::<CronJob>(client, namespace).await,
         ),
     ];
     let mut passed = true;
@@ -350,6 +356,7 @@ mod tests {
             resource_name::<Role>(),
             resource_name::<RoleBinding>(),
             resource_name::<ConfigMap>(),
+            resource_name::<CronJob>(),
         ];
         assert_eq!(names, WATCHED);
     }

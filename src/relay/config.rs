@@ -134,6 +134,7 @@ fn spec_from_variables(env: &SeedEnv) -> Result<DualWritePipelineSpec, String> {
         relay: None,
         handoff: None,
         migration: None,
+        consistency: None,
     })
 }
 

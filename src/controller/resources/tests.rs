@@ -185,6 +185,10 @@ fn derived_names_fit_with_the_longest_pipeline_name() {
     ] {
         assert!(derived.len() <= 63, "{derived}: {} > 63", derived.len());
     }
+    // A CronJob's name has at most 52 characters; the CRD limits a scheduled pipeline's name
+    // to 45 for it (`rules::SCHEDULED_NAME_RULE`).
+    assert!(crate::api::rules::SCHEDULED_NAME_RULE.contains("<= 45"));
+    assert_eq!(verify_name(&"a".repeat(45)).len(), 52);
 }
 
 #[test]
@@ -256,6 +260,74 @@ spec:
         .unwrap();
     args.extend(["--window".into(), "1h".into()]);
     assert_eq!(shown, built);
+}
+
+/// The scheduled check is the verify Job's pod on a schedule: one run at a time, a bounded
+/// history, deadlines to start and to finish, owned by the pipeline; none without a schedule.
+#[test]
+fn the_scheduled_check_is_a_cron_job_of_the_verify_job() {
+    let mut p = secured_pipeline("");
+    assert!(verify_cron_job(&p, "img:1").is_none(), "no consistency block");
+    p.spec.consistency = Some(crate::api::ConsistencySpec {
+        window: Some("1h".into()),
+        ..Default::default()
+    });
+    assert!(verify_cron_job(&p, "img:1").is_none(), "no schedule");
+    p.spec.consistency = Some(crate::api::ConsistencySpec {
+        schedule: Some("*/15 * * * *".into()),
+        window: Some("1h".into()),
+        settle: Some("30s".into()),
+    });
+    let cron = verify_cron_job(&p, "img:1").unwrap();
+    assert_eq!(cron.metadata.name.as_deref(), Some("orders-verify"));
+    let owner = &cron.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("DualWritePipeline", "orders", Some(true))
+    );
+    let labels = cron.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "dualwrite-operator");
+    let spec = cron.spec.unwrap();
+    assert_eq!(spec.schedule, "*/15 * * * *");
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    assert_eq!(spec.successful_jobs_history_limit, Some(3));
+    assert_eq!(spec.failed_jobs_history_limit, Some(3));
+    assert_eq!(
+        spec.starting_deadline_seconds,
+        Some(VERIFY_STARTING_DEADLINE_SECONDS)
+    );
+    assert_eq!(spec.suspend, None);
+    let job = spec.job_template.spec.unwrap();
+    assert_eq!(
+        job.active_deadline_seconds,
+        Some(VERIFY_ACTIVE_DEADLINE_SECONDS)
+    );
+    assert_eq!(job.ttl_seconds_after_finished, None, "the history limits keep Jobs");
+    // Everything else is the verify Job's, with the spec's window and settle.
+    let mut once = verify_job(&p, "img:1", "orders-verify").spec.unwrap();
+    once.ttl_seconds_after_finished = None;
+    once.active_deadline_seconds = Some(VERIFY_ACTIVE_DEADLINE_SECONDS);
+    once.template.spec.as_mut().unwrap().containers[0]
+        .args
+        .as_mut()
+        .unwrap()
+        .extend(["--window", "1h", "--settle", "30s"].map(String::from));
+    assert_eq!(job, once);
+    let pod = job.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("orders-verify"));
+    assert_eq!(pod.security_context, pod_of(&p).security_context);
+    // Without window and settle: verify's defaults (everything the brokers hold, 5s).
+    p.spec.consistency = Some(crate::api::ConsistencySpec {
+        schedule: Some("@hourly".into()),
+        ..Default::default()
+    });
+    let cron = verify_cron_job(&p, "img:1").unwrap();
+    let args = cron.spec.unwrap().job_template.spec.unwrap().template.spec.unwrap().containers
+        [0]
+    .args
+    .clone()
+    .unwrap();
+    assert_eq!(args, ["verify", "--pipeline", "shop/orders"]);
 }
 
 /// Both secured providers and a closed ingest API; `shared` holds two keys used by two

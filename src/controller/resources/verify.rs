@@ -1,7 +1,8 @@
 //! The consistency check's own identity and Job: a ServiceAccount, Role and RoleBinding
 //! `<pipeline>-verify` that may read the pipeline and write only the verdict ConfigMap
 //! `<pipeline>-consistency` (so a relay's token cannot forge the verdict), and the Job that runs
-//! `dualwrite verify --pipeline` under it with the relay's Secret files.
+//! `dualwrite verify --pipeline` under it with the relay's Secret files, once (a Job a person
+//! starts) or on `spec.consistency.schedule` (the CronJob the operator owns).
 
 use super::*;
 
@@ -124,4 +125,67 @@ pub fn verify_job(p: &DualWritePipeline, default_image: &str, name: &str) -> Job
         }),
         status: None,
     }
+}
+
+/// How long one scheduled check may run before Kubernetes stops it (`activeDeadlineSeconds`):
+/// reading a whole retention of two brokers takes minutes, not half an hour; a check stuck
+/// on a broker that does not answer must not hold the schedule (Forbid) for ever.
+pub const VERIFY_ACTIVE_DEADLINE_SECONDS: i64 = 30 * 60;
+
+/// How late a scheduled check may still start (`startingDeadlineSeconds`): a run missed while
+/// the cluster's CronJob controller was down is made up within this, then skipped for the next
+/// one (and the controller never counts more than this span of missed runs).
+pub const VERIFY_STARTING_DEADLINE_SECONDS: i64 = 5 * 60;
+
+/// The CronJob that runs the consistency check on `spec.consistency.schedule`, or `None`
+/// without a schedule (the operator then deletes the one it owns). Its Jobs are [`verify_job`]'s
+/// (same image, ServiceAccount `<pipeline>-verify`, the relay's Secret files, restricted
+/// security) plus `--window` and `--settle` from the spec; one at a time (Forbid: a slow check
+/// is not overtaken by the next), the last 3 successful and 3 failed Jobs kept for `kubectl`
+/// (no TTL, which would fight the history limits), each stopped after
+/// [`VERIFY_ACTIVE_DEADLINE_SECONDS`].
+pub fn verify_cron_job(p: &DualWritePipeline, default_image: &str) -> Option<CronJob> {
+    let consistency = p.spec.consistency.as_ref()?;
+    let schedule = consistency.schedule.clone()?;
+    let job = verify_job(p, default_image, &verify_name(&p.name_any()));
+    let mut spec = job.spec.unwrap_or_default();
+    spec.ttl_seconds_after_finished = None;
+    spec.active_deadline_seconds = Some(VERIFY_ACTIVE_DEADLINE_SECONDS);
+    let flags = [
+        ("--window", consistency.window.as_ref()),
+        ("--settle", consistency.settle.as_ref()),
+    ];
+    if let Some(c) = spec
+        .template
+        .spec
+        .as_mut()
+        .and_then(|s| s.containers.first_mut())
+    {
+        let args = c.args.get_or_insert_with(Vec::new);
+        for (flag, value) in flags {
+            if let Some(v) = value {
+                args.extend([flag.to_string(), v.clone()]);
+            }
+        }
+    }
+    let metadata = verify_meta(p);
+    Some(CronJob {
+        metadata: metadata.clone(),
+        spec: Some(CronJobSpec {
+            schedule,
+            concurrency_policy: Some("Forbid".into()),
+            starting_deadline_seconds: Some(VERIFY_STARTING_DEADLINE_SECONDS),
+            successful_jobs_history_limit: Some(3),
+            failed_jobs_history_limit: Some(3),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: metadata.labels,
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(spec),
+            },
+            ..CronJobSpec::default()
+        }),
+        status: None,
+    })
 }
