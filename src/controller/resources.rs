@@ -393,12 +393,31 @@ fn claim_template(p: &DualWritePipeline) -> PersistentVolumeClaim {
     }
 }
 
+/// The relay pod's label naming its container port that serves `/metrics` to a scraper with
+/// no token over plain HTTP; the chart's PodMonitor scrapes `ingest` only where it says so.
+pub const METRICS_PORT_LABEL: &str = "dualwrite.io/metrics-port";
+
+/// The named container port a scraper reads `/metrics` on: `probes` with
+/// `spec.ingest.probePort` (the ingest port then serves no `/metrics`), else `ingest` when the
+/// ingest API has neither TLS nor tokens, else none (`/metrics` there needs the token).
+pub fn metrics_port(p: &DualWritePipeline) -> Option<&'static str> {
+    let ingest = p.spec.ingest.as_ref();
+    match ingest {
+        Some(i) if i.probe_port.is_some() => Some("probes"),
+        Some(i) if i.tls.is_some() || i.authentication.is_some() => None,
+        _ => Some("ingest"),
+    }
+}
+
 /// The relay pod template: the user's `podLabels`/`podAnnotations` under the operator's own.
 fn pod_template(p: &DualWritePipeline, default_image: &str, port: u16) -> PodTemplateSpec {
     let relay = p.spec.relay.as_ref();
     let mut pod_labels = relay.and_then(|r| r.pod_labels.clone()).unwrap_or_default();
     pod_labels.extend(labels(p));
     pod_labels.extend(selector(p));
+    if let Some(port) = metrics_port(p) {
+        pod_labels.insert(METRICS_PORT_LABEL.into(), port.into());
+    }
     let mut annotations = relay
         .and_then(|r| r.pod_annotations.clone())
         .unwrap_or_default();
