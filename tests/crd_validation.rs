@@ -99,6 +99,18 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
             "kafka.config: plugin.library.paths is not allowed",
         ),
         (
+            "  providers:\n  - {name: a, type: memory}\n  consistency: {schedule: every minute}\n",
+            "spec.consistency.schedule",
+        ),
+        (
+            "  providers:\n  - {name: a, type: memory}\n  consistency: {schedule: '* * * *'}\n",
+            "spec.consistency.schedule",
+        ),
+        (
+            "  providers:\n  - {name: a, type: memory}\n  consistency: {schedule: '@hourly', window: 1day}\n",
+            "spec.consistency.window",
+        ),
+        (
             "  providers:\n  - {name: kf, type: kafka, kafka: {brokers: [\"b:9092\"], topic: t, config: {acks: \"0\"}}}\n",
             "kafka.config: acks is not allowed",
         ),
@@ -115,6 +127,30 @@ fn examples_apply_and_bad_manifests_are_refused_with_clear_messages() {
             "{name}: {stderr}"
         );
     }
+    // A scheduled check's CronJob `<name>-verify` may have 52 characters: 45 for the name.
+    let scheduled = |name: &str| {
+        HEAD.replace("name: bad", &format!("name: {name}"))
+            + "  providers:\n  - {name: a, type: memory}\n  consistency: {schedule: '@daily'}\n"
+    };
+    let out = kubectl(
+        &env,
+        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        Some(&scheduled(&"a".repeat(46))),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "accepted a 46-character scheduled pipeline"
+    );
+    assert!(
+        stderr.contains("a pipeline with spec.consistency.schedule is at most 45 characters long"),
+        "{stderr}"
+    );
+    kubectl_ok(
+        &env,
+        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        Some(&scheduled(&"a".repeat(45))),
+    );
     let ok = HEAD.replace("name: bad", &format!("name: {}", "a".repeat(46)))
         + "  providers:\n  - {name: a, type: memory}\n";
     kubectl_ok(
@@ -240,6 +276,17 @@ fn the_api_server_and_the_validator_agree() {
         memory("  ingest: {duplicateWindow: 10m, duplicateWindowIds: 5}\n"),
         memory("  ingest: {duplicateWindow: 0s}\n"),
         memory("  ingest: {duplicateWindowIds: 0}\n"),
+        memory("  consistency: {schedule: '* * * * *'}\n"),
+        memory("  consistency: {schedule: '*/15 0-6 1,15 JAN-JUN MON', window: 1h, settle: 30s}\n"),
+        memory("  consistency: {schedule: '@weekly'}\n"),
+        memory("  consistency: {window: 2h}\n"),
+        memory("  consistency: {schedule: 'every minute'}\n"),
+        memory("  consistency: {schedule: '* * * * * *'}\n"),
+        memory("  consistency: {schedule: '@every 5m'}\n"),
+        memory("  consistency: {schedule: 'TZ=UTC 0 * * * *'}\n"),
+        memory("  consistency: {schedule: ''}\n"),
+        memory("  consistency: {schedule: '@hourly', window: 1day}\n"),
+        memory("  consistency: {schedule: '@hourly', settle: 500ms}\n"),
     ];
     let mut disagreements = Vec::new();
     let mut accepted = 0;

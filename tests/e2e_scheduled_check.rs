@@ -85,7 +85,9 @@ async fn the_operator_keeps_the_scheduled_checks_cron_job_in_step_with_the_spec(
     let created = eventually(
         Duration::from_secs(60),
         "the operator creates the CronJob",
-        || async { cron_job(&env, &ns).ok_or_else(|| format!("none yet; operator log:\n{}", log())) },
+        || async {
+            cron_job(&env, &ns).ok_or_else(|| format!("none yet; operator log:\n{}", log()))
+        },
     )
     .await;
     let want_args = |extra: &[&str]| {
@@ -109,7 +111,10 @@ async fn the_operator_keeps_the_scheduled_checks_cron_job_in_step_with_the_spec(
     assert_eq!(spec["failedJobsHistoryLimit"], 3);
     let job = &spec["jobTemplate"]["spec"];
     assert_eq!(job["activeDeadlineSeconds"], 1800);
-    assert_eq!(job["template"]["spec"]["serviceAccountName"], "scheduled-verify");
+    assert_eq!(
+        job["template"]["spec"]["serviceAccountName"],
+        "scheduled-verify"
+    );
     assert_eq!(
         job["template"]["spec"]["securityContext"]["runAsNonRoot"],
         true

@@ -344,15 +344,33 @@ fn consistency_schedule_window_and_settle() {
         ("{schedule: '@daily'}", None),
         ("{window: 1h}", None),
         ("{}", None),
-        ("{schedule: 'every minute'}", Some("spec.consistency.schedule")),
+        (
+            "{schedule: 'every minute'}",
+            Some("spec.consistency.schedule"),
+        ),
         ("{schedule: '* * * *'}", Some("spec.consistency.schedule")),
-        ("{schedule: '* * * * * *'}", Some("spec.consistency.schedule")),
+        (
+            "{schedule: '* * * * * *'}",
+            Some("spec.consistency.schedule"),
+        ),
         ("{schedule: '@every 5m'}", Some("spec.consistency.schedule")),
-        ("{schedule: 'TZ=UTC * * * * *'}", Some("spec.consistency.schedule")),
+        (
+            "{schedule: 'TZ=UTC * * * * *'}",
+            Some("spec.consistency.schedule"),
+        ),
         ("{schedule: ''}", Some("spec.consistency.schedule")),
-        ("{schedule: '*/x * * * *'}", Some("spec.consistency.schedule")),
-        ("{schedule: '* * * * *', window: 1day}", Some("spec.consistency.window")),
-        ("{schedule: '* * * * *', settle: 500ms}", Some("spec.consistency.settle")),
+        (
+            "{schedule: '*/x * * * *'}",
+            Some("spec.consistency.schedule"),
+        ),
+        (
+            "{schedule: '* * * * *', window: 1day}",
+            Some("spec.consistency.window"),
+        ),
+        (
+            "{schedule: '* * * * *', settle: 500ms}",
+            Some("spec.consistency.settle"),
+        ),
     ];
     for (block, want) in cases {
         match (want, with(block).validate()) {

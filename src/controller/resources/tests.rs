@@ -267,7 +267,10 @@ spec:
 #[test]
 fn the_scheduled_check_is_a_cron_job_of_the_verify_job() {
     let mut p = secured_pipeline("");
-    assert!(verify_cron_job(&p, "img:1").is_none(), "no consistency block");
+    assert!(
+        verify_cron_job(&p, "img:1").is_none(),
+        "no consistency block"
+    );
     p.spec.consistency = Some(crate::api::ConsistencySpec {
         window: Some("1h".into()),
         ..Default::default()
@@ -302,7 +305,10 @@ fn the_scheduled_check_is_a_cron_job_of_the_verify_job() {
         job.active_deadline_seconds,
         Some(VERIFY_ACTIVE_DEADLINE_SECONDS)
     );
-    assert_eq!(job.ttl_seconds_after_finished, None, "the history limits keep Jobs");
+    assert_eq!(
+        job.ttl_seconds_after_finished, None,
+        "the history limits keep Jobs"
+    );
     // Everything else is the verify Job's, with the spec's window and settle.
     let mut once = verify_job(&p, "img:1", "orders-verify").spec.unwrap();
     once.ttl_seconds_after_finished = None;
@@ -322,11 +328,19 @@ fn the_scheduled_check_is_a_cron_job_of_the_verify_job() {
         ..Default::default()
     });
     let cron = verify_cron_job(&p, "img:1").unwrap();
-    let args = cron.spec.unwrap().job_template.spec.unwrap().template.spec.unwrap().containers
-        [0]
-    .args
-    .clone()
-    .unwrap();
+    let args = cron
+        .spec
+        .unwrap()
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
     assert_eq!(args, ["verify", "--pipeline", "shop/orders"]);
 }
 
@@ -777,5 +791,71 @@ fn probes_go_where_neither_tls_nor_a_token_is_in_the_way() {
             "HTTP".into(),
             vec![("ingest".into(), 9000), ("probes".into(), 9001)]
         )
+    );
+}
+
+/// Each relay pod names the container port a scraper reads `/metrics` on without a token, and
+/// the chart's PodMonitor scrapes each named port only on the pods that say so.
+#[test]
+fn relay_pods_name_the_port_that_serves_metrics_and_the_pod_monitor_follows_it() {
+    let label = |p: &DualWritePipeline| {
+        let sts = statefulset(p, "img");
+        let template = sts.spec.unwrap().template;
+        let ports: Vec<String> = template.spec.unwrap().containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|c| c.name.clone())
+            .collect();
+        let label = template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap()
+            .get(METRICS_PORT_LABEL)
+            .cloned();
+        if let Some(l) = &label {
+            assert!(
+                ports.contains(l),
+                "{l} is a named port of the relay: {ports:?}"
+            );
+        }
+        label
+    };
+    let mut plain = pipeline();
+    // (pipeline, the port named; None: /metrics needs the ingest token)
+    let cases = [
+        (plain.clone(), Some("ingest")),
+        (secured_pipeline("probePort: 9001"), Some("probes")),
+        (secured_pipeline(""), None),
+        (
+            {
+                plain.spec.ingest.as_mut().unwrap().probe_port = Some(9090);
+                plain
+            },
+            Some("probes"),
+        ),
+    ];
+    for (p, want) in cases {
+        assert_eq!(label(&p).as_deref(), want, "{:?}", p.spec.ingest);
+    }
+    // The chart's PodMonitor: one endpoint per port, each kept only where the label names it.
+    let monitor =
+        include_str!("../../../charts/dualwrite-operator/templates/relay-podmonitor.yaml");
+    let meta_label = format!(
+        "__meta_kubernetes_pod_label_{}",
+        METRICS_PORT_LABEL.replace(['.', '/', '-'], "_")
+    );
+    assert!(
+        monitor.contains(&format!("sourceLabels: [{meta_label}]")),
+        "{monitor}"
+    );
+    assert!(
+        monitor.contains(r#"range $port := list "probes" "ingest""#),
+        "{monitor}"
+    );
+    assert!(
+        monitor.contains("regex: {{ $port }}\n          action: keep"),
+        "{monitor}"
     );
 }
