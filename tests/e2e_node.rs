@@ -12,6 +12,8 @@
 //!   returns;
 //! - an unreachable broker and an image that does not exist are named by `kubectl describe dwp`
 //!   within 30 s.
+//! - a migration step with the `consistent` gate advances by itself once the operator's
+//!   CronJob (`spec.consistency.schedule: "* * * * *"`) has run `dualwrite verify` on the node.
 //!
 //! They stop and start Kafka and each runs an operator that reconciles every namespace: run
 //! them one at a time (`cargo test --test e2e_node -- --test-threads=1`, as `hack/test-all`
@@ -708,4 +710,127 @@ async fn describe_names_an_unreachable_broker_and_a_missing_image() {
         describe.contains("Warning") && describe.contains("RelayImagePullFailed"),
         "a Warning Event names the pull failure:\n{describe}"
     );
+}
+
+/// A migration step with the `consistent` gate advances by itself once the operator's CronJob
+/// has run `dualwrite verify --pipeline` on the node and found the brokers agree: no Job
+/// written by hand. Without `spec.consistency.schedule` the gate holds ("no consistency check
+/// has run yet"); with `* * * * *` the next minute's run opens it; the CronJob goes with the
+/// pipeline (garbage collection on its owner reference).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_check_opens_the_consistent_gate_by_itself() {
+    common::init_tracing();
+    let Some(c) = Case::new("e2e-node-sched").await else {
+        return;
+    };
+    let name = "checked";
+    let migration = "  migration:\n    steps:\n    - {name: dual-write, strategy: FailFast, gates: {consistent: true}}\n    - {name: read-kafka, strategy: FailFast, readFrom: kafka}\n";
+    let without = c.manifest(name, "FailFast", 1, None, None) + migration;
+    c.apply(name, &without);
+    let pod = ready_relay(&c.env.kube, &c.ns, name, "checked-relay-0", None, POD_READY).await;
+    let accepted = post_accepted(&http(), pod.ip.as_deref().unwrap(), PORT, "s", 20).await;
+    c.all_on_both_brokers(&accepted, Duration::from_secs(30))
+        .await;
+    println!("[{}] 20 ids on NATS and Kafka", c.elapsed());
+    let step = |p: &Value| {
+        (
+            p["status"]["migration"]["currentStep"].as_u64(),
+            p["status"]["migration"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    eventually(
+        Duration::from_secs(60),
+        "without a schedule the consistent gate holds the first step",
+        || async {
+            let (at, message) = step(&pipeline(&c.env.kube, &c.ns, name));
+            if at == Some(0) && message.contains("no consistency check has run yet") {
+                Ok(())
+            } else {
+                Err(format!("step {at:?}: {message}"))
+            }
+        },
+    )
+    .await;
+
+    let scheduled = without + "  consistency: {schedule: '* * * * *', settle: 5s}\n";
+    c.apply(name, &scheduled);
+    let scheduled_at = Instant::now();
+    let p = eventually(
+        Duration::from_secs(240),
+        "the scheduled check opens the consistent gate",
+        || async {
+            let p = pipeline(&c.env.kube, &c.ns, name);
+            match step(&p) {
+                (Some(1), _) => Ok(p),
+                (at, message) => Err(format!(
+                    "step {at:?}: {message}\njobs:\n{}\noperator log:\n{}",
+                    kubectl_ok(
+                        &c.env.kube,
+                        &["get", "jobs,pods", "-n", &c.ns, "-o", "wide"],
+                        None
+                    ),
+                    c.operator_log_tail()
+                )),
+            }
+        },
+    )
+    .await;
+    println!(
+        "[{}] step read-kafka {:.1} s after the schedule was applied: {}",
+        c.elapsed(),
+        scheduled_at.elapsed().as_secs_f64(),
+        p["status"]["migration"]["message"]
+    );
+    let verdict = &p["status"]["consistency"];
+    assert_eq!(verdict["consistent"], true, "{verdict}");
+    for provider in ["nats", "kafka"] {
+        assert!(
+            verdict["seen"][provider].as_u64().unwrap_or(0) >= 20,
+            "the check read the 20 messages on {provider}: {verdict}"
+        );
+    }
+    // Every Job in the namespace is the CronJob's, and one of them succeeded.
+    let jobs: Value = serde_json::from_str(&kubectl_ok(
+        &c.env.kube,
+        &["get", "jobs", "-n", &c.ns, "-o", "json"],
+        None,
+    ))
+    .unwrap();
+    let jobs = jobs["items"].as_array().unwrap();
+    assert!(!jobs.is_empty(), "the CronJob made a Job");
+    for job in jobs {
+        let owner = &job["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["name"].as_str()),
+            (Some("CronJob"), Some("checked-verify")),
+            "{job}"
+        );
+    }
+    assert!(
+        jobs.iter().any(|j| j["status"]["succeeded"] == 1),
+        "a scheduled check succeeded: {jobs:?}"
+    );
+
+    kubectl_ok(&c.env.kube, &["delete", "dwp", name, "-n", &c.ns], None);
+    eventually(
+        Duration::from_secs(60),
+        "the CronJob goes with its pipeline",
+        || async {
+            let out = kubectl(
+                &c.env.kube,
+                &["get", "cronjob", "checked-verify", "-n", &c.ns],
+                None,
+            );
+            if out.status.success() {
+                Err("still there".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    println!("[{}] done", c.elapsed());
 }
