@@ -792,27 +792,38 @@ async fn the_scheduled_check_opens_the_consistent_gate_by_itself() {
             "the check read the 20 messages on {provider}: {verdict}"
         );
     }
-    // Every Job in the namespace is the CronJob's, and one of them succeeded.
-    let jobs: Value = serde_json::from_str(&kubectl_ok(
-        &c.env.kube,
-        &["get", "jobs", "-n", &c.ns, "-o", "json"],
-        None,
-    ))
-    .unwrap();
-    let jobs = jobs["items"].as_array().unwrap();
-    assert!(!jobs.is_empty(), "the CronJob made a Job");
-    for job in jobs {
-        let owner = &job["metadata"]["ownerReferences"][0];
-        assert_eq!(
-            (owner["kind"].as_str(), owner["name"].as_str()),
-            (Some("CronJob"), Some("checked-verify")),
-            "{job}"
-        );
-    }
-    assert!(
-        jobs.iter().any(|j| j["status"]["succeeded"] == 1),
-        "a scheduled check succeeded: {jobs:?}"
-    );
+    // Every Job in the namespace is the CronJob's, and one of them succeeds (the verdict is
+    // written before the pod exits: the Job's status follows).
+    eventually(
+        Duration::from_secs(60),
+        "the CronJob's Job succeeds, and no other Job exists",
+        || async {
+            let jobs: Value = serde_json::from_str(&kubectl_ok(
+                &c.env.kube,
+                &["get", "jobs", "-n", &c.ns, "-o", "json"],
+                None,
+            ))
+            .unwrap();
+            let jobs = jobs["items"].as_array().cloned().unwrap_or_default();
+            for job in &jobs {
+                let owner = &job["metadata"]["ownerReferences"][0];
+                assert_eq!(
+                    (owner["kind"].as_str(), owner["name"].as_str()),
+                    (Some("CronJob"), Some("checked-verify")),
+                    "{job}"
+                );
+            }
+            if jobs.iter().any(|j| j["status"]["succeeded"] == 1) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no Job succeeded yet: {:?}",
+                    jobs.iter().map(|j| &j["status"]).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
 
     kubectl_ok(&c.env.kube, &["delete", "dwp", name, "-n", &c.ns], None);
     eventually(
