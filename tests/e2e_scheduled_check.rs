@@ -1,8 +1,9 @@
 //! The scheduled consistency check against the real API server, the operator under the chart's
 //! RBAC only: with `spec.consistency.schedule` the operator owns a CronJob `<name>-verify`
 //! (built from the verify Job: the check's own ServiceAccount, `--window`/`--settle` from the
-//! spec), changes it with the spec, puts it back when someone deletes it, and deletes it when
-//! the schedule is removed. Memory providers only: no CronJob runs here (that is
+//! spec), changes it with the spec, puts it back when someone deletes it, reports a schedule the
+//! API server refuses as Stalled (after applying the relay's objects), and deletes it when the
+//! schedule is removed. Memory providers only: no CronJob runs here (that is
 //! `tests/e2e_node.rs`, `the_scheduled_check_opens_the_consistent_gate_by_itself`).
 
 mod common;
@@ -177,6 +178,48 @@ async fn the_operator_keeps_the_scheduled_checks_cron_job_in_step_with_the_spec(
             match cron_job(&env, &ns) {
                 Some(c) if c["metadata"]["uid"] != before => Ok(()),
                 other => Err(format!("{:?}", other.map(|c| c["metadata"]["uid"].clone()))),
+            }
+        },
+    )
+    .await;
+
+    // A schedule of the right shape whose minute is out of range passes the CRD; the API server
+    // refuses the CronJob: Stalled says so, and the relay's objects of a new pipeline are
+    // applied all the same (the CronJob comes last).
+    let refused = manifest(&ns, "  consistency: {schedule: '60 * * * *'}\n")
+        .replace(&format!("name: {NAME},"), "name: refused,");
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&refused));
+    eventually(
+        Duration::from_secs(60),
+        "Stalled names the refused CronJob, and the relay's StatefulSet exists",
+        || async {
+            let p: Value = serde_json::from_str(&kubectl_ok(
+                &env,
+                &["get", "dwp", "refused", "-n", &ns, "-o", "json"],
+                None,
+            ))
+            .unwrap();
+            let stalled = p["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Stalled").cloned())
+                .unwrap_or(Value::Null);
+            let message = stalled["message"].as_str().unwrap_or("");
+            let sts = kubectl(
+                &env,
+                &["get", "statefulset", "refused-relay", "-n", &ns],
+                None,
+            );
+            if stalled["status"] == "True"
+                && message.contains("CronJob refused-verify not applied")
+                && message.contains("spec.schedule")
+                && sts.status.success()
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Stalled: {stalled}; StatefulSet there: {}",
+                    sts.status.success()
+                ))
             }
         },
     )

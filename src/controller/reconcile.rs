@@ -435,16 +435,6 @@ async fn apply_owned(
     changes.push(apply_named(c, ns, &resources::verify_role(p)).await?);
     changes.push(apply_named(c, ns, &resources::consistency(p)).await?);
     changes.push(apply_named(c, ns, &resources::verify_role_binding(p)).await?);
-    // The scheduled check, while `spec.consistency.schedule` asks for it.
-    match resources::verify_cron_job(p, &ctx.settings.relay_image) {
-        Some(cron) => changes.push(apply_named(c, ns, &cron).await?),
-        None => {
-            let verify = resources::verify_name(&p.name_any());
-            if delete_owned::<CronJob>(c, ns, &verify, p).await? {
-                changes.push(("CronJob", verify, Change::Deleted));
-            }
-        }
-    }
     changes.push(apply_named(c, ns, &resources::service(p)).await?);
     changes.push(apply_named(c, ns, &resources::pods_service(p)).await?);
     let applied = match admission {
@@ -489,6 +479,17 @@ async fn apply_owned(
         && delete_owned::<Deployment>(c, ns, &name, p).await?
     {
         changes.push(("Deployment", name.clone(), Change::Deleted));
+    }
+    // The scheduled check, while `spec.consistency.schedule` asks for it; last, so that a
+    // schedule the API server refuses (a minute of 60) holds back none of the relay's objects.
+    match resources::verify_cron_job(p, &ctx.settings.relay_image) {
+        Some(cron) => changes.push(apply_named(c, ns, &cron).await?),
+        None => {
+            let verify = resources::verify_name(&p.name_any());
+            if delete_owned::<CronJob>(c, ns, &verify, p).await? {
+                changes.push(("CronJob", verify, Change::Deleted));
+            }
+        }
     }
     Ok(applied)
 }
