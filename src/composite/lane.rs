@@ -13,7 +13,7 @@ use super::{ProviderRow, Strategy};
 use crate::handoff::{Backlog, HandoffError};
 use crate::latency::Histogram;
 use crate::message::DataMessage;
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{BatchError, Provider, ProviderError};
 
 /// One provider inside the composite, with what the composite measures of it.
 pub(super) struct Lane {
@@ -166,6 +166,68 @@ impl Lane {
         }
     }
 
+    /// The batch form of [`Lane::publish_with_handoff`]: one outcome per message of `msgs`, in
+    /// order. The provider gets the batch through its pipelined [`Provider::publish_batch`]
+    /// (one flush, acknowledgements awaited together). A message the broker rejects for itself
+    /// fails alone and the rest of the batch is sent on; any other failure stops the batch (see
+    /// [`BatchError`]): the unacknowledged rest fails with the same cause, or, under BestEffort
+    /// with a backlog, goes to the backlog behind it, in order.
+    pub(super) async fn publish_batch_with_handoff(
+        &self,
+        msgs: &[DataMessage],
+        deadline: Duration,
+        strategy: Strategy,
+    ) -> Vec<LaneOutcome> {
+        let defers = self.backlog.is_some() && strategy == Strategy::BestEffort;
+        if let Some(backlog) = self.backlog.as_ref().filter(|b| !b.is_empty()) {
+            // As a single publish: behind the backlog (BestEffort) or not now (FailFast).
+            let reason = format!(
+                "replaying {} missed message(s) first; retry shortly",
+                backlog.len()
+            );
+            return msgs
+                .iter()
+                .map(|_| {
+                    if defers {
+                        LaneOutcome::NeedsDeferral(None)
+                    } else {
+                        LaneOutcome::Failed(ProviderError::Unavailable {
+                            provider: self.provider.name().to_string(),
+                            reason: reason.clone(),
+                        })
+                    }
+                })
+                .collect();
+        }
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut from = 0;
+        while from < msgs.len() {
+            let Err(BatchError { acked, error }) =
+                self.publish_batch(&msgs[from..], deadline).await
+            else {
+                out.extend((from..msgs.len()).map(|_| LaneOutcome::Acked));
+                break;
+            };
+            out.extend((0..acked).map(|_| LaneOutcome::Acked));
+            let at = from + acked;
+            if let ProviderError::Rejected { .. } = error {
+                // About that one message (too large, say): the rest can still go.
+                out.push(LaneOutcome::Failed(error));
+                from = at + 1;
+                continue;
+            }
+            out.extend((at..msgs.len()).map(|_| {
+                if defers {
+                    LaneOutcome::NeedsDeferral(Some(error.clone()))
+                } else {
+                    LaneOutcome::Failed(error.clone())
+                }
+            }));
+            break;
+        }
+        out
+    }
+
     /// Appends `msg` to the backlog (the composite calls this once the message is accepted).
     /// A storage failure (disk full, I/O error) is counted in `backlog_errors`.
     pub(super) async fn defer(
@@ -215,6 +277,40 @@ impl Lane {
         };
         if outcome.is_ok() {
             self.latency.record(started.elapsed());
+        }
+        outcome
+    }
+
+    /// One pipelined batch under the deadline; its acknowledged messages are measured with the
+    /// batch's latency, and a batch abandoned at the deadline counts a timeout per message.
+    async fn publish_batch(
+        &self,
+        msgs: &[DataMessage],
+        deadline: Duration,
+    ) -> Result<(), BatchError> {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(deadline, self.provider.publish_batch(msgs)).await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.timeouts
+                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                Err(BatchError {
+                    acked: 0,
+                    error: ProviderError::Timeout {
+                        provider: self.provider.name().to_string(),
+                        after: deadline,
+                    },
+                })
+            }
+        };
+        let acked = match &outcome {
+            Ok(()) => msgs.len(),
+            Err(e) => e.acked,
+        };
+        let elapsed = started.elapsed();
+        for _ in 0..acked {
+            self.latency.record(elapsed);
         }
         outcome
     }
