@@ -33,6 +33,11 @@ pub struct IngestMetrics {
     pub duplicate: AtomicU64,
     /// An id accepted inside the duplicate window with other content: 409.
     pub conflict: AtomicU64,
+    /// Batch requests (`POST /api/v1/ingest/batch`) that passed their checks and were written;
+    /// each of their messages is also counted by outcome above.
+    pub batches: AtomicU64,
+    /// Messages in those batch requests.
+    pub batch_messages: AtomicU64,
     /// Time from request to answer for accepted messages.
     pub latency: Histogram,
     /// What the listener refused before a handler ran (see [`super::listener`]).
@@ -137,7 +142,7 @@ fn histogram(m: &mut MetricEncoder, h: &Histogram) -> fmt::Result {
 fn encode_ingest(encoder: &mut DescriptorEncoder, ingest: &IngestMetrics) -> fmt::Result {
     let mut m = encoder.encode_descriptor(
         "dualwrite_ingest_requests",
-        "Ingest requests by outcome.",
+        "Ingest requests by outcome (a batch counts each of its messages).",
         None,
         MetricType::Counter,
     )?;
@@ -151,6 +156,21 @@ fn encode_ingest(encoder: &mut DescriptorEncoder, ingest: &IngestMetrics) -> fmt
     ] {
         let labels = [("outcome", outcome)];
         counter(&mut m.encode_family(&labels)?, c.load(Ordering::Relaxed))?;
+    }
+    for (name, help, c) in [
+        (
+            "dualwrite_ingest_batches",
+            "Batch requests written (their messages are counted by outcome in dualwrite_ingest_requests).",
+            &ingest.batches,
+        ),
+        (
+            "dualwrite_ingest_batch_messages",
+            "Messages in the batch requests written.",
+            &ingest.batch_messages,
+        ),
+    ] {
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        counter(&mut m, c.load(Ordering::Relaxed))?;
     }
     let mut m = encoder.encode_descriptor(
         "dualwrite_ingest_rejected",
