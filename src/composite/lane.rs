@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::breaker::{Admit, Breaker};
 use super::{ProviderRow, Strategy};
 use crate::handoff::{Backlog, HandoffError};
 use crate::latency::Histogram;
@@ -23,6 +24,8 @@ pub(super) struct Lane {
     pub(super) timeouts: AtomicU64,
     /// Hinted handoff: where BestEffort keeps the writes this provider missed.
     pub(super) backlog: Option<Arc<Backlog>>,
+    /// Refuses writes at once while the provider is known down (see `breaker`).
+    pub(super) breaker: Breaker,
     /// Accepted messages this provider did not get and that no backlog holds for it (refused by
     /// the broker for good, a backlog that could not write, no backlog), since the relay started.
     missed: AtomicU64,
@@ -56,6 +59,7 @@ impl Lane {
     /// A lane without a backlog, its measurements at zero.
     pub(super) fn new(provider: Arc<dyn Provider>) -> Self {
         Self {
+            breaker: Breaker::new(provider.name()),
             provider,
             latency: Histogram::default(),
             timeouts: AtomicU64::new(0),
@@ -97,6 +101,7 @@ impl Lane {
             timeouts: self.timeouts.load(Ordering::Relaxed),
             latency: self.latency.summary(),
             health: self.provider.health(),
+            breaker: self.breaker.row(),
             missed: self.missed.load(Ordering::Relaxed),
             backlog_errors: self.backlog_errors.load(Ordering::Relaxed),
             needs_reconciliation,
@@ -264,6 +269,24 @@ impl Lane {
     }
 
     async fn publish(&self, msg: &DataMessage, deadline: Duration) -> Result<(), ProviderError> {
+        let probe = match self.breaker.admit(|| self.provider.health()) {
+            Admit::Write => None,
+            Admit::Probe(p) => Some(p),
+            Admit::Refuse(e) => return Err(e),
+        };
+        let outcome = self.publish_now(msg, deadline).await;
+        match probe {
+            Some(p) => p.done(outcome.as_ref().copied()),
+            None => self.breaker.record(outcome.as_ref().copied()),
+        }
+        outcome
+    }
+
+    async fn publish_now(
+        &self,
+        msg: &DataMessage,
+        deadline: Duration,
+    ) -> Result<(), ProviderError> {
         let started = Instant::now();
         let outcome = match tokio::time::timeout(deadline, self.provider.publish(msg)).await {
             Ok(outcome) => outcome,
@@ -284,6 +307,31 @@ impl Lane {
     /// One pipelined batch under the deadline; its acknowledged messages are measured with the
     /// batch's latency, and a batch abandoned at the deadline counts a timeout per message.
     async fn publish_batch(
+        &self,
+        msgs: &[DataMessage],
+        deadline: Duration,
+    ) -> Result<(), BatchError> {
+        // The whole batch is one write for the breaker (refused at once, or one probe).
+        let probe = match self.breaker.admit(|| self.provider.health()) {
+            Admit::Write => None,
+            Admit::Probe(p) => Some(p),
+            Admit::Refuse(error) => return Err(BatchError { acked: 0, error }),
+        };
+        let outcome = self.publish_batch_now(msgs, deadline).await;
+        let seen = match &outcome {
+            Ok(()) => Ok(()),
+            // Acknowledged messages say the broker is reachable, whatever stopped the batch.
+            Err(e) if e.acked > 0 => Ok(()),
+            Err(e) => Err(&e.error),
+        };
+        match probe {
+            Some(p) => p.done(seen),
+            None => self.breaker.record(seen),
+        }
+        outcome
+    }
+
+    async fn publish_batch_now(
         &self,
         msgs: &[DataMessage],
         deadline: Duration,

@@ -45,10 +45,12 @@ use crate::provider::{
     Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
 };
 
+mod breaker;
 mod lane;
 mod merge;
 mod strategy;
 
+pub use breaker::{BreakerRow, BreakerState, BREAKER_PROBE_INTERVAL, FAILURES_TO_OPEN};
 use lane::{DeferFailed, Lane, LaneOutcome};
 pub use merge::MERGE_DEDUP_WINDOW;
 pub use strategy::{strategy_satisfied, Acceptance, Strategy};
@@ -161,6 +163,8 @@ pub struct ProviderRow {
     pub timeouts: u64,
     pub latency: LatencySummary,
     pub health: Health,
+    /// Its circuit breaker: open while the provider is known down (writes refused at once).
+    pub breaker: BreakerRow,
     /// Accepted messages this provider missed for good (not written, not in its backlog),
     /// since the relay started.
     pub missed: u64,
@@ -601,10 +605,18 @@ impl Composite {
     /// Ok when the providers' health satisfies the current strategy; otherwise
     /// [`CompositeError::NotReady`], naming the providers that are down.
     pub fn readiness(&self) -> Result<(), CompositeError> {
+        // A provider whose breaker is open takes no writes now, whatever its health says.
         let health: Vec<(&str, Health)> = self
             .lanes
             .iter()
-            .map(|l| (l.provider.name(), l.provider.health()))
+            .map(|l| {
+                let mut h = l.provider.health();
+                if let Some(why) = l.breaker.open_reason() {
+                    h.healthy = false;
+                    h.message = why;
+                }
+                (l.provider.name(), h)
+            })
             .collect();
         let healthy: Vec<bool> = health.iter().map(|(_, h)| h.healthy).collect();
         let strategy = self.strategy();
@@ -722,5 +734,7 @@ fn wire_len(msg: &DataMessage) -> usize {
 
 #[cfg(test)]
 mod batch_tests;
+#[cfg(test)]
+mod breaker_tests;
 #[cfg(test)]
 mod tests;

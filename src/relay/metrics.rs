@@ -16,7 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::Relay;
-use crate::composite::{Composite, ProviderRow};
+use crate::composite::{BreakerState, Composite, ProviderRow};
 use crate::latency::{Histogram, BOUNDS_SECONDS};
 
 /// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
@@ -223,7 +223,7 @@ type Series = (
     fn(&ProviderRow) -> u64,
 );
 
-const PROVIDER_SERIES: [Series; 10] = [
+const PROVIDER_SERIES: [Series; 12] = [
     (
         "dualwrite_provider_published",
         MetricType::Counter,
@@ -265,6 +265,18 @@ const PROVIDER_SERIES: [Series; 10] = [
         MetricType::Gauge,
         "1 when the provider takes writes.",
         |r| u64::from(r.health.healthy),
+    ),
+    (
+        "dualwrite_provider_breaker_open",
+        MetricType::Gauge,
+        "1 while the provider's circuit breaker is open or half-open (its writes are refused at once but for one probe).",
+        |r| u64::from(r.breaker.state != BreakerState::Closed),
+    ),
+    (
+        "dualwrite_provider_breaker_refused",
+        MetricType::Counter,
+        "Writes to the provider its open circuit breaker refused at once.",
+        |r| r.breaker.refused,
     ),
     (
         "dualwrite_provider_missed",
@@ -359,6 +371,8 @@ mod tests {
             "dualwrite_provider_published_total{provider=\"b\",type=\"memory\"} 1",
             "dualwrite_provider_depth{provider=\"b\",type=\"memory\"} 1",
             "dualwrite_provider_needs_reconciliation{provider=\"a\",type=\"memory\"} 0",
+            "dualwrite_provider_breaker_open{provider=\"a\",type=\"memory\"} 0",
+            "dualwrite_provider_breaker_refused_total{provider=\"a\",type=\"memory\"} 0",
             "dualwrite_strategy_info{strategy=\"FailFast\"} 1",
             "dualwrite_provider_publish_duration_seconds_count{provider=\"a\"} 1",
             "dualwrite_provider_publish_duration_seconds_bucket{provider=\"a\",le=\"+Inf\"} 1",
