@@ -1,7 +1,7 @@
-//! The ingest API (seed-compatible): `POST /api/v1/ingest` plus `/health`, `/ready`, `/stats`
-//! and `/metrics`, on one port or split over two ([`Endpoints`]). Every error is JSON with a
-//! message a person understands. What guards the API (TLS, tokens, timeouts, caps) is the
-//! listener's business ([`super::listener`]).
+//! The ingest API (seed-compatible): `POST /api/v1/ingest` (and `/api/v1/ingest/batch`, in
+//! `super::batch`) plus `/health`, `/ready`, `/stats` and `/metrics`, on one port or split over
+//! two ([`Endpoints`]). Every error is JSON with a message a person understands. What guards the
+//! API (TLS, tokens, timeouts, caps) is the listener's business ([`super::listener`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
