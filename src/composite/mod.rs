@@ -454,6 +454,22 @@ impl Composite {
         self.publish_batch_fitting(msgs).await
     }
 
+    /// As [`Composite::publish_batch_detailed`] for messages the caller already checked with
+    /// [`Composite::check_size`] on this composite (the ingest API checks every element before
+    /// any write): the size of each is not computed a second time.
+    pub async fn publish_batch_checked(
+        &self,
+        msgs: &[DataMessage],
+    ) -> Vec<Result<PublishReport, PublishError>> {
+        let Ok(_inflight) = self.inflight.acquire().await else {
+            return msgs.iter().map(|_| Err(PublishError::Closed)).collect();
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return msgs.iter().map(|_| Err(PublishError::Closed)).collect();
+        }
+        self.publish_batch_fitting(msgs).await
+    }
+
     async fn publish_batch_fitting(
         &self,
         msgs: &[DataMessage],

@@ -248,7 +248,8 @@ async fn write(
         }
     }
 
-    let mut results = composite.publish_batch_detailed(&to_write).await;
+    // Sizes were checked on this composite before the window was asked.
+    let mut results = composite.publish_batch_checked(&to_write).await;
     if results
         .iter()
         .all(|r| matches!(r, Err(PublishError::Closed)))
