@@ -1,9 +1,15 @@
-//! Issue 12 item 3 against a real broker that dies after the relay connected: a private
-//! `nats-server` (its own port and store directory; the shared brokers are never touched) is
-//! started, a FailFast relay (NATS + memory, `publishTimeout: 30s`) connects to it, the server is
-//! killed, and a request must get its 503 from the circuit breaker long before the publish
-//! timeout; `/ready`, `/stats` and `/metrics` show the open breaker. After the server comes
-//! back, the breaker closes on an acknowledged probe and messages flow again.
+//! Issue 12 item 3 against a real broker that fails after the relay connected: a private
+//! `nats-server` (its own port and store directory; the shared brokers are never touched) under
+//! a FailFast relay (NATS + memory, `publishTimeout: 30s`).
+//!
+//! 1. The server hangs (SIGSTOP: the connection stays open, nothing is acknowledged). The first
+//!    writes wait out the publish timeout; the next one gets its 503 from the open breaker at
+//!    once, and `/ready`, `/stats` and `/metrics` show it. Before the breaker, every request
+//!    waited the full 30 s.
+//! 2. The server resumes (SIGCONT): the breaker closes on an acknowledged probe; messages flow.
+//! 3. The server is killed: once the relay's health says Disconnected (`/ready` 503), the 503
+//!    comes from the breaker at once; after a restart on the same port and store, messages flow
+//!    again.
 //!
 //! The server binary: `NATS_SERVER_BIN`, else the one `hack/test-env` built next to `NATS_CLI`
 //! (`<cache>/nats/<version>/bin/nats-server`).
@@ -54,6 +60,17 @@ impl PrivateNats {
             .spawn()
             .expect("start the private nats-server");
         Self(child)
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to this server (a process this test started).
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
     }
 
     fn kill(&mut self) {
@@ -131,40 +148,45 @@ async fn fail_fast_answers_503_at_once_while_the_broker_is_down_and_recovers() {
     )
     .await;
 
-    server.kill();
-    // The first writes after the kill may wait (bounded by the publish timeout) until the relay
-    // knows the broker is down; from then on FailFast answers from the breaker.
-    let mut i = 1;
-    let (took, body) = loop {
+    // 1. A hung broker: three concurrent writes wait out the publish timeout, and open the
+    //    breaker (if health has not opened it first).
+    server.signal("STOP");
+    let hung = futures::future::join_all((1..=3).map(|i| async move {
         let started = Instant::now();
         let resp = send(i).await.unwrap();
-        let took = started.elapsed();
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap();
+        (
+            resp.status().as_u16(),
+            started.elapsed(),
+            resp.text().await.unwrap(),
+        )
+    }))
+    .await;
+    for (status, took, body) in &hung {
+        assert_eq!(*status, 503, "{body}");
         assert!(
-            took <= PUBLISH_TIMEOUT + Duration::from_secs(5),
-            "a write took {took:?}"
+            *took <= PUBLISH_TIMEOUT + Duration::from_secs(5),
+            "the timeout bounds the first failures: {took:?}"
         );
-        if body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("circuit breaker open since"))
-        {
-            assert_eq!(status, 503, "{body}");
-            break (took, body);
-        }
-        assert_ne!(status, 202, "written with the broker killed: {body}");
-        i += 1;
-        assert!(
-            i <= 10,
-            "the breaker did not open after {i} failed writes: {body}"
-        );
-    };
+        eprintln!("hung broker: first writes: 503 in {took:?}");
+    }
+    let started = Instant::now();
+    let resp = send(4).await.unwrap();
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 503, "{body}");
     assert!(
         took < PUBLISH_TIMEOUT / 10,
-        "the 503 took {took:?}, not well under the {PUBLISH_TIMEOUT:?} publish timeout"
+        "the 503 took {took:?}, not well under the {PUBLISH_TIMEOUT:?} publish timeout: {body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("circuit breaker open since")),
+        "{body}"
     );
     assert_eq!(body["failedProviders"], json!(["nats"]), "{body}");
-    eprintln!("503 from the open breaker in {took:?} (publish timeout {PUBLISH_TIMEOUT:?})");
+    eprintln!("hung broker: then 503 from the open breaker in {took:?} (publish timeout {PUBLISH_TIMEOUT:?})");
 
     let (ready, text) = get(&client, format!("{base}/ready")).await;
     assert_eq!(ready, 503, "{text}");
@@ -183,10 +205,10 @@ async fn fail_fast_answers_503_at_once_while_the_broker_is_down_and_recovers() {
         "{metrics}"
     );
 
-    // The broker comes back (same port and store): a probe closes the breaker.
-    let _server = PrivateNats::start(&bin, port, store.path());
-    let next = std::sync::atomic::AtomicUsize::new(i + 1);
-    common::eventually(Duration::from_secs(60), "messages flow again", || async {
+    // 2. The broker answers again: a probe closes the breaker.
+    server.signal("CONT");
+    let next = std::sync::atomic::AtomicUsize::new(100);
+    let flows = || async {
         match send(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).await {
             Ok(r) if r.status() == 202 => Ok(()),
             Ok(r) => Err(format!(
@@ -196,7 +218,57 @@ async fn fail_fast_answers_503_at_once_while_the_broker_is_down_and_recovers() {
             )),
             Err(e) => Err(e.to_string()),
         }
-    })
+    };
+    common::eventually(
+        Duration::from_secs(60),
+        "messages flow after SIGCONT",
+        flows,
+    )
+    .await;
+    let (_, stats) = get(&client, format!("{base}/stats")).await;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        stats["providers"][0]["breaker"]["state"], "closed",
+        "{stats}"
+    );
+
+    // 3. A killed broker: once the relay knows (its health says Disconnected, and `/ready`
+    //    says not ready), the 503 comes from the breaker at once, without a write timing out.
+    server.kill();
+    common::eventually(
+        Duration::from_secs(30),
+        "/ready says the relay knows",
+        || async {
+            match get(&client, format!("{base}/ready")).await {
+                (503, _) => Ok(()),
+                (status, text) => Err(format!("{status}: {text}")),
+            }
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let resp = send(200).await.unwrap();
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("circuit breaker open since")),
+        "{body}"
+    );
+    assert!(took < PUBLISH_TIMEOUT / 10, "the 503 took {took:?}: {body}");
+    assert_eq!(body["failedProviders"], json!(["nats"]), "{body}");
+    eprintln!("killed broker: 503 from the open breaker in {took:?}");
+
+    // The broker comes back (same port and store): a probe closes the breaker.
+    let _server = PrivateNats::start(&bin, port, store.path());
+    common::eventually(
+        Duration::from_secs(60),
+        "messages flow after the restart",
+        flows,
+    )
     .await;
     let (_, stats) = get(&client, format!("{base}/stats")).await;
     let stats: Value = serde_json::from_str(&stats).unwrap();
