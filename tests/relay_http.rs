@@ -618,3 +618,327 @@ async fn a_message_too_large_for_a_broker_is_413_naming_it_and_its_limit() {
     assert_eq!(small.stats().published, 2);
     r.shutdown().await;
 }
+
+// Issue 12 item 2: the batch ingest API.
+
+async fn post_batch(base: &str, body: Value) -> (u16, Value) {
+    let resp = client()
+        .post(format!("{base}/api/v1/ingest/batch"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+fn statuses(body: &Value) -> Vec<String> {
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Ids a provider holds, in its order (memory providers: read from their queue).
+async fn held(relay: &Relay, n: usize) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for provider in relay.composite().providers() {
+        let mut stream = provider.subscribe().await.unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let m = tokio::time::timeout(
+                Duration::from_secs(5),
+                futures::StreamExt::next(&mut stream),
+            )
+            .await
+            .expect("the provider holds fewer messages than expected")
+            .unwrap()
+            .unwrap();
+            ids.push(m.id);
+        }
+        out.push(ids);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_batch_as_array_or_ndjson_is_written_in_order_and_answered_per_message() {
+    let r = start(config::default_spec()).await;
+    let (status, body) = post_batch(
+        &r.base,
+        serde_json::json!([
+            {"source": "s", "data": "a"},
+            {"source": "s", "data": "b", "id": "client-1", "metadata": {"k": "v"}},
+            {"source": "s", "data": "c"},
+        ]),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["failed"].as_u64()),
+        (Some(3), Some(0))
+    );
+    let rows = body["results"].as_array().unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["index"], i);
+        assert_eq!(row["status"], "accepted");
+        assert_eq!(
+            row["providers"],
+            serde_json::json!(["memory-1", "memory-2"])
+        );
+        assert!(
+            !row["messageId"].as_str().unwrap().is_empty(),
+            "minted ids are returned"
+        );
+    }
+    assert_eq!(rows[1]["messageId"], "client-1");
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|r| r["messageId"].as_str().unwrap().into())
+        .collect();
+
+    let resp = client()
+        .post(format!("{}/api/v1/ingest/batch", r.base))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"source\":\"s\",\"data\":\"d\",\"id\":\"nd-1\"}\n{\"source\":\"s\",\"data\":\"e\",\"id\":\"nd-2\"}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(statuses(&body), ["accepted", "accepted"]);
+    ids.extend(["nd-1".to_string(), "nd-2".to_string()]);
+
+    assert_eq!(held(&r.relay, 5).await, vec![ids.clone(), ids]);
+    let metrics = client()
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "dualwrite_ingest_batches_total 2",
+        "dualwrite_ingest_batch_messages_total 5",
+        "dualwrite_ingest_requests_total{outcome=\"accepted\"} 5",
+        "dualwrite_provider_published_total{provider=\"memory-1\",type=\"memory\"} 5",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+    assert_eq!(published(&r.base).await, 10);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_element_refuses_the_whole_batch_naming_it_and_nothing_is_written() {
+    let mut spec = config::default_spec();
+    spec.ingest = Some(
+        serde_json::from_value(serde_json::json!({"maxBatchMessages": 3, "maxBodyBytes": 2048}))
+            .unwrap(),
+    );
+    let r = start(spec).await;
+    let ok = serde_json::json!({"source": "s", "data": "a"});
+    for (body, want_status, want) in [
+        (
+            serde_json::json!([ok, ok, {"source": "s"}]),
+            400,
+            "[2]: invalid request: missing field `data`",
+        ),
+        (
+            serde_json::json!([ok, {"source": "s", "data": "b", "id": "has space"}]),
+            400,
+            "[1]: invalid request",
+        ),
+        (
+            serde_json::json!([ok, ["s", "a"]]),
+            400,
+            "[1]: invalid request",
+        ),
+        (serde_json::json!(ok), 400, "not a JSON array"),
+        (serde_json::json!([]), 400, "empty"),
+        (
+            serde_json::json!([ok, ok, ok, ok]),
+            413,
+            "more than 3 messages",
+        ),
+        (
+            serde_json::json!([ok, {"source": "s", "data": "x".repeat(3000)}]),
+            413,
+            "larger than 2048 bytes",
+        ),
+    ] {
+        let (status, answer) = post_batch(&r.base, body.clone()).await;
+        assert_eq!(status, want_status, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(want),
+            "{body}: {answer}"
+        );
+    }
+    let resp = client()
+        .post(format!("{}/api/v1/ingest/batch", r.base))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"source\":\"s\",\"data\":\"d\"}\n{\"source\":\"s\",\"data\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["index"], 1);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("[1]: malformed JSON"),
+        "{answer}"
+    );
+    assert_eq!(
+        published(&r.base).await,
+        0,
+        "nothing of a refused batch is written"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_element_too_large_for_a_broker_is_413_naming_it_and_nothing_is_written() {
+    use dualwrite::provider::memory::MemoryProvider;
+    use dualwrite::provider::Provider;
+    let open = Arc::new(MemoryProvider::new("memory-1", 10));
+    let small = Arc::new(Limited(MemoryProvider::new("small", 10)));
+    let providers: Vec<Arc<dyn Provider>> = vec![open.clone(), small.clone()];
+    let composite =
+        dualwrite::composite::Composite::new(providers, Strategy::FailFast, Duration::from_secs(5))
+            .unwrap();
+    let relay = Relay::new(composite, relay::PipelineConfig::two_memory_queues());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(relay::serve(relay.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    let r = Running {
+        base,
+        relay,
+        stop: Some(tx),
+        server,
+    };
+    let (status, body) = post_batch(
+        &r.base,
+        serde_json::json!([
+            {"source": "s", "data": "small"},
+            {"source": "s", "data": "x".repeat(900)},
+        ]),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["index"], 1);
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("[1]: ") && error.contains("provider small"),
+        "{error}"
+    );
+    assert_eq!((open.stats().published, small.stats().published), (0, 0));
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicates_and_conflicts_inside_and_across_batches() {
+    let r = start(config::default_spec()).await;
+    let one = serde_json::json!({"source": "s", "data": "one", "id": "d-1"});
+    let two = serde_json::json!({"source": "s", "data": "two", "id": "d-2"});
+    let two_other = serde_json::json!({"source": "s", "data": "other", "id": "d-2"});
+    let (status, body) = post_batch(&r.base, serde_json::json!([one, two, one, two_other])).await;
+    assert_eq!(status, 409, "only conflicts failed: {body}");
+    assert_eq!(
+        statuses(&body),
+        ["accepted", "accepted", "duplicate", "conflict"]
+    );
+    assert_eq!(
+        (body["accepted"].as_u64(), body["failed"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert!(
+        body["results"][3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("[1] of this batch"),
+        "{body}"
+    );
+
+    // A retry of the whole batch with the same ids: duplicates, nothing written twice.
+    let (status, body) = post_batch(&r.base, serde_json::json!([one, two])).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(statuses(&body), ["duplicate", "duplicate"]);
+    let three = serde_json::json!({"source": "s", "data": "three", "id": "d-3"});
+    let (status, body) = post_batch(&r.base, serde_json::json!([three, two_other])).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(statuses(&body), ["accepted", "conflict"]);
+    assert!(
+        body["results"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("different content"),
+        "{body}"
+    );
+    // The single endpoint sees the batch's ids too.
+    let resp = client()
+        .post(format!("{}/api/v1/ingest", r.base))
+        .json(&one)
+        .send()
+        .await
+        .unwrap();
+    let single: Value = resp.json().await.unwrap();
+    assert_eq!(single["duplicate"], true, "{single}");
+    assert_eq!(
+        published(&r.base).await,
+        6,
+        "d-1, d-2 and d-3, once on each provider"
+    );
+    let ids = vec!["d-1".to_string(), "d-2".into(), "d-3".into()];
+    assert_eq!(held(&r.relay, 3).await, vec![ids.clone(), ids]);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_partial_failure_is_503_with_a_result_per_message() {
+    let mut spec = config::default_spec();
+    spec.providers[1].memory.as_mut().unwrap().capacity = Some(2);
+    let r = start(spec).await;
+    let batch: Vec<Value> = (0..4)
+        .map(
+            |i| serde_json::json!({"source": "s", "data": format!("m{i}"), "id": format!("p-{i}")}),
+        )
+        .collect();
+    let (status, body) = post_batch(&r.base, Value::Array(batch.clone())).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        statuses(&body),
+        ["accepted", "accepted", "failed", "failed"]
+    );
+    assert_eq!(
+        (body["accepted"].as_u64(), body["failed"].as_u64()),
+        (Some(2), Some(2))
+    );
+    for row in &body["results"].as_array().unwrap()[2..] {
+        assert_eq!(
+            row["failedProviders"],
+            serde_json::json!(["memory-2"]),
+            "{row}"
+        );
+        assert!(
+            row["error"].as_str().unwrap().contains("queue full"),
+            "{row}"
+        );
+    }
+    // The retry of the whole batch (client ids): the accepted two are duplicates, the failed
+    // two are written again (and fail again: memory-2 is still full).
+    let (status, body) = post_batch(&r.base, Value::Array(batch)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        statuses(&body),
+        ["duplicate", "duplicate", "failed", "failed"]
+    );
+    r.shutdown().await;
+}

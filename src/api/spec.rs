@@ -315,6 +315,11 @@ pub struct IngestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub duplicate_window_ids: Option<u32>,
+    /// Most messages in one `POST /api/v1/ingest/batch` request (default 1000); a larger batch
+    /// is refused with 413 before any write. The whole body also stays under `maxBodyBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_batch_messages: Option<u32>,
 }
 
 /// Bearer-token authentication of the ingest API.

@@ -510,6 +510,9 @@ fn ingest(problems: &mut Problems, spec: Option<&IngestSpec>) -> IngestConfig {
     if let Some(v) = i.duplicate_window_ids {
         problems.range("spec.ingest.duplicateWindowIds", v, 1, 1_000_000);
     }
+    if let Some(v) = i.max_batch_messages {
+        problems.range("spec.ingest.maxBatchMessages", v, 1, 100_000);
+    }
     let mut refs = Vec::new();
     if let Some(c) = &i.tls {
         refs.push(("tls", c.secret_name.as_str(), c.certificate.as_str()));
@@ -559,6 +562,9 @@ fn ingest(problems: &mut Problems, spec: Option<&IngestSpec>) -> IngestConfig {
         duplicate_window_ids: i
             .duplicate_window_ids
             .map_or(defaults.duplicate_window_ids, |v| v as usize),
+        max_batch_messages: i
+            .max_batch_messages
+            .map_or(defaults.max_batch_messages, |v| v as usize),
     }
 }
 

@@ -88,6 +88,10 @@ fn validation_table() {
             Some(("spec.ingest.duplicateWindowIds", "out of range")),
         ),
         (
+            "{providers: [{name: a, type: memory}], ingest: {maxBatchMessages: 0}}",
+            Some(("spec.ingest.maxBatchMessages", "out of range")),
+        ),
+        (
             "{providers: [{name: a, type: memory}], migration: {steps: [{name: s, strategy: FailFast, readFrom: zz}]}}",
             Some(("spec.migration.steps[0]", "\"zz\" is not a provider")),
         ),
@@ -155,14 +159,19 @@ fn conversion_fills_in_defaults_and_types() {
         ),
         (Duration::from_secs(120), 100_000)
     );
+    assert_eq!(config.ingest.max_batch_messages, 1000);
     let ingest = PipelineConfig::try_from(&spec(
-        "{providers: [{name: a, type: memory}], ingest: {duplicateWindow: 10m, duplicateWindowIds: 5}}",
+        "{providers: [{name: a, type: memory}], ingest: {duplicateWindow: 10m, duplicateWindowIds: 5, maxBatchMessages: 7}}",
     ))
     .unwrap()
     .ingest;
     assert_eq!(
-        (ingest.duplicate_window, ingest.duplicate_window_ids),
-        (Duration::from_secs(600), 5)
+        (
+            ingest.duplicate_window,
+            ingest.duplicate_window_ids,
+            ingest.max_batch_messages
+        ),
+        (Duration::from_secs(600), 5, 7)
     );
     assert_eq!(
         config.providers[0].settings,

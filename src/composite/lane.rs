@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::breaker::{Admit, Breaker};
 use super::{ProviderRow, Strategy};
 use crate::handoff::{Backlog, HandoffError};
 use crate::latency::Histogram;
 use crate::message::DataMessage;
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{BatchError, Provider, ProviderError};
 
 /// One provider inside the composite, with what the composite measures of it.
 pub(super) struct Lane {
@@ -23,6 +24,8 @@ pub(super) struct Lane {
     pub(super) timeouts: AtomicU64,
     /// Hinted handoff: where BestEffort keeps the writes this provider missed.
     pub(super) backlog: Option<Arc<Backlog>>,
+    /// Refuses writes at once while the provider is known down (see `breaker`).
+    pub(super) breaker: Breaker,
     /// Accepted messages this provider did not get and that no backlog holds for it (refused by
     /// the broker for good, a backlog that could not write, no backlog), since the relay started.
     missed: AtomicU64,
@@ -56,6 +59,7 @@ impl Lane {
     /// A lane without a backlog, its measurements at zero.
     pub(super) fn new(provider: Arc<dyn Provider>) -> Self {
         Self {
+            breaker: Breaker::new(provider.name()),
             provider,
             latency: Histogram::default(),
             timeouts: AtomicU64::new(0),
@@ -97,6 +101,7 @@ impl Lane {
             timeouts: self.timeouts.load(Ordering::Relaxed),
             latency: self.latency.summary(),
             health: self.provider.health(),
+            breaker: self.breaker.row(),
             missed: self.missed.load(Ordering::Relaxed),
             backlog_errors: self.backlog_errors.load(Ordering::Relaxed),
             needs_reconciliation,
@@ -166,6 +171,68 @@ impl Lane {
         }
     }
 
+    /// The batch form of [`Lane::publish_with_handoff`]: one outcome per message of `msgs`, in
+    /// order. The provider gets the batch through its pipelined [`Provider::publish_batch`]
+    /// (one flush, acknowledgements awaited together). A message the broker rejects for itself
+    /// fails alone and the rest of the batch is sent on; any other failure stops the batch (see
+    /// [`BatchError`]): the unacknowledged rest fails with the same cause, or, under BestEffort
+    /// with a backlog, goes to the backlog behind it, in order.
+    pub(super) async fn publish_batch_with_handoff(
+        &self,
+        msgs: &[DataMessage],
+        deadline: Duration,
+        strategy: Strategy,
+    ) -> Vec<LaneOutcome> {
+        let defers = self.backlog.is_some() && strategy == Strategy::BestEffort;
+        if let Some(backlog) = self.backlog.as_ref().filter(|b| !b.is_empty()) {
+            // As a single publish: behind the backlog (BestEffort) or not now (FailFast).
+            let reason = format!(
+                "replaying {} missed message(s) first; retry shortly",
+                backlog.len()
+            );
+            return msgs
+                .iter()
+                .map(|_| {
+                    if defers {
+                        LaneOutcome::NeedsDeferral(None)
+                    } else {
+                        LaneOutcome::Failed(ProviderError::Unavailable {
+                            provider: self.provider.name().to_string(),
+                            reason: reason.clone(),
+                        })
+                    }
+                })
+                .collect();
+        }
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut from = 0;
+        while from < msgs.len() {
+            let Err(BatchError { acked, error }) =
+                self.publish_batch(&msgs[from..], deadline).await
+            else {
+                out.extend((from..msgs.len()).map(|_| LaneOutcome::Acked));
+                break;
+            };
+            out.extend((0..acked).map(|_| LaneOutcome::Acked));
+            let at = from + acked;
+            if let ProviderError::Rejected { .. } = error {
+                // About that one message (too large, say): the rest can still go.
+                out.push(LaneOutcome::Failed(error));
+                from = at + 1;
+                continue;
+            }
+            out.extend((at..msgs.len()).map(|_| {
+                if defers {
+                    LaneOutcome::NeedsDeferral(Some(error.clone()))
+                } else {
+                    LaneOutcome::Failed(error.clone())
+                }
+            }));
+            break;
+        }
+        out
+    }
+
     /// Appends `msg` to the backlog (the composite calls this once the message is accepted).
     /// A storage failure (disk full, I/O error) is counted in `backlog_errors`.
     pub(super) async fn defer(
@@ -202,6 +269,24 @@ impl Lane {
     }
 
     async fn publish(&self, msg: &DataMessage, deadline: Duration) -> Result<(), ProviderError> {
+        let probe = match self.breaker.admit(|| self.provider.health()) {
+            Admit::Write => None,
+            Admit::Probe(p) => Some(p),
+            Admit::Refuse(e) => return Err(e),
+        };
+        let outcome = self.publish_now(msg, deadline).await;
+        match probe {
+            Some(p) => p.done(outcome.as_ref().copied()),
+            None => self.breaker.record(outcome.as_ref().copied()),
+        }
+        outcome
+    }
+
+    async fn publish_now(
+        &self,
+        msg: &DataMessage,
+        deadline: Duration,
+    ) -> Result<(), ProviderError> {
         let started = Instant::now();
         let outcome = match tokio::time::timeout(deadline, self.provider.publish(msg)).await {
             Ok(outcome) => outcome,
@@ -215,6 +300,65 @@ impl Lane {
         };
         if outcome.is_ok() {
             self.latency.record(started.elapsed());
+        }
+        outcome
+    }
+
+    /// One pipelined batch under the deadline; its acknowledged messages are measured with the
+    /// batch's latency, and a batch abandoned at the deadline counts a timeout per message.
+    async fn publish_batch(
+        &self,
+        msgs: &[DataMessage],
+        deadline: Duration,
+    ) -> Result<(), BatchError> {
+        // The whole batch is one write for the breaker (refused at once, or one probe).
+        let probe = match self.breaker.admit(|| self.provider.health()) {
+            Admit::Write => None,
+            Admit::Probe(p) => Some(p),
+            Admit::Refuse(error) => return Err(BatchError { acked: 0, error }),
+        };
+        let outcome = self.publish_batch_now(msgs, deadline).await;
+        let seen = match &outcome {
+            Ok(()) => Ok(()),
+            // Acknowledged messages say the broker is reachable, whatever stopped the batch.
+            Err(e) if e.acked > 0 => Ok(()),
+            Err(e) => Err(&e.error),
+        };
+        match probe {
+            Some(p) => p.done(seen),
+            None => self.breaker.record(seen),
+        }
+        outcome
+    }
+
+    async fn publish_batch_now(
+        &self,
+        msgs: &[DataMessage],
+        deadline: Duration,
+    ) -> Result<(), BatchError> {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(deadline, self.provider.publish_batch(msgs)).await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.timeouts
+                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                Err(BatchError {
+                    acked: 0,
+                    error: ProviderError::Timeout {
+                        provider: self.provider.name().to_string(),
+                        after: deadline,
+                    },
+                })
+            }
+        };
+        let acked = match &outcome {
+            Ok(()) => msgs.len(),
+            Err(e) => e.acked,
+        };
+        let elapsed = started.elapsed();
+        for _ in 0..acked {
+            self.latency.record(elapsed);
         }
         outcome
     }

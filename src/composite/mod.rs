@@ -45,10 +45,12 @@ use crate::provider::{
     Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
 };
 
+mod breaker;
 mod lane;
 mod merge;
 mod strategy;
 
+pub use breaker::{BreakerRow, BreakerState, BREAKER_PROBE_INTERVAL, FAILURES_TO_OPEN};
 use lane::{DeferFailed, Lane, LaneOutcome};
 pub use merge::MERGE_DEDUP_WINDOW;
 pub use strategy::{strategy_satisfied, Acceptance, Strategy};
@@ -161,6 +163,8 @@ pub struct ProviderRow {
     pub timeouts: u64,
     pub latency: LatencySummary,
     pub health: Health,
+    /// Its circuit breaker: open while the provider is known down (writes refused at once).
+    pub breaker: BreakerRow,
     /// Accepted messages this provider missed for good (not written, not in its backlog),
     /// since the relay started.
     pub missed: u64,
@@ -348,7 +352,7 @@ impl Composite {
 
     /// Refuses a message larger than some provider's broker takes ([`PublishError::TooLarge`],
     /// naming the provider with the smallest limit the message exceeds).
-    fn check_size(&self, msg: &DataMessage) -> Result<(), PublishError> {
+    pub fn check_size(&self, msg: &DataMessage) -> Result<(), PublishError> {
         let limits: Vec<(&Lane, MessageLimit)> = self
             .lanes
             .iter()
@@ -398,18 +402,128 @@ impl Composite {
                 )
             })
             .collect();
+        let mut outcomes = Vec::with_capacity(self.lanes.len());
+        while let Some((lane, outcome)) = writes.next().await {
+            if let (LaneOutcome::Failed(e), Strategy::FailFast) = (&outcome, strategy) {
+                tracing::warn!(provider = lane.provider.name(), error = %e, message_id = %msg.id, "fail-fast publish failed");
+                // Dropping `writes` abandons the other writes: the caller hears at once.
+                return Err(PublishError::Failed(e.clone()));
+            }
+            outcomes.push((lane, outcome));
+        }
+        drop(writes);
+        self.settle(msg, strategy, outcomes).await
+    }
+
+    /// Writes `msgs` to every provider, each provider getting the whole batch in order through
+    /// its pipelined [`Provider::publish_batch`] (one flush, not a round trip per message), and
+    /// decides each message as [`Composite::publish_detailed`] does: one result per message, in
+    /// order. A provider with a backlog gets the batch behind it, as a single publish would.
+    /// Unlike a single FailFast publish, every provider's batch is awaited (each message needs
+    /// its own answer). A message too large for a broker is refused alone; the rest are written.
+    pub async fn publish_batch_detailed(
+        &self,
+        msgs: &[DataMessage],
+    ) -> Vec<Result<PublishReport, PublishError>> {
+        let closed = || msgs.iter().map(|_| Err(PublishError::Closed)).collect();
+        let Ok(_inflight) = self.inflight.acquire().await else {
+            return closed();
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return closed();
+        }
+        let sizes: Vec<Result<(), PublishError>> =
+            msgs.iter().map(|m| self.check_size(m)).collect();
+        if sizes.iter().any(Result::is_err) {
+            // Rare (the ingest API checks sizes before it calls): write the rest, in order.
+            let fitting: Vec<DataMessage> = msgs
+                .iter()
+                .zip(&sizes)
+                .filter(|(_, s)| s.is_ok())
+                .map(|(m, _)| m.clone())
+                .collect();
+            let mut written = self.publish_batch_fitting(&fitting).await.into_iter();
+            return sizes
+                .into_iter()
+                .map(|s| match s {
+                    Ok(()) => written.next().unwrap_or(Err(PublishError::Closed)),
+                    Err(e) => Err(e),
+                })
+                .collect();
+        }
+        self.publish_batch_fitting(msgs).await
+    }
+
+    /// As [`Composite::publish_batch_detailed`] for messages the caller already checked with
+    /// [`Composite::check_size`] on this composite (the ingest API checks every element before
+    /// any write): the size of each is not computed a second time.
+    pub async fn publish_batch_checked(
+        &self,
+        msgs: &[DataMessage],
+    ) -> Vec<Result<PublishReport, PublishError>> {
+        let Ok(_inflight) = self.inflight.acquire().await else {
+            return msgs.iter().map(|_| Err(PublishError::Closed)).collect();
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return msgs.iter().map(|_| Err(PublishError::Closed)).collect();
+        }
+        self.publish_batch_fitting(msgs).await
+    }
+
+    async fn publish_batch_fitting(
+        &self,
+        msgs: &[DataMessage],
+    ) -> Vec<Result<PublishReport, PublishError>> {
+        if msgs.is_empty() {
+            return Vec::new();
+        }
+        let strategy = self.strategy();
+        let per_lane = futures::future::join_all(
+            self.lanes
+                .iter()
+                .map(|lane| lane.publish_batch_with_handoff(msgs, self.publish_timeout, strategy)),
+        )
+        .await;
+        let mut per_lane: Vec<_> = per_lane.into_iter().map(Vec::into_iter).collect();
+        let mut results = Vec::with_capacity(msgs.len());
+        // Message by message, in order: a provider's backlog takes the deferred ones in order.
+        for msg in msgs {
+            let mut outcomes = Vec::with_capacity(self.lanes.len());
+            for (lane, lane_outcomes) in self.lanes.iter().zip(per_lane.iter_mut()) {
+                // A lane answers once per message; a missing answer would be a bug, read as a failure.
+                let outcome = lane_outcomes.next().unwrap_or_else(|| {
+                    LaneOutcome::Failed(ProviderError::Unavailable {
+                        provider: lane.provider.name().to_string(),
+                        reason: "no answer for this message of the batch".into(),
+                    })
+                });
+                outcomes.push((lane, outcome));
+            }
+            results.push(self.settle(msg, strategy, outcomes).await);
+        }
+        results
+    }
+
+    /// Applies the strategy to how each provider took `msg`: the report, or why it was not
+    /// accepted; under BestEffort appends the message to the backlogs that should keep it, and
+    /// counts what providers missed for good.
+    async fn settle(
+        &self,
+        msg: &DataMessage,
+        strategy: Strategy,
+        outcomes: Vec<(&Lane, LaneOutcome)>,
+    ) -> Result<PublishReport, PublishError> {
         let mut report = PublishReport::default();
         // Providers that did not get the message: (lane, error, already counted as missed).
         let mut missing: Vec<(&Lane, ProviderError, bool)> = Vec::new();
         let mut to_defer: Vec<(&Lane, Option<ProviderError>)> = Vec::new();
-        while let Some((lane, outcome)) = writes.next().await {
+        for (lane, outcome) in outcomes {
             let name = lane.provider.name();
             match outcome {
                 LaneOutcome::Acked => report.accepted.push(name.to_string()),
                 LaneOutcome::NeedsDeferral(cause) => to_defer.push((lane, cause)),
                 LaneOutcome::Failed(e) if strategy == Strategy::FailFast => {
                     tracing::warn!(provider = name, error = %e, message_id = %msg.id, "fail-fast publish failed");
-                    // Dropping `writes` abandons the other writes: the caller hears at once.
                     return Err(PublishError::Failed(e));
                 }
                 LaneOutcome::Failed(e) => {
@@ -418,7 +532,6 @@ impl Composite {
                 }
             }
         }
-        drop(writes);
         // Backlogs take the message only once it is accepted: a refused message must not be
         // replayed later. (Requests in flight at the same time have no order between them, so
         // appending after the other writes answered keeps every provider's order of accepted
@@ -508,10 +621,18 @@ impl Composite {
     /// Ok when the providers' health satisfies the current strategy; otherwise
     /// [`CompositeError::NotReady`], naming the providers that are down.
     pub fn readiness(&self) -> Result<(), CompositeError> {
+        // A provider whose breaker is open takes no writes now, whatever its health says.
         let health: Vec<(&str, Health)> = self
             .lanes
             .iter()
-            .map(|l| (l.provider.name(), l.provider.health()))
+            .map(|l| {
+                let mut h = l.provider.health();
+                if let Some(why) = l.breaker.open_reason() {
+                    h.healthy = false;
+                    h.message = why;
+                }
+                (l.provider.name(), h)
+            })
             .collect();
         let healthy: Vec<bool> = health.iter().map(|(_, h)| h.healthy).collect();
         let strategy = self.strategy();
@@ -627,5 +748,9 @@ fn wire_len(msg: &DataMessage) -> usize {
     count.0
 }
 
+#[cfg(test)]
+mod batch_tests;
+#[cfg(test)]
+mod breaker_tests;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ fn scripted(name: &str, delay_ms: u64, fail: bool) -> Arc<FakeProvider> {
         .arc()
 }
 
-fn composite(providers: Vec<Arc<dyn Provider>>, strategy: Strategy) -> Composite {
+pub(super) fn composite(providers: Vec<Arc<dyn Provider>>, strategy: Strategy) -> Composite {
     Composite::new(providers, strategy, Duration::from_secs(5)).unwrap()
 }
 
@@ -234,7 +234,7 @@ async fn drain_waits_for_in_flight_publishes() {
     assert!(publisher.await.unwrap().is_ok());
 }
 
-fn with_handoff(
+pub(super) fn with_handoff(
     providers: Vec<Arc<dyn Provider>>,
     strategy: Strategy,
     dir: &std::path::Path,

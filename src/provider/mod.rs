@@ -230,6 +230,19 @@ impl Health {
     }
 }
 
+impl Health {
+    /// Whether this says the broker cannot be reached now (disconnected, unreachable, refused
+    /// credentials, closed), as opposed to "not connected yet" (`Connecting`, at start) or "the
+    /// last write failed" (`PublishFailed`, which the composite's breaker counts by itself).
+    pub fn says_unreachable(&self) -> bool {
+        !self.healthy && self.reason != REASON_CONNECTING && self.reason != REASON_PUBLISH_FAILED
+    }
+}
+
+/// The health reason of a provider that has not connected yet.
+pub const REASON_CONNECTING: &str = "Connecting";
+/// The health reason after a failed write ([`HealthTracker::observe`]).
+pub const REASON_PUBLISH_FAILED: &str = "PublishFailed";
 /// The health reason of a closed provider.
 pub const REASON_CLOSED: &str = "Closed";
 /// The health reason of a provider whose broker refused its credentials (the message names the
@@ -286,7 +299,7 @@ impl HealthTracker {
                 }
             }
             Err(ProviderError::Rejected { .. }) => {}
-            Err(e) => self.set(false, "PublishFailed", e.to_string()),
+            Err(e) => self.set(false, REASON_PUBLISH_FAILED, e.to_string()),
         }
     }
 

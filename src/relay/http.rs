@@ -1,7 +1,7 @@
-//! The ingest API (seed-compatible): `POST /api/v1/ingest` plus `/health`, `/ready`, `/stats`
-//! and `/metrics`, on one port or split over two ([`Endpoints`]). Every error is JSON with a
-//! message a person understands. What guards the API (TLS, tokens, timeouts, caps) is the
-//! listener's business ([`super::listener`]).
+//! The ingest API (seed-compatible): `POST /api/v1/ingest` (and `/api/v1/ingest/batch`, in
+//! `super::batch`) plus `/health`, `/ready`, `/stats` and `/metrics`, on one port or split over
+//! two ([`Endpoints`]). Every error is JSON with a message a person understands. What guards the
+//! API (TLS, tokens, timeouts, caps) is the listener's business ([`super::listener`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,10 +23,10 @@ use super::Relay;
 use crate::composite::PublishError;
 use crate::message::{validate_id, DataMessage};
 
-/// The body of `POST /api/v1/ingest`.
+/// The body of `POST /api/v1/ingest` (and each element of a batch).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IngestRequest {
+pub(super) struct IngestRequest {
     source: String,
     data: String,
     #[serde(default)]
@@ -63,10 +63,15 @@ pub fn routes(relay: Arc<Relay>, endpoints: Endpoints) -> Router {
     let max_body = relay.max_body_bytes();
     let mut router = Router::new();
     if endpoints != Endpoints::Probes {
-        router = router.route(
-            "/api/v1/ingest",
-            post(ingest).fallback(|| async { method_not_allowed("POST") }),
-        );
+        router = router
+            .route(
+                "/api/v1/ingest",
+                post(ingest).fallback(|| async { method_not_allowed("POST") }),
+            )
+            .route(
+                "/api/v1/ingest/batch",
+                post(super::batch::ingest_batch).fallback(|| async { method_not_allowed("POST") }),
+            );
     }
     if !matches!(endpoints, Endpoints::Ingest { .. }) {
         // Built once; its collector reads the live numbers at every scrape.
@@ -91,7 +96,7 @@ pub fn routes(relay: Arc<Relay>, endpoints: Endpoints) -> Router {
             );
     }
     let not_found: String = match endpoints {
-        Endpoints::All => "no such endpoint; try POST /api/v1/ingest, GET /health, /ready, /stats or /metrics".into(),
+        Endpoints::All => "no such endpoint; try POST /api/v1/ingest or /api/v1/ingest/batch, GET /health, /ready, /stats or /metrics".into(),
         Endpoints::Ingest { probe_port } => format!(
             "no such endpoint; try POST /api/v1/ingest (GET /health, /ready, /stats and /metrics are served on port {probe_port})"
         ),
@@ -111,7 +116,7 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn method_not_allowed(allow: &'static str) -> Response {
+pub(super) fn method_not_allowed(allow: &'static str) -> Response {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method not allowed; use {allow}"),
@@ -238,26 +243,7 @@ fn message_from(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<DataMessage, (StatusCode, String)> {
     let m = &relay.metrics;
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            IngestMetrics::count(&m.too_large);
-            return Err((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than {} bytes; send smaller messages or raise spec.ingest.maxBodyBytes",
-                    relay.max_body_bytes()
-                ),
-            ));
-        }
-        Err(rejection) => {
-            IngestMetrics::count(&m.bad_request);
-            return Err((
-                rejection.status(),
-                format!("could not read the request body: {rejection}"),
-            ));
-        }
-    };
+    let body = read_body(relay, body)?;
     // serde's derived struct deserializer also takes a JSON array in field order
     // (`["test", "data"]`): only an object is a message.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
@@ -284,16 +270,51 @@ fn message_from(
             ));
         }
     };
-    let mut msg = DataMessage::new(req.source, req.data.into_bytes());
-    msg.metadata = req.metadata;
-    if let Some(id) = req.id {
-        if let Err(e) = validate_id(&id) {
-            IngestMetrics::count(&m.bad_request);
-            return Err((StatusCode::BAD_REQUEST, format!("invalid request: {e}")));
+    req.into_message().map_err(|e| {
+        IngestMetrics::count(&m.bad_request);
+        (StatusCode::BAD_REQUEST, e)
+    })
+}
+
+/// The request body, or the status and message that refuse it (counted by outcome).
+pub(super) fn read_body(
+    relay: &Relay,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, (StatusCode, String)> {
+    let m = &relay.metrics;
+    match body {
+        Ok(b) => Ok(b),
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            IngestMetrics::count(&m.too_large);
+            Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than {} bytes; send smaller messages or raise spec.ingest.maxBodyBytes",
+                    relay.max_body_bytes()
+                ),
+            ))
         }
-        msg.id = id;
+        Err(rejection) => {
+            IngestMetrics::count(&m.bad_request);
+            Err((
+                rejection.status(),
+                format!("could not read the request body: {rejection}"),
+            ))
+        }
     }
-    Ok(msg)
+}
+
+impl IngestRequest {
+    /// The message this request asks for, with a fresh id unless the client chose one (checked).
+    pub(super) fn into_message(self) -> Result<DataMessage, String> {
+        let mut msg = DataMessage::new(self.source, self.data.into_bytes());
+        msg.metadata = self.metadata;
+        if let Some(id) = self.id {
+            validate_id(&id).map_err(|e| format!("invalid request: {e}"))?;
+            msg.id = id;
+        }
+        Ok(msg)
+    }
 }
 
 async fn health() -> Response {

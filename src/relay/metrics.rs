@@ -16,7 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::Relay;
-use crate::composite::{Composite, ProviderRow};
+use crate::composite::{BreakerState, Composite, ProviderRow};
 use crate::latency::{Histogram, BOUNDS_SECONDS};
 
 /// The `Content-Type` of `/metrics`: the Prometheus text format, version 0.0.4.
@@ -33,6 +33,11 @@ pub struct IngestMetrics {
     pub duplicate: AtomicU64,
     /// An id accepted inside the duplicate window with other content: 409.
     pub conflict: AtomicU64,
+    /// Batch requests (`POST /api/v1/ingest/batch`) that passed their checks and were written;
+    /// each of their messages is also counted by outcome above.
+    pub batches: AtomicU64,
+    /// Messages in those batch requests.
+    pub batch_messages: AtomicU64,
     /// Time from request to answer for accepted messages.
     pub latency: Histogram,
     /// What the listener refused before a handler ran (see [`super::listener`]).
@@ -137,7 +142,7 @@ fn histogram(m: &mut MetricEncoder, h: &Histogram) -> fmt::Result {
 fn encode_ingest(encoder: &mut DescriptorEncoder, ingest: &IngestMetrics) -> fmt::Result {
     let mut m = encoder.encode_descriptor(
         "dualwrite_ingest_requests",
-        "Ingest requests by outcome.",
+        "Ingest requests by outcome (a batch counts each of its messages).",
         None,
         MetricType::Counter,
     )?;
@@ -151,6 +156,21 @@ fn encode_ingest(encoder: &mut DescriptorEncoder, ingest: &IngestMetrics) -> fmt
     ] {
         let labels = [("outcome", outcome)];
         counter(&mut m.encode_family(&labels)?, c.load(Ordering::Relaxed))?;
+    }
+    for (name, help, c) in [
+        (
+            "dualwrite_ingest_batches",
+            "Batch requests written (their messages are counted by outcome in dualwrite_ingest_requests).",
+            &ingest.batches,
+        ),
+        (
+            "dualwrite_ingest_batch_messages",
+            "Messages in the batch requests written.",
+            &ingest.batch_messages,
+        ),
+    ] {
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        counter(&mut m, c.load(Ordering::Relaxed))?;
     }
     let mut m = encoder.encode_descriptor(
         "dualwrite_ingest_rejected",
@@ -203,7 +223,7 @@ type Series = (
     fn(&ProviderRow) -> u64,
 );
 
-const PROVIDER_SERIES: [Series; 10] = [
+const PROVIDER_SERIES: [Series; 12] = [
     (
         "dualwrite_provider_published",
         MetricType::Counter,
@@ -245,6 +265,18 @@ const PROVIDER_SERIES: [Series; 10] = [
         MetricType::Gauge,
         "1 when the provider takes writes.",
         |r| u64::from(r.health.healthy),
+    ),
+    (
+        "dualwrite_provider_breaker_open",
+        MetricType::Gauge,
+        "1 while the provider's circuit breaker is open or half-open (its writes are refused at once but for one probe).",
+        |r| u64::from(r.breaker.state != BreakerState::Closed),
+    ),
+    (
+        "dualwrite_provider_breaker_refused",
+        MetricType::Counter,
+        "Writes to the provider its open circuit breaker refused at once.",
+        |r| r.breaker.refused,
     ),
     (
         "dualwrite_provider_missed",
@@ -339,6 +371,8 @@ mod tests {
             "dualwrite_provider_published_total{provider=\"b\",type=\"memory\"} 1",
             "dualwrite_provider_depth{provider=\"b\",type=\"memory\"} 1",
             "dualwrite_provider_needs_reconciliation{provider=\"a\",type=\"memory\"} 0",
+            "dualwrite_provider_breaker_open{provider=\"a\",type=\"memory\"} 0",
+            "dualwrite_provider_breaker_refused_total{provider=\"a\",type=\"memory\"} 0",
             "dualwrite_strategy_info{strategy=\"FailFast\"} 1",
             "dualwrite_provider_publish_duration_seconds_count{provider=\"a\"} 1",
             "dualwrite_provider_publish_duration_seconds_bucket{provider=\"a\",le=\"+Inf\"} 1",

@@ -20,6 +20,7 @@ use crate::provider::memory::MemoryProvider;
 use crate::provider::nats::NatsProvider;
 use crate::provider::{Provider, ProviderError};
 
+mod batch;
 pub mod cluster;
 pub mod config;
 pub mod http;
@@ -113,6 +114,7 @@ pub struct Relay {
     handoff: Option<Arc<HandoffStore>>,
     pub metrics: metrics::IngestMetrics,
     max_body_bytes: usize,
+    max_batch_messages: usize,
     /// Ids accepted recently, to answer retries and refuse reused ids (see [`window`]).
     pub(crate) window: window::DuplicateWindow,
 }
@@ -132,6 +134,7 @@ impl Relay {
     ) -> Arc<Self> {
         composite.start_replay();
         let max_body_bytes = config.ingest.max_body_bytes;
+        let max_batch_messages = config.ingest.max_batch_messages;
         let window = window::DuplicateWindow::new(
             config.ingest.duplicate_window,
             config.ingest.duplicate_window_ids,
@@ -142,6 +145,7 @@ impl Relay {
             handoff,
             metrics: Default::default(),
             max_body_bytes,
+            max_batch_messages,
             window,
         })
     }
@@ -169,6 +173,11 @@ impl Relay {
 
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
+    }
+
+    /// Most messages in one batch request.
+    pub fn max_batch_messages(&self) -> usize {
+        self.max_batch_messages
     }
 
     /// Applies a changed pipeline without dropping in-flight messages: a strategy or acceptance change takes effect

@@ -90,8 +90,13 @@ pub struct IngestConfig {
     pub duplicate_window: Duration,
     /// How many accepted ids are remembered at most (the oldest go first).
     pub duplicate_window_ids: usize,
+    /// Most messages in one batch request (`POST /api/v1/ingest/batch`).
+    pub max_batch_messages: usize,
 }
 
+/// Messages in one batch request by default: 1000 small messages parse and pipeline in a few
+/// milliseconds, and the answer (a row per message) stays near 100 KiB.
+pub const DEFAULT_MAX_BATCH_MESSAGES: usize = 1000;
 /// Requests served at once by default (past it: 503 with `Retry-After`).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Open connections by default.
@@ -124,6 +129,7 @@ impl Default for IngestConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             duplicate_window: super::window::DEFAULT_DUPLICATE_WINDOW,
             duplicate_window_ids: super::window::DEFAULT_DUPLICATE_WINDOW_IDS,
+            max_batch_messages: DEFAULT_MAX_BATCH_MESSAGES,
         }
     }
 }
