@@ -268,7 +268,13 @@ fn consumed_request<'a>(
     stored: &'a DualWritePipeline,
     next: &crate::api::DualWritePipelineStatus,
 ) -> Option<&'a MigrationRequest> {
-    let request = stored.status.as_ref()?.migration.as_ref()?.request.as_ref()?;
+    let request = stored
+        .status
+        .as_ref()?
+        .migration
+        .as_ref()?
+        .request
+        .as_ref()?;
     let handled = next.migration.as_ref()?.last_request.as_ref()?;
     (&handled.request == request).then_some(request)
 }
@@ -287,7 +293,11 @@ async fn clear_request(
     ]);
     let patch = serde_json::from_value(ops).expect("a JSON patch of test/remove ops");
     match api
-        .patch_status(&p.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
+        .patch_status(
+            &p.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
         .await
     {
         Ok(_) => Ok(()),

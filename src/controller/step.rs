@@ -366,9 +366,7 @@ fn decide_request(
     let last = last_index(m);
     let by = requester(request);
     if input.migration.paused {
-        return Err(
-            "spec.migration.paused=true pins this migration: change it in Git".to_string(),
-        );
+        return Err("spec.migration.paused=true pins this migration: change it in Git".to_string());
     }
     if let Some(to) = request.to_step.filter(|to| *to > last) {
         return Err(format!(

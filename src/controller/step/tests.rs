@@ -795,7 +795,10 @@ fn requests_table() {
             request: request(Promote, None),
             want: (1, reason::PROMOTED, true, true),
             held_after: None,
-            says: &["by request of alice", "gates of step 0 (dual) were passed once"],
+            says: &[
+                "by request of alice",
+                "gates of step 0 (dual) were passed once",
+            ],
         },
         RequestCase {
             name: "promote lifts a hold",
@@ -1001,7 +1004,10 @@ fn requests_table() {
             now: t(1000),
         };
         let d = decide_step(&input);
-        let handled = d.handled.clone().unwrap_or_else(|| panic!("{}: not handled", c.name));
+        let handled = d
+            .handled
+            .clone()
+            .unwrap_or_else(|| panic!("{}: not handled", c.name));
         assert_eq!(
             (d.step, d.reason, d.moved, handled.accepted),
             c.want,
@@ -1024,7 +1030,11 @@ fn requests_table() {
             );
         }
         let next = next_migration_status(&input, &d);
-        assert_eq!(next.request, None, "{}: the operator never sends the request", c.name);
+        assert_eq!(
+            next.request, None,
+            "{}: the operator never sends the request",
+            c.name
+        );
         assert_eq!(next.last_request.as_ref(), Some(&handled), "{}", c.name);
         let recorded = next.history.last().and_then(|r| r.requested_by.as_deref());
         assert_eq!(
@@ -1095,5 +1105,9 @@ fn a_hold_keeps_the_step_and_a_request_acts_once() {
         ..again
     };
     let d = decide_step(&fresh);
-    assert_eq!((d.step, d.held.as_ref()), (2, None), "promoted, the hold lifted");
+    assert_eq!(
+        (d.step, d.held.as_ref()),
+        (2, None),
+        "promoted, the hold lifted"
+    );
 }
