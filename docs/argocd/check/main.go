@@ -14,7 +14,8 @@
 //
 // With -run-action VERB -obj FILE it only runs that action on the object in FILE (JSON or
 // YAML) and prints the object the action returned as JSON, or the action's error on stderr
-// with exit code 3: the end-to-end test applies that output as Argo CD does.
+// with exit code 3: the end-to-end test applies that output as Argo CD does. With
+// -run-discovery -obj FILE it prints the verbs discovery offers, as "verb(disabled=bool)".
 //
 // Usage (from hack/check-argocd-health): go run . -dir ../ -doc ../../argocd-health.md
 package main
@@ -57,9 +58,26 @@ func main() {
 	dir := flag.String("dir", "..", "directory holding health.lua, health_test.yaml and testdata/")
 	doc := flag.String("doc", "../../argocd-health.md", "document that must embed health.lua (empty: skip)")
 	runAction := flag.String("run-action", "", "only run this action on -obj and print the object it returns")
+	runDiscoveryOnly := flag.Bool("run-discovery", false, "only run discovery.lua on -obj and print the verbs it offers")
 	objPath := flag.String("obj", "", "the object -run-action runs on (JSON or YAML)")
 	flag.Parse()
 
+	if *runDiscoveryOnly {
+		obj, err := readObject(*objPath)
+		if err != nil {
+			fatal(err)
+		}
+		script, err := os.ReadFile(filepath.Join(*dir, "actions", "discovery.lua"))
+		if err != nil {
+			fatal(err)
+		}
+		got, err := runDiscovery(string(script), obj)
+		if err != nil {
+			fatal(err)
+		}
+		fmt.Println(strings.Join(got, " "))
+		return
+	}
 	if *runAction != "" {
 		obj, err := readObject(*objPath)
 		if err != nil {
