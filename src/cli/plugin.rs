@@ -160,7 +160,7 @@ type Result<T> = std::result::Result<T, PluginError>;
 fn api_error(e: kube::Error, verb: &str, resource: &str, ns: &str, name: &str) -> PluginError {
     match &e {
         kube::Error::Api(s) if s.code == 403 => PluginError::Failed(format!(
-            "forbidden: you may not {verb} {resource} in namespace {ns} (the chart's ClusterRole <release>-migration-operator grants what kubectl dualwrite needs): {}",
+            "forbidden: you may not {verb} {resource} in namespace {ns} (the chart's ClusterRole …-migration-operator grants what kubectl dualwrite needs): {}",
             s.message
         )),
         kube::Error::Api(s) if s.code == 404 && resource.starts_with("dualwritepipelines") => {

@@ -87,7 +87,7 @@ pub const PINNED: &str = "Pinned";
 pub const PAUSED: &str = "Paused";
 /// The last step is in force.
 pub const COMPLETED: &str = "Completed";
-/// The step's gates say `manual`: only `targetStep` moves on.
+/// The step's gates say `manual`: only a promote request or `targetStep` moves on.
 pub const AWAITING_PROMOTION: &str = "AwaitingPromotion";
 /// The step has not lasted its `minDuration` yet.
 pub const MIN_DURATION_NOT_REACHED: &str = "MinDurationNotReached";
