@@ -209,6 +209,8 @@ async fn the_example_migration_driven_with_argocd_actions() {
     };
     install_crd(&env);
     let ns = namespace(&env, "argo-actions");
+    // A resync far beyond the test: a request is noticed through the watch on the pipeline
+    // (a status change), not by a periodic reconcile.
     let operator = start_operator(
         &env,
         &dir.path().join("operator"),
@@ -216,7 +218,7 @@ async fn the_example_migration_driven_with_argocd_actions() {
             "--namespace",
             &ns,
             "--resync",
-            "2s",
+            "10m",
             "--relay-image",
             "example.org/dualwrite:e2e",
         ],

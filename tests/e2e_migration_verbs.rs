@@ -98,6 +98,8 @@ async fn the_example_migration_driven_with_kubectl_dualwrite_only() {
     install_crd(&env);
     let ns = namespace(&env, "verbs");
     let dir = tempfile::tempdir().unwrap();
+    // A resync far beyond the test: a request is noticed through the watch on the pipeline
+    // (a status change), not by a periodic reconcile.
     let operator = start_operator(
         &env,
         &dir.path().join("operator"),
@@ -105,7 +107,7 @@ async fn the_example_migration_driven_with_kubectl_dualwrite_only() {
             "--namespace",
             &ns,
             "--resync",
-            "2s",
+            "10m",
             "--relay-image",
             "example.org/dualwrite:e2e",
         ],
