@@ -375,3 +375,63 @@ async fn the_example_migration_driven_with_kubectl_dualwrite_only() {
 
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }
+
+/// The operator removes a request it acted on with a JSON patch that first tests the request is
+/// still the one it acted on: against the real API server, a request written meanwhile makes
+/// that patch fail (422) and survives; the request acted on is removed and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_request_spares_one_written_meanwhile() {
+    use dualwrite::api::{DualWritePipeline, MigrationAction, MigrationRequest};
+    use dualwrite::controller::step::clear_request_patch;
+    use kube::api::{Patch, PatchParams};
+
+    let Some(env) = kube_env() else { return };
+    install_crd(&env);
+    let ns = namespace(&env, "verbs-clear");
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&example(&ns)));
+    let api: kube::Api<DualWritePipeline> =
+        kube::Api::namespaced(common::cluster::admin_client(&env).await, &ns);
+    let request = |action, at: &str| MigrationRequest {
+        action,
+        to_step: None,
+        requested_at: at.into(),
+        requested_by: Some("alice".into()),
+    };
+    let acted_on = request(MigrationAction::Promote, "2026-11-27T12:00:00Z");
+    let newer = request(MigrationAction::Pause, "2026-11-27T12:00:01Z");
+    let status = serde_json::json!({"status": {"migration": {
+        "currentStep": 1, "stepName": "shadow-kafka", "reason": "Promoted",
+        "stepStartedAt": "2026-11-27T12:00:00Z", "request": newer,
+    }}});
+    api.patch_status(NAME, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+
+    let remove = |r: &MigrationRequest| {
+        Patch::<()>::Json(serde_json::from_value(clear_request_patch(r)).unwrap())
+    };
+    match api
+        .patch_status(NAME, &PatchParams::default(), &remove(&acted_on))
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 422, "{e:?}"),
+        other => panic!("removing a request other than the one there must fail: {other:?}"),
+    }
+    let m = migration(&env, &ns);
+    assert_eq!(
+        m["request"]["action"], "Pause",
+        "the newer request survives: {m}"
+    );
+
+    api.patch_status(NAME, &PatchParams::default(), &remove(&newer))
+        .await
+        .unwrap();
+    let m = migration(&env, &ns);
+    assert_eq!(m.get("request"), None, "{m}");
+    assert_eq!(
+        (&m["currentStep"], &m["reason"]),
+        (&Value::from(1), &Value::from("Promoted"))
+    );
+
+    kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
+}

@@ -833,6 +833,12 @@ mod tests {
                 "step 5 is out of range: orders has 2 steps (0 to 1)",
             ),
             ("", "", None, "has not started"),
+            (
+                "",
+                "status: {migration: {currentStep: 0, stepName: s0, reason: Started, stepStartedAt: '2026-01-01T00:00:00Z', request: {action: Pause, requestedAt: '2026-01-01T00:00:01Z', requestedBy: bob}}}",
+                None,
+                "a Pause request by bob (2026-01-01T00:00:01Z) is still waiting for the operator",
+            ),
         ];
         for (extra, status, to, want) in cases {
             let why = refusal(&pipeline(extra, status), MigrationAction::Promote, to);

@@ -287,11 +287,8 @@ async fn clear_request(
     p: &DualWritePipeline,
     request: &MigrationRequest,
 ) -> Result<(), Error> {
-    let ops = serde_json::json!([
-        {"op": "test", "path": "/status/migration/request", "value": request},
-        {"op": "remove", "path": "/status/migration/request"},
-    ]);
-    let patch = serde_json::from_value(ops).expect("a JSON patch of test/remove ops");
+    let patch = serde_json::from_value(super::step::clear_request_patch(request))
+        .expect("a JSON patch of test/remove ops");
     match api
         .patch_status(
             &p.name_any(),

@@ -171,6 +171,16 @@ pub fn pending_request(current: &MigrationStatus) -> Option<&MigrationRequest> {
     (!done).then_some(request)
 }
 
+/// The JSON patch that removes `request` from `status.migration` only while it is still exactly
+/// that request (a `test` op first): a request written meanwhile makes the patch fail (422)
+/// and survives for the next reconcile.
+pub fn clear_request_patch(request: &MigrationRequest) -> serde_json::Value {
+    serde_json::json!([
+        {"op": "test", "path": "/status/migration/request", "value": request},
+        {"op": "remove", "path": "/status/migration/request"},
+    ])
+}
+
 /// Who asked, as the history and Events say it.
 pub fn requester(request: &MigrationRequest) -> &str {
     request.requested_by.as_deref().unwrap_or("unknown")
