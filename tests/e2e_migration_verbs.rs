@@ -198,6 +198,36 @@ async fn the_example_migration_driven_with_kubectl_dualwrite_only() {
         "no Promoted Event: {events}"
     );
 
+    // The operator's status apply never owns the request (so it can never clobber one).
+    let managed: Value = serde_json::from_str(&kubectl_ok(
+        &env,
+        &[
+            "get",
+            "dwp",
+            NAME,
+            "-n",
+            &ns,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ],
+        None,
+    ))
+    .unwrap();
+    let managed = managed["metadata"]["managedFields"].clone();
+    let operator_status = managed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["manager"] == "dualwrite-operator" && f["subresource"] == "status")
+        .unwrap_or_else(|| panic!("no status entry of the operator: {managed}"));
+    let owned = operator_status["fieldsV1"]["f:status"]["f:migration"].clone();
+    assert!(owned.get("f:lastRequest").is_some(), "{owned}");
+    assert!(
+        owned.get("f:request").is_none(),
+        "the operator owns the request: {owned}"
+    );
+
     // pause holds the step; status says so; resume lifts it; a second resume is refused.
     let out = plugin_ok(&alice, &ns, &["pause", NAME], &operator);
     assert!(out.contains("paused by request of alice"), "{out}");

@@ -476,7 +476,10 @@ async fn verify(
         Some(i) => i,
         None => relay_image(client, ns, name).await?,
     };
-    let started = k8s_openapi::jiff::Timestamp::now();
+    // Whole seconds: the verdict's checkedAt has no fraction.
+    let started =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
+            .expect("now is a valid time");
     let job_name = verify_job_name(name, started.as_second());
     let job = resources::verify_job(&p, &image, &job_name);
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);

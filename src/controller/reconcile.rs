@@ -109,6 +109,11 @@ pub(super) async fn reconcile(
         .into_iter()
         .filter(|r| !gone.contains(&r.name))
         .collect();
+    // Never send the request (a requester's field; `kept` copies the previous migration status
+    // when the spec is invalid): an apply must not own it, nor write back a stale one.
+    if let Some(m) = status.migration.as_mut() {
+        m.request = None;
+    }
     let consumed = consumed_request(&as_stored, &status);
     crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
     if let Some(request) = consumed {
