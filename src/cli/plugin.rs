@@ -64,10 +64,14 @@ pub struct PluginCli {
 pub enum Verb {
     /// Show the steps, what the current step waits for, the providers, backlog, hold and the
     /// last consistency check.
-    Status { name: String },
+    Status {
+        /// The DualWritePipeline's name.
+        name: String,
+    },
     /// Pass the current step's gates once (a manual gate included) and go to the next step;
     /// --to STEP goes to that step past any gates, --full to the last step.
     Promote {
+        /// The DualWritePipeline's name.
         name: String,
         /// The 0-based step to go to (ahead of the current one).
         #[arg(long, conflicts_with = "full")]
@@ -80,18 +84,21 @@ pub enum Verb {
     },
     /// Hold the current step: its gates do not advance it until `resume`.
     Pause {
+        /// The DualWritePipeline's name.
         name: String,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Lift a hold made by pause, rollback or abort (not spec.migration.paused: that is Git's).
     Resume {
+        /// The DualWritePipeline's name.
         name: String,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Go back to the previous step (or --to STEP) and hold there.
     Rollback {
+        /// The DualWritePipeline's name.
         name: String,
         /// The 0-based step to go back to.
         #[arg(long)]
@@ -101,6 +108,7 @@ pub enum Verb {
     },
     /// Go back to the first step (its safe strategy) and hold there.
     Abort {
+        /// The DualWritePipeline's name.
         name: String,
         #[command(flatten)]
         wait: WaitArgs,
@@ -108,6 +116,7 @@ pub enum Verb {
     /// Run the consistency check now: a one-off Job (`dualwrite verify --pipeline`), then print
     /// its verdict from status.consistency.
     Verify {
+        /// The DualWritePipeline's name.
         name: String,
         /// The image of the check (default: spec.relay.image, else the relay StatefulSet's).
         #[arg(long)]
