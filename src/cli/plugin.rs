@@ -33,6 +33,12 @@ use crate::api::{
 };
 use crate::controller::resources;
 
+/// How long `verify` waits, after its Job finished, for the operator to copy the verdict.
+const VERDICT_WAIT: Duration = Duration::from_secs(60);
+
+/// How many times a request is written when the pipeline changed since it was read.
+const WRITE_ATTEMPTS: u32 = 5;
+
 /// The field manager of the plugin's status writes (`kubectl get -o yaml --show-managed-fields`).
 pub const FIELD_MANAGER: &str = "kubectl-dualwrite";
 
@@ -360,45 +366,52 @@ async fn request(
     to: Option<u32>,
     wait: WaitArgs,
 ) -> Result<()> {
-    let p = get(api, ns, name).await?;
-    if let Some(why) = refusal(&p, action, to) {
-        return Err(PluginError::Refused(why));
-    }
     let request = MigrationRequest {
         action,
         to_step: to,
         requested_at: k8s_openapi::jiff::Timestamp::now().to_string(),
         requested_by: Some(who_am_i(client).await),
     };
-    let body = serde_json::json!({
-        "metadata": {"resourceVersion": p.resource_version()},
-        "status": {"migration": {"request": request}},
-    });
-    match api
-        .patch_status(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&body),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            return Err(PluginError::Failed(format!(
-                "{ns}/{name} changed while the request was being written: run the command again"
-            )))
+    // The operator writes the status often: a write based on an older read conflicts (409);
+    // read again, judge again, write again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let p = get(api, ns, name).await?;
+        if let Some(why) = refusal(&p, action, to) {
+            return Err(PluginError::Refused(why));
         }
-        Err(e) => {
-            return Err(api_error(
-                e,
-                "patch",
-                "dualwritepipelines.dualwrite.io/status",
-                ns,
+        let body = serde_json::json!({
+            "metadata": {"resourceVersion": p.resource_version()},
+            "status": {"migration": {"request": request}},
+        });
+        match api
+            .patch_status(
                 name,
-            ))
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&body),
+            )
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 && attempts < WRITE_ATTEMPTS => continue,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                return Err(PluginError::Failed(format!(
+                    "{ns}/{name} kept changing while the request was being written ({attempts} attempts): run the command again"
+                )))
+            }
+            Err(e) => {
+                return Err(api_error(
+                    e,
+                    "patch",
+                    "dualwritepipelines.dualwrite.io/status",
+                    ns,
+                    name,
+                ))
+            }
         }
     }
     if wait.timeout.is_zero() {
@@ -420,6 +433,40 @@ async fn request(
     }
 }
 
+/// Waits until `cond` holds for object `name` (a watch, as `kubectl wait` does), up to
+/// `timeout`. A watch that fails (an expired resourceVersion, a dropped connection) is started
+/// again within the deadline; Err carries the last watch error, if any, once it has passed.
+async fn wait_for<K, C>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    cond: C,
+) -> std::result::Result<Option<K>, Option<String>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    C: kube::runtime::wait::Condition<K> + Clone,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(last_error);
+        }
+        match tokio::time::timeout(left, await_condition(api.clone(), name, cond.clone())).await {
+            Ok(Ok(obj)) => return Ok(obj),
+            Ok(Err(e)) => {
+                last_error = Some(e.to_string());
+                tokio::time::sleep(WATCH_RETRY.min(left)).await;
+            }
+            Err(_) => return Err(last_error),
+        }
+    }
+}
+
+/// The pause before a failed watch is started again.
+const WATCH_RETRY: Duration = Duration::from_millis(500);
+
 /// Waits (a watch) until the operator records `request` as acted on.
 async fn wait_for_outcome(
     api: &Api<DualWritePipeline>,
@@ -437,20 +484,19 @@ async fn wait_for_outcome(
             .clone()
             .filter(|l| &l.request == request)
     };
-    let done = await_condition(api.clone(), name, |p: Option<&DualWritePipeline>| {
-        p.and_then(outcome_of).is_some()
-    });
-    match tokio::time::timeout(timeout, done).await {
-        Ok(Ok(Some(p))) => outcome_of(&p).ok_or_else(|| {
+    let done = |p: Option<&DualWritePipeline>| p.and_then(outcome_of).is_some();
+    match wait_for(api, name, timeout, done).await {
+        Ok(Some(p)) => outcome_of(&p).ok_or_else(|| {
             PluginError::Failed("the watch ended without the operator's outcome".into())
         }),
-        Ok(Ok(None)) => Err(PluginError::Failed(format!(
+        Ok(None) => Err(PluginError::Failed(format!(
             "{ns}/{name} was deleted while waiting"
         ))),
-        Ok(Err(e)) => Err(PluginError::Failed(format!(
-            "cannot watch {ns}/{name} (needs list and watch on dualwritepipelines): {e}"
+        Err(Some(e)) => Err(PluginError::Failed(format!(
+            "the operator's outcome did not arrive within {}; the last watch error (it needs list and watch on dualwritepipelines): {e}",
+            humantime::format_duration(timeout)
         ))),
-        Err(_) => Err(PluginError::Failed(format!(
+        Err(None) => Err(PluginError::Failed(format!(
             "the operator has not acted on the request within {}: is it running? The request stays in status.migration.request until it does",
             humantime::format_duration(timeout)
         ))),
@@ -499,36 +545,32 @@ async fn verify(
         "job.batch/{job_name} created; waiting up to {} for it",
         humantime::format_duration(timeout)
     );
-    let finished = await_condition(jobs.clone(), &job_name, |j: Option<&Job>| {
+    let finished = |j: Option<&Job>| {
         j.and_then(|j| j.status.as_ref())
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| {
                 cs.iter()
                     .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
             })
-    });
-    match tokio::time::timeout(timeout, finished).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
+    };
+    match wait_for(&jobs, &job_name, timeout, finished).await {
+        Ok(_) => {}
+        Err(last) => {
             return Err(PluginError::Failed(format!(
-                "cannot watch job.batch/{job_name} (needs get/list/watch on jobs): {e}"
-            )))
-        }
-        Err(_) => {
-            return Err(PluginError::Failed(format!(
-                "job.batch/{job_name} has not finished within {}: kubectl describe job {job_name} -n {ns}",
-                humantime::format_duration(timeout)
+                "job.batch/{job_name} has not finished within {}: kubectl describe job {job_name} -n {ns}{}",
+                humantime::format_duration(timeout),
+                last.map(|e| format!(" (last watch error: {e})")).unwrap_or_default()
             )))
         }
     }
     // The operator copies the verdict into status.consistency on its next reconcile.
-    let verdict = await_condition(api.clone(), name, |p: Option<&DualWritePipeline>| {
+    let verdict = |p: Option<&DualWritePipeline>| {
         p.and_then(|p| p.status.as_ref())
             .and_then(|s| s.consistency.as_ref())
             .is_some_and(|c| c.checked_at.0 >= started)
-    });
-    let p = match tokio::time::timeout(Duration::from_secs(60), verdict).await {
-        Ok(Ok(Some(p))) => p,
+    };
+    let p = match wait_for(api, name, VERDICT_WAIT, verdict).await {
+        Ok(Some(p)) => p,
         _ => {
             return Err(PluginError::Failed(format!(
                 "job.batch/{job_name} finished but no verdict reached status.consistency: kubectl logs job/{job_name} -n {ns}"
