@@ -33,6 +33,8 @@
 //!   migration step machine and fallback, leader election, probes and metrics.
 //! - [`verify`]: the consistency check of the brokers, and its record in status.
 //! - [`cli`]: the command line (`relay`, `operator`, `verify`, `crd`); `main.rs` only calls it.
+//!   `cli::plugin` is the kubectl plugin (`kubectl dualwrite`: status and the migration verbs,
+//!   written as requests to the status subresource); `bin/kubectl-dualwrite.rs` only calls it.
 #![forbid(unsafe_code)]
 
 pub mod api;

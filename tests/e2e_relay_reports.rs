@@ -126,6 +126,10 @@ async fn a_relays_token_cannot_steer_the_migration_but_its_report_arrives() {
             r#"{"status":{"migration":{"currentStep":1,"stepName":"b-only","reason":"GatesPassed","stepStartedAt":"2030-01-01T00:00:00Z"}}}"#,
         ),
         (
+            "migration request (what kubectl dualwrite and the Argo CD actions write)",
+            r#"{"status":{"migration":{"request":{"action":"PromoteFull","requestedAt":"2030-01-01T00:00:00Z"}}}}"#,
+        ),
+        (
             "strategy and providers",
             r#"{"status":{"strategy":"BestEffort","activeProviders":["b"]}}"#,
         ),

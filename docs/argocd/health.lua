@@ -6,7 +6,8 @@
 --      (the operator has not yet seen the latest spec, so nothing else in status is current)
 --   2. condition Stalled=True   -> Degraded   (cannot progress: invalid spec, blocked fail-fast)
 --   3. condition Degraded=True  -> Degraded   (a provider is down; BestEffort runs on the rest)
---   4. spec.migration.paused    -> Suspended  (the current step stays in force)
+--   4. spec.migration.paused, or status.migration.held (a pause, rollback or abort request)
+--                               -> Suspended  (the current step stays in force)
 --   5. Ready=False, reason ScaledToZero -> Suspended (spec.relay.replicas is 0: nothing runs)
 --   6. condition Ready=True     -> Healthy
 --   7. condition Reconciling=True -> Progressing (a change or a migration step under way)
@@ -77,6 +78,20 @@ if obj.spec ~= nil and obj.spec.migration ~= nil and obj.spec.migration.paused =
     if migration.stepName ~= nil and migration.stepName ~= "" then
       message = message .. " (" .. migration.stepName .. ")"
     end
+  end
+  hs.status = "Suspended"
+  hs.message = message
+  return hs
+end
+
+if status.migration ~= nil and status.migration.held ~= nil then
+  local migration = status.migration
+  local message = "Migration held at step " .. tostring(migration.currentStep)
+  if migration.stepName ~= nil and migration.stepName ~= "" then
+    message = message .. " (" .. migration.stepName .. ")"
+  end
+  if migration.held.reason ~= nil then
+    message = message .. " by a " .. migration.held.reason .. " request; resume lifts it"
   end
   hs.status = "Suspended"
   hs.message = message

@@ -469,7 +469,8 @@ pub struct StepGates {
     /// The last consistency check found nothing missing (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent: Option<bool>,
-    /// Never leave automatically; only `targetStep` moves on (default false).
+    /// Never leave automatically; only a promote request (`kubectl dualwrite promote`, the Argo CD
+    /// action) or `targetStep` moves on (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manual: Option<bool>,
 }

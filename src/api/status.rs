@@ -271,6 +271,79 @@ pub struct MigrationStatus {
     /// Earlier steps, oldest first (the last 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<StepRecord>,
+    /// A request from a person or a tool (`kubectl dualwrite`, an Argo CD action) that the
+    /// operator has not acted on yet. Written only by requesters through the status
+    /// subresource, never by the operator's apply (it never sends this field, so it never
+    /// clobbers a newer request); the operator acts on it once and removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<MigrationRequest>,
+    /// The step is held by a request (pause, rollback, abort): the gates do not advance it
+    /// until a `resume` (or a `promote`) request. Written by the operator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<MigrationHold>,
+    /// The last request the operator acted on, and what came of it. Written by the operator
+    /// only; a request equal to this one is not acted on again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<RequestOutcome>,
+}
+
+/// What a migration request asks for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MigrationAction {
+    /// Pass the current step's gates once (a manual gate included), or go to `toStep`.
+    Promote,
+    /// Go to the last step, past every gate.
+    PromoteFull,
+    /// Hold the current step: the gates do not advance it.
+    Pause,
+    /// Lift a hold made by Pause, Rollback or Abort (not `spec.migration.paused`).
+    Resume,
+    /// Go back to the previous step (or `toStep`) and hold there.
+    Rollback,
+    /// Go back to the first step and hold there.
+    Abort,
+}
+
+/// A request to the migration's step machine, written to the status subresource (as Argo
+/// Rollouts' promote and abort are): Git and Argo CD self-heal never see it, and it pins nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationRequest {
+    /// What to do: Promote, PromoteFull, Pause, Resume, Rollback or Abort.
+    pub action: MigrationAction,
+    /// The 0-based step Promote or Rollback goes to (default: the next or previous step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_step: Option<u32>,
+    /// When it was requested (RFC 3339), kept as written: the operator removes the request only
+    /// while it is still exactly the one it acted on.
+    pub requested_at: String,
+    /// Who asked (a user name, `argocd`), for the history and the Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+/// A hold the operator keeps on the current step after a pause, rollback or abort request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationHold {
+    /// The request that made it: Paused, RolledBack or Aborted.
+    pub reason: String,
+    /// Since when the step has been held.
+    pub since: Time,
+}
+
+/// What the operator did with a request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestOutcome {
+    /// The request as it was written.
+    pub request: MigrationRequest,
+    /// The request was carried out (false: refused, `message` says why).
+    pub accepted: bool,
+    /// What was done, or why not.
+    pub message: String,
+    /// When the operator acted on it.
+    pub handled_at: Time,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -281,6 +354,10 @@ pub struct StepRecord {
     pub strategy: Strategy,
     pub reason: String,
     pub entered_at: Time,
+    /// Set when a request made this record (`kubectl dualwrite`, an Argo CD action): who asked,
+    /// or `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

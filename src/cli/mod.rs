@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::DualWritePipelineSpec;
 
 pub mod operator;
+pub mod plugin;
 pub mod relay;
 pub mod verify;
 

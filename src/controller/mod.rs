@@ -180,7 +180,7 @@ fn signed(d: Duration) -> SignedDuration {
 }
 
 /// `4m30s`: a span as people read it (a negative one, from a clock gone backwards, as `0s`).
-fn human(d: SignedDuration) -> String {
+pub fn human(d: SignedDuration) -> String {
     crate::duration::format(Duration::try_from(d).unwrap_or_default())
 }
 

@@ -77,17 +77,17 @@ pub const REPORTED_UP: &str = "ReportedUp";
 pub const STARTED: &str = "Started";
 /// The current step no longer exists (steps were removed): moved to the last step.
 pub const STEPS_CHANGED: &str = "StepsChanged";
-/// `targetStep` moved the migration forward, past any gates.
+/// `targetStep` or a promote request moved the migration forward, past any gates.
 pub const PROMOTED: &str = "Promoted";
-/// `targetStep` moved the migration back.
+/// `targetStep` or a rollback request moved the migration back.
 pub const ROLLED_BACK: &str = "RolledBack";
 /// `targetStep` equals the current step: the gates do not advance it.
 pub const PINNED: &str = "Pinned";
-/// `paused` holds the current step.
+/// `paused` holds the current step (also a pause request's record and hold).
 pub const PAUSED: &str = "Paused";
 /// The last step is in force.
 pub const COMPLETED: &str = "Completed";
-/// The step's gates say `manual`: only `targetStep` moves on.
+/// The step's gates say `manual`: only a promote request or `targetStep` moves on.
 pub const AWAITING_PROMOTION: &str = "AwaitingPromotion";
 /// The step has not lasted its `minDuration` yet.
 pub const MIN_DURATION_NOT_REACHED: &str = "MinDurationNotReached";
@@ -101,6 +101,16 @@ pub const INVALID_GATE: &str = "InvalidGate";
 pub const NO_STEPS: &str = "NoSteps";
 /// Every gate of the previous step was open: advanced one step.
 pub const GATES_PASSED: &str = "GatesPassed";
+/// A request (`kubectl dualwrite abort`, an Argo CD action) moved the migration back to its
+/// first step and holds it there (also `status.migration.held.reason`).
+pub const ABORTED: &str = "Aborted";
+/// A `resume` request lifted the hold a pause, rollback or abort request had put on the step.
+pub const RESUMED: &str = "Resumed";
+/// A pause, rollback or abort request holds the current step: the gates do not advance it.
+pub const HELD: &str = "Held";
+/// A request could not be carried out (the spec pins the migration, no such step, ...): a
+/// Warning Event and `status.migration.lastRequest` say why.
+pub const REQUEST_REFUSED: &str = "RequestRefused";
 
 // Automatic fallback (status.fallback.reason and its Events; it begins with PROVIDER_DOWN).
 

@@ -33,7 +33,7 @@ use super::{
     key, reason, resources, rollout, signed, status, Context, Error, PipelineEvent, Settings,
     MANAGER,
 };
-use crate::api::{ConsistencyStatus, DualWritePipeline, RelayReport};
+use crate::api::{ConsistencyStatus, DualWritePipeline, MigrationRequest, RelayReport};
 
 /// One reconcile: the owned objects (unless the spec is invalid), the Events of the decisions,
 /// the status, then the pruning of relays gone for long.
@@ -110,7 +110,16 @@ pub(super) async fn reconcile(
         .into_iter()
         .filter(|r| !gone.contains(&r.name))
         .collect();
+    // Never send the request (a requester's field; `kept` copies the previous migration status
+    // when the spec is invalid): an apply must not own it, nor write back a stale one.
+    if let Some(m) = status.migration.as_mut() {
+        m.request = None;
+    }
+    let consumed = consumed_request(&as_stored, &status);
     crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
+    if let Some(request) = consumed {
+        clear_request(&api, &as_stored, request).await?;
+    }
     prune_gone_relays(&api, &as_stored, &ctx.settings).await?;
     prune_gone_reports(&p, &ns, &ctx, &gone).await?;
     if let Some((_, e)) = refused {
@@ -255,6 +264,48 @@ async fn prune_gone_reports(
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The request in the stored status that `next` records as acted on (its `lastRequest`): the
+/// one to remove once `next` is written.
+fn consumed_request<'a>(
+    stored: &'a DualWritePipeline,
+    next: &crate::api::DualWritePipelineStatus,
+) -> Option<&'a MigrationRequest> {
+    let request = stored
+        .status
+        .as_ref()?
+        .migration
+        .as_ref()?
+        .request
+        .as_ref()?;
+    let handled = next.migration.as_ref()?.last_request.as_ref()?;
+    (&handled.request == request).then_some(request)
+}
+
+/// Removes `status.migration.request` after the operator acted on it: a JSON patch that tests
+/// the request is still exactly the one acted on, so one written meanwhile survives (the patch
+/// fails harmlessly and the next reconcile acts on the new request).
+async fn clear_request(
+    api: &Api<DualWritePipeline>,
+    p: &DualWritePipeline,
+    request: &MigrationRequest,
+) -> Result<(), Error> {
+    let patch = serde_json::from_value(super::step::clear_request_patch(request))
+        .expect("a JSON patch of test/remove ops");
+    match api
+        .patch_status(
+            &p.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // A newer request replaced it (or it is gone): it stays for the next reconcile.
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -221,6 +221,25 @@ fn decide_migration(
     let decision = step::decide_step(input);
     let next = step::next_migration_status(input, &decision);
     let view = step::step_view(m, decision.step, &all_providers(p));
+    // A request acted on: its own Event (Normal with what was done, Warning with why not).
+    events.extend(decision.handled.as_ref().map(|h| PipelineEvent {
+        type_: if h.accepted {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: if h.accepted {
+            decision.reason
+        } else {
+            reason::REQUEST_REFUSED
+        },
+        note: format!(
+            "{:?} requested by {}: {}",
+            h.request.action,
+            step::requester(&h.request),
+            h.message
+        ),
+    }));
     if decision.moved {
         events.push(PipelineEvent {
             type_: EventType::Normal,

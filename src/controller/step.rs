@@ -9,7 +9,13 @@
 //!   step index gone ──▶ last step                                            (StepsChanged)
 //!   targetStep ≠ cur ─▶ targetStep, no gates                                 (Promoted / RolledBack)
 //!   targetStep = cur ─▶ stay                                                 (Pinned)
+//!   request ─────────▶ promote: cur + 1 (gates passed once) / toStep / last  (Promoted)
+//!                      pause: stay, held                                     (Paused)
+//!                      resume: stay, hold lifted                             (Resumed)
+//!                      rollback: cur − 1 or toStep, held                     (RolledBack)
+//!                      abort: step 0, held                                   (Aborted)
 //!   paused ──────────▶ stay                                                  (Paused)
+//!   held ────────────▶ stay                                                  (Held)
 //!   last step ───────▶ stay                                                  (Completed)
 //!   gates of cur ────▶ manual? minDuration? healthy? backlog? consistent?    (stay, naming the gate)
 //!                   └▶ cur + 1                                               (GatesPassed)
@@ -17,14 +23,21 @@
 //!
 //! [`decide_step`] reads top to bottom as this diagram does (first match wins); the gates are
 //! one function each, tried in the diagram's order by `first_closed_gate`.
+//!
+//! A request (`status.migration.request`, written by `kubectl dualwrite` or an Argo CD action
+//! through the status subresource) is acted on once: the decision carries its outcome
+//! ([`StepDecision::handled`]), the status records it as `lastRequest` (a request equal to it is
+//! never acted on again, should removing it fail) and the reconciler then removes it. When the
+//! spec pins the migration (`targetStep` or `paused`), the spec wins: the request is refused
+//! and the message names the field to change in Git.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::{human, reason};
 use crate::api::{
-    ConsistencyStatus, MigrationSpec, MigrationStatus, MigrationStep, ProviderStatus, Readiness,
-    StepRecord,
+    ConsistencyStatus, MigrationAction, MigrationHold, MigrationRequest, MigrationSpec,
+    MigrationStatus, MigrationStep, ProviderStatus, Readiness, RequestOutcome, StepRecord,
 };
 use crate::composite::Strategy;
 use crate::duration::DurationError;
@@ -74,7 +87,7 @@ pub struct StaleBacklog {
 }
 
 /// The step in force after this reconcile, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StepDecision {
     /// 0-based index into `spec.migration.steps`.
     pub step: u32,
@@ -84,6 +97,10 @@ pub struct StepDecision {
     pub message: String,
     /// The step changed (or the migration started): record it and emit an Event.
     pub moved: bool,
+    /// The hold on the step after this decision (a pause, rollback or abort request's).
+    pub held: Option<MigrationHold>,
+    /// The request acted on in this decision, carried out or refused.
+    pub handled: Option<RequestOutcome>,
 }
 
 impl StepDecision {
@@ -92,7 +109,7 @@ impl StepDecision {
             step,
             reason,
             message,
-            moved: false,
+            ..Self::default()
         }
     }
 
@@ -102,8 +119,71 @@ impl StepDecision {
             reason,
             message,
             moved: true,
+            ..Self::default()
         }
     }
+
+    fn held(mut self, held: Option<MigrationHold>) -> Self {
+        self.held = held;
+        self
+    }
+
+    /// A request carried out: the decision records it (history, Event) as accepted.
+    fn accepting(mut self, request: &MigrationRequest, now: Timestamp) -> Self {
+        self.handled = Some(RequestOutcome {
+            request: request.clone(),
+            accepted: true,
+            message: self.message.clone(),
+            handled_at: Time(now),
+        });
+        self
+    }
+
+    /// A request refused: this decision stays what it would have been without it.
+    fn refusing(mut self, request: &MigrationRequest, why: String, now: Timestamp) -> Self {
+        self.handled = Some(RequestOutcome {
+            request: request.clone(),
+            accepted: false,
+            message: why,
+            handled_at: Time(now),
+        });
+        self
+    }
+
+    /// Whether a request was carried out in this decision (its record goes into the history
+    /// even when the step stayed, as a pause does).
+    pub fn accepted_request(&self) -> Option<&MigrationRequest> {
+        self.handled
+            .as_ref()
+            .filter(|h| h.accepted)
+            .map(|h| &h.request)
+    }
+}
+
+/// The request in `current` not yet acted on: none when it equals the last one acted on (the
+/// reconcile that acted on it could not remove it).
+pub fn pending_request(current: &MigrationStatus) -> Option<&MigrationRequest> {
+    let request = current.request.as_ref()?;
+    let done = current
+        .last_request
+        .as_ref()
+        .is_some_and(|l| &l.request == request);
+    (!done).then_some(request)
+}
+
+/// The JSON patch that removes `request` from `status.migration` only while it is still exactly
+/// that request (a `test` op first): a request written meanwhile makes the patch fail (422)
+/// and survives for the next reconcile.
+pub fn clear_request_patch(request: &MigrationRequest) -> serde_json::Value {
+    serde_json::json!([
+        {"op": "test", "path": "/status/migration/request", "value": request},
+        {"op": "remove", "path": "/status/migration/request"},
+    ])
+}
+
+/// Who asked, as the history and Events say it.
+pub fn requester(request: &MigrationRequest) -> &str {
+    request.requested_by.as_deref().unwrap_or("unknown")
 }
 
 /// A closed gate: the reason and message of staying in the current step.
@@ -162,12 +242,17 @@ fn label(m: &MigrationSpec, step: u32) -> String {
 /// every provider, consistent since the step started) either name what holds it or advance one.
 pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
     let m = input.migration;
+    let pending = input.current.and_then(pending_request);
     if m.steps.is_empty() {
-        return StepDecision::stay(
+        let d = StepDecision::stay(
             0,
             reason::NO_STEPS,
             "spec.migration lists no steps: add at least one".into(),
         );
+        return match pending {
+            Some(r) => d.refusing(r, "spec.migration lists no steps".into(), input.now),
+            None => d,
+        };
     }
     let last = last_index(m);
     // A target past the end is rejected by validation; clamp it rather than index out of range.
@@ -188,7 +273,10 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
     };
     let cur = current.current_step;
 
+    let held = current.held.clone();
     if cur > last {
+        // A pending request waits for the next reconcile, which judges it against the steps
+        // that exist.
         return StepDecision::go(
             last,
             reason::STEPS_CHANGED,
@@ -198,11 +286,36 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
                 m.steps.len(),
                 label(m, last)
             ),
-        );
+        )
+        .held(held);
     }
     if let Some(t) = target {
-        return follow_target(m, cur, t);
+        // Git took over: the spec's target replaces any hold a request made.
+        let d = follow_target(m, cur, t);
+        return match pending {
+            Some(r) => d.refusing(
+                r,
+                format!("spec.migration.targetStep={t} pins this migration: change it in Git"),
+                input.now,
+            ),
+            None => d,
+        };
     }
+    if let Some(r) = pending {
+        return match decide_request(input, current, r) {
+            Ok(d) => d.accepting(r, input.now),
+            Err(why) => without_request(input, current).refusing(r, why, input.now),
+        };
+    }
+    without_request(input, current)
+}
+
+/// The rules after the spec's target and a request: paused, held, completed, the gates.
+fn without_request(input: &StepInput<'_>, current: &MigrationStatus) -> StepDecision {
+    let m = input.migration;
+    let cur = current.current_step;
+    let last = last_index(m);
+    let held = current.held.clone();
     if m.paused {
         return StepDecision::stay(
             cur,
@@ -211,7 +324,21 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
                 "spec.migration.paused is true: step {} stays in force",
                 label(m, cur)
             ),
-        );
+        )
+        .held(held);
+    }
+    if let Some(h) = &held {
+        return StepDecision::stay(
+            cur,
+            reason::HELD,
+            format!(
+                "step {} is held since {} ({}): a resume or promote request lifts the hold",
+                label(m, cur),
+                h.since.0,
+                h.reason
+            ),
+        )
+        .held(held);
     }
     if cur == last {
         return StepDecision::stay(
@@ -235,6 +362,121 @@ pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
                 label(m, cur + 1)
             ),
         ),
+    }
+}
+
+/// Carries out `request` (the spec pins nothing here), or says why it cannot be.
+fn decide_request(
+    input: &StepInput<'_>,
+    current: &MigrationStatus,
+    request: &MigrationRequest,
+) -> Result<StepDecision, String> {
+    let m = input.migration;
+    let cur = current.current_step;
+    let last = last_index(m);
+    let by = requester(request);
+    if input.migration.paused {
+        return Err("spec.migration.paused=true pins this migration: change it in Git".to_string());
+    }
+    if let Some(to) = request.to_step.filter(|to| *to > last) {
+        return Err(format!(
+            "step {to} does not exist: the migration has {} steps (0 to {last})",
+            m.steps.len()
+        ));
+    }
+    let hold = |reason: &str| {
+        Some(MigrationHold {
+            reason: reason.to_string(),
+            since: Time(input.now),
+        })
+    };
+    let from = label(m, cur);
+    match request.action {
+        MigrationAction::Promote | MigrationAction::PromoteFull => {
+            let to = match request.action {
+                MigrationAction::PromoteFull => last,
+                _ => request.to_step.unwrap_or(cur + 1),
+            };
+            if cur == last {
+                return Err(format!(
+                    "step {from} is the last step: there is nothing to promote to"
+                ));
+            }
+            if to <= cur {
+                return Err(format!(
+                    "promote goes forward: step {to} is not after the current step {from} (use rollback)"
+                ));
+            }
+            let how = if request.to_step.is_none() && request.action == MigrationAction::Promote {
+                format!(": the gates of step {from} were passed once")
+            } else {
+                ", past any gates".to_string()
+            };
+            Ok(StepDecision::go(
+                to,
+                reason::PROMOTED,
+                format!(
+                    "promoted by request of {by} from step {from} to step {}{how}",
+                    label(m, to)
+                ),
+            ))
+        }
+        MigrationAction::Pause => Ok(StepDecision::stay(
+            cur,
+            reason::PAUSED,
+            format!("paused by request of {by}: step {from} is held; a resume request lifts the hold"),
+        )
+        .held(current.held.clone().or_else(|| hold(reason::PAUSED)))),
+        MigrationAction::Resume => match &current.held {
+            None => Err(format!(
+                "step {from} is not held by a request: nothing to resume"
+            )),
+            Some(h) => Ok(StepDecision::stay(
+                cur,
+                reason::RESUMED,
+                format!(
+                    "resumed by request of {by}: the hold on step {from} ({}) is lifted; the gates decide again",
+                    h.reason
+                ),
+            )),
+        },
+        MigrationAction::Rollback => {
+            let to = match request.to_step {
+                Some(to) => to,
+                None if cur == 0 => {
+                    return Err(format!(
+                        "step {from} is the first step: there is nothing to roll back to"
+                    ))
+                }
+                None => cur - 1,
+            };
+            if to >= cur {
+                return Err(format!(
+                    "rollback goes back: step {to} is not before the current step {from} (use promote)"
+                ));
+            }
+            Ok(StepDecision::go(
+                to,
+                reason::ROLLED_BACK,
+                format!(
+                    "rolled back by request of {by} from step {from} to step {}, held there; a resume request lets the gates advance it",
+                    label(m, to)
+                ),
+            )
+            .held(hold(reason::ROLLED_BACK)))
+        }
+        MigrationAction::Abort => {
+            let message = format!(
+                "aborted by request of {by}: back to the first step {}, held there; a resume request lets the gates advance it",
+                label(m, 0)
+            );
+            let d = if cur == 0 {
+                StepDecision::stay(0, reason::ABORTED, message)
+            } else {
+                StepDecision::go(0, reason::ABORTED, message)
+            };
+            Ok(d.held(hold(reason::ABORTED)))
+        }
     }
 }
 
@@ -281,7 +523,7 @@ fn first_closed_gate(input: &StepInput<'_>, current: &MigrationStatus) -> Option
         return Some(Hold {
             reason: reason::AWAITING_PROMOTION,
             message: format!(
-                "step {} is manual: set spec.migration.targetStep to {} to continue",
+                "step {} is manual: promote it (`kubectl dualwrite promote`, the Argo CD action promote, or spec.migration.targetStep: {} in Git) to continue",
                 label(m, cur),
                 cur + 1
             ),
@@ -468,7 +710,8 @@ pub fn step_view(migration: &MigrationSpec, step: u32, all_providers: &[String])
     }
 }
 
-/// `prev` with a record of entering `decision.step` appended when the decision moved, trimmed
+/// `prev` with a record of entering `decision.step` appended when the decision moved or carried
+/// out a request (a pause is recorded though the step stays), trimmed
 /// to the newest [`HISTORY_LIMIT`] records.
 pub fn record_history(
     prev: &[StepRecord],
@@ -477,7 +720,8 @@ pub fn record_history(
     now: Timestamp,
 ) -> Vec<StepRecord> {
     let mut history = prev.to_vec();
-    if decision.moved {
+    let request = decision.accepted_request();
+    if decision.moved || request.is_some() {
         let step = migration.steps.get(decision.step as usize);
         history.push(StepRecord {
             step: decision.step,
@@ -485,6 +729,7 @@ pub fn record_history(
             strategy: step.map(|s| s.strategy).unwrap_or_default(),
             reason: decision.reason.to_string(),
             entered_at: Time(now),
+            requested_by: request.map(|r| requester(r).to_string()),
         });
     }
     let excess = history.len().saturating_sub(HISTORY_LIMIT);
@@ -493,7 +738,7 @@ pub fn record_history(
 }
 
 /// `status.migration` after `decision`: the step, its name, why, since when (now if the step
-/// moved, else the previous start) and the history.
+/// moved, else the previous start), the history, the hold and the last request acted on.
 pub fn next_migration_status(input: &StepInput<'_>, decision: &StepDecision) -> MigrationStatus {
     let prev = input.current;
     let step_started_at = match prev {
@@ -517,5 +762,12 @@ pub fn next_migration_status(input: &StepInput<'_>, decision: &StepDecision) -> 
             input.migration,
             input.now,
         ),
+        // Never sent by the operator: a requester's field (see `MigrationStatus::request`).
+        request: None,
+        held: decision.held.clone(),
+        last_request: decision
+            .handled
+            .clone()
+            .or_else(|| prev.and_then(|p| p.last_request.clone())),
     }
 }

@@ -244,7 +244,11 @@ pub fn grant_chart_rbac(env: &KubeEnv) {
         .map(|doc| serde_yaml::from_str::<Value>(doc).unwrap())
         .find(|v| {
             let rules = v["rules"].to_string();
-            rules.contains("statefulsets") && rules.contains("dualwritepipelines")
+            // Not the role for people who operate migrations (`kubectl dualwrite`).
+            let for_people = v["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-migration-operator"));
+            !for_people && rules.contains("statefulsets") && rules.contains("dualwritepipelines")
         })
         .expect("the operator's ClusterRole");
     let name = operator_role["metadata"]["name"]

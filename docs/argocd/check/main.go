@@ -3,14 +3,26 @@
 // argocd-cm: gopher-lua, the object as the global `obj`, only the package, base and table
 // libraries open (useOpenLibs off), a one-second deadline, and a returned table whose `status`
 // must be a known health. It also checks that docs/argocd-health.md embeds health.lua verbatim
-// and that every testdata file is under test. It prints one line per check, then
-// "N passed, M failed", and exits 1 on any failure.
+// and that every testdata file is under test.
+//
+// It runs the resource actions (../actions/<verb>/action.lua and ../actions/discovery.lua)
+// against ../actions/action_test.yaml in Argo CD's test format (discoveryTests, actionTests) the
+// way Argo CD runs an action: the same libraries plus Argo CD's safe os library (os.date and
+// os.time only), the returned table turned back into an object (an empty table stays an array
+// where the input had one), and checks that the document embeds each script verbatim. It prints
+// one line per check, then "N passed, M failed", and exits 1 on any failure.
+//
+// With -run-action VERB -obj FILE it only runs that action on the object in FILE (JSON or
+// YAML) and prints the object the action returned as JSON, or the action's error on stderr
+// with exit code 3: the end-to-end test applies that output as Argo CD does. With
+// -run-discovery -obj FILE it prints the verbs discovery offers, as "verb(disabled=bool)".
 //
 // Usage (from hack/check-argocd-health): go run . -dir ../ -doc ../../argocd-health.md
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -45,7 +57,44 @@ type healthTests struct {
 func main() {
 	dir := flag.String("dir", "..", "directory holding health.lua, health_test.yaml and testdata/")
 	doc := flag.String("doc", "../../argocd-health.md", "document that must embed health.lua (empty: skip)")
+	runAction := flag.String("run-action", "", "only run this action on -obj and print the object it returns")
+	runDiscoveryOnly := flag.Bool("run-discovery", false, "only run discovery.lua on -obj and print the verbs it offers")
+	objPath := flag.String("obj", "", "the object -run-action runs on (JSON or YAML)")
 	flag.Parse()
+
+	if *runDiscoveryOnly {
+		obj, err := readObject(*objPath)
+		if err != nil {
+			fatal(err)
+		}
+		script, err := os.ReadFile(filepath.Join(*dir, "actions", "discovery.lua"))
+		if err != nil {
+			fatal(err)
+		}
+		got, err := runDiscovery(string(script), obj)
+		if err != nil {
+			fatal(err)
+		}
+		fmt.Println(strings.Join(got, " "))
+		return
+	}
+	if *runAction != "" {
+		obj, err := readObject(*objPath)
+		if err != nil {
+			fatal(err)
+		}
+		out, err := runActionFile(filepath.Join(*dir, "actions", *runAction, "action.lua"), obj)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+		raw, err := json.Marshal(out)
+		if err != nil {
+			fatal(err)
+		}
+		fmt.Println(string(raw))
+		return
+	}
 
 	passed, failed := 0, 0
 	report := func(ok bool, name, detail string) {
@@ -108,6 +157,8 @@ func main() {
 		ok, detail := embeds(*doc, string(script))
 		report(ok, filepath.Base(*doc), detail)
 	}
+
+	checkActions(*dir, *doc, report)
 
 	fmt.Printf("%d passed, %d failed\n", passed, failed)
 	if failed > 0 {
@@ -207,7 +258,12 @@ func toLua(l *lua.LState, v any) lua.LValue {
 // embeds reports whether every `resource.customizations.health.dualwrite.io_DualWritePipeline: |`
 // block scalar in the document holds exactly the script (there must be at least one).
 func embeds(docPath, script string) (bool, string) {
-	const key = "resource.customizations.health.dualwrite.io_DualWritePipeline: |"
+	return embedsAt(docPath, "resource.customizations.health.dualwrite.io_DualWritePipeline: |", "", script)
+}
+
+// embedsAt reports whether every block scalar under a line `key` (after a line `after`, when
+// not empty) in the document holds exactly the script (there must be at least one).
+func embedsAt(docPath, key, after, script string) (bool, string) {
 	raw, err := os.ReadFile(docPath)
 	if err != nil {
 		return false, err.Error()
@@ -219,6 +275,9 @@ func embeds(docPath, script string) (bool, string) {
 		if strings.TrimSpace(keyLine) != key {
 			continue
 		}
+		if after != "" && (at == 0 || strings.TrimSpace(doc[at-1]) != after) {
+			continue
+		}
 		found = append(found, at+1)
 		indent := keyLine[:len(keyLine)-len(strings.TrimLeft(keyLine, " "))] + "  "
 		for i, line := range want {
@@ -227,15 +286,15 @@ func embeds(docPath, script string) (bool, string) {
 				got = doc[at+1+i]
 			}
 			if (line == "" && strings.TrimSpace(got) != "") || (line != "" && got != indent+line) {
-				return false, fmt.Sprintf("the block at line %d differs from health.lua at its line %d: "+
-					"copy health.lua into it again, indented by %d spaces", at+1, i+1, len(indent))
+				return false, fmt.Sprintf("the block at line %d differs from the script at its line %d: "+
+					"copy the script into it again, indented by %d spaces", at+1, i+1, len(indent))
 			}
 		}
 	}
 	if len(found) == 0 {
 		return false, "no " + key + " block"
 	}
-	return true, fmt.Sprintf("%d blocks (lines %v) hold health.lua verbatim", len(found), found)
+	return true, fmt.Sprintf("%d blocks (lines %v) hold the script verbatim", len(found), found)
 }
 
 func fatal(err error) {

@@ -24,6 +24,9 @@ fn status(step: u32, started: i64) -> MigrationStatus {
         message: String::new(),
         step_started_at: Time(t(started)),
         history: Vec::new(),
+        request: None,
+        held: None,
+        last_request: None,
     }
 }
 
@@ -177,7 +180,7 @@ fn decide_step_table() {
             consistency: None,
             now: 1000,
             want: (0, reason::AWAITING_PROMOTION, false),
-            says: &["targetStep to 1"],
+            says: &["kubectl dualwrite promote", "targetStep: 1"],
         },
         Case {
             name: "minDuration not reached",
@@ -534,6 +537,7 @@ fn record(step: u32) -> StepRecord {
         strategy: Strategy::FailFast,
         reason: "x".into(),
         entered_at: Time(t(step as i64)),
+        requested_by: None,
     }
 }
 
@@ -545,12 +549,14 @@ fn history_appends_on_move_and_keeps_the_newest_twenty() {
         reason: reason::GATES_PASSED,
         message: String::new(),
         moved: true,
+        ..StepDecision::default()
     };
     let stayed = StepDecision {
         step: 1,
         reason: reason::PAUSED,
         message: String::new(),
         moved: false,
+        ..StepDecision::default()
     };
 
     let h = record_history(&[], &moved, &m, t(99));
@@ -741,4 +747,367 @@ fn an_orphaned_backlog_holds_the_gate_and_not_the_health() {
     let d = decide_step(&input);
     assert_eq!(d.reason, reason::BACKLOG_NOT_EMPTY, "{}", d.message);
     assert!(d.message.contains("nats=5"), "{}", d.message);
+}
+
+fn request(action: MigrationAction, to_step: Option<u32>) -> MigrationRequest {
+    MigrationRequest {
+        action,
+        to_step,
+        requested_at: "2026-11-27T12:00:00Z".into(),
+        requested_by: Some("alice".into()),
+    }
+}
+
+fn hold(reason: &str) -> MigrationHold {
+    MigrationHold {
+        reason: reason.into(),
+        since: Time(t(5)),
+    }
+}
+
+struct RequestCase {
+    name: &'static str,
+    gates0: &'static str,
+    extra: &'static str,
+    step: u32,
+    held: Option<&'static str>,
+    request: MigrationRequest,
+    /// (step, reason, moved, accepted)
+    want: (u32, &'static str, bool, bool),
+    /// The hold's reason afterwards.
+    held_after: Option<&'static str>,
+    /// Words the outcome's message must hold.
+    says: &'static [&'static str],
+}
+
+/// Each request, carried out or refused, over the three-step migration with closed gates on
+/// step 0 unless a case opens them.
+#[test]
+fn requests_table() {
+    use MigrationAction::*;
+    let cases = vec![
+        RequestCase {
+            name: "promote passes a manual gate once",
+            gates0: "{manual: true}",
+            extra: "",
+            step: 0,
+            held: None,
+            request: request(Promote, None),
+            want: (1, reason::PROMOTED, true, true),
+            held_after: None,
+            says: &[
+                "by request of alice",
+                "gates of step 0 (dual) were passed once",
+            ],
+        },
+        RequestCase {
+            name: "promote lifts a hold",
+            gates0: OPEN,
+            extra: "",
+            step: 0,
+            held: Some(reason::PAUSED),
+            request: request(Promote, None),
+            want: (1, reason::PROMOTED, true, true),
+            held_after: None,
+            says: &[],
+        },
+        RequestCase {
+            name: "promote --to jumps past gates",
+            gates0: "{manual: true}",
+            extra: "",
+            step: 0,
+            held: None,
+            request: request(Promote, Some(2)),
+            want: (2, reason::PROMOTED, true, true),
+            held_after: None,
+            says: &["past any gates"],
+        },
+        RequestCase {
+            name: "promote --full goes to the last step",
+            gates0: "{manual: true}",
+            extra: "",
+            step: 0,
+            held: None,
+            request: request(PromoteFull, None),
+            want: (2, reason::PROMOTED, true, true),
+            held_after: None,
+            says: &["step 2 (done)"],
+        },
+        RequestCase {
+            name: "promote at the last step is refused",
+            gates0: OPEN,
+            extra: "",
+            step: 2,
+            held: None,
+            request: request(Promote, None),
+            want: (2, reason::COMPLETED, false, false),
+            held_after: None,
+            says: &["last step"],
+        },
+        RequestCase {
+            name: "promote --to a step that does not exist is refused",
+            gates0: "{manual: true}",
+            extra: "",
+            step: 0,
+            held: None,
+            request: request(Promote, Some(7)),
+            want: (0, reason::AWAITING_PROMOTION, false, false),
+            held_after: None,
+            says: &["step 7 does not exist", "0 to 2"],
+        },
+        RequestCase {
+            name: "promote --to backwards is refused",
+            gates0: OPEN,
+            extra: "",
+            step: 1,
+            held: None,
+            request: request(Promote, Some(1)),
+            want: (2, reason::GATES_PASSED, true, false),
+            held_after: None,
+            says: &["use rollback"],
+        },
+        RequestCase {
+            name: "spec targetStep wins over a request",
+            gates0: "{manual: true}",
+            extra: ", targetStep: 0",
+            step: 0,
+            held: None,
+            request: request(Promote, None),
+            want: (0, reason::PINNED, false, false),
+            held_after: None,
+            says: &["spec.migration.targetStep=0 pins this migration: change it in Git"],
+        },
+        RequestCase {
+            name: "spec paused wins over a request",
+            gates0: OPEN,
+            extra: ", paused: true",
+            step: 0,
+            held: None,
+            request: request(Resume, None),
+            want: (0, reason::PAUSED, false, false),
+            held_after: None,
+            says: &["spec.migration.paused=true pins this migration: change it in Git"],
+        },
+        RequestCase {
+            name: "pause holds open gates",
+            gates0: OPEN,
+            extra: "",
+            step: 0,
+            held: None,
+            request: request(Pause, None),
+            want: (0, reason::PAUSED, false, true),
+            held_after: Some(reason::PAUSED),
+            says: &["paused by request of alice"],
+        },
+        RequestCase {
+            name: "resume lifts a pause",
+            gates0: OPEN,
+            extra: "",
+            step: 0,
+            held: Some(reason::PAUSED),
+            request: request(Resume, None),
+            want: (0, reason::RESUMED, false, true),
+            held_after: None,
+            says: &["the gates decide again"],
+        },
+        RequestCase {
+            name: "resume without a hold is refused",
+            gates0: "{manual: true}",
+            extra: "",
+            step: 0,
+            held: None,
+            request: request(Resume, None),
+            want: (0, reason::AWAITING_PROMOTION, false, false),
+            held_after: None,
+            says: &["nothing to resume"],
+        },
+        RequestCase {
+            name: "rollback goes to the previous step and holds",
+            gates0: OPEN,
+            extra: "",
+            step: 2,
+            held: None,
+            request: request(Rollback, None),
+            want: (1, reason::ROLLED_BACK, true, true),
+            held_after: Some(reason::ROLLED_BACK),
+            says: &["from step 2 (done) to step 1 (kafka-first)", "held"],
+        },
+        RequestCase {
+            name: "rollback --to goes to that step",
+            gates0: OPEN,
+            extra: "",
+            step: 2,
+            held: None,
+            request: request(Rollback, Some(0)),
+            want: (0, reason::ROLLED_BACK, true, true),
+            held_after: Some(reason::ROLLED_BACK),
+            says: &["to step 0 (dual)"],
+        },
+        RequestCase {
+            name: "rollback at the first step is refused",
+            gates0: OPEN,
+            extra: "",
+            step: 0,
+            held: None,
+            request: request(Rollback, None),
+            want: (1, reason::GATES_PASSED, true, false),
+            held_after: None,
+            says: &["first step"],
+        },
+        RequestCase {
+            name: "rollback --to forwards is refused",
+            gates0: "{manual: true}",
+            extra: "",
+            step: 0,
+            held: None,
+            request: request(Rollback, Some(1)),
+            want: (0, reason::AWAITING_PROMOTION, false, false),
+            held_after: None,
+            says: &["use promote"],
+        },
+        RequestCase {
+            name: "abort goes to step 0 and holds",
+            gates0: OPEN,
+            extra: "",
+            step: 2,
+            held: None,
+            request: request(Abort, None),
+            want: (0, reason::ABORTED, true, true),
+            held_after: Some(reason::ABORTED),
+            says: &["aborted by request of alice", "first step 0 (dual)"],
+        },
+        RequestCase {
+            name: "abort at step 0 holds without moving",
+            gates0: OPEN,
+            extra: "",
+            step: 0,
+            held: None,
+            request: request(Abort, None),
+            want: (0, reason::ABORTED, false, true),
+            held_after: Some(reason::ABORTED),
+            says: &[],
+        },
+    ];
+    let rows = healthy();
+    for c in cases {
+        let m = migration(c.gates0, c.extra);
+        let mut current = status(c.step, 0);
+        current.held = c.held.map(hold);
+        current.request = Some(c.request.clone());
+        let input = StepInput {
+            migration: &m,
+            current: Some(&current),
+            providers: &rows,
+            consistency: None,
+            relays_in_step: Ok(()),
+            stale: &[],
+            now: t(1000),
+        };
+        let d = decide_step(&input);
+        let handled = d
+            .handled
+            .clone()
+            .unwrap_or_else(|| panic!("{}: not handled", c.name));
+        assert_eq!(
+            (d.step, d.reason, d.moved, handled.accepted),
+            c.want,
+            "{}: {}",
+            c.name,
+            handled.message
+        );
+        assert_eq!(
+            d.held.as_ref().map(|h| h.reason.as_str()),
+            c.held_after,
+            "{}",
+            c.name
+        );
+        for word in c.says {
+            assert!(
+                handled.message.contains(word),
+                "{}: {:?} lacks {word:?}",
+                c.name,
+                handled.message
+            );
+        }
+        let next = next_migration_status(&input, &d);
+        assert_eq!(
+            next.request, None,
+            "{}: the operator never sends the request",
+            c.name
+        );
+        assert_eq!(next.last_request.as_ref(), Some(&handled), "{}", c.name);
+        let recorded = next.history.last().and_then(|r| r.requested_by.as_deref());
+        assert_eq!(
+            recorded,
+            handled.accepted.then_some("alice"),
+            "{}: a carried-out request is in the history, a refused one is not",
+            c.name
+        );
+    }
+}
+
+/// A held step stays though its gates are open, and a request already acted on (its removal
+/// failed) is not acted on again.
+#[test]
+fn a_hold_keeps_the_step_and_a_request_acts_once() {
+    let m = migration(OPEN, "");
+    let rows = healthy();
+    let mut current = status(0, 0);
+    current.held = Some(hold(reason::ROLLED_BACK));
+    let input = StepInput {
+        migration: &m,
+        current: Some(&current),
+        providers: &rows,
+        consistency: None,
+        relays_in_step: Ok(()),
+        stale: &[],
+        now: t(1000),
+    };
+    let d = decide_step(&input);
+    assert_eq!((d.step, d.reason, d.moved), (0, reason::HELD, false));
+    assert!(d.message.contains("resume"), "{}", d.message);
+    assert_eq!(next_migration_status(&input, &d).held, current.held);
+
+    // The promote was acted on (lastRequest) but is still there: not acted on again.
+    let mut promoted = status(1, 900);
+    promoted.held = Some(hold(reason::PAUSED));
+    let r = request(MigrationAction::Promote, None);
+    promoted.request = Some(r.clone());
+    promoted.last_request = Some(RequestOutcome {
+        request: r.clone(),
+        accepted: true,
+        message: "promoted".into(),
+        handled_at: Time(t(900)),
+    });
+    let m = migration("{manual: true}", "");
+    let again = StepInput {
+        migration: &m,
+        current: Some(&promoted),
+        ..input
+    };
+    let d = decide_step(&again);
+    assert_eq!(d.handled, None);
+    assert_eq!(d.step, 1, "still step 1, not promoted again");
+    assert_eq!(
+        next_migration_status(&again, &d).last_request,
+        promoted.last_request,
+        "the last request is kept"
+    );
+
+    // A new request (another time) is acted on.
+    let mut newer = promoted.clone();
+    newer.request = Some(MigrationRequest {
+        requested_at: "2026-11-27T12:00:01Z".into(),
+        ..r
+    });
+    let fresh = StepInput {
+        current: Some(&newer),
+        ..again
+    };
+    let d = decide_step(&fresh);
+    assert_eq!(
+        (d.step, d.held.as_ref()),
+        (2, None),
+        "promoted, the hold lifted"
+    );
 }
