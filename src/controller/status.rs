@@ -101,6 +101,7 @@ pub fn next_status(
         _ => no_migration(p),
     };
     let migrating = step.moved;
+    let fallback_after = step.fallback_after;
     let mut in_force = apply_fallback(step, &prev, &rows, now, &mut events);
     if invalid.is_some() && prev.strategy.is_some() {
         in_force = kept(&prev, in_force);
@@ -152,6 +153,7 @@ pub fn next_status(
         blocked_since: blocked_since(&prev),
         now,
         stall_after: signed(settings.stall_after),
+        fallback_after,
         migrating,
         relay_failure: observed.failure.as_ref(),
         rollout_queued: observed.rollout_queued.as_deref(),
