@@ -22,6 +22,7 @@
 //! | no relay has reported yet, relays rolling out, a step change, a scale-down draining | Reconciling (InProgress) | the operator and the relays are getting there |
 //! | providers not yet reported (Ready Unknown) | Reconciling (InProgress) | reports arrive within a heartbeat |
 //! | Ready True (BestEffort or a fallback running on the rest: Degraded True) | Current | messages are accepted |
+//! | scaled to zero (`spec.relay.replicas: 0`) | InProgress | Reconciling and Stalled are False (nothing is under way, nothing is wrong); kstatus then reads Ready, False: no message is taken. Leave such a pipeline out of a Flux health check while it is parked |
 //!
 //! Stalled and Reconciling are never True together: kstatus reads the first True one in list
 //! order, so a stuck pipeline must not read as merely in progress.
@@ -34,6 +35,8 @@ use super::{human, reason};
 use crate::api::{ProviderStatus, Readiness};
 use crate::composite::{strategy_satisfied, Strategy};
 
+#[cfg(test)]
+mod kstatus_fixtures;
 #[cfg(test)]
 mod tests;
 
@@ -181,7 +184,8 @@ fn ready(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
         verdict(Readiness::False, reason::APPLY_FAILED, why)
     } else if input.scaled_to_zero() {
         // Not Ready: a pipeline with no relay takes no message (an Argo CD check reads the
-        // reason as Suspended; kstatus reads Reconciling and Stalled, both False: Current).
+        // reason as Suspended; kstatus, with Reconciling and Stalled both False, falls back to
+        // Ready and reads InProgress).
         verdict(
             Readiness::False,
             reason::SCALED_TO_ZERO,
@@ -292,15 +296,15 @@ fn stalled(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
             String::new()
         };
         let fix = if fallback_coming {
-            "the automatic fallback has not helped"
+            "and the automatic fallback has not helped"
         } else {
-            "no automatic fallback (spec.migration.fallbackAfter) is set"
+            "and no automatic fallback is set (spec.migration.fallbackAfter)"
         };
         verdict(
             Readiness::True,
             reason::FAIL_FAST_BLOCKED,
             format!(
-                "FailFast has refused every message{how_long} ({fix}): {}",
+                "FailFast has refused every message{how_long}, {fix}: {}",
                 t.down.join("; ")
             ),
         )
