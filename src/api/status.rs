@@ -17,6 +17,7 @@ use super::{Acceptance, DualWritePipeline, ProviderKind, Strategy};
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DualWritePipelineStatus {
+    /// The `metadata.generation` of the spec this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The strategy in force now (the spec's, a migration step's, or the fallback).
@@ -51,10 +52,14 @@ pub struct DualWritePipelineStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub providers: Vec<ProviderStatus>,
+    /// Where the migration stands: its current step, why, and the steps before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,
+    /// The automatic fallback (FailFast relaxed to BestEffort while a provider is down): in
+    /// force or not, and its last flip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackStatus>,
+    /// The last `dualwrite verify` verdict: what each provider holds and misses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<ConsistencyStatus>,
     /// PersistentVolumeClaims of relays scaled away (ordinal ≥ the StatefulSet's replicas; a
@@ -108,20 +113,28 @@ impl std::fmt::Display for Readiness {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderStatus {
+    /// The provider's name in spec.providers.
     pub name: String,
+    /// The provider's type: memory, nats or kafka.
     #[serde(rename = "type")]
     pub kind: ProviderKind,
     /// "True", "False" or "Unknown".
     pub ready: Readiness,
+    /// Why it is (not) ready, one CamelCase word (e.g. ReportedUp, AuthenticationFailed).
     pub reason: String,
+    /// The same for people: which relay found what.
     #[serde(default)]
     pub message: String,
+    /// When `ready` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    /// Messages this provider acknowledged, summed over the relays' reports.
     #[serde(default)]
     pub published: u64,
+    /// Writes to this provider that failed, summed over the relays' reports.
     #[serde(default)]
     pub failed: u64,
+    /// Messages waiting in the relays' hinted-handoff backlogs for this provider.
     #[serde(default)]
     pub backlog: u64,
     /// 99th percentile publish latency in milliseconds (interpolated within its histogram bucket).
@@ -204,6 +217,7 @@ impl ProviderStatus {
 pub struct RelayReport {
     /// The pod name.
     pub name: String,
+    /// When the relay wrote this report.
     pub reported_at: Time,
     /// The strategy the relay applies.
     pub strategy: Strategy,
@@ -215,6 +229,7 @@ pub struct RelayReport {
     /// nothing of now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// Each provider as this relay sees it.
     #[serde(default)]
     pub providers: Vec<ProviderReport>,
 }
@@ -226,29 +241,42 @@ pub struct RelayReport {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderReport {
+    /// The provider's name in spec.providers.
     pub name: String,
+    /// The relay can write to the provider now.
     pub healthy: bool,
+    /// Why it is (not) healthy, one CamelCase word (e.g. Connected, Disconnected).
     #[serde(default)]
     pub reason: String,
+    /// The same for people (the broker's last error, without credentials).
     #[serde(default)]
     pub message: String,
     /// Since when `healthy` has had its value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
+    /// Messages this relay wrote to the provider and it acknowledged, since the relay started.
     #[serde(default)]
     pub published: u64,
+    /// Writes of this relay to the provider that failed, since the relay started.
     #[serde(default)]
     pub failed: u64,
+    /// Messages waiting in this relay's backlog for the provider.
     #[serde(default)]
     pub backlog: u64,
+    /// 99th percentile publish latency in milliseconds (interpolated within its histogram
+    /// bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_p99_ms: Option<f64>,
+    /// Accepted messages the provider missed for good on this relay (see the provider row).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub missed: u64,
+    /// Backlog appends that failed with a storage error on this relay.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub backlog_errors: u64,
+    /// Replay cannot make the provider complete on this relay: reconcile by hand.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_reconciliation: bool,
+    /// Why it needs reconciliation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciliation_reason: Option<String>,
     /// The relay no longer writes this provider (a migration step or a rollback removed it),
@@ -261,12 +289,16 @@ pub struct ProviderReport {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationStatus {
+    /// The index (0-based) of the step in force in spec.migration.steps.
     pub current_step: u32,
+    /// Its name.
     pub step_name: String,
     /// Why the pipeline is in this step (e.g. GatesPassed, Promoted, RolledBack, Paused).
     pub reason: String,
+    /// What the step waits for, or why it moved, for people.
     #[serde(default)]
     pub message: String,
+    /// When the step began.
     pub step_started_at: Time,
     /// Earlier steps, oldest first (the last 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -276,10 +308,15 @@ pub struct MigrationStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepRecord {
+    /// The step's index (0-based).
     pub step: u32,
+    /// The step's name.
     pub name: String,
+    /// The strategy it ran.
     pub strategy: Strategy,
+    /// Why it was entered (e.g. GatesPassed, Promoted, RolledBack).
     pub reason: String,
+    /// When it was entered.
     pub entered_at: Time,
 }
 
@@ -288,7 +325,9 @@ pub struct StepRecord {
 pub struct FallbackStatus {
     /// Automatic fallback to BestEffort is in force.
     pub active: bool,
+    /// Why: ProviderDown (in force), Recovered or Disabled (ended).
     pub reason: String,
+    /// When it last flipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
 }
@@ -296,6 +335,7 @@ pub struct FallbackStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsistencyStatus {
+    /// When the check ran.
     pub checked_at: Time,
     /// Messages looked at per provider.
     #[serde(default)]
@@ -303,11 +343,14 @@ pub struct ConsistencyStatus {
     /// Ids present on some provider but missing on this one.
     #[serde(default)]
     pub missing: BTreeMap<String, u64>,
+    /// Ids this provider holds more than once.
     #[serde(default)]
     pub duplicates: BTreeMap<String, u64>,
     /// Ids this provider holds whose content differs from another copy of the id.
     #[serde(default)]
     pub conflicting: BTreeMap<String, u64>,
+    /// Every provider holds every message of the window, once and alike (the `consistent`
+    /// gate reads this).
     pub consistent: bool,
     /// The check read messages ingested from this time (`--window`); absent: everything the
     /// brokers held.
