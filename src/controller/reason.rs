@@ -118,6 +118,18 @@ pub const UPDATED: &str = "Updated";
 /// An owned object was deleted (the PodDisruptionBudget when replicas drop to one, the relay
 /// Deployment of an operator before StatefulSets).
 pub const DELETED: &str = "Deleted";
+/// A provider the relays write turned not ready (Warning Event, once per transition; the
+/// fallback's own flip is a separate `ProviderDown` Warning).
+pub const PROVIDER_UNAVAILABLE: &str = "ProviderUnavailable";
+/// A provider that was not ready is ready again (Normal Event).
+pub const PROVIDER_AVAILABLE: &str = "ProviderAvailable";
+/// A provider's backlog reached 80% of `spec.handoff.maxMessages` (Warning Event, once per
+/// crossing): past the limit the relays refuse to keep more and the provider needs
+/// reconciliation.
+pub const BACKLOG_NEAR_LIMIT: &str = "BacklogNearLimit";
+/// A provider turned needs-reconciliation (its backlog passed `maxMessages` or `maxAge`, or it
+/// missed an accepted message): replay cannot make it complete (Warning Event).
+pub const NEEDS_RECONCILIATION: &str = "NeedsReconciliation";
 /// The migration entered another step.
 pub const STEP_CHANGED: &str = "StepChanged";
 /// The effective strategy changed (a step, a fallback flip, or the spec).

@@ -113,6 +113,11 @@ pub fn next_status(
         note: why.clone(),
     }));
 
+    events.extend(rows::row_events(
+        &prev.providers,
+        &rows,
+        p.spec.handoff.as_ref().and_then(|h| h.max_messages),
+    ));
     events.extend(relay_events(
         &p.name_any(),
         &prev,

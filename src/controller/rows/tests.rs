@@ -142,3 +142,143 @@ fn a_down_row_carries_the_relays_reason_when_it_is_a_reason() {
         ("False", "AuthenticationFailed")
     );
 }
+
+/// Which row transitions yield which Event: one per transition, none while a row stays as it
+/// was.
+#[test]
+fn row_event_table() {
+    use crate::controller::testing::row;
+    use kube::runtime::events::EventType::{Normal, Warning};
+    let flagged = |mut r: ProviderStatus| {
+        r.needs_reconciliation = true;
+        r.reconciliation_reason = Some("backlog passed maxAge 24h".into());
+        r
+    };
+    type Want = &'static [(EventType, &'static str)];
+    // (case, previous rows, rows now, maxMessages, events)
+    let cases: Vec<(
+        &str,
+        Vec<ProviderStatus>,
+        Vec<ProviderStatus>,
+        Option<u64>,
+        Want,
+    )> = vec![
+        (
+            "up to down",
+            vec![row("kafka", Readiness::True, 0)],
+            vec![row("kafka", Readiness::False, 0)],
+            None,
+            &[(Warning, reason::PROVIDER_UNAVAILABLE)],
+        ),
+        (
+            "first report finds it down",
+            vec![],
+            vec![row("kafka", Readiness::False, 0)],
+            None,
+            &[(Warning, reason::PROVIDER_UNAVAILABLE)],
+        ),
+        (
+            "unknown to down",
+            vec![row("kafka", Readiness::Unknown, 0)],
+            vec![row("kafka", Readiness::False, 0)],
+            None,
+            &[(Warning, reason::PROVIDER_UNAVAILABLE)],
+        ),
+        (
+            "still down: nothing",
+            vec![row("kafka", Readiness::False, 0)],
+            vec![row("kafka", Readiness::False, 0)],
+            None,
+            &[],
+        ),
+        (
+            "down to up",
+            vec![row("kafka", Readiness::False, 0)],
+            vec![row("kafka", Readiness::True, 0)],
+            None,
+            &[(Normal, reason::PROVIDER_AVAILABLE)],
+        ),
+        (
+            "unknown to up: nothing",
+            vec![row("kafka", Readiness::Unknown, 0)],
+            vec![row("kafka", Readiness::True, 0)],
+            None,
+            &[],
+        ),
+        (
+            "down to unknown (reports went stale): nothing",
+            vec![row("kafka", Readiness::False, 0)],
+            vec![row("kafka", Readiness::Unknown, 0)],
+            None,
+            &[],
+        ),
+        (
+            "backlog crosses 80% of maxMessages",
+            vec![row("kafka", Readiness::True, 79)],
+            vec![row("kafka", Readiness::True, 80)],
+            Some(100),
+            &[(Warning, reason::BACKLOG_NEAR_LIMIT)],
+        ),
+        (
+            "backlog stays over 80%: nothing",
+            vec![row("kafka", Readiness::True, 85)],
+            vec![row("kafka", Readiness::True, 99)],
+            Some(100),
+            &[],
+        ),
+        (
+            "backlog under 80%: nothing",
+            vec![row("kafka", Readiness::True, 0)],
+            vec![row("kafka", Readiness::True, 79)],
+            Some(100),
+            &[],
+        ),
+        (
+            "a backlog without maxMessages: nothing",
+            vec![row("kafka", Readiness::True, 0)],
+            vec![row("kafka", Readiness::True, 1_000_000)],
+            None,
+            &[],
+        ),
+        (
+            "turns needs-reconciliation",
+            vec![row("kafka", Readiness::True, 0)],
+            vec![flagged(row("kafka", Readiness::True, 0))],
+            None,
+            &[(Warning, reason::NEEDS_RECONCILIATION)],
+        ),
+        (
+            "stays needs-reconciliation: nothing",
+            vec![flagged(row("kafka", Readiness::True, 0))],
+            vec![flagged(row("kafka", Readiness::True, 0))],
+            None,
+            &[],
+        ),
+        (
+            "down, backlog over the mark and flagged at once: three, per provider",
+            vec![
+                row("kafka", Readiness::True, 0),
+                row("nats", Readiness::True, 0),
+            ],
+            vec![
+                flagged(row("kafka", Readiness::False, 9)),
+                row("nats", Readiness::True, 0),
+            ],
+            Some(10),
+            &[
+                (Warning, reason::PROVIDER_UNAVAILABLE),
+                (Warning, reason::BACKLOG_NEAR_LIMIT),
+                (Warning, reason::NEEDS_RECONCILIATION),
+            ],
+        ),
+    ];
+    for (name, previous, now, max, want) in cases {
+        let got: Vec<(EventType, &str)> = row_events(&previous, &now, max)
+            .iter()
+            .map(|e| (e.type_, e.reason))
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
+    let down = row_events(&[], &[row("kafka", Readiness::False, 0)], None);
+    assert_eq!(down[0].note, "provider kafka is down: connection refused");
+}
