@@ -53,6 +53,7 @@ pub(super) async fn reconcile(
             .release(&key(&p));
         return Ok(Action::await_change());
     }
+    let p = ctx.newest(p);
     let (pods, claims) = list_relays(&p, &ns, &ctx).await?;
     // The relays' reports come from their ConfigMap (the only thing their Role may write);
     // the decisions below read them as the status' `relays`.
@@ -109,7 +110,8 @@ pub(super) async fn reconcile(
         .into_iter()
         .filter(|r| !gone.contains(&r.name))
         .collect();
-    crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
+    let written = crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
+    ctx.wrote(&written);
     prune_gone_relays(&api, &as_stored, &ctx.settings).await?;
     prune_gone_reports(&p, &ns, &ctx, &gone).await?;
     if let Some((_, e)) = refused {

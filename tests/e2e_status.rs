@@ -1,0 +1,159 @@
+//! End to end against the real API server: what a person and a GitOps tool read of a pipeline
+//! whose provider is down. A relay (a local process with exactly the relay's credentials)
+//! writes to a memory provider and to a NATS provider at an address where nothing listens; the
+//! operator records a Warning Event `ProviderUnavailable` naming the provider, once, and, with
+//! FailFast and no automatic fallback, says `Stalled=True` at once (kstatus: Failed), not after
+//! the stall limit. No broker is needed (and none is stopped).
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{
+    free_port, install_crd, kube_env, kubectl, kubectl_ok, namespace, relay_kubeconfig,
+    relay_statefulset, start_operator, start_relay_from_pod_template, KubeEnv,
+};
+use common::{eventually, unique};
+use serde_json::Value;
+
+const NAME: &str = "down";
+
+fn pipeline(env: &KubeEnv, ns: &str) -> Value {
+    let out = kubectl(env, &["get", "dwp", NAME, "-n", ns, "-o", "json"], None);
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn condition(p: &Value, type_: &str) -> (String, String) {
+    let c = p["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null);
+    let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+    (s("status"), s("reason"))
+}
+
+/// The Events of the pipeline with reason `reason`: (type, note, count).
+fn events(env: &KubeEnv, ns: &str, reason: &str) -> Vec<(String, String, u64)> {
+    let out = kubectl_ok(
+        env,
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("reason={reason},involvedObject.name={NAME}"),
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            // A series keeps one Event object whose count (or series.count) grows.
+            let count = e["series"]["count"]
+                .as_u64()
+                .or(e["count"].as_u64())
+                .unwrap_or(1);
+            (s("type"), s("message"), count)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_provider_going_down_yields_one_warning_event_and_stalled_at_once() {
+    let Some(env) = kube_env() else { return };
+    install_crd(&env);
+    let ns = namespace(&env, "status-down");
+    let dir = tempfile::tempdir().unwrap();
+    let operator = start_operator(
+        &env,
+        &dir.path().join("operator"),
+        &[
+            "--namespace",
+            &ns,
+            "--resync",
+            "2s",
+            "--relay-image",
+            "example.org/dualwrite:e2e",
+        ],
+    );
+    // Nothing listens on a port just found free on the loopback: connection refused.
+    let unreachable = format!("nats://127.0.0.1:{}", free_port());
+    let subject = unique("status-down");
+    let manifest = format!(
+        "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: {NAME}, namespace: {ns}}}\nspec:\n  strategy: FailFast\n  publishTimeout: 1s\n  ingest: {{port: {}}}\n  providers:\n  - {{name: mem, type: memory}}\n  - {{name: nats, type: nats, nats: {{url: \"{unreachable}\", subject: {subject}, stream: {subject}}}}}\n",
+        free_port()
+    );
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&manifest));
+    let sts = relay_statefulset(&env, &ns, NAME, &operator).await;
+    let kubeconfig = relay_kubeconfig(&env, &ns, NAME, dir.path());
+    let relay = start_relay_from_pod_template(&sts, &dir.path().join("relay"), &kubeconfig);
+
+    eventually(
+        Duration::from_secs(60),
+        "a Warning ProviderUnavailable Event names the nats provider",
+        || async {
+            let got = events(&env, &ns, "ProviderUnavailable");
+            match got.as_slice() {
+                [(type_, note, _)]
+                    if type_ == "Warning" && note.contains("provider nats is down") =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "events: {got:?}; relay log:\n{}\noperator log:\n{}",
+                    relay.log_text(),
+                    operator.log_text()
+                )),
+            }
+        },
+    )
+    .await;
+
+    // FailFast with no fallback refuses every message: Stalled now, not after 5 minutes.
+    // (When the shared API server has a node, the StatefulSet's own pod may be unschedulable
+    // there: a relay pod that cannot run is Stalled too, and Ready names it first.)
+    let p = pipeline(&env, &ns);
+    let (stalled, why) = condition(&p, "Stalled");
+    assert!(
+        stalled == "True" && ["FailFastBlocked", "RelayUnschedulable"].contains(&why.as_str()),
+        "{}",
+        p["status"]
+    );
+    assert_eq!(condition(&p, "Reconciling").0, "False", "{}", p["status"]);
+    assert_eq!(condition(&p, "Ready").0, "False", "{}", p["status"]);
+
+    // Later reconciles (every 2 s) with the provider still down record no new Event: one
+    // transition, one Event (a series would grow its count).
+    let status_before = p["status"]["relays"][0]["reportedAt"].clone();
+    eventually(
+        Duration::from_secs(30),
+        "two more relay reports were aggregated",
+        || async {
+            let p = pipeline(&env, &ns);
+            let now = &p["status"]["relays"][0]["reportedAt"];
+            if now != &status_before && !now.is_null() {
+                Ok(())
+            } else {
+                Err(format!("reportedAt still {now}"))
+            }
+        },
+    )
+    .await;
+    let got = events(&env, &ns, "ProviderUnavailable");
+    assert!(
+        got.len() == 1 && got[0].2 == 1,
+        "one Event, never repeated while nothing changed: {got:?}"
+    );
+    let notes: Vec<String> = got.into_iter().map(|e| e.1).collect();
+    assert!(
+        notes.iter().all(|n| !n.to_lowercase().contains("token")),
+        "{notes:?}"
+    );
+}
