@@ -129,6 +129,33 @@ async fn a_provider_going_down_yields_one_warning_event_and_stalled_at_once() {
     assert_eq!(condition(&p, "Reconciling").0, "False", "{}", p["status"]);
     assert_eq!(condition(&p, "Ready").0, "False", "{}", p["status"]);
 
+    // `kubectl get dwp`: READ FROM names the first provider (no migration); PUBLISHED counts
+    // accepted messages (none: FailFast refuses every one while nats is down).
+    let table = kubectl_ok(&env, &["get", "dwp", NAME, "-n", &ns], None);
+    // Columns are cut where their headers begin (an empty cell, such as STEP here, leaves
+    // only spaces).
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or("");
+    let row = lines.next().unwrap_or("");
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|(i, c)| *c != ' ' && (*i == 0 || header.as_bytes()[i - 1] == b' '))
+        .map(|(i, _)| i)
+        .filter(|i| *i == 0 || header[..*i].ends_with("  "))
+        .collect();
+    let column = |name: &str| {
+        let k = starts.iter().position(|s| header[*s..].starts_with(name))?;
+        let end = starts
+            .get(k + 1)
+            .copied()
+            .unwrap_or(row.len())
+            .min(row.len());
+        row.get(starts[k]..end).map(str::trim)
+    };
+    assert_eq!(column("READ FROM"), Some("mem"), "{table}");
+    assert_eq!(column("PUBLISHED"), Some("0"), "{table}");
+    assert_eq!(column("STRATEGY"), Some("FailFast"), "{table}");
+
     // Later reconciles (every 2 s) with the provider still down record no new Event: one
     // transition, one Event (a series would grow its count).
     let status_before = p["status"]["relays"][0]["reportedAt"].clone();

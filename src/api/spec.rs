@@ -60,6 +60,8 @@ const STORAGE_FIXED_MESSAGE: &str = "spec.relay.storage cannot change once the p
         type_ = "string",
         json_path = ".status.migration.stepName"
     ),
+    // The provider consumers read from now: the current step's, else the first provider.
+    printcolumn(name = "Read From", type_ = "string", json_path = ".status.readFrom"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -72,6 +74,8 @@ const STORAGE_FIXED_MESSAGE: &str = "spec.relay.storage cannot change once the p
         priority = 1
     ),
     printcolumn(name = "Providers", type_ = "string", json_path = ".status.summary"),
+    // Messages the pipeline accepted: once each (not once per provider), never backwards
+    // across relay restarts (status.publishedRetired).
     printcolumn(name = "Published", type_ = "integer", json_path = ".status.published"),
     printcolumn(
         name = "Backlog",

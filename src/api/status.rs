@@ -39,9 +39,22 @@ pub struct DualWritePipelineStatus {
     /// Label selector of the relay pods (for the scale subresource, e.g. an HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// Messages acknowledged, summed over providers and fresh relays.
+    /// Messages the pipeline accepted (answered 202; an idempotent retry counts once), over
+    /// every relay and across relay restarts: a message written to three providers counts once,
+    /// and the count never goes backwards when a relay restarts (see `publishedByRelay`).
+    /// Per-provider acknowledgements are in `providers[].published`.
     #[serde(default)]
     pub published: u64,
+    /// What `published` keeps of relay incarnations that ended (a restart, a relay scaled
+    /// away): their last reported count, added up by the operator.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub published_retired: u64,
+    /// The last count of each running relay incarnation, as the operator last saw it: when a
+    /// relay's `startedAt` changes or its report goes, its count moves into
+    /// `publishedRetired`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub published_by_relay: Vec<RelayCount>,
     /// Messages waiting in backlogs, summed.
     #[serde(default)]
     pub backlog: u64,
@@ -211,6 +224,20 @@ impl ProviderStatus {
     }
 }
 
+/// One relay incarnation's count of accepted messages, as the operator last saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayCount {
+    /// The relay pod.
+    pub name: String,
+    /// When that relay process started (its incarnation); absent for a relay that does not
+    /// say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Messages it had accepted at its last report.
+    pub accepted: u64,
+}
+
 /// One relay pod's numbers, written by the relay itself.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -229,6 +256,13 @@ pub struct RelayReport {
     /// nothing of now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// When this relay process started: another value under the same pod name is a new
+    /// incarnation whose counters began at zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Messages this relay process accepted (answered 202; an idempotent retry counts once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<u64>,
     /// Each provider as this relay sees it.
     #[serde(default)]
     pub providers: Vec<ProviderReport>,

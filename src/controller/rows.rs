@@ -7,7 +7,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
 use super::{reason, PipelineEvent};
-use crate::api::{DualWritePipelineSpec, ProviderSpec, ProviderStatus, Readiness, RelayReport};
+use crate::api::{
+    DualWritePipelineSpec, ProviderSpec, ProviderStatus, Readiness, RelayCount, RelayReport,
+};
 
 #[cfg(test)]
 mod tests;
@@ -202,4 +204,67 @@ pub fn row_events(
         }
     }
     events
+}
+
+/// `status.published` and the operator's memory behind it: messages the pipeline accepted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Published {
+    pub total: u64,
+    pub retired: u64,
+    pub by_relay: Vec<RelayCount>,
+}
+
+/// What a report counts as accepted: its `accepted`, or, from a relay that does not report it
+/// (an earlier version), the most any one provider acknowledged (each accepted message went to
+/// at least one provider; never the sum, which counts a message once per provider).
+fn accepted_of(report: &RelayReport) -> u64 {
+    report.accepted.unwrap_or_else(|| {
+        report
+            .providers
+            .iter()
+            .filter(|p| !p.orphaned)
+            .map(|p| p.published)
+            .max()
+            .unwrap_or(0)
+    })
+}
+
+/// Messages accepted over every relay and across restarts, counted once each. Each relay
+/// incarnation (pod name and `startedAt`) counts from zero; the operator keeps the last count
+/// it saw of each (`by_relay`). When a pod's `startedAt` changes (it restarted) or its report
+/// is gone (scaled away, pruned), its last count moves into `retired`. The total is `retired`
+/// plus what the running incarnations report, so it never goes backwards: a restart loses at
+/// most what the old incarnation accepted after its last report.
+pub fn published(prev_retired: u64, prev: &[RelayCount], reports: &[RelayReport]) -> Published {
+    let mut retired = prev_retired;
+    for old in prev {
+        let same = reports
+            .iter()
+            .any(|r| r.name == old.name && r.started_at == old.started_at);
+        if !same {
+            retired += old.accepted;
+        }
+    }
+    let by_relay: Vec<RelayCount> = reports
+        .iter()
+        .map(|r| {
+            let now = accepted_of(r);
+            // A counter of one incarnation only grows; a lower number (a report read out of
+            // order) keeps the higher one seen.
+            let seen = prev
+                .iter()
+                .find(|p| p.name == r.name && p.started_at == r.started_at)
+                .map_or(0, |p| p.accepted);
+            RelayCount {
+                name: r.name.clone(),
+                started_at: r.started_at.clone(),
+                accepted: now.max(seen),
+            }
+        })
+        .collect();
+    Published {
+        total: retired + by_relay.iter().map(|c| c.accepted).sum::<u64>(),
+        retired,
+        by_relay,
+    }
 }

@@ -166,6 +166,11 @@ pub fn next_status(
         apply_failed: observed.apply_failed.as_deref(),
     };
     let conditions = conditions::compute_conditions(&input, &prev.conditions);
+    let published = rows::published(
+        prev.published_retired,
+        &prev.published_by_relay,
+        &prev.relays,
+    );
     let summary = if input.scaled_to_zero() {
         format!("scaled to zero: {}", rows::summary(&rows))
     } else {
@@ -185,7 +190,9 @@ pub fn next_status(
         read_from: in_force.read_from,
         replicas: fresh.len() as i32,
         selector: Some(format!("dualwrite.io/pipeline={}", p.name_any())),
-        published: rows.iter().map(|r| r.published).sum(),
+        published: published.total,
+        published_retired: published.retired,
+        published_by_relay: published.by_relay,
         backlog: rows.iter().map(|r| r.backlog).sum(),
         summary: Some(summary),
         providers: rows,

@@ -91,6 +91,8 @@ fn gates_wait_for_relays_to_report_from_inside_the_step() {
         strategy: Strategy::FailFast,
         generation: Some(1),
         stopped: false,
+        started_at: None,
+        accepted: None,
         providers: ["a", "b"]
             .iter()
             .map(|n| ProviderReport {
@@ -189,6 +191,8 @@ fn relay_report(name: &str, at: i64, backlog: u64) -> RelayReport {
         strategy: Strategy::BestEffort,
         generation: Some(1),
         stopped: false,
+        started_at: None,
+        accepted: None,
         providers: vec![crate::api::ProviderReport {
             name: "a".into(),
             healthy: backlog == 0,
