@@ -157,14 +157,15 @@ fn row_event_table() {
         r
     };
     type Want = &'static [(EventType, &'static str)];
-    // (case, previous rows, rows now, maxMessages, events)
-    let cases: Vec<(
-        &str,
+    type Case = (
+        &'static str,
         Vec<ProviderStatus>,
         Vec<ProviderStatus>,
         Option<u64>,
         Want,
-    )> = vec![
+    );
+    // (case, previous rows, rows now, maxMessages, events)
+    let cases: Vec<Case> = vec![
         (
             "up to down",
             vec![row("kafka", Readiness::True, 0)],
@@ -334,7 +335,11 @@ fn published_counts_accepted_messages_once_across_relay_restarts() {
     assert_eq!(again, third);
 
     // r-1 is scaled away (its report pruned): its 5 stay counted.
-    let fourth = published(again.retired, &again.by_relay, &[r0_new.clone()]);
+    let fourth = published(
+        again.retired,
+        &again.by_relay,
+        std::slice::from_ref(&r0_new),
+    );
     assert_eq!((fourth.total, fourth.retired), (18, 17));
 
     // A report read out of order (a lower count of the same incarnation) does not go back.
