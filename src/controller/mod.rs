@@ -176,6 +176,14 @@ impl Context {
         }
     }
 
+    /// Forgets what [`Context::wrote`] kept of a pipeline being deleted.
+    fn forget(&self, p: &DualWritePipeline) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(p));
+    }
+
     /// Remembers the status a write returned (see [`Context::newest`]).
     fn wrote(&self, p: &DualWritePipeline) {
         if let (Some(rv), Some(status)) = (resource_version(p), &p.status) {

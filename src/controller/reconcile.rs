@@ -51,6 +51,7 @@ pub(super) async fn reconcile(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .release(&key(&p));
+        ctx.forget(&p);
         return Ok(Action::await_change());
     }
     let p = ctx.newest(p);
