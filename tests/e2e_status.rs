@@ -156,19 +156,32 @@ async fn a_provider_going_down_yields_one_warning_event_and_stalled_at_once() {
     assert_eq!(column("PUBLISHED"), Some("0"), "{table}");
     assert_eq!(column("STRATEGY"), Some("FailFast"), "{table}");
 
-    // Later reconciles (every 2 s) with the provider still down record no new Event: one
-    // transition, one Event (a series would grow its count).
-    let status_before = p["status"]["relays"][0]["reportedAt"].clone();
+    // A new generation (publishTimeout 1s → 2s) makes the operator reconcile and the relay
+    // report again with kafka still down: no new Event (a series would grow its count).
+    kubectl_ok(
+        &env,
+        &[
+            "patch",
+            "dwp",
+            NAME,
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"publishTimeout":"2s"}}"#,
+        ],
+        None,
+    );
     eventually(
-        Duration::from_secs(30),
-        "two more relay reports were aggregated",
+        Duration::from_secs(60),
+        "the relay reported generation 2 and the operator aggregated it",
         || async {
             let p = pipeline(&env, &ns);
-            let now = &p["status"]["relays"][0]["reportedAt"];
-            if now != &status_before && !now.is_null() {
+            let st = &p["status"];
+            if st["observedGeneration"] == 2 && st["relays"][0]["generation"] == 2 {
                 Ok(())
             } else {
-                Err(format!("reportedAt still {now}"))
+                Err(format!("status: {st}"))
             }
         },
     )
