@@ -11,6 +11,8 @@
 /// Every provider the strategy writes is ready.
 pub const ALL_PROVIDERS_READY: &str = "AllProvidersReady";
 /// The strategy needs more providers than are ready (also a step gate that holds: `allHealthy`).
+/// Ready's reason; also Reconciling's while FailFast waits for the automatic fallback, and
+/// Stalled's when BestEffort has no provider up.
 pub const PROVIDERS_NOT_READY: &str = "ProvidersNotReady";
 /// A provider is down while the pipeline runs on the rest (also: fallback to BestEffort began,
 /// a provider was down longer than `fallbackAfter`).
@@ -23,7 +25,8 @@ pub const RELAYS_UPDATING: &str = "RelaysUpdating";
 pub const RECONCILED: &str = "Reconciled";
 /// The spec breaks a rule (also the Warning Event that says which).
 pub const INVALID_SPEC: &str = "InvalidSpec";
-/// FailFast has refused every message for longer than the stall limit.
+/// FailFast refuses every message: at once without an automatic fallback, else once the stall
+/// limit has passed (Stalled's reason).
 pub const FAIL_FAST_BLOCKED: &str = "FailFastBlocked";
 /// A migration step change is under way.
 pub const PROGRESSING: &str = "Progressing";
