@@ -15,7 +15,7 @@
 //! | state | reads | why |
 //! |---|---|---|
 //! | invalid spec, an owned object refused (ApplyFailed) | Stalled (Failed) | only a person can fix it |
-//! | a relay pod cannot run: image pull, crash loop, configuration error, unschedulable | Stalled (Failed) | the operator retries nothing that would fix it; kstatus reads such a Pod as Failed too |
+//! | a relay pod cannot run: image pull, crash loop, configuration error, unschedulable | Stalled (Failed) | the operator retries nothing that would fix it; kstatus reads a crash-looping or unschedulable Pod as Failed too (an image pull it reads as Pending, InProgress, as it cannot tell a slow pull from a wrong image: the operator can, from the reason) |
 //! | FailFast with an active provider down, no `fallbackAfter` | Stalled (Failed), at once | every message is refused until a broker comes back: nothing is under way |
 //! | FailFast with an active provider down, `fallbackAfter` set | Reconciling (InProgress), then Stalled after the stall limit (`--stall-after`, 5 min) | the operator will relax to BestEffort by itself; if that has not helped within the limit, it is stuck |
 //! | BestEffort with no provider up | Stalled (Failed), at once | no strategy change can help |
