@@ -386,3 +386,115 @@ fn relay_pod_settings_apply_and_storage_is_fixed_once_the_pipeline_exists() {
     }
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }
+
+/// Every property of the CRD's schema, and the root, has a description (what `kubectl explain`
+/// shows): a field without a doc comment fails here by its path. Reads the CRD the binary
+/// prints from the Rust types (the one `crds/` holds; the drift test keeps them equal).
+#[test]
+fn every_crd_field_has_a_description() {
+    let yaml = std::fs::read_to_string(format!("{REPO}/crds/dualwrite.io_dualwritepipelines.yaml"))
+        .expect("read the CRD");
+    let crd: serde_json::Value = serde_yaml::from_str(&yaml).expect("parse the CRD");
+    let mut missing = Vec::new();
+    for v in crd["spec"]["versions"].as_array().expect("versions") {
+        let schema = &v["schema"]["openAPIV3Schema"];
+        let name = v["name"].as_str().unwrap_or("?");
+        undescribed(schema, &format!("{name}:<root>"), &mut missing);
+        if schema["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("Auto-generated derived type"))
+        {
+            missing.push(format!("{name}:<root> (kube's placeholder)"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} CRD field(s) without a description (add a doc comment): {}",
+        missing.len(),
+        missing.join(", ")
+    );
+}
+
+/// Appends to `out` the path of `schema` when it has no description, then of every property
+/// below it (objects' properties, arrays' items, maps' values). apiVersion, kind and metadata
+/// are the API server's own and described by it.
+fn undescribed(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    let described = schema["description"]
+        .as_str()
+        .is_some_and(|d| !d.trim().is_empty());
+    if !described {
+        out.push(path.to_string());
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (key, child) in props {
+            if path.ends_with(":<root>")
+                && ["apiVersion", "kind", "metadata"].contains(&key.as_str())
+            {
+                continue;
+            }
+            let child_path = if path.ends_with(":<root>") {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            undescribed(child, &child_path, out);
+        }
+    }
+    // Items and map values inherit the field's description in `kubectl explain`; only their
+    // own properties need one.
+    for nested in [&schema["items"], &schema["additionalProperties"]] {
+        if let Some(props) = nested["properties"].as_object() {
+            for (key, child) in props {
+                undescribed(child, &format!("{path}[].{key}"), out);
+            }
+        }
+    }
+}
+
+/// `kubectl explain` against the real API server teaches the resource: the root, the spec and a
+/// nested field say what they are (the API server publishes the CRD's OpenAPI a moment after
+/// it is applied: polled with a deadline).
+#[test]
+fn kubectl_explain_teaches_the_spec() {
+    let Some(env) = kube_env() else { return };
+    install_crd(&env);
+    let expected: &[(&str, &[&str])] = &[
+        (
+            "dwp",
+            &["writes every message it ingests to several brokers"],
+        ),
+        (
+            "dwp.spec",
+            &[
+                "The brokers to write to, in order",
+                "The relay's HTTP ingest API",
+            ],
+        ),
+        (
+            "dwp.spec.providers",
+            &["The broker: `memory`", "Settings of a `kafka` provider"],
+        ),
+        (
+            "dwp.status.providers",
+            &["Messages this provider acknowledged"],
+        ),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for (path, wants) in expected {
+        loop {
+            let out = kubectl(&env, &["explain", path], None);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            // kubectl wraps long lines: compare with whitespace folded.
+            let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if wants.iter().all(|w| folded.contains(w)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kubectl explain {path} does not say {wants:?}:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+}

@@ -100,6 +100,8 @@ mod tests {
             strategy: super::super::Strategy::FailFast,
             generation: Some(1),
             stopped: false,
+            started_at: None,
+            accepted: None,
             providers: vec![],
         }
     }

@@ -40,6 +40,7 @@ const STORAGE_FIXED_MESSAGE: &str = "spec.relay.storage cannot change once the p
     group = "dualwrite.io",
     version = "v1alpha1",
     kind = "DualWritePipeline",
+    doc = "A relay that writes every message it ingests to several brokers (memory, NATS JetStream, Kafka) under a strategy, with a durable backlog per broker, and migrates between brokers step by step. The operator runs the relays (a StatefulSet and a Service) and reports their health, counts and the migration in status.",
     shortname = "dwp",
     category = "dualwrite",
     namespaced,
@@ -60,6 +61,8 @@ const STORAGE_FIXED_MESSAGE: &str = "spec.relay.storage cannot change once the p
         type_ = "string",
         json_path = ".status.migration.stepName"
     ),
+    // The provider consumers read from now: the current step's, else the first provider.
+    printcolumn(name = "Read From", type_ = "string", json_path = ".status.readFrom"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -72,6 +75,8 @@ const STORAGE_FIXED_MESSAGE: &str = "spec.relay.storage cannot change once the p
         priority = 1
     ),
     printcolumn(name = "Providers", type_ = "string", json_path = ".status.summary"),
+    // Messages the pipeline accepted: once each (not once per provider), never backwards
+    // across relay restarts (status.publishedRetired).
     printcolumn(name = "Published", type_ = "integer", json_path = ".status.published"),
     printcolumn(
         name = "Backlog",
@@ -102,6 +107,7 @@ pub struct DualWritePipelineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = TIMEOUT))]
     pub publish_timeout: Option<String>,
+    /// The relay's HTTP ingest API: port, TLS, authentication, limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,12 +164,17 @@ pub struct ProviderSpec {
         regex(pattern = DNS_LABEL)
     )]
     pub name: String,
+    /// The broker: `memory` (in the relay, for trials), `nats` (JetStream) or `kafka`; the
+    /// block of the same name holds its settings.
     #[serde(rename = "type")]
     pub kind: ProviderKind,
+    /// Settings of a `memory` provider (a bounded in-relay queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemorySpec>,
+    /// Settings of a `nats` provider: server URL, subject, stream, TLS and authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsSpec>,
+    /// Settings of a `kafka` provider: brokers, topic, TLS, authentication and tuning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSpec>,
 }
@@ -417,6 +428,8 @@ pub struct HandoffSpec {
 #[x_kube(validation = Rule::new("!has(self.targetStep) || self.targetStep < size(self.steps)").message("spec.migration.targetStep must name an existing step: 0 to the number of steps - 1"))]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationSpec {
+    /// The steps in order (at most 16); the migration starts in the first and advances when a
+    /// step's gates open (or as `targetStep` says).
     #[schemars(length(min = 1, max = 16))]
     pub steps: Vec<MigrationStep>,
     /// Stop advancing (the current step stays in force).
@@ -438,8 +451,10 @@ pub struct MigrationSpec {
 #[x_kube(validation = Rule::new("!has(self.providers) || !has(self.readFrom) || self.readFrom in self.providers").message("spec.migration.steps[].readFrom must be one of the step's providers"))]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationStep {
+    /// The step's name, shown in the STEP column and in status.migration.
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
+    /// The strategy in force during this step (replaces spec.strategy).
     pub strategy: Strategy,
     /// The providers written in this step (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,6 +17,7 @@ use super::{Acceptance, DualWritePipeline, ProviderKind, Strategy};
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DualWritePipelineStatus {
+    /// The `metadata.generation` of the spec this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The strategy in force now (the spec's, a migration step's, or the fallback).
@@ -38,9 +39,22 @@ pub struct DualWritePipelineStatus {
     /// Label selector of the relay pods (for the scale subresource, e.g. an HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// Messages acknowledged, summed over providers and fresh relays.
+    /// Messages the pipeline accepted (answered 202; an idempotent retry counts once), over
+    /// every relay and across relay restarts: a message written to three providers counts once,
+    /// and the count never goes backwards when a relay restarts (see `publishedByRelay`).
+    /// Per-provider acknowledgements are in `providers[].published`.
     #[serde(default)]
     pub published: u64,
+    /// What `published` keeps of relay incarnations that ended (a restart, a relay scaled
+    /// away): their last reported count, added up by the operator.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub published_retired: u64,
+    /// The last count of each running relay incarnation, as the operator last saw it: when a
+    /// relay's `startedAt` changes or its report goes, its count moves into
+    /// `publishedRetired`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub published_by_relay: Vec<RelayCount>,
     /// Messages waiting in backlogs, summed.
     #[serde(default)]
     pub backlog: u64,
@@ -51,10 +65,14 @@ pub struct DualWritePipelineStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub providers: Vec<ProviderStatus>,
+    /// Where the migration stands: its current step, why, and the steps before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,
+    /// The automatic fallback (FailFast relaxed to BestEffort while a provider is down): in
+    /// force or not, and its last flip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackStatus>,
+    /// The last `dualwrite verify` verdict: what each provider holds and misses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<ConsistencyStatus>,
     /// PersistentVolumeClaims of relays scaled away (ordinal ≥ the StatefulSet's replicas; a
@@ -108,20 +126,28 @@ impl std::fmt::Display for Readiness {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderStatus {
+    /// The provider's name in spec.providers.
     pub name: String,
+    /// The provider's type: memory, nats or kafka.
     #[serde(rename = "type")]
     pub kind: ProviderKind,
     /// "True", "False" or "Unknown".
     pub ready: Readiness,
+    /// Why it is (not) ready, one CamelCase word (e.g. ReportedUp, AuthenticationFailed).
     pub reason: String,
+    /// The same for people: which relay found what.
     #[serde(default)]
     pub message: String,
+    /// When `ready` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    /// Messages this provider acknowledged, summed over the relays' reports.
     #[serde(default)]
     pub published: u64,
+    /// Writes to this provider that failed, summed over the relays' reports.
     #[serde(default)]
     pub failed: u64,
+    /// Messages waiting in the relays' hinted-handoff backlogs for this provider.
     #[serde(default)]
     pub backlog: u64,
     /// 99th percentile publish latency in milliseconds (interpolated within its histogram bucket).
@@ -198,12 +224,27 @@ impl ProviderStatus {
     }
 }
 
+/// One relay incarnation's count of accepted messages, as the operator last saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayCount {
+    /// The relay pod.
+    pub name: String,
+    /// When that relay process started (its incarnation); absent for a relay that does not
+    /// say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Messages it had accepted at its last report.
+    pub accepted: u64,
+}
+
 /// One relay pod's numbers, written by the relay itself.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RelayReport {
     /// The pod name.
     pub name: String,
+    /// When the relay wrote this report.
     pub reported_at: Time,
     /// The strategy the relay applies.
     pub strategy: Strategy,
@@ -215,6 +256,14 @@ pub struct RelayReport {
     /// nothing of now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// When this relay process started: another value under the same pod name is a new
+    /// incarnation whose counters began at zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Messages this relay process accepted (answered 202; an idempotent retry counts once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<u64>,
+    /// Each provider as this relay sees it.
     #[serde(default)]
     pub providers: Vec<ProviderReport>,
 }
@@ -226,29 +275,42 @@ pub struct RelayReport {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderReport {
+    /// The provider's name in spec.providers.
     pub name: String,
+    /// The relay can write to the provider now.
     pub healthy: bool,
+    /// Why it is (not) healthy, one CamelCase word (e.g. Connected, Disconnected).
     #[serde(default)]
     pub reason: String,
+    /// The same for people (the broker's last error, without credentials).
     #[serde(default)]
     pub message: String,
     /// Since when `healthy` has had its value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
+    /// Messages this relay wrote to the provider and it acknowledged, since the relay started.
     #[serde(default)]
     pub published: u64,
+    /// Writes of this relay to the provider that failed, since the relay started.
     #[serde(default)]
     pub failed: u64,
+    /// Messages waiting in this relay's backlog for the provider.
     #[serde(default)]
     pub backlog: u64,
+    /// 99th percentile publish latency in milliseconds (interpolated within its histogram
+    /// bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_p99_ms: Option<f64>,
+    /// Accepted messages the provider missed for good on this relay (see the provider row).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub missed: u64,
+    /// Backlog appends that failed with a storage error on this relay.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub backlog_errors: u64,
+    /// Replay cannot make the provider complete on this relay: reconcile by hand.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_reconciliation: bool,
+    /// Why it needs reconciliation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciliation_reason: Option<String>,
     /// The relay no longer writes this provider (a migration step or a rollback removed it),
@@ -261,12 +323,16 @@ pub struct ProviderReport {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationStatus {
+    /// The index (0-based) of the step in force in spec.migration.steps.
     pub current_step: u32,
+    /// Its name.
     pub step_name: String,
     /// Why the pipeline is in this step (e.g. GatesPassed, Promoted, RolledBack, Paused).
     pub reason: String,
+    /// What the step waits for, or why it moved, for people.
     #[serde(default)]
     pub message: String,
+    /// When the step began.
     pub step_started_at: Time,
     /// Earlier steps, oldest first (the last 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -349,10 +415,15 @@ pub struct RequestOutcome {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepRecord {
+    /// The step's index (0-based).
     pub step: u32,
+    /// The step's name.
     pub name: String,
+    /// The strategy it ran.
     pub strategy: Strategy,
+    /// Why it was entered (e.g. GatesPassed, Promoted, RolledBack).
     pub reason: String,
+    /// When it was entered.
     pub entered_at: Time,
     /// Set when a request made this record (`kubectl dualwrite`, an Argo CD action): who asked,
     /// or `unknown`.
@@ -365,7 +436,9 @@ pub struct StepRecord {
 pub struct FallbackStatus {
     /// Automatic fallback to BestEffort is in force.
     pub active: bool,
+    /// Why: ProviderDown (in force), Recovered or Disabled (ended).
     pub reason: String,
+    /// When it last flipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
 }
@@ -373,6 +446,7 @@ pub struct FallbackStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsistencyStatus {
+    /// When the check ran.
     pub checked_at: Time,
     /// Messages looked at per provider.
     #[serde(default)]
@@ -380,11 +454,14 @@ pub struct ConsistencyStatus {
     /// Ids present on some provider but missing on this one.
     #[serde(default)]
     pub missing: BTreeMap<String, u64>,
+    /// Ids this provider holds more than once.
     #[serde(default)]
     pub duplicates: BTreeMap<String, u64>,
     /// Ids this provider holds whose content differs from another copy of the id.
     #[serde(default)]
     pub conflicting: BTreeMap<String, u64>,
+    /// Every provider holds every message of the window, once and alike (the `consistent`
+    /// gate reads this).
     pub consistent: bool,
     /// The check read messages ingested from this time (`--window`); absent: everything the
     /// brokers held.

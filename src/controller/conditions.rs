@@ -1,6 +1,31 @@
 //! The kstatus-style conditions of a pipeline, computed from its provider rows: Ready (the
 //! summary), Reconciling and Stalled (the pair Flux reads without configuration) and Degraded.
-//! Plain data in, plain data out; tested with a table of cases (`conditions/tests.rs`).
+//! Plain data in, plain data out; tested with a table of cases (`conditions/tests.rs`), and the
+//! kstatus reading of each state with kstatus itself (`hack/check-kstatus`, fixtures in
+//! `hack/kstatus/testdata/`, which `kstatus_fixtures_match_the_conditions` keeps in step).
+//!
+//! # What kstatus (Flux, `kubectl wait`, cli-utils) reads
+//!
+//! kstatus computes Current, InProgress or Failed from `observedGeneration`, then from
+//! `Reconciling=True` (InProgress) and `Stalled=True` (Failed); Flux's health check waits while
+//! InProgress and fails at once on Failed. The rule here: **a pipeline reads Current only when
+//! Ready is True** (or it is scaled to zero, by request). Whenever Ready is not True, exactly one
+//! of the pair is True:
+//!
+//! | state | reads | why |
+//! |---|---|---|
+//! | invalid spec, an owned object refused (ApplyFailed) | Stalled (Failed) | only a person can fix it |
+//! | a relay pod cannot run: image pull, crash loop, configuration error, unschedulable | Stalled (Failed) | the operator retries nothing that would fix it; kstatus reads a crash-looping or unschedulable Pod as Failed too (an image pull it reads as Pending, InProgress, as it cannot tell a slow pull from a wrong image: the operator can, from the reason) |
+//! | FailFast with an active provider down, no `fallbackAfter` | Stalled (Failed), at once | every message is refused until a broker comes back: nothing is under way |
+//! | FailFast with an active provider down, `fallbackAfter` set | Reconciling (InProgress), then Stalled after the stall limit (`--stall-after`, 5 min) | the operator will relax to BestEffort by itself; if that has not helped within the limit, it is stuck |
+//! | BestEffort with no provider up | Stalled (Failed), at once | no strategy change can help |
+//! | no relay has reported yet, relays rolling out, a step change, a scale-down draining | Reconciling (InProgress) | the operator and the relays are getting there |
+//! | providers not yet reported (Ready Unknown) | Reconciling (InProgress) | reports arrive within a heartbeat |
+//! | Ready True (BestEffort or a fallback running on the rest: Degraded True) | Current | messages are accepted |
+//! | scaled to zero (`spec.relay.replicas: 0`) | InProgress | Reconciling and Stalled are False (nothing is under way, nothing is wrong); kstatus then reads Ready, False: no message is taken. Leave such a pipeline out of a Flux health check while it is parked |
+//!
+//! Stalled and Reconciling are never True together: kstatus reads the first True one in list
+//! order, so a stuck pipeline must not read as merely in progress.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -10,6 +35,8 @@ use super::{human, reason};
 use crate::api::{ProviderStatus, Readiness};
 use crate::composite::{strategy_satisfied, Strategy};
 
+#[cfg(test)]
+mod kstatus_fixtures;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +64,9 @@ pub struct ConditionInput<'a> {
     pub blocked_since: Option<Timestamp>,
     pub now: Timestamp,
     pub stall_after: SignedDuration,
+    /// `spec.migration.fallbackAfter` of the step in force, when the automatic fallback may
+    /// relax it (None: no automatic fallback will come).
+    pub fallback_after: Option<SignedDuration>,
     /// A migration step change is under way.
     pub migrating: bool,
     /// A relay pod cannot run (image, crash loop, no node, configuration error).
@@ -116,10 +146,13 @@ fn verdict(status: Readiness, reason: &'static str, message: impl Into<String>) 
 /// `lastTransitionTime` is kept from `previous` while a condition's status is unchanged.
 pub fn compute_conditions(input: &ConditionInput<'_>, previous: &[Condition]) -> Vec<Condition> {
     let tally = Tally::new(input);
+    let ready = ready(input, &tally);
+    let stalled = stalled(input, &tally);
+    let reconciling = reconciling(input, &ready, &stalled);
     [
-        (READY, ready(input, &tally)),
-        (RECONCILING, reconciling(input)),
-        (STALLED, stalled(input, &tally)),
+        (READY, ready),
+        (RECONCILING, reconciling),
+        (STALLED, stalled),
         (DEGRADED, degraded(input, &tally)),
     ]
     .into_iter()
@@ -151,7 +184,8 @@ fn ready(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
         verdict(Readiness::False, reason::APPLY_FAILED, why)
     } else if input.scaled_to_zero() {
         // Not Ready: a pipeline with no relay takes no message (an Argo CD check reads the
-        // reason as Suspended; kstatus reads Reconciling and Stalled, both False: Current).
+        // reason as Suspended; kstatus, with Reconciling and Stalled both False, falls back to
+        // Ready and reads InProgress).
         verdict(
             Readiness::False,
             reason::SCALED_TO_ZERO,
@@ -231,25 +265,56 @@ fn degraded(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
     }
 }
 
-/// True when the pipeline cannot progress: an invalid spec, an owned object the API server
-/// refused, or FailFast blocked too long.
+/// True when the pipeline cannot progress by itself: an invalid spec, an owned object the API
+/// server refused, a relay pod that cannot run, or no message accepted with nothing under way
+/// that would change it (FailFast with a provider down and no automatic fallback, or past the
+/// stall limit; BestEffort with no provider up). See the module's table.
 fn stalled(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
-    let blocked_too_long = input.strategy == Strategy::FailFast
+    // The strategy refuses messages because providers the relays report on are down (for
+    // BestEffort: every one of them, none merely unknown).
+    let refusing = input.fresh_relays > 0
+        && !t.satisfied
         && !t.down.is_empty()
-        && input
-            .blocked_since
-            .is_some_and(|since| input.now.duration_since(since) >= input.stall_after);
+        && (input.strategy == Strategy::FailFast || t.down.len() == t.active);
+    let blocked_too_long = input
+        .blocked_since
+        .is_some_and(|since| input.now.duration_since(since) >= input.stall_after);
+    let fallback_coming = input.strategy == Strategy::FailFast && input.fallback_after.is_some();
     if let Some(why) = &input.invalid {
         verdict(Readiness::True, reason::INVALID_SPEC, why)
     } else if let Some(why) = input.apply_failed {
         verdict(Readiness::True, reason::APPLY_FAILED, why)
-    } else if blocked_too_long {
+    } else if let Some(f) = input.relay_failure.filter(|_| !input.scaled_to_zero()) {
+        verdict(Readiness::True, f.reason, f.message.clone())
+    } else if refusing
+        && input.strategy == Strategy::FailFast
+        && (blocked_too_long || !fallback_coming)
+    {
+        let how_long = if blocked_too_long {
+            format!(" for over {}", human(input.stall_after))
+        } else {
+            String::new()
+        };
+        let fix = if fallback_coming {
+            "and the automatic fallback has not helped"
+        } else {
+            "and no automatic fallback is set (spec.migration.fallbackAfter)"
+        };
         verdict(
             Readiness::True,
             reason::FAIL_FAST_BLOCKED,
             format!(
-                "FailFast has refused every message for over {}: {}",
-                human(input.stall_after),
+                "FailFast has refused every message{how_long}, {fix}: {}",
+                t.down.join("; ")
+            ),
+        )
+    } else if refusing && input.strategy != Strategy::FailFast {
+        verdict(
+            Readiness::True,
+            reason::PROVIDERS_NOT_READY,
+            format!(
+                "{} cannot accept messages, no provider is up: {}",
+                input.strategy,
                 t.down.join("; ")
             ),
         )
@@ -263,8 +328,10 @@ fn stalled(input: &ConditionInput<'_>, t: &Tally) -> Verdict {
 }
 
 /// True while a migration step change is under way, relays still roll out the generation, an
-/// operator-made rollout waits for its turn, or a scale-down waits for a backlog.
-fn reconciling(input: &ConditionInput<'_>) -> Verdict {
+/// operator-made rollout waits for its turn, a scale-down waits for a backlog, or Ready is not
+/// True for a reason that is expected to pass (not stalled): a pipeline that takes no message
+/// never reads Current. False whenever Stalled is True (kstatus reads the first True of the pair).
+fn reconciling(input: &ConditionInput<'_>, ready: &Verdict, stalled: &Verdict) -> Verdict {
     let g = input.generation;
     if input.invalid.is_some() {
         verdict(
@@ -278,6 +345,12 @@ fn reconciling(input: &ConditionInput<'_>) -> Verdict {
             Readiness::False,
             reason::APPLY_FAILED,
             "the API server refused an owned object (see Stalled); retrying with backoff",
+        )
+    } else if stalled.status == Readiness::True {
+        verdict(
+            Readiness::False,
+            stalled.reason,
+            "stalled: nothing is under way that would fix it (see Stalled)",
         )
     } else if input.migrating {
         verdict(
@@ -308,6 +381,20 @@ fn reconciling(input: &ConditionInput<'_>) -> Verdict {
                 input.fresh_relays, input.desired_relays, input.relays_on_generation
             ),
         )
+    } else if ready.status != Readiness::True && !input.scaled_to_zero() {
+        // Not stalled, not ready: waiting for reports, or for the automatic fallback.
+        let message = if ready.reason == reason::PROVIDERS_NOT_READY
+            && input.strategy == Strategy::FailFast
+        {
+            let after = input.fallback_after.map(human).unwrap_or_default();
+            format!(
+                "{}; the automatic fallback to BestEffort begins once a provider is down for {after}",
+                ready.message
+            )
+        } else {
+            ready.message.clone()
+        };
+        verdict(Readiness::True, ready.reason, message)
     } else {
         verdict(
             Readiness::False,

@@ -148,8 +148,9 @@ pub fn fallback_event(
                     format!("{} down since {since}{why}", p.name)
                 })
                 .collect();
+            // Warning: messages a provider misses now wait in the backlog.
             Some(PipelineEvent {
-                type_: EventType::Normal,
+                type_: EventType::Warning,
                 reason: reason::PROVIDER_DOWN,
                 note: format!(
                     "FailFast → BestEffort: {} (longer than fallbackAfter {}); missed writes go to the backlog",

@@ -118,6 +118,11 @@ pub struct Context {
     /// Pipelines whose relays roll out a template the operator changed of its own (bounded).
     /// A std Mutex: held for a few map operations, never across an `.await`.
     rollouts: Mutex<rollout::Slots>,
+    /// Per pipeline, the status this operator last wrote and the resourceVersion the write
+    /// returned. The watch cache may hand a reconcile an older copy (a relay's report triggers
+    /// it before the write comes back through the watch); the Events are decided against the
+    /// previous status, so an older one would record a transition twice ([`Context::newest`]).
+    written: Mutex<HashMap<String, (u64, crate::api::DualWritePipelineStatus)>>,
     pub metrics: OperatorMetrics,
     /// Whether the watches work (`/readyz`).
     pub watches: watches::WatchHealth,
@@ -149,10 +154,50 @@ impl Context {
             settings,
             failures: Mutex::default(),
             rollouts: Mutex::default(),
+            written: Mutex::default(),
             metrics: OperatorMetrics::default(),
             watches: watches::WatchHealth::default(),
         })
     }
+}
+
+impl Context {
+    /// `p` with the status this operator last wrote, when that write is newer than the cached
+    /// copy (a higher resourceVersion; one that is not a number leaves `p` as it is).
+    fn newest(&self, p: Arc<DualWritePipeline>) -> Arc<DualWritePipeline> {
+        let cached = resource_version(&p);
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match (written.get(&key(&p)), cached) {
+            (Some((rv, status)), Some(cached)) if *rv > cached => {
+                let mut newer = (*p).clone();
+                newer.status = Some(status.clone());
+                Arc::new(newer)
+            }
+            _ => p,
+        }
+    }
+
+    /// Forgets what [`Context::wrote`] kept of a pipeline being deleted.
+    fn forget(&self, p: &DualWritePipeline) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(p));
+    }
+
+    /// Remembers the status a write returned (see [`Context::newest`]).
+    fn wrote(&self, p: &DualWritePipeline) {
+        if let (Some(rv), Some(status)) = (resource_version(p), &p.status) {
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key(p), (rv, status.clone()));
+        }
+    }
+}
+
+fn resource_version(p: &DualWritePipeline) -> Option<u64> {
+    p.metadata.resource_version.as_deref()?.parse().ok()
 }
 
 /// Exponential backoff for the n-th consecutive failure: 1 s, 2 s, 4 s … capped at 5 minutes.

@@ -11,6 +11,8 @@
 /// Every provider the strategy writes is ready.
 pub const ALL_PROVIDERS_READY: &str = "AllProvidersReady";
 /// The strategy needs more providers than are ready (also a step gate that holds: `allHealthy`).
+/// Ready's reason; also Reconciling's while FailFast waits for the automatic fallback, and
+/// Stalled's when BestEffort has no provider up.
 pub const PROVIDERS_NOT_READY: &str = "ProvidersNotReady";
 /// A provider is down while the pipeline runs on the rest (also: fallback to BestEffort began,
 /// a provider was down longer than `fallbackAfter`).
@@ -23,7 +25,8 @@ pub const RELAYS_UPDATING: &str = "RelaysUpdating";
 pub const RECONCILED: &str = "Reconciled";
 /// The spec breaks a rule (also the Warning Event that says which).
 pub const INVALID_SPEC: &str = "InvalidSpec";
-/// FailFast has refused every message for longer than the stall limit.
+/// FailFast refuses every message: at once without an automatic fallback, else once the stall
+/// limit has passed (Stalled's reason).
 pub const FAIL_FAST_BLOCKED: &str = "FailFastBlocked";
 /// A migration step change is under way.
 pub const PROGRESSING: &str = "Progressing";
@@ -128,6 +131,18 @@ pub const UPDATED: &str = "Updated";
 /// An owned object was deleted (the PodDisruptionBudget when replicas drop to one, the relay
 /// Deployment of an operator before StatefulSets).
 pub const DELETED: &str = "Deleted";
+/// A provider the relays write turned not ready (Warning Event, once per transition; the
+/// fallback's own flip is a separate `ProviderDown` Warning).
+pub const PROVIDER_UNAVAILABLE: &str = "ProviderUnavailable";
+/// A provider that was not ready is ready again (Normal Event).
+pub const PROVIDER_AVAILABLE: &str = "ProviderAvailable";
+/// A provider's backlog reached 80% of `spec.handoff.maxMessages` (Warning Event, once per
+/// crossing): past the limit the relays refuse to keep more and the provider needs
+/// reconciliation.
+pub const BACKLOG_NEAR_LIMIT: &str = "BacklogNearLimit";
+/// A provider turned needs-reconciliation (its backlog passed `maxMessages` or `maxAge`, or it
+/// missed an accepted message): replay cannot make it complete (Warning Event).
+pub const NEEDS_RECONCILIATION: &str = "NeedsReconciliation";
 /// The migration entered another step.
 pub const STEP_CHANGED: &str = "StepChanged";
 /// The effective strategy changed (a step, a fallback flip, or the spec).

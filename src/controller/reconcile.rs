@@ -52,8 +52,10 @@ pub(super) async fn reconcile(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .release(&key(&p));
+        ctx.forget(&p);
         return Ok(Action::await_change());
     }
+    let p = ctx.newest(p);
     let (pods, claims) = list_relays(&p, &ns, &ctx).await?;
     // The relays' reports come from their ConfigMap (the only thing their Role may write);
     // the decisions below read them as the status' `relays`.
@@ -116,7 +118,8 @@ pub(super) async fn reconcile(
         m.request = None;
     }
     let consumed = consumed_request(&as_stored, &status);
-    crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
+    let written = crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
+    ctx.wrote(&written);
     if let Some(request) = consumed {
         clear_request(&api, &as_stored, request).await?;
     }

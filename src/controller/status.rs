@@ -101,6 +101,7 @@ pub fn next_status(
         _ => no_migration(p),
     };
     let migrating = step.moved;
+    let fallback_after = step.fallback_after;
     let mut in_force = apply_fallback(step, &prev, &rows, now, &mut events);
     if invalid.is_some() && prev.strategy.is_some() {
         in_force = kept(&prev, in_force);
@@ -112,6 +113,11 @@ pub fn next_status(
         note: why.clone(),
     }));
 
+    events.extend(rows::row_events(
+        &prev.providers,
+        &rows,
+        p.spec.handoff.as_ref().and_then(|h| h.max_messages),
+    ));
     events.extend(relay_events(
         &p.name_any(),
         &prev,
@@ -152,6 +158,7 @@ pub fn next_status(
         blocked_since: blocked_since(&prev),
         now,
         stall_after: signed(settings.stall_after),
+        fallback_after,
         migrating,
         relay_failure: observed.failure.as_ref(),
         rollout_queued: observed.rollout_queued.as_deref(),
@@ -159,6 +166,11 @@ pub fn next_status(
         apply_failed: observed.apply_failed.as_deref(),
     };
     let conditions = conditions::compute_conditions(&input, &prev.conditions);
+    let published = rows::published(
+        prev.published_retired,
+        &prev.published_by_relay,
+        &prev.relays,
+    );
     let summary = if input.scaled_to_zero() {
         format!("scaled to zero: {}", rows::summary(&rows))
     } else {
@@ -178,7 +190,9 @@ pub fn next_status(
         read_from: in_force.read_from,
         replicas: fresh.len() as i32,
         selector: Some(format!("dualwrite.io/pipeline={}", p.name_any())),
-        published: rows.iter().map(|r| r.published).sum(),
+        published: published.total,
+        published_retired: published.retired,
+        published_by_relay: published.by_relay,
         backlog: rows.iter().map(|r| r.backlog).sum(),
         summary: Some(summary),
         providers: rows,

@@ -93,6 +93,8 @@ pub fn report(
         strategy: stats.strategy,
         generation,
         stopped,
+        started_at: None,
+        accepted: None,
         providers,
     }
 }
@@ -429,6 +431,8 @@ async fn report_loop(r: Reporter, stop: CancellationToken) {
     // A failing report is said once at warn (with what to fix), then at debug until one
     // succeeds: a relay that cannot report keeps serving, and its log is not flooded.
     let mut failing = false;
+    // This process's incarnation: its counters began at zero then.
+    let started_at = Time(Timestamp::now());
     let mut tick = tokio::time::interval(r.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -446,7 +450,7 @@ async fn report_loop(r: Reporter, stop: CancellationToken) {
             }
             None => Vec::new(),
         };
-        let next = report(
+        let mut next = report(
             &r.pod,
             Some(r.generation.load(Ordering::Acquire)),
             &stats,
@@ -454,6 +458,8 @@ async fn report_loop(r: Reporter, stop: CancellationToken) {
             stopping,
             now,
         );
+        next.started_at = Some(started_at.clone());
+        next.accepted = Some(r.relay.metrics.accepted.load(Ordering::Relaxed));
         if stopping || should_report(last.as_ref(), &next, now, heartbeat) {
             let written =
                 tokio::time::timeout(REPORT_TIMEOUT, write_report(&r.api, &map, &manager, &next))
@@ -643,6 +649,8 @@ mod tests {
             strategy: Strategy::FailFast,
             generation: Some(1),
             stopped: false,
+            started_at: None,
+            accepted: None,
             providers: vec![ProviderReport {
                 name: "a".into(),
                 healthy: true,

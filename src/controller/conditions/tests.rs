@@ -19,6 +19,8 @@ fn condition_table() {
         on_gen: i32,
         invalid: Option<&'static str>,
         blocked_for: Option<i64>,
+        /// `fallbackAfter`, seconds.
+        fallback: Option<i64>,
         want: [&'static str; 4], // Ready, Reconciling, Stalled, Degraded
     }
     let cases = vec![
@@ -33,6 +35,7 @@ fn condition_table() {
             on_gen: 0,
             invalid: None,
             blocked_for: None,
+            fallback: None,
             want: ["Unknown", "True", "False", "Unknown"],
         },
         Case {
@@ -43,6 +46,7 @@ fn condition_table() {
             on_gen: 1,
             invalid: None,
             blocked_for: None,
+            fallback: None,
             want: ["True", "False", "False", "False"],
         },
         Case {
@@ -53,7 +57,45 @@ fn condition_table() {
             on_gen: 1,
             invalid: None,
             blocked_for: Some(10),
-            want: ["False", "False", "False", "False"],
+            fallback: None,
+            // No fallback will come: every message is refused until kafka is back.
+            want: ["False", "False", "True", "False"],
+        },
+        Case {
+            name: "fail-fast, kafka down, the fallback will come",
+            strategy: Strategy::FailFast,
+            rows: vec![row("nats", Readiness::True), row("kafka", Readiness::False)],
+            fresh: 1,
+            on_gen: 1,
+            invalid: None,
+            blocked_for: Some(10),
+            fallback: Some(60),
+            want: ["False", "True", "False", "False"],
+        },
+        Case {
+            name: "fail-fast, kafka down too long although the fallback was due",
+            strategy: Strategy::FailFast,
+            rows: vec![row("nats", Readiness::True), row("kafka", Readiness::False)],
+            fresh: 1,
+            on_gen: 1,
+            invalid: None,
+            blocked_for: Some(600),
+            fallback: Some(900),
+            want: ["False", "False", "True", "False"],
+        },
+        Case {
+            name: "relays report, providers not yet known",
+            strategy: Strategy::FailFast,
+            rows: vec![
+                row("nats", Readiness::Unknown),
+                row("kafka", Readiness::Unknown),
+            ],
+            fresh: 1,
+            on_gen: 1,
+            invalid: None,
+            blocked_for: None,
+            fallback: None,
+            want: ["Unknown", "True", "False", "False"],
         },
         Case {
             name: "fail-fast, kafka down too long",
@@ -63,6 +105,7 @@ fn condition_table() {
             on_gen: 1,
             invalid: None,
             blocked_for: Some(600),
+            fallback: None,
             want: ["False", "False", "True", "False"],
         },
         Case {
@@ -73,6 +116,7 @@ fn condition_table() {
             on_gen: 1,
             invalid: None,
             blocked_for: None,
+            fallback: None,
             want: ["True", "False", "False", "True"],
         },
         Case {
@@ -86,7 +130,8 @@ fn condition_table() {
             on_gen: 1,
             invalid: None,
             blocked_for: None,
-            want: ["False", "False", "False", "False"],
+            fallback: None,
+            want: ["False", "False", "True", "False"],
         },
         Case {
             name: "relay on old generation",
@@ -96,6 +141,7 @@ fn condition_table() {
             on_gen: 0,
             invalid: None,
             blocked_for: None,
+            fallback: None,
             want: ["True", "True", "False", "False"],
         },
         Case {
@@ -106,6 +152,7 @@ fn condition_table() {
             on_gen: 0,
             invalid: Some("bad"),
             blocked_for: None,
+            fallback: None,
             want: ["False", "False", "True", "Unknown"],
         },
     ];
@@ -122,6 +169,7 @@ fn condition_table() {
             blocked_since: c.blocked_for.map(|s| t(-s)),
             now: t(0),
             stall_after: SignedDuration::from_secs(300),
+            fallback_after: c.fallback.map(SignedDuration::from_secs),
             migrating: false,
             relay_failure: None,
             rollout_queued: None,
@@ -161,6 +209,7 @@ fn transition_time_is_kept_while_status_is_unchanged() {
         blocked_since: None,
         now: t(0),
         stall_after: SignedDuration::from_secs(300),
+        fallback_after: None,
         migrating: false,
         relay_failure: None,
         rollout_queued: None,
@@ -195,6 +244,7 @@ fn a_failing_relay_pod_makes_ready_false_with_its_reason_and_a_queued_rollout_is
         blocked_since: None,
         now: t(0),
         stall_after: SignedDuration::from_secs(300),
+        fallback_after: None,
         migrating: false,
         relay_failure: Some(&failure),
         rollout_queued: None,
@@ -259,6 +309,7 @@ fn a_held_scale_down_is_reconciling_and_leaves_ready_alone() {
         blocked_since: None,
         now: t(0),
         stall_after: SignedDuration::from_secs(300),
+        fallback_after: None,
         migrating: false,
         relay_failure: None,
         rollout_queued: None,
@@ -316,6 +367,7 @@ fn scaled_to_zero_and_a_refused_apply_table() {
         blocked_since: None,
         now: t(0),
         stall_after: SignedDuration::from_secs(300),
+        fallback_after: None,
         migrating: false,
         relay_failure: None,
         rollout_queued: None,

@@ -258,7 +258,13 @@ fn fallback_events_name_the_provider_on_flips_only() {
         now: t(400),
     };
     let next = decide_fallback(&input).status;
-    let PipelineEvent { reason, note, .. } = fallback_event(&input, next.as_ref()).expect("a flip");
+    let PipelineEvent {
+        type_,
+        reason,
+        note,
+    } = fallback_event(&input, next.as_ref()).expect("a flip");
+    // A Warning: from now on a provider misses writes (they wait in the backlog).
+    assert_eq!(type_, kube::runtime::events::EventType::Warning);
     assert_eq!(reason, reason::PROVIDER_DOWN);
     assert!(
         note.contains("kafka down since")
@@ -286,8 +292,12 @@ fn fallback_events_name_the_provider_on_flips_only() {
         status: recovered,
     } = decide_fallback(&back);
     assert_eq!(strategy, Strategy::FailFast);
-    let PipelineEvent { reason, note, .. } =
-        fallback_event(&back, recovered.as_ref()).expect("a flip back");
+    let PipelineEvent {
+        type_,
+        reason,
+        note,
+    } = fallback_event(&back, recovered.as_ref()).expect("a flip back");
+    assert_eq!(type_, kube::runtime::events::EventType::Normal);
     assert_eq!(reason, reason::RECOVERED);
     assert!(note.contains("in force since"), "{note}");
 }

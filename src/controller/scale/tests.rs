@@ -200,6 +200,8 @@ fn report(name: &str, at: i64, backlogs: &[u64]) -> RelayReport {
         strategy: Strategy::BestEffort,
         generation: Some(1),
         stopped: false,
+        started_at: None,
+        accepted: None,
         providers: backlogs
             .iter()
             .enumerate()

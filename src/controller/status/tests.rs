@@ -91,6 +91,8 @@ fn gates_wait_for_relays_to_report_from_inside_the_step() {
         strategy: Strategy::FailFast,
         generation: Some(1),
         stopped: false,
+        started_at: None,
+        accepted: None,
         providers: ["a", "b"]
             .iter()
             .map(|n| ProviderReport {
@@ -189,6 +191,8 @@ fn relay_report(name: &str, at: i64, backlog: u64) -> RelayReport {
         strategy: Strategy::BestEffort,
         generation: Some(1),
         stopped: false,
+        started_at: None,
+        accepted: None,
         providers: vec![crate::api::ProviderReport {
             name: "a".into(),
             healthy: backlog == 0,
@@ -248,9 +252,13 @@ fn a_held_scale_down_is_reconciling_with_events_at_its_start_and_end() {
         ("True", reason::SCALE_DOWN_DRAINING)
     );
     assert!(message.contains("p-relay-1 (backlog 7)"), "{message}");
+    // (Provider a, with a backlog on p-relay-1, is reported down: its own transition.)
     assert_eq!(
         events(&first.events),
-        [(EventType::Normal, reason::SCALE_DOWN_DRAINING)]
+        [
+            (EventType::Warning, reason::PROVIDER_UNAVAILABLE),
+            (EventType::Normal, reason::SCALE_DOWN_DRAINING)
+        ]
     );
     assert_eq!(first.status.replicas, 2);
     assert!(first.status.retained_claims.is_empty());
@@ -292,6 +300,8 @@ fn a_held_scale_down_is_reconciling_with_events_at_its_start_and_end() {
     assert_eq!(
         events(&third.events),
         [
+            // Provider a's backlog drained: p-relay-1 reports it healthy again.
+            (EventType::Normal, reason::PROVIDER_AVAILABLE),
             (EventType::Normal, reason::CLAIMS_RETAINED),
             (EventType::Normal, reason::SCALE_DOWN_DRAINED)
         ]

@@ -717,6 +717,8 @@ fn an_orphaned_backlog_holds_the_gate_and_not_the_health() {
         strategy: Strategy::BestEffort,
         generation: Some(1),
         stopped: false,
+        started_at: None,
+        accepted: None,
         providers: vec![provider("kafka", false, 0), provider("nats", true, 5)],
     };
     let rows = crate::controller::rows::aggregate_providers(
