@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
@@ -171,7 +171,7 @@ where
 }
 
 /// Every kind `controller::run` watches, in its order.
-pub const WATCHED: [&str; 9] = [
+pub const WATCHED: [&str; 10] = [
     PIPELINES,
     "statefulsets.apps",
     "services",
@@ -181,6 +181,7 @@ pub const WATCHED: [&str; 9] = [
     "roles.rbac.authorization.k8s.io",
     "rolebindings.rbac.authorization.k8s.io",
     "configmaps",
+    "persistentvolumeclaims",
 ];
 
 /// Checks every watched kind once, recording each one's problem; whether all passed.
@@ -221,6 +222,10 @@ async fn check(client: &Client, namespace: Option<&str>, health: &WatchHealth) -
         (
             resource_name::<ConfigMap>(),
             check_kind::<ConfigMap>(client, namespace).await,
+        ),
+        (
+            resource_name::<PersistentVolumeClaim>(),
+            check_kind::<PersistentVolumeClaim>(client, namespace).await,
         ),
     ];
     let mut passed = true;
@@ -350,6 +355,7 @@ mod tests {
             resource_name::<Role>(),
             resource_name::<RoleBinding>(),
             resource_name::<ConfigMap>(),
+            resource_name::<PersistentVolumeClaim>(),
         ];
         assert_eq!(names, WATCHED);
     }
