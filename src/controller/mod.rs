@@ -142,10 +142,21 @@ pub struct Context {
 pub struct OperatorMetrics {
     pub reconciles: std::sync::atomic::AtomicU64,
     pub failures: std::sync::atomic::AtomicU64,
+    /// Requests that write to the API server (apply, patch, delete, Event), counted where the
+    /// reconciler makes them: at rest this stays still.
+    pub api_writes: std::sync::atomic::AtomicU64,
     /// The controller's cache of pipelines, set once the controller starts: `/metrics` reads
     /// each pipeline's verdicts (Ready, consistency) from it at scrape time, so a deleted
     /// pipeline's series go with it.
     pub pipelines: std::sync::OnceLock<kube::runtime::reflector::Store<DualWritePipeline>>,
+}
+
+impl OperatorMetrics {
+    /// One more write to the API server.
+    fn wrote(&self) {
+        self.api_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Context {

@@ -22,7 +22,7 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -129,9 +129,10 @@ pub(super) async fn reconcile(
     // At rest the status computed equals the one stored: no write (compared as the JSON the
     // API server keeps, where times have whole seconds).
     if status_changed(as_stored.status.as_ref(), &status) {
+        ctx.metrics.wrote();
         crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
     }
-    prune_gone_relays(&api, &as_stored, &ctx.settings).await?;
+    prune_gone_relays(&api, &as_stored, &ctx).await?;
     prune_gone_reports(&p, &ns, &ctx, &gone).await?;
     if let Some((_, e)) = refused {
         // Status says why; the error policy retries with backoff.
@@ -268,6 +269,7 @@ async fn prune_gone_reports(
         "metadata": {"resourceVersion": map.resource_version()},
         "data": data,
     });
+    ctx.metrics.wrote();
     match maps
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -287,8 +289,9 @@ async fn prune_gone_reports(
 async fn prune_gone_relays(
     api: &Api<DualWritePipeline>,
     p: &DualWritePipeline,
-    settings: &Settings,
+    ctx: &Context,
 ) -> Result<(), Error> {
+    let settings = &ctx.settings;
     let Some(status) = &p.status else {
         return Ok(());
     };
@@ -317,6 +320,7 @@ async fn prune_gone_relays(
         .collect();
     let patch = serde_json::from_value(serde_json::Value::Array(ops))
         .expect("a JSON patch of test/remove ops");
+    ctx.metrics.wrote();
     match api
         .patch_status(
             &p.name_any(),
@@ -347,6 +351,7 @@ async fn publish_event(ctx: &Context, p: &DualWritePipeline, event: PipelineEven
         action,
         secondary: None,
     };
+    ctx.metrics.wrote();
     if let Err(e) = ctx.recorder.publish(&event, &p.object_ref(&())).await {
         tracing::warn!(pipeline = %key(p), error = %e, "could not record an Event");
     }
@@ -387,7 +392,7 @@ fn refusal(e: &Error) -> Option<String> {
 /// read afresh first (the cache may not hold this operator's own last apply yet, which would
 /// otherwise be applied again and reported twice).
 async fn apply_named<K>(
-    client: &Client,
+    ctx: &Context,
     cache: &OwnedCache,
     ns: &str,
     obj: &K,
@@ -409,7 +414,7 @@ where
     {
         return Ok((kind, name, Change::Unchanged));
     }
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let failed = |source| Error::Apply {
         kind,
         name: name.clone(),
@@ -422,6 +427,7 @@ where
     {
         return Ok((kind, name, Change::Unchanged));
     }
+    ctx.metrics.wrote();
     let after = api
         .patch(
             &name,
@@ -460,26 +466,25 @@ async fn apply_owned(
     claims: &[String],
     changes: &mut Vec<(&'static str, String, Change)>,
 ) -> Result<Applied, Error> {
-    let c = &ctx.client;
     let name = resources::relay_name(&p.name_any());
     let mut desired = resources::statefulset(p, &ctx.settings.relay_image);
     let decision = decide_scale(p, &ctx.settings, existing, claims);
     scale::apply_to(&mut desired, &decision);
     let admission = admit_rollout(p, ctx, existing, &desired);
-    changes.push(apply_named(c, cache, ns, &resources::service_account(p)).await?);
-    changes.push(apply_named(c, cache, ns, &resources::role(p)).await?);
-    changes.push(apply_named(c, cache, ns, &resources::relay_reports(p)).await?);
-    changes.push(apply_named(c, cache, ns, &resources::role_binding(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::service_account(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::role(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::relay_reports(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::role_binding(p)).await?);
     // The consistency check's identity, apart from the relay's (see `resources::verify_role`).
-    changes.push(apply_named(c, cache, ns, &resources::verify_service_account(p)).await?);
-    changes.push(apply_named(c, cache, ns, &resources::verify_role(p)).await?);
-    changes.push(apply_named(c, cache, ns, &resources::consistency(p)).await?);
-    changes.push(apply_named(c, cache, ns, &resources::verify_role_binding(p)).await?);
-    changes.push(apply_named(c, cache, ns, &resources::service(p)).await?);
-    changes.push(apply_named(c, cache, ns, &resources::pods_service(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::verify_service_account(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::verify_role(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::consistency(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::verify_role_binding(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::service(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::pods_service(p)).await?);
     let applied = match admission {
         rollout::Admission::Apply => {
-            changes.push(apply_named(c, cache, ns, &desired).await?);
+            changes.push(apply_named(ctx, cache, ns, &desired).await?);
             if decision.holding() {
                 tracing::info!(pipeline = %key(p), replicas = decision.replicas, desired = decision.desired, waiting = ?decision.waiting, "scale-down held for a backlog");
             }
@@ -505,11 +510,11 @@ async fn apply_owned(
         }
     };
     match resources::pod_disruption_budget(p) {
-        Some(pdb) => changes.push(apply_named(c, cache, ns, &pdb).await?),
+        Some(pdb) => changes.push(apply_named(ctx, cache, ns, &pdb).await?),
         None => {
             // Only a PodDisruptionBudget the cache holds is looked up and deleted.
             if owned::cached::<PodDisruptionBudget>(cache, ns, &name).is_some()
-                && delete_owned::<PodDisruptionBudget>(c, ns, &name, p).await?
+                && delete_owned::<PodDisruptionBudget>(ctx, ns, &name, p).await?
             {
                 changes.push(("PodDisruptionBudget", name.clone(), Change::Deleted));
             }
@@ -527,7 +532,7 @@ async fn apply_owned(
             .contains(&uid)
     };
     if existing.is_some_and(|s| relays_ready(p, s)) && !checked(ctx) {
-        if delete_owned::<Deployment>(c, ns, &name, p).await? {
+        if delete_owned::<Deployment>(ctx, ns, &name, p).await? {
             changes.push(("Deployment", name.clone(), Change::Deleted));
         } else {
             ctx.no_legacy_deployment
@@ -641,7 +646,7 @@ fn relays_ready(p: &DualWritePipeline, sts: &StatefulSet) -> bool {
 
 /// Deletes `name` if this pipeline controls it; whether it did.
 async fn delete_owned<K>(
-    client: &Client,
+    ctx: &Context,
     ns: &str,
     name: &str,
     p: &DualWritePipeline,
@@ -652,7 +657,7 @@ where
         + Debug
         + DeserializeOwned,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let Some(obj) = api.get_opt(name).await? else {
         return Ok(false);
     };
@@ -663,6 +668,7 @@ where
     if !ours || obj.meta().deletion_timestamp.is_some() {
         return Ok(false);
     }
+    ctx.metrics.wrote();
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
