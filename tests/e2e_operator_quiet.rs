@@ -207,6 +207,79 @@ async fn an_operator_at_rest_writes_nothing_yet_repairs_drift_and_follows_a_spec
     assert_eq!(v0, v1, "objects changed at rest");
     assert!(v0.len() >= 9, "every owned object was watched: {v0:?}");
 
+    // A relay report (a relay writes its key in the reports ConfigMap) reaches the status
+    // without re-applying the owned objects: a write or two (the status, perhaps an Event of a
+    // condition it flips), not the dozen of a full apply.
+    let (_, w0) = counters(port).await.unwrap();
+    let v0 = versions(&client, &ns, name).await;
+    let report = serde_json::json!({
+        "name": format!("{name}-relay-0"),
+        "reportedAt": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "strategy": "FailFast",
+        "generation": 1,
+        "providers": [
+            {"name": "a", "healthy": true, "published": 7},
+            {"name": "b", "healthy": true, "published": 7},
+        ],
+    });
+    let patch = serde_json::json!({"data": {format!("{name}-relay-0"): report.to_string()}});
+    kubectl_ok(
+        &env,
+        &[
+            "patch",
+            "configmap",
+            &format!("{name}-relay-reports"),
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the report reaches the status",
+        || async {
+            let p = pipeline_json(&env, &ns, name);
+            let relays = p["status"]["relays"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if relays
+                .iter()
+                .any(|r| r["name"] == format!("{name}-relay-0"))
+            {
+                Ok(())
+            } else {
+                Err(format!("status {}", p["status"]))
+            }
+        },
+    )
+    .await;
+    // Whatever the report set off has finished once the operator is at rest again.
+    loop {
+        let ((w1, v1), (w2, v2)) = window(&client, port, &ns, name, 2).await;
+        if w1 == w2 && v1 == v2 {
+            break;
+        }
+    }
+    let (_, w1) = counters(port).await.unwrap();
+    let v1 = versions(&client, &ns, name).await;
+    assert!(
+        w1 - w0 <= 3,
+        "{} writes for one report; log:\n{}",
+        w1 - w0,
+        operator.log_text()
+    );
+    let owned = |v: &BTreeMap<String, String>| {
+        v.iter()
+            .filter(|(k, _)| !k.starts_with("DualWritePipeline/") && !k.ends_with("-relay-reports"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(owned(&v0), owned(&v1), "owned objects changed for a report");
+
     // Drift of an owned object is put back: the Service's selector edited by hand (it would
     // send ingest nowhere), a Role deleted.
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
