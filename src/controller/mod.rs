@@ -355,7 +355,7 @@ pub async fn run(
 }
 
 /// How long the triggers of one pipeline are gathered before its reconcile.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The pipeline an object names in its `dualwrite.io/pipeline` label (a relay pod, a claim).
 fn labelled_pipeline<K: Resource>(obj: &K) -> Option<ObjectRef<DualWritePipeline>> {
