@@ -241,7 +241,7 @@ async fn readyz_is_not_ready_and_says_what_to_grant_until_rbac_allows_the_watche
         "owned",
         &user,
         &format!(
-            "- {{apiGroups: [apps], resources: [statefulsets], {read}}}\n- {{apiGroups: [\"\"], resources: [services, pods, serviceaccounts, configmaps], {read}}}\n- {{apiGroups: [policy], resources: [poddisruptionbudgets], {read}}}\n- {{apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings], {read}}}\n- {{apiGroups: [batch], resources: [cronjobs], {read}}}\n"
+            "- {{apiGroups: [apps], resources: [statefulsets], {read}}}\n- {{apiGroups: [\"\"], resources: [services, pods, serviceaccounts, configmaps, persistentvolumeclaims], {read}}}\n- {{apiGroups: [policy], resources: [poddisruptionbudgets], {read}}}\n- {{apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings], {read}}}\n- {{apiGroups: [batch], resources: [cronjobs], {read}}}\n"
         ),
     );
     let dir = tempfile::tempdir().unwrap();

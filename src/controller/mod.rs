@@ -21,6 +21,7 @@
 //! | [`reconciled`] | through when a provider's misses are reconciled (a clean verify, an annotation) |
 //! | `reconcile` | one reconcile's I/O |
 //! | [`probes`] | the operator's health and metrics endpoints |
+//! | [`owned`] | the caches of owned objects, and whether an owned object needs an apply |
 //! | [`watches`] | whether the watches work (`/readyz`), and what to fix when they do not |
 //! | [`task`] | a long-running task that ends on its own is an error (the process exits) |
 
@@ -31,15 +32,18 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::SignedDuration;
 use k8s_openapi::NamespaceResourceScope;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{
+    applier, trigger_owners, trigger_self, trigger_with, Action, ReconcileReason, ReconcileRequest,
+};
 use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, WatchStreamExt};
+
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::DualWritePipeline;
@@ -47,6 +51,7 @@ use crate::api::DualWritePipeline;
 pub mod conditions;
 pub mod fallback;
 pub mod leader;
+pub mod owned;
 pub mod pods;
 pub mod probes;
 pub mod reason;
@@ -73,6 +78,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the pipeline has no namespace")]
     NoNamespace,
+    /// A reconcile outside `controller::run` (whose caches it reads).
+    #[error("the controller is not running")]
+    NotRunning,
     /// Applying an owned object failed; the objects after it in the apply order were not applied.
     #[error("cannot apply {kind} {name}: {source}")]
     Apply {
@@ -88,6 +96,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::NoNamespace => "no_namespace",
+            Error::NotRunning => "not_running",
             Error::Apply { .. } => "apply",
         }
     }
@@ -126,6 +135,12 @@ pub struct Context {
     pub metrics: OperatorMetrics,
     /// Whether the watches work (`/readyz`).
     pub watches: watches::WatchHealth,
+    /// The caches of the running controller (`None` outside [`run`]). A std Mutex: held to
+    /// clone the `Arc`, never across an `.await`.
+    cache: Mutex<Option<Arc<owned::OwnedCache>>>,
+    /// Pipelines (by uid) known to have no Deployment left from an operator before
+    /// StatefulSets: not looked up again.
+    no_legacy_deployment: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Counters served on the operator's `/metrics`.
@@ -133,10 +148,21 @@ pub struct Context {
 pub struct OperatorMetrics {
     pub reconciles: std::sync::atomic::AtomicU64,
     pub failures: std::sync::atomic::AtomicU64,
+    /// Requests that write to the API server (apply, patch, delete, Event), counted where the
+    /// reconciler makes them: at rest this stays still.
+    pub api_writes: std::sync::atomic::AtomicU64,
     /// The controller's cache of pipelines, set once the controller starts: `/metrics` reads
     /// each pipeline's verdicts (Ready, consistency) from it at scrape time, so a deleted
     /// pipeline's series go with it.
     pub pipelines: std::sync::OnceLock<kube::runtime::reflector::Store<DualWritePipeline>>,
+}
+
+impl OperatorMetrics {
+    /// One more write to the API server.
+    fn wrote(&self) {
+        self.api_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Context {
@@ -157,6 +183,8 @@ impl Context {
             written: Mutex::default(),
             metrics: OperatorMetrics::default(),
             watches: watches::WatchHealth::default(),
+            cache: Mutex::default(),
+            no_legacy_deployment: Mutex::default(),
         })
     }
 }
@@ -255,56 +283,133 @@ where
     }
 }
 
-/// The pipeline a relay pod belongs to (its `dualwrite.io/pipeline` label).
-fn pod_pipeline(pod: Pod) -> Option<ObjectRef<DualWritePipeline>> {
-    let ns = pod.namespace()?;
-    let name = pod.labels().get("dualwrite.io/pipeline")?;
-    Some(ObjectRef::new(name).within(&ns))
-}
-
 /// Runs the controller until `shutdown` resolves. A watch error goes to [`watches`] (logged at
-/// warn with what to fix, `/readyz` not ready until a check passes); the controller retries the
-/// watch with backoff meanwhile.
+/// warn with what to fix, `/readyz` not ready until a check passes); each watch is retried with
+/// backoff meanwhile.
+///
+/// Built from kube's `applier` rather than `Controller::owns`: each watch of an owned kind
+/// feeds a reflector store ([`owned`]) first and triggers the owner's reconcile after, so the
+/// reconcile compares what it wants with a cache that already holds the change that woke it,
+/// and makes no request at all when nothing differs.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (client, ns) = (&ctx.client, namespace.as_deref());
-    let owned =
+    let owned_config =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=dualwrite-operator");
-    let pipelines: Api<DualWritePipeline> = scoped(client, ns);
-    let controller = Controller::new(pipelines, watcher::Config::default());
-    // Set once per process; a second `run` (tests) keeps the first cache.
-    let _ = ctx.metrics.pipelines.set(controller.store());
-    controller
-        .owns(scoped::<StatefulSet>(client, ns), owned.clone())
-        .owns(scoped::<Service>(client, ns), owned.clone())
-        .owns(scoped::<PodDisruptionBudget>(client, ns), owned.clone())
-        // The relay pods (owned by the StatefulSet, not the pipeline): their failures reach
-        // the status as soon as the kubelet reports them.
-        .watches(scoped::<Pod>(client, ns), owned.clone(), pod_pipeline)
-        .owns(scoped::<ServiceAccount>(client, ns), owned.clone())
-        .owns(scoped::<Role>(client, ns), owned.clone())
-        .owns(scoped::<RoleBinding>(client, ns), owned.clone())
+    let (pipelines, writer) = reflector::store::<DualWritePipeline>();
+    // Set once per process; a second `run` (tests, a new Lease term) keeps the first cache.
+    let _ = ctx.metrics.pipelines.set(pipelines.clone());
+    let mut triggers = futures::stream::SelectAll::new();
+    triggers.push(
+        trigger_self(
+            watcher::watcher(
+                scoped::<DualWritePipeline>(client, ns),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify(owned::trim)
+            .reflect(writer)
+            .applied_objects(),
+            (),
+        )
+        .boxed(),
+    );
+    macro_rules! owned_kind {
+        ($kind:ty) => {{
+            let (store, writer) = reflector::store::<$kind>();
+            triggers.push(
+                trigger_owners(
+                    watcher::watcher(scoped::<$kind>(client, ns), owned_config.clone())
+                        .default_backoff()
+                        .modify(owned::trim)
+                        .reflect(writer)
+                        .touched_objects(),
+                    (),
+                    (),
+                )
+                .boxed(),
+            );
+            store
+        }};
+    }
+    // Relay pods (owned by the StatefulSet) and their claims (owned by nobody) name their
+    // pipeline in a label: their failures reach the status as soon as the kubelet reports them.
+    macro_rules! labelled_kind {
+        ($kind:ty) => {{
+            let (store, writer) = reflector::store::<$kind>();
+            triggers.push(
+                trigger_with(
+                    watcher::watcher(scoped::<$kind>(client, ns), owned_config.clone())
+                        .default_backoff()
+                        .modify(owned::trim)
+                        .reflect(writer)
+                        .touched_objects(),
+                    |obj: $kind| {
+                        labelled_pipeline(&obj).map(|obj_ref| ReconcileRequest {
+                            obj_ref,
+                            reason: ReconcileReason::RelatedObjectUpdated {
+                                obj_ref: Box::new(ObjectRef::from_obj(&obj).erase()),
+                            },
+                        })
+                    },
+                )
+                .boxed(),
+            );
+            store
+        }};
+    }
+    let cache = Arc::new(owned::OwnedCache {
+        statefulsets: owned_kind!(StatefulSet),
+        services: owned_kind!(Service),
+        pdbs: owned_kind!(PodDisruptionBudget),
+        service_accounts: owned_kind!(ServiceAccount),
+        roles: owned_kind!(Role),
+        role_bindings: owned_kind!(RoleBinding),
+        // The relays' reports and the consistency verdict: a change reconciles its pipeline,
+        // which recomputes the status (the owned objects compare equal: nothing is applied).
+        config_maps: owned_kind!(ConfigMap),
         // The scheduled consistency check: edited or deleted by hand, it is put back.
-        .owns(scoped::<CronJob>(client, ns), owned.clone())
-        // The relays' reports: a changed report reconciles its pipeline.
-        .owns(scoped::<ConfigMap>(client, ns), owned)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, error_policy, Arc::clone(&ctx))
-        .for_each(|result| {
-            match result {
-                Err(kube::runtime::controller::Error::QueueError(e)) => {
-                    ctx.watches.watch_failed(&e)
-                }
-                // Reconcile failures are logged by `error_policy`.
-                Err(e) => tracing::debug!(error = %e, "controller event"),
-                Ok(_) => {}
-            }
-            futures::future::ready(())
-        })
-        .await;
+        cron_jobs: owned_kind!(CronJob),
+        pods: labelled_kind!(Pod),
+        claims: labelled_kind!(PersistentVolumeClaim),
+    });
+    *ctx.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache);
+    let queue = triggers.take_until(shutdown);
+    applier(
+        |p, ctx| Box::pin(reconcile::reconcile(p, ctx)),
+        error_policy,
+        Arc::clone(&ctx),
+        pipelines,
+        queue,
+        // Trailing-edge debounce: the triggers of one burst (a relay report, the reflectors'
+        // echoes of the objects a reconcile applied, pods changing together) make one
+        // reconcile and at most one status write, still well under a second after a change.
+        kube::runtime::Config::default().debounce(DEBOUNCE),
+    )
+    .for_each(|result| {
+        match result {
+            Err(kube::runtime::controller::Error::QueueError(e)) => ctx.watches.watch_failed(&e),
+            // Reconcile failures are logged by `error_policy`.
+            Err(e) => tracing::debug!(error = %e, "controller event"),
+            Ok(_) => {}
+        }
+        futures::future::ready(())
+    })
+    .await;
+    *ctx.cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// How long the triggers of one pipeline are gathered before its reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The pipeline an object names in its `dualwrite.io/pipeline` label (a relay pod, a claim).
+fn labelled_pipeline<K: Resource>(obj: &K) -> Option<ObjectRef<DualWritePipeline>> {
+    let ns = obj.meta().namespace.as_deref()?;
+    let name = obj.meta().labels.as_ref()?.get("dualwrite.io/pipeline")?;
+    Some(ObjectRef::new(name).within(ns))
 }
 
 #[cfg(test)]

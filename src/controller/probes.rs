@@ -62,6 +62,11 @@ impl<S: Send + Sync + 'static> Collector for OperatorCollector<S> {
                 "Reconciles that failed (retried with backoff).",
                 &m.failures,
             ),
+            (
+                "dualwrite_operator_api_writes",
+                "Writes to the API server (apply, patch, delete, Event); none at rest.",
+                &m.api_writes,
+            ),
         ] {
             encoder
                 .encode_descriptor(name, help, None, MetricType::Counter)?
@@ -177,7 +182,10 @@ mod tests {
              dualwrite_operator_reconciles_total 3\n\
              # HELP dualwrite_operator_reconcile_failures_total Reconciles that failed (retried with backoff).\n\
              # TYPE dualwrite_operator_reconcile_failures_total counter\n\
-             dualwrite_operator_reconcile_failures_total 1\n"
+             dualwrite_operator_reconcile_failures_total 1\n\
+             # HELP dualwrite_operator_api_writes_total Writes to the API server (apply, patch, delete, Event); none at rest.\n\
+             # TYPE dualwrite_operator_api_writes_total counter\n\
+             dualwrite_operator_api_writes_total 0\n"
         );
     }
 

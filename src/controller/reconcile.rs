@@ -16,24 +16,27 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::owned::{self, OwnedCache};
 use super::pods::{self, RelayObservation};
 use super::scale::{self, ScaleDecision};
 use super::{
     key, reason, resources, rollout, signed, status, Context, Error, PipelineEvent, Settings,
     MANAGER,
 };
-use crate::api::{ConsistencyStatus, DualWritePipeline, MigrationRequest, RelayReport};
+use crate::api::{
+    ConsistencyStatus, DualWritePipeline, DualWritePipelineStatus, MigrationRequest, RelayReport,
+};
 
 /// One reconcile: the owned objects (unless the spec is invalid), the Events of the decisions,
 /// the status, then the pruning of relays gone for long.
@@ -56,19 +59,26 @@ pub(super) async fn reconcile(
         return Ok(Action::await_change());
     }
     let p = ctx.newest(p);
-    let (pods, claims) = list_relays(&p, &ns, &ctx).await?;
+    let cache = ctx
+        .cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or(Error::NotRunning)?;
+    if !cache.ready().await {
+        tracing::warn!(pipeline = %key(&p), "the caches have not listed yet; reconciling from what they hold (a missing object is read from the API server before it is applied)");
+    }
+    let (pods, claims) = list_relays(&p, &ns, &cache);
     // The relays' reports come from their ConfigMap (the only thing their Role may write);
     // the decisions below read them as the status' `relays`.
-    let from_map = read_relay_reports(&p, &ns, &ctx).await?;
+    let from_map = read_relay_reports(&p, &ns, &cache);
     // The verdict comes from the consistency ConfigMap only (written under the check's own
     // ServiceAccount), never from anything a relay's token may write.
-    let verdict = read_consistency(&p, &ns, &ctx).await?;
+    let verdict = read_consistency(&p, &ns, &cache);
     let as_stored = p;
     let p = Arc::new(with_reports(&as_stored, &from_map, verdict));
-    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = statefulsets
-        .get_opt(&resources::relay_name(&p.name_any()))
-        .await?;
+    let existing = owned::cached::<StatefulSet>(&cache, &ns, &resources::relay_name(&p.name_any()))
+        .map(|s| (*s).clone());
     // Nothing applied (an invalid spec, or a refusal before the StatefulSet): the StatefulSet
     // keeps its replicas (a hold included).
     let unchanged = || Applied {
@@ -80,7 +90,16 @@ pub(super) async fn reconcile(
     };
     let mut changes = Vec::new();
     let (applied, refused) = if p.spec.validate().is_ok() {
-        let result = apply_owned(&p, &ns, &ctx, existing.as_ref(), &claims, &mut changes).await;
+        let result = apply_owned(
+            &p,
+            &ns,
+            &ctx,
+            &cache,
+            existing.as_ref(),
+            &claims,
+            &mut changes,
+        )
+        .await;
         publish_changes(&ctx, &p, changes).await;
         match result {
             Ok(applied) => (applied, None),
@@ -118,12 +137,18 @@ pub(super) async fn reconcile(
         m.request = None;
     }
     let consumed = consumed_request(&as_stored, &status);
-    let written = crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
-    ctx.wrote(&written);
+    // At rest the status computed equals the one stored: no write (compared as the JSON the
+    // API server keeps, where times have whole seconds; a request is not the operator's).
+    if status_changed(as_stored.status.as_ref(), &status) {
+        ctx.metrics.wrote();
+        let written = crate::api::apply_status(&api, &p.name_any(), MANAGER, &status).await?;
+        ctx.wrote(&written);
+    }
     if let Some(request) = consumed {
+        ctx.metrics.wrote();
         clear_request(&api, &as_stored, request).await?;
     }
-    prune_gone_relays(&api, &as_stored, &ctx.settings).await?;
+    prune_gone_relays(&api, &as_stored, &ctx).await?;
     prune_gone_reports(&p, &ns, &ctx, &gone).await?;
     if let Some((_, e)) = refused {
         // Status says why; the error policy retries with backoff.
@@ -152,56 +177,63 @@ const HELD_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 const PRUNE_AFTER_STALE: u32 = 4;
 
 /// The data of the ConfigMap `name` in `ns` (empty when it has none), or `None` when it does not
-/// exist yet.
-async fn config_map_data(
+/// exist yet, from the cache.
+fn config_map_data(
     ns: &str,
     name: &str,
-    ctx: &Context,
-) -> Result<Option<std::collections::BTreeMap<String, String>>, Error> {
-    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(maps
-        .get_opt(name)
-        .await?
-        .map(|m| m.data.unwrap_or_default()))
+    cache: &OwnedCache,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    owned::cached::<ConfigMap>(cache, ns, name).map(|m| m.data.clone().unwrap_or_default())
+}
+
+/// Whether `next` differs from the status the API server holds.
+fn status_changed(
+    stored: Option<&DualWritePipelineStatus>,
+    next: &DualWritePipelineStatus,
+) -> bool {
+    let Some(stored) = stored else {
+        return true;
+    };
+    // A request in the stored status is a requester's field, never in `next`.
+    let mut stored = stored.clone();
+    if let Some(m) = stored.migration.as_mut() {
+        m.request = None;
+    }
+    match (serde_json::to_value(&stored), serde_json::to_value(next)) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => true,
+    }
 }
 
 /// The reports in the pipeline's reports ConfigMap (none when it does not exist yet). A
 /// verdict there ([`crate::api::VERDICT_KEY`]) is neither a report nor a verdict: a relay's
 /// token can write that ConfigMap.
-async fn read_relay_reports(
-    p: &DualWritePipeline,
-    ns: &str,
-    ctx: &Context,
-) -> Result<Vec<RelayReport>, Error> {
-    let Some(data) =
-        config_map_data(ns, &crate::api::relay_reports_name(&p.name_any()), ctx).await?
+fn read_relay_reports(p: &DualWritePipeline, ns: &str, cache: &OwnedCache) -> Vec<RelayReport> {
+    let Some(data) = config_map_data(ns, &crate::api::relay_reports_name(&p.name_any()), cache)
     else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
     let (reports, unreadable) = crate::api::parse_relay_reports(&data);
     if !unreadable.is_empty() {
         tracing::warn!(pipeline = %key(p), relays = ?unreadable, "relay reports that cannot be read are left out (a relay of another version?)");
     }
-    Ok(reports)
+    reports
 }
 
 /// The `dualwrite verify` verdict in the pipeline's consistency ConfigMap, if there is one and
 /// it passes [`crate::api::read_verdict`].
-async fn read_consistency(
+fn read_consistency(
     p: &DualWritePipeline,
     ns: &str,
-    ctx: &Context,
-) -> Result<Option<ConsistencyStatus>, Error> {
-    let Some(data) = config_map_data(ns, &crate::api::consistency_name(&p.name_any()), ctx).await?
-    else {
-        return Ok(None);
-    };
+    cache: &OwnedCache,
+) -> Option<ConsistencyStatus> {
+    let data = config_map_data(ns, &crate::api::consistency_name(&p.name_any()), cache)?;
     let providers: Vec<&str> = p.spec.providers.iter().map(|x| x.name.as_str()).collect();
     let verdict = crate::api::read_verdict(&data, &providers, Timestamp::now());
     if verdict.is_none() && data.contains_key(crate::api::VERDICT_KEY) {
         tracing::warn!(pipeline = %key(p), "the consistency verdict is left out: it names a provider the pipeline lacks, fewer than two, or a time in the future");
     }
-    Ok(verdict)
+    verdict
 }
 
 /// `p` with the reports of the ConfigMap in place of the status' copy of them, and the
@@ -258,6 +290,7 @@ async fn prune_gone_reports(
         "metadata": {"resourceVersion": map.resource_version()},
         "data": data,
     });
+    ctx.metrics.wrote();
     match maps
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -319,8 +352,9 @@ async fn clear_request(
 async fn prune_gone_relays(
     api: &Api<DualWritePipeline>,
     p: &DualWritePipeline,
-    settings: &Settings,
+    ctx: &Context,
 ) -> Result<(), Error> {
+    let settings = &ctx.settings;
     let Some(status) = &p.status else {
         return Ok(());
     };
@@ -349,6 +383,7 @@ async fn prune_gone_relays(
         .collect();
     let patch = serde_json::from_value(serde_json::Value::Array(ops))
         .expect("a JSON patch of test/remove ops");
+    ctx.metrics.wrote();
     match api
         .patch_status(
             &p.name_any(),
@@ -379,6 +414,7 @@ async fn publish_event(ctx: &Context, p: &DualWritePipeline, event: PipelineEven
         action,
         secondary: None,
     };
+    ctx.metrics.wrote();
     if let Err(e) = ctx.recorder.publish(&event, &p.object_ref(&())).await {
         tracing::warn!(pipeline = %key(p), error = %e, "could not record an Event");
     }
@@ -413,35 +449,53 @@ fn refusal(e: &Error) -> Option<String> {
     })
 }
 
-/// Server-side applies `obj` and says what it applied (kind and name, for its Event) and whether
-/// that created or changed it (an error names it).
+/// Server-side applies `obj` unless the cached copy already holds it ([`owned::needs_apply`]),
+/// and says what it applied (kind and name, for its Event) and whether that created or changed
+/// it (an error names it). An unchanged object costs no request; a changed or missing one is
+/// read afresh first (the cache may not hold this operator's own last apply yet, which would
+/// otherwise be applied again and reported twice).
 async fn apply_named<K>(
-    client: &Client,
+    ctx: &Context,
+    cache: &OwnedCache,
     ns: &str,
     obj: &K,
 ) -> Result<(&'static str, String, Change), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + k8s_openapi::Resource
+        + owned::Cached
         + Clone
         + Debug
         + Serialize
         + DeserializeOwned,
 {
     let kind = <K as k8s_openapi::Resource>::KIND;
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
+    let (desired, _) = owned::annotated(obj);
+    if owned::cached::<K>(cache, ns, &name)
+        .is_some_and(|live| !owned::needs_apply(&desired, &*live))
+    {
+        return Ok((kind, name, Change::Unchanged));
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let failed = |source| Error::Apply {
         kind,
         name: name.clone(),
         source,
     };
     let before = api.get_opt(&name).await.map_err(failed)?;
+    if before
+        .as_ref()
+        .is_some_and(|b| !owned::needs_apply(&desired, b))
+    {
+        return Ok((kind, name, Change::Unchanged));
+    }
+    ctx.metrics.wrote();
     let after = api
         .patch(
             &name,
             &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(obj),
+            &Patch::Apply(&desired),
         )
         .await
         .map_err(failed)?;
@@ -470,30 +524,30 @@ async fn apply_owned(
     p: &DualWritePipeline,
     ns: &str,
     ctx: &Context,
+    cache: &OwnedCache,
     existing: Option<&StatefulSet>,
     claims: &[String],
     changes: &mut Vec<(&'static str, String, Change)>,
 ) -> Result<Applied, Error> {
-    let c = &ctx.client;
     let name = resources::relay_name(&p.name_any());
     let mut desired = resources::statefulset(p, &ctx.settings.relay_image);
     let decision = decide_scale(p, &ctx.settings, existing, claims);
     scale::apply_to(&mut desired, &decision);
     let admission = admit_rollout(p, ctx, existing, &desired);
-    changes.push(apply_named(c, ns, &resources::service_account(p)).await?);
-    changes.push(apply_named(c, ns, &resources::role(p)).await?);
-    changes.push(apply_named(c, ns, &resources::relay_reports(p)).await?);
-    changes.push(apply_named(c, ns, &resources::role_binding(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::service_account(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::role(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::relay_reports(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::role_binding(p)).await?);
     // The consistency check's identity, apart from the relay's (see `resources::verify_role`).
-    changes.push(apply_named(c, ns, &resources::verify_service_account(p)).await?);
-    changes.push(apply_named(c, ns, &resources::verify_role(p)).await?);
-    changes.push(apply_named(c, ns, &resources::consistency(p)).await?);
-    changes.push(apply_named(c, ns, &resources::verify_role_binding(p)).await?);
-    changes.push(apply_named(c, ns, &resources::service(p)).await?);
-    changes.push(apply_named(c, ns, &resources::pods_service(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::verify_service_account(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::verify_role(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::consistency(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::verify_role_binding(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::service(p)).await?);
+    changes.push(apply_named(ctx, cache, ns, &resources::pods_service(p)).await?);
     let applied = match admission {
         rollout::Admission::Apply => {
-            changes.push(apply_named(c, ns, &desired).await?);
+            changes.push(apply_named(ctx, cache, ns, &desired).await?);
             if decision.holding() {
                 tracing::info!(pipeline = %key(p), replicas = decision.replicas, desired = decision.desired, waiting = ?decision.waiting, "scale-down held for a backlog");
             }
@@ -519,9 +573,12 @@ async fn apply_owned(
         }
     };
     match resources::pod_disruption_budget(p) {
-        Some(pdb) => changes.push(apply_named(c, ns, &pdb).await?),
+        Some(pdb) => changes.push(apply_named(ctx, cache, ns, &pdb).await?),
         None => {
-            if delete_owned::<PodDisruptionBudget>(c, ns, &name, p).await? {
+            // Only a PodDisruptionBudget the cache holds is looked up and deleted.
+            if owned::cached::<PodDisruptionBudget>(cache, ns, &name).is_some()
+                && delete_owned::<PodDisruptionBudget>(ctx, ns, &name, p).await?
+            {
                 changes.push(("PodDisruptionBudget", name.clone(), Change::Deleted));
             }
         }
@@ -529,18 +586,34 @@ async fn apply_owned(
     // An operator before StatefulSets ran the relays as a Deployment of the same name: it goes
     // once the StatefulSet's relays are Ready (no gap in ingest; the Service selects both
     // meanwhile). Its pods drain on SIGTERM; a backlog left on their emptyDir is lost.
-    if existing.is_some_and(|s| relays_ready(p, s))
-        && delete_owned::<Deployment>(c, ns, &name, p).await?
-    {
-        changes.push(("Deployment", name.clone(), Change::Deleted));
+    // Looked up once per pipeline and process: a Deployment is never created again.
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    let checked = |ctx: &Context| {
+        ctx.no_legacy_deployment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&uid)
+    };
+    if existing.is_some_and(|s| relays_ready(p, s)) && !checked(ctx) {
+        if delete_owned::<Deployment>(ctx, ns, &name, p).await? {
+            changes.push(("Deployment", name.clone(), Change::Deleted));
+        } else {
+            ctx.no_legacy_deployment
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid);
+        }
     }
     // The scheduled check, while `spec.consistency.schedule` asks for it; last, so that a
     // schedule the API server refuses (a minute of 60) holds back none of the relay's objects.
     match resources::verify_cron_job(p, &ctx.settings.relay_image) {
-        Some(cron) => changes.push(apply_named(c, ns, &cron).await?),
+        Some(cron) => changes.push(apply_named(ctx, cache, ns, &cron).await?),
         None => {
+            // Only a CronJob the cache holds is looked up and deleted.
             let verify = resources::verify_name(&p.name_any());
-            if delete_owned::<CronJob>(c, ns, &verify, p).await? {
+            if owned::cached::<CronJob>(cache, ns, &verify).is_some()
+                && delete_owned::<CronJob>(ctx, ns, &verify, p).await?
+            {
                 changes.push(("CronJob", verify, Change::Deleted));
             }
         }
@@ -650,7 +723,7 @@ fn relays_ready(p: &DualWritePipeline, sts: &StatefulSet) -> bool {
 
 /// Deletes `name` if this pipeline controls it; whether it did.
 async fn delete_owned<K>(
-    client: &Client,
+    ctx: &Context,
     ns: &str,
     name: &str,
     p: &DualWritePipeline,
@@ -661,7 +734,7 @@ where
         + Debug
         + DeserializeOwned,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let Some(obj) = api.get_opt(name).await? else {
         return Ok(false);
     };
@@ -672,6 +745,7 @@ where
     if !ours || obj.meta().deletion_timestamp.is_some() {
         return Ok(false);
     }
+    ctx.metrics.wrote();
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
@@ -679,31 +753,36 @@ where
     }
 }
 
-/// The relay pods of `p`, and the names of its claims.
-async fn list_relays(
-    p: &DualWritePipeline,
-    ns: &str,
-    ctx: &Context,
-) -> Result<(Vec<Pod>, Vec<String>), Error> {
-    let selector = format!(
-        "dualwrite.io/pipeline={},app.kubernetes.io/managed-by={}",
-        p.name_any(),
-        MANAGER
-    );
-    let params = ListParams::default().labels(&selector);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-    let pods = pods.list(&params).await?.items;
-    let claims = claims
-        .list(&params)
-        .await?
-        .items
+/// The relay pods of `p`, and the names of its claims, from the cache (both watched with the
+/// operator's `managed-by` label).
+fn list_relays(p: &DualWritePipeline, ns: &str, cache: &OwnedCache) -> (Vec<Pod>, Vec<String>) {
+    let name = p.name_any();
+    let ours = |meta: &kube::api::ObjectMeta| {
+        meta.namespace.as_deref() == Some(ns)
+            && meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("dualwrite.io/pipeline"))
+                == Some(&name)
+    };
+    let pods = cache
+        .pods
+        .state()
         .into_iter()
+        .filter(|pod| ours(&pod.metadata))
+        .map(|pod| (*pod).clone())
+        .collect();
+    let mut claims: Vec<String> = cache
+        .claims
+        .state()
+        .into_iter()
+        .filter(|c| ours(&c.metadata))
         // A claim being deleted holds nothing a relay will replay.
         .filter(|c| c.metadata.deletion_timestamp.is_none())
         .map(|c| c.name_any())
         .collect();
-    Ok((pods, claims))
+    claims.sort();
+    (pods, claims)
 }
 
 /// What the relay pods and claims of `p` show: the most telling pod failure, the claims of

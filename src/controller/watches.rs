@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
@@ -172,7 +172,7 @@ where
 }
 
 /// Every kind `controller::run` watches, in its order.
-pub const WATCHED: [&str; 10] = [
+pub const WATCHED: [&str; 11] = [
     PIPELINES,
     "statefulsets.apps",
     "services",
@@ -183,6 +183,7 @@ pub const WATCHED: [&str; 10] = [
     "rolebindings.rbac.authorization.k8s.io",
     "configmaps",
     "cronjobs.batch",
+    "persistentvolumeclaims",
 ];
 
 /// Checks every watched kind once, recording each one's problem; whether all passed.
@@ -227,6 +228,10 @@ async fn check(client: &Client, namespace: Option<&str>, health: &WatchHealth) -
         (
             resource_name::<CronJob>(),
             check_kind::<CronJob>(client, namespace).await,
+        ),
+        (
+            resource_name::<PersistentVolumeClaim>(),
+            check_kind::<PersistentVolumeClaim>(client, namespace).await,
         ),
     ];
     let mut passed = true;
@@ -357,6 +362,7 @@ mod tests {
             resource_name::<RoleBinding>(),
             resource_name::<ConfigMap>(),
             resource_name::<CronJob>(),
+            resource_name::<PersistentVolumeClaim>(),
         ];
         assert_eq!(names, WATCHED);
     }

@@ -1,0 +1,319 @@
+//! The operator's caches of the objects it owns or reads per pipeline, and the comparison that
+//! lets a reconcile of an unchanged pipeline make no request at all.
+//!
+//! Lifecycle, and why it is shaped this way: [`super::run`] starts one watch per kind (the
+//! owned kinds, the relay pods and their claims), each feeding a reflector [`Store`] *before*
+//! it triggers the owner's reconcile, so a reconcile triggered by a change always reads that
+//! change from the cache (two separate watches, one for the trigger and one for the cache,
+//! could race). The stores live as long as that `run` (a new Lease term builds new ones);
+//! a reconcile waits until every store has listed once ([`OwnedCache::ready`]) so that a
+//! restarted operator does not take "not listed yet" for "missing" and re-apply everything.
+//! The stores drop `managedFields` (a large part of each object that nothing here reads).
+//!
+//! Whether an owned object needs an apply ([`needs_apply`]) is decided from two things:
+//! - the hash of the desired object, which the operator writes into the object itself
+//!   ([`APPLIED_ANNOTATION`]): a different hash means the operator wants something else now,
+//!   including a field it no longer sets (a field it stops setting is not visible in the
+//!   desired object, so comparing values alone would miss its removal);
+//! - [`contains`]: every field the desired object sets has the same value in the cached one.
+//!   Only the fields the operator sets are compared, so the defaults the API server fills in
+//!   (a Service's `clusterIP`, a container's `terminationMessagePath`, a StatefulSet's
+//!   `updateStrategy`, a claim template's `status`) never read as a change; a value the server
+//!   normalises (a quantity `1000m` stored as `1`) compares as a quantity, and an empty map or
+//!   list the operator sets equals one the server leaves out. A hand edit of a field the
+//!   operator sets, or of its annotation, reads as drift and is put back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::Resource;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The annotation holding the hash of what the operator last applied to an object.
+pub const APPLIED_ANNOTATION: &str = "dualwrite.io/applied";
+
+/// How long a reconcile waits for the caches' first lists before it reads the API server
+/// directly (a cache that never lists is a watch problem `/readyz` reports).
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// The reflector stores of one `controller::run`.
+#[derive(Clone)]
+pub struct OwnedCache {
+    pub statefulsets: Store<StatefulSet>,
+    pub services: Store<Service>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
+    pub config_maps: Store<ConfigMap>,
+    pub cron_jobs: Store<CronJob>,
+    pub pods: Store<Pod>,
+    pub claims: Store<PersistentVolumeClaim>,
+}
+
+impl OwnedCache {
+    /// Waits until every store has listed once; whether they all did within [`READY_WAIT`].
+    pub async fn ready(&self) -> bool {
+        let all = async {
+            self.statefulsets.wait_until_ready().await.is_ok()
+                && self.services.wait_until_ready().await.is_ok()
+                && self.pdbs.wait_until_ready().await.is_ok()
+                && self.service_accounts.wait_until_ready().await.is_ok()
+                && self.roles.wait_until_ready().await.is_ok()
+                && self.role_bindings.wait_until_ready().await.is_ok()
+                && self.config_maps.wait_until_ready().await.is_ok()
+                && self.cron_jobs.wait_until_ready().await.is_ok()
+                && self.pods.wait_until_ready().await.is_ok()
+                && self.claims.wait_until_ready().await.is_ok()
+        };
+        tokio::time::timeout(READY_WAIT, all).await.unwrap_or(false)
+    }
+}
+
+/// The store of an owned kind, so that a generic apply finds the cached copy of its object.
+pub trait Cached: Resource<DynamicType = ()> + Clone + Sized + 'static {
+    fn store(cache: &OwnedCache) -> &Store<Self>;
+}
+
+macro_rules! cached {
+    ($kind:ty, $field:ident) => {
+        impl Cached for $kind {
+            fn store(cache: &OwnedCache) -> &Store<Self> {
+                &cache.$field
+            }
+        }
+    };
+}
+cached!(StatefulSet, statefulsets);
+cached!(Service, services);
+cached!(PodDisruptionBudget, pdbs);
+cached!(ServiceAccount, service_accounts);
+cached!(Role, roles);
+cached!(RoleBinding, role_bindings);
+cached!(ConfigMap, config_maps);
+cached!(CronJob, cron_jobs);
+
+/// The cached copy of `name` in `ns`.
+pub fn cached<K: Cached>(cache: &OwnedCache, ns: &str, name: &str) -> Option<std::sync::Arc<K>> {
+    K::store(cache).get(&ObjectRef::new(name).within(ns))
+}
+
+/// Drops what the caches never read (and what makes an object large).
+pub fn trim<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// `desired` with [`APPLIED_ANNOTATION`] set to the hash of `desired` (without it), and that
+/// hash.
+pub fn annotated<K: Resource + Serialize + Clone>(desired: &K) -> (K, String) {
+    let json = serde_json::to_vec(desired).expect("an owned object serializes");
+    let hash = hex(&Sha256::digest(&json)[..12]);
+    let mut out = desired.clone();
+    out.meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_ANNOTATION.into(), hash.clone());
+    (out, hash)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `desired` (annotated with its hash, see [`annotated`]) must be applied over the
+/// cached `live` object: the hash differs, or a field `desired` sets differs in `live`.
+pub fn needs_apply<K: Resource + Serialize>(desired: &K, live: &K) -> bool {
+    let want = desired
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(APPLIED_ANNOTATION));
+    let have = live
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(APPLIED_ANNOTATION));
+    if want.is_none() || want != have {
+        return true;
+    }
+    let (Ok(desired), Ok(live)) = (serde_json::to_value(desired), serde_json::to_value(live))
+    else {
+        return true;
+    };
+    !contains(&live, &desired)
+}
+
+/// Every field `desired` sets has the same value in `live` (fields only `live` has are
+/// defaults or other managers' fields: not compared). Lists compare element by element and
+/// must be as long (an element added by someone else is drift for a list the operator sets).
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (_, Value::Null) => true,
+        // An empty map or list the operator sets is one the server may leave out.
+        (Value::Null, Value::Object(d)) => d.is_empty(),
+        (Value::Null, Value::Array(d)) => d.is_empty(),
+        (Value::Object(l), Value::Object(d)) => d.iter().all(|(k, dv)| match l.get(k) {
+            Some(lv) => contains(lv, dv),
+            None => contains(&Value::Null, dv),
+        }),
+        (Value::Array(l), Value::Array(d)) => {
+            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| contains(lv, dv))
+        }
+        (Value::String(l), Value::String(d)) => l == d || same_quantity(l, d),
+        (Value::Number(l), Value::Number(d)) => l.as_f64() == d.as_f64(),
+        (l, d) => l == d,
+    }
+}
+
+/// Two strings that both read as Kubernetes quantities of the same amount (`1000m` and `1`,
+/// `1024Mi` and `1Gi`): the API server stores quantities in a canonical form.
+fn same_quantity(a: &str, b: &str) -> bool {
+    match (quantity(a), quantity(b)) {
+        (Some(x), Some(y)) => (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()).max(1.0),
+        _ => false,
+    }
+}
+
+/// The amount of a quantity string (`<number><suffix>`), or `None` for any other string.
+fn quantity(s: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let (number, factor) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, f)| s.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((s, 1.0));
+    let digits_only = !number.is_empty()
+        && number
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | '+' | '-' | 'e' | 'E'))
+        && number.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '.' | '+' | '-'));
+    if !digits_only {
+        return None;
+    }
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_the_fields_the_operator_sets_are_compared() {
+        // (live, desired, contained)
+        let cases = [
+            // Defaults the server fills in are not a change.
+            (
+                json!({"spec": {"clusterIP": "10.0.0.7", "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}}),
+                json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}]}}),
+                true,
+            ),
+            // A value the operator sets, edited by hand, is drift.
+            (
+                json!({"spec": {"ports": [{"port": 81, "protocol": "TCP"}]}}),
+                json!({"spec": {"ports": [{"port": 80}]}}),
+                false,
+            ),
+            // A field the operator sets, removed by hand, is drift.
+            (
+                json!({"metadata": {"labels": {}}}),
+                json!({"metadata": {"labels": {"a": "b"}}}),
+                false,
+            ),
+            // An element added to a list the operator sets is drift.
+            (
+                json!({"rules": [{"verbs": ["get"]}, {"verbs": ["list"]}]}),
+                json!({"rules": [{"verbs": ["get"]}]}),
+                false,
+            ),
+            // An empty map or list the server leaves out is no change.
+            (
+                json!({"metadata": {}}),
+                json!({"metadata": {"labels": {}, "finalizers": []}}),
+                true,
+            ),
+            // Quantities in their canonical form.
+            (
+                json!({"limits": {"cpu": "1", "memory": "1Gi"}}),
+                json!({"limits": {"cpu": "1000m", "memory": "1024Mi"}}),
+                true,
+            ),
+            (
+                json!({"limits": {"cpu": "1"}}),
+                json!({"limits": {"cpu": "2"}}),
+                false,
+            ),
+            // Strings that are not quantities compare as they are.
+            (
+                json!({"image": "relay:1.0"}),
+                json!({"image": "relay:1"}),
+                false,
+            ),
+            (json!({"n": 3}), json!({"n": 3}), true),
+            (json!({"b": true}), json!({"b": false}), false),
+        ];
+        for (live, desired, want) in cases {
+            assert_eq!(contains(&live, &desired), want, "{live} ⊇ {desired}");
+        }
+    }
+
+    #[test]
+    fn the_applied_hash_catches_what_a_value_comparison_cannot() {
+        let mut before = ConfigMap::default();
+        before.metadata.name = Some("x".into());
+        before.metadata.labels = Some(BTreeMap::from([("a".into(), "1".into())]));
+        let (live, _) = annotated(&before);
+        // Unchanged: no apply.
+        assert!(!needs_apply(&annotated(&before).0, &live));
+        // The operator stops setting a label: the values it still sets all match, the hash
+        // says it wants something else.
+        let mut after = before.clone();
+        after.metadata.labels = None;
+        assert!(needs_apply(&annotated(&after).0, &live));
+        // Someone removed the annotation: applied again.
+        let mut edited = live.clone();
+        edited.metadata.annotations = None;
+        assert!(needs_apply(&annotated(&before).0, &edited));
+        // Someone changed a value the operator sets.
+        let mut edited = live.clone();
+        edited.metadata.labels = Some(BTreeMap::from([("a".into(), "2".into())]));
+        assert!(needs_apply(&annotated(&before).0, &edited));
+        // A field only the server sets is no change.
+        let mut filled = live.clone();
+        filled.metadata.resource_version = Some("42".into());
+        filled.metadata.uid = Some("u".into());
+        assert!(!needs_apply(&annotated(&before).0, &filled));
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity("500m"), Some(0.5));
+        assert_eq!(quantity("1Gi"), Some(1_073_741_824.0));
+        assert_eq!(quantity("2"), Some(2.0));
+        assert_eq!(quantity("1e3"), Some(1000.0));
+        assert_eq!(quantity("relay"), None);
+        assert_eq!(quantity("m"), None);
+        assert_eq!(quantity("v1"), None);
+    }
+}
