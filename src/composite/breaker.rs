@@ -267,18 +267,4 @@ impl Breaker {
             refused: self.refused.load(Ordering::Relaxed),
         }
     }
-
-    /// Why the breaker is open, for readiness (`None` while closed).
-    pub(super) fn open_reason(&self) -> Option<String> {
-        if !self.open.load(Ordering::Acquire) {
-            return None;
-        }
-        self.lock().as_ref().map(|o| {
-            format!(
-                "circuit breaker open since {} ({})",
-                o.since.to_rfc3339_opts(SecondsFormat::Millis, true),
-                o.reason
-            )
-        })
-    }
 }

@@ -70,8 +70,10 @@ async fn after_n_timeouts_fail_fast_fails_at_once_naming_the_provider() {
         .as_deref()
         .unwrap()
         .contains("3 writes in a row failed"));
-    let not_ready = c.readiness().unwrap_err().to_string();
-    assert!(not_ready.contains("circuit breaker open"), "{not_ready}");
+    // Readiness follows health (still up: the provider only timed out), not the breaker: a
+    // relay kept out of its Service would never be sent the write that closes the breaker.
+    assert!(slow.health().healthy);
+    c.readiness().unwrap();
 }
 
 #[tokio::test(start_paused = true)]

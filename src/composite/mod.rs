@@ -621,18 +621,13 @@ impl Composite {
     /// Ok when the providers' health satisfies the current strategy; otherwise
     /// [`CompositeError::NotReady`], naming the providers that are down.
     pub fn readiness(&self) -> Result<(), CompositeError> {
-        // A provider whose breaker is open takes no writes now, whatever its health says.
+        // Health alone, not the breaker: a breaker closes only on a write that gets through,
+        // and a relay out of its Service (a readiness probe failing on the breaker) would never
+        // be sent that write. The providers' supervisors bring health back by themselves.
         let health: Vec<(&str, Health)> = self
             .lanes
             .iter()
-            .map(|l| {
-                let mut h = l.provider.health();
-                if let Some(why) = l.breaker.open_reason() {
-                    h.healthy = false;
-                    h.message = why;
-                }
-                (l.provider.name(), h)
-            })
+            .map(|l| (l.provider.name(), l.provider.health()))
             .collect();
         let healthy: Vec<bool> = health.iter().map(|(_, h)| h.healthy).collect();
         let strategy = self.strategy();

@@ -155,23 +155,42 @@ pub(super) async fn ingest_batch(
     IngestMetrics::count(&m.batches);
     m.batch_messages
         .fetch_add(msgs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let rows = write(&relay, composite, msgs).await;
-
-    let count = |s: Status| rows.iter().filter(|r| r.status == s).count();
-    let (accepted, duplicate, failed, conflict) = (
-        count(Status::Accepted),
-        count(Status::Duplicate),
-        count(Status::Failed),
-        count(Status::Conflict),
-    );
-    for (n, counter) in [
-        (accepted, &m.accepted),
-        (duplicate, &m.duplicate),
-        (failed, &m.unavailable),
-        (conflict, &m.conflict),
-    ] {
-        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-    }
+    // The write and its bookkeeping run in a task of their own: a request dropped on its
+    // timeout or by the client must not cut between the brokers' acknowledgements and the
+    // backlog appends, window records and counters that follow them.
+    let task = tokio::spawn({
+        let relay = Arc::clone(&relay);
+        async move {
+            let rows = write(&relay, composite, msgs).await;
+            let m = &relay.metrics;
+            let count = |s: Status| rows.iter().filter(|r| r.status == s).count();
+            let counts = (
+                count(Status::Accepted),
+                count(Status::Duplicate),
+                count(Status::Failed),
+                count(Status::Conflict),
+            );
+            let (accepted, duplicate, failed, conflict) = counts;
+            for (n, counter) in [
+                (accepted, &m.accepted),
+                (duplicate, &m.duplicate),
+                (failed, &m.unavailable),
+                (conflict, &m.conflict),
+            ] {
+                counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            (rows, counts)
+        }
+    });
+    let (rows, (accepted, duplicate, failed, conflict)) = match task.await {
+        Ok(done) => done,
+        Err(e) => {
+            return super::http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the batch's write task failed: {e}"),
+            )
+        }
+    };
     let status = if failed > 0 {
         StatusCode::SERVICE_UNAVAILABLE
     } else if conflict > 0 {

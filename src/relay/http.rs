@@ -171,69 +171,81 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
                 .into_response();
         }
     };
-    let mut composite = relay.composite();
-    let mut outcome = composite.publish_detailed(&msg).await;
-    if matches!(outcome, Err(PublishError::Closed)) {
-        // The provider list was swapped while this request held the old composite: retry once
-        // on the one in force now.
-        let current = relay.composite();
-        if !Arc::ptr_eq(&current, &composite) {
-            composite = current;
-            outcome = composite.publish_detailed(&msg).await;
-        }
-    }
-    match outcome {
-        Ok(report) => {
-            claim.accept();
-            IngestMetrics::count(&m.accepted);
-            m.latency.record(started.elapsed());
-            let failed: Vec<&str> = report.failed.iter().map(|e| e.provider()).collect();
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({
-                    "messageId": msg.id,
-                    "status": "accepted",
-                    "strategy": composite.strategy(),
-                    "acceptance": composite.acceptance(),
-                    "providers": report.accepted,
-                    "deferredProviders": report.deferred,
-                    "failedProviders": failed,
-                })),
-            )
-                .into_response()
-        }
-        Err(e @ PublishError::TooLarge { .. }) => {
-            // Refused before any write: the id stays free for a smaller message.
-            claim.release();
-            IngestMetrics::count(&m.too_large);
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Json(json!({
-                    "error": e.to_string(),
-                    "messageId": msg.id,
-                    "failedProviders": e.failed_providers(),
-                })),
-            )
-                .into_response()
-        }
-        Err(e) => {
-            if matches!(e, PublishError::Closed) {
-                // Refused before any write (the pipeline is closing): nothing to remember.
-                claim.release();
+    // The write and its bookkeeping (the strategy's backlog appends, the window's claim, the
+    // counters) run in a task of their own: a request dropped on its timeout or by the client
+    // must not cut between a broker's acknowledgement and what has to follow it.
+    let write = tokio::spawn(async move {
+        let m = &relay.metrics;
+        let mut composite = relay.composite();
+        let mut outcome = composite.publish_detailed(&msg).await;
+        if matches!(outcome, Err(PublishError::Closed)) {
+            // The provider list was swapped while this request held the old composite: retry once
+            // on the one in force now.
+            let current = relay.composite();
+            if !Arc::ptr_eq(&current, &composite) {
+                composite = current;
+                outcome = composite.publish_detailed(&msg).await;
             }
-            IngestMetrics::count(&m.unavailable);
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "error": e.to_string(),
-                    "messageId": msg.id,
-                    "strategy": composite.strategy(),
-                    "failedProviders": e.failed_providers(),
-                })),
-            )
-                .into_response()
         }
-    }
+        match outcome {
+            Ok(report) => {
+                claim.accept();
+                IngestMetrics::count(&m.accepted);
+                m.latency.record(started.elapsed());
+                let failed: Vec<&str> = report.failed.iter().map(|e| e.provider()).collect();
+                (
+                    StatusCode::ACCEPTED,
+                    Json(json!({
+                        "messageId": msg.id,
+                        "status": "accepted",
+                        "strategy": composite.strategy(),
+                        "acceptance": composite.acceptance(),
+                        "providers": report.accepted,
+                        "deferredProviders": report.deferred,
+                        "failedProviders": failed,
+                    })),
+                )
+                    .into_response()
+            }
+            Err(e @ PublishError::TooLarge { .. }) => {
+                // Refused before any write: the id stays free for a smaller message.
+                claim.release();
+                IngestMetrics::count(&m.too_large);
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Json(json!({
+                        "error": e.to_string(),
+                        "messageId": msg.id,
+                        "failedProviders": e.failed_providers(),
+                    })),
+                )
+                    .into_response()
+            }
+            Err(e) => {
+                if matches!(e, PublishError::Closed) {
+                    // Refused before any write (the pipeline is closing): nothing to remember.
+                    claim.release();
+                }
+                IngestMetrics::count(&m.unavailable);
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({
+                        "error": e.to_string(),
+                        "messageId": msg.id,
+                        "strategy": composite.strategy(),
+                        "failedProviders": e.failed_providers(),
+                    })),
+                )
+                    .into_response()
+            }
+        }
+    });
+    write.await.unwrap_or_else(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the write's task failed: {e}"),
+        )
+    })
 }
 
 /// The message a request carries, or the status and message that refuse it (counted by
