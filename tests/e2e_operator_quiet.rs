@@ -258,11 +258,18 @@ async fn an_operator_at_rest_writes_nothing_yet_repairs_drift_and_follows_a_spec
     )
     .await;
     // Whatever the report set off has finished once the operator is at rest again.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ((w1, v1), (w2, v2)) = window(&client, port, &ns, name, 2).await;
         if w1 == w2 && v1 == v2 {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the operator never came to rest after a report: {} writes over 2 reconciles; log:\n{}",
+            w2 - w1,
+            operator.log_text()
+        );
     }
     let (_, w1) = counters(port).await.unwrap();
     let v1 = versions(&client, &ns, name).await;

@@ -205,12 +205,30 @@ impl Context {
         }
     }
 
-    /// Forgets what [`Context::wrote`] kept of a pipeline being deleted.
+    /// Forgets everything kept per pipeline (the status last written, the failure count, the
+    /// legacy-Deployment check) and frees its rollout slot: called when the pipeline is being
+    /// deleted (its reconcile sees a deletion timestamp) and when the watch sees it gone (a
+    /// pipeline without finalizers may vanish without a reconcile seeing it deleting).
     fn forget(&self, p: &DualWritePipeline) {
+        let key = key(p);
         self.written
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&key(p));
+            .remove(&key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.rollouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(&key);
+        if let Some(uid) = &p.metadata.uid {
+            self.no_legacy_deployment
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(uid);
+        }
     }
 
     /// Remembers the status a write returned (see [`Context::newest`]).
@@ -312,6 +330,14 @@ pub async fn run(
             .default_backoff()
             .modify(owned::trim)
             .reflect(writer)
+            .inspect({
+                let ctx = Arc::clone(&ctx);
+                move |event| {
+                    if let Ok(watcher::Event::Delete(p)) = event {
+                        ctx.forget(p);
+                    }
+                }
+            })
             .applied_objects(),
             (),
         )

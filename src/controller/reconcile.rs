@@ -51,10 +51,6 @@ pub(super) async fn reconcile(
     if p.metadata.deletion_timestamp.is_some() {
         // Owned objects go with their owner through garbage collection (the relays' claims
         // stay: see the README).
-        ctx.rollouts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .release(&key(&p));
         ctx.forget(&p);
         return Ok(Action::await_change());
     }
