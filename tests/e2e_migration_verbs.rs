@@ -357,18 +357,40 @@ async fn the_example_migration_driven_with_kubectl_dualwrite_only() {
         "{err}"
     );
 
-    // verify: the check's Job, from the operator's builder, under the check's ServiceAccount.
-    // (No node runs it here: the plugin says it has not finished.)
-    let (code, out, err) = plugin(&alice, &ns, &["verify", NAME, "--timeout", "2s"]);
-    assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("has not finished within 2s"), "{err}");
-    let jobs: Value = serde_json::from_str(&kubectl_ok(
+    // verify: a request; the operator (not alice, who may not create Jobs) starts the check's
+    // Job from its builder, owned by the pipeline, under the check's ServiceAccount, and names
+    // it in lastRequest.job. (No node runs it here: the plugin says no verdict came.)
+    assert!(
+        !common::cluster::can_i(&env, "create", "jobs", &ns, "alice"),
+        "the migration-operator role grants no verb on jobs"
+    );
+    let (code, out, err) = plugin(&alice, &ns, &["verify", NAME, "--timeout", "5s"]);
+    assert_eq!(
+        code,
+        2,
+        "{out}{err}\noperator log:\n{}",
+        operator.log_text()
+    );
+    assert!(out.contains("started by the operator"), "{out}");
+    assert!(
+        err.contains("no verdict from job.batch/orders-verify-"),
+        "{err}"
+    );
+    let last = &migration(&env, &ns)["lastRequest"];
+    assert_eq!(last["request"]["action"], "Verify", "{last}");
+    assert_eq!(last["accepted"], true, "{last}");
+    let job_name = last["job"].as_str().expect("lastRequest.job").to_string();
+    assert_eq!(
+        migration(&env, &ns)["currentStep"],
+        2,
+        "verify moves no step"
+    );
+    let job: Value = serde_json::from_str(&kubectl_ok(
         &env,
-        &["get", "jobs", "-n", &ns, "-o", "json"],
+        &["get", "job", &job_name, "-n", &ns, "-o", "json"],
         None,
     ))
     .unwrap();
-    let job = &jobs["items"][0];
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "orders-verify", "{job}");
     assert_eq!(
@@ -380,6 +402,13 @@ async fn the_example_migration_driven_with_kubectl_dualwrite_only() {
         pod["containers"][0]["image"], "example.org/dualwrite:e2e",
         "the relay's image"
     );
+    let owner = &job["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("DualWritePipeline"), Some(NAME)),
+        "{job}"
+    );
+    assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 3600, "{job}");
 
     // Without the role: a 403 that names the verb and the resource.
     let bob = dir.path().join("bob.kubeconfig");
@@ -426,6 +455,7 @@ async fn removing_a_request_spares_one_written_meanwhile() {
         to_step: None,
         requested_at: at.into(),
         requested_by: Some("alice".into()),
+        nonce: None,
     };
     let acted_on = request(MigrationAction::Promote, "2026-11-27T12:00:00Z");
     let newer = request(MigrationAction::Pause, "2026-11-27T12:00:01Z");

@@ -135,6 +135,7 @@ impl StepDecision {
             accepted: true,
             message: self.message.clone(),
             handled_at: Time(now),
+            job: None,
         });
         self
     }
@@ -146,6 +147,7 @@ impl StepDecision {
             accepted: false,
             message: why,
             handled_at: Time(now),
+            job: None,
         });
         self
     }
@@ -243,6 +245,28 @@ fn label(m: &MigrationSpec, step: u32) -> String {
 pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
     let m = input.migration;
     let pending = input.current.and_then(pending_request);
+    if let (Some(r), Some(current)) = (pending, input.current) {
+        if r.action == MigrationAction::Verify {
+            // Not a step action: the step is decided as without it, whatever pins the spec;
+            // the reconcile starts the check's Job and names it in the outcome.
+            let without = MigrationStatus {
+                request: None,
+                ..current.clone()
+            };
+            let d = decide_step(&StepInput {
+                current: Some(&without),
+                ..input.clone()
+            });
+            let mut d = d.accepting(r, input.now);
+            if let Some(h) = d.handled.as_mut() {
+                h.message = format!(
+                    "consistency check requested by {}: the operator starts its Job",
+                    requester(r)
+                );
+            }
+            return d;
+        }
+    }
     if m.steps.is_empty() {
         let d = StepDecision::stay(
             0,
@@ -465,6 +489,8 @@ fn decide_request(
             )
             .held(hold(reason::ROLLED_BACK)))
         }
+        // Handled in `decide_step` before the spec's pins (it does not move the step).
+        MigrationAction::Verify => Err("verify does not move the step".to_string()),
         MigrationAction::Abort => {
             let message = format!(
                 "aborted by request of {by}: back to the first step {}, held there; a resume request lets the gates advance it",
@@ -720,7 +746,10 @@ pub fn record_history(
     now: Timestamp,
 ) -> Vec<StepRecord> {
     let mut history = prev.to_vec();
-    let request = decision.accepted_request();
+    // A Verify request leaves the step as it is: no record.
+    let request = decision
+        .accepted_request()
+        .filter(|r| r.action != MigrationAction::Verify);
     if decision.moved || request.is_some() {
         let step = migration.steps.get(decision.step as usize);
         history.push(StepRecord {
