@@ -495,3 +495,70 @@ async fn removing_a_request_spares_one_written_meanwhile() {
 
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }
+
+/// A Job the API server refuses (here a quota of no Jobs) is the Verify request's outcome,
+/// refused with the API server's words; the operator does not stall on it: the request is
+/// removed and the next request is acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_job_the_api_server_refuses_is_the_requests_outcome() {
+    let Some(env) = kube_env() else { return };
+    install_crd(&env);
+    let ns = namespace(&env, "verbs-quota");
+    let dir = tempfile::tempdir().unwrap();
+    let operator = start_operator(
+        &env,
+        &dir.path().join("operator"),
+        &[
+            "--namespace",
+            &ns,
+            "--resync",
+            "10m",
+            "--relay-image",
+            "example.org/dualwrite:e2e",
+        ],
+    );
+    kubectl_ok(
+        &env,
+        &[
+            "create",
+            "quota",
+            "no-jobs",
+            "-n",
+            &ns,
+            "--hard=count/jobs.batch=0",
+        ],
+        None,
+    );
+    let admin = dir.path().join("admin.kubeconfig");
+    write_kubeconfig(&env, &admin, &admin_token(&env), None);
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&example(&ns)));
+    eventually(
+        Duration::from_secs(30),
+        "the operator started the migration",
+        || async {
+            let m = migration(&env, &ns);
+            if m["currentStep"] == 0 {
+                Ok(())
+            } else {
+                Err(format!("{m}\noperator log:\n{}", operator.log_text()))
+            }
+        },
+    )
+    .await;
+    let (code, out, err) = plugin(&admin, &ns, &["verify", NAME, "--timeout", "30s"]);
+    assert_eq!(
+        code,
+        1,
+        "{out}{err}\noperator log:\n{}",
+        operator.log_text()
+    );
+    assert!(
+        err.contains("the consistency check was not started: the API server refused job.batch/orders-verify-")
+            && err.contains("exceeded quota"),
+        "{err}"
+    );
+    request_removed(&env, &ns).await;
+    let out = plugin_ok(&admin, &ns, &["pause", NAME], &operator);
+    assert!(out.contains("paused by request of"), "{out}");
+    kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
+}

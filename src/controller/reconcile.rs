@@ -340,21 +340,36 @@ async fn start_verify_job(
     let name = resources::verify_request_job_name(&p.name_any(), request);
     let job = resources::verify_job(p, &ctx.settings.relay_image, &name);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    match jobs.create(&PostParams::default(), &job).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
+    let refused = match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => None,
+        Err(kube::Error::Api(e)) if e.code == 409 => None,
+        // Refused (RBAC, a quota, a policy): the request's outcome says so, and the rest of the
+        // status is still written; a transient failure is retried with the request pending.
+        Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => Some(format!(
+            "the API server refused job.batch/{name} ({} {}): {}",
+            e.code, e.reason, e.message
+        )),
         Err(e) => return Err(e.into()),
-    }
+    };
     if let Some(outcome) = status
         .migration
         .as_mut()
         .and_then(|m| m.last_request.as_mut())
     {
-        outcome.message = format!(
-            "{}; job.batch/{name} started; its verdict goes into status.consistency",
-            outcome.message
-        );
-        outcome.job = Some(name);
+        match refused {
+            None => {
+                outcome.message = format!(
+                    "{}; job.batch/{name} started; its verdict goes into status.consistency",
+                    outcome.message
+                );
+                outcome.job = Some(name);
+            }
+            Some(why) => {
+                tracing::warn!(pipeline = %key(p), "{why}");
+                outcome.accepted = false;
+                outcome.message = format!("the consistency check was not started: {why}");
+            }
+        }
     }
     Ok(())
 }
