@@ -4,7 +4,8 @@
 //! other `e2e_*` tests run it (under the chart's RBAC). Promote passes a step's gates once and
 //! a manual gate; pause and rollback hold the step; resume lifts the hold; abort goes back to
 //! the first step; the spec pins win with a message naming the field; a person without the
-//! role gets a 403 that names what is missing; `verify` creates the check's Job.
+//! role gets a 403 that names what is missing; `verify` is a request the operator turns into the
+//! check's Job (the person may not create Jobs), also while the spec pins the migration.
 //! No relay runs (the step machine does not need one to act on requests), so no broker is
 //! needed either.
 

@@ -5,6 +5,8 @@
 //! strategy while a provider is down.
 //!
 //! ```text
+//!   verify request ──▶ the rest of the diagram decides, as without it; the request is
+//!                      accepted (the reconciler starts the check's Job)      (VerifyRequested)
 //!   first reconcile ──▶ step = targetStep or 0                               (Started)
 //!   step index gone ──▶ last step                                            (StepsChanged)
 //!   targetStep ≠ cur ─▶ targetStep, no gates                                 (Promoted / RolledBack)
@@ -29,7 +31,9 @@
 //! ([`StepDecision::handled`]), the status records it as `lastRequest` (a request equal to it is
 //! never acted on again, should removing it fail) and the reconciler then removes it. When the
 //! spec pins the migration (`targetStep` or `paused`), the spec wins: the request is refused
-//! and the message names the field to change in Git.
+//! and the message names the field to change in Git (but for Verify, which moves no step).
+//! Requests are told apart by all their fields, the `nonce` included (`requestedAt` has whole
+//! seconds: two equal clicks within one second differ by their nonce).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
