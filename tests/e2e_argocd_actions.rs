@@ -246,7 +246,7 @@ async fn the_example_migration_driven_with_argocd_actions() {
     let before = argo.live();
     assert_eq!(
         argo.offered(),
-        ["abort", "pause", "promote", "promote-full"],
+        ["abort", "pause", "promote", "promote-full", "verify"],
         "at the first step: no rollback, no resume"
     );
 
@@ -270,7 +270,11 @@ async fn the_example_migration_driven_with_argocd_actions() {
 
     let m = argo.act("promote-full", &operator).await;
     assert_eq!(m["currentStep"], 4, "{m}");
-    assert_eq!(argo.offered(), ["abort", "rollback"], "at the last step");
+    assert_eq!(
+        argo.offered(),
+        ["abort", "rollback", "verify"],
+        "at the last step"
+    );
 
     let m = argo.act("rollback", &operator).await;
     assert_eq!(
@@ -287,7 +291,7 @@ async fn the_example_migration_driven_with_argocd_actions() {
     );
     assert_eq!(
         argo.offered(),
-        ["promote", "promote-full", "resume"],
+        ["promote", "promote-full", "resume", "verify"],
         "aborted at the first step"
     );
 
@@ -315,12 +319,31 @@ async fn the_example_migration_driven_with_argocd_actions() {
         ],
         None,
     );
-    assert!(argo.offered().is_empty(), "{:?}", argo.offered());
+    assert_eq!(argo.offered(), ["verify"], "a check moves no step");
     let err = argo.run("promote").await.unwrap_err();
     assert!(
         err.contains("spec.migration.targetStep=2 pins this migration: change it in Git"),
         "{err}"
     );
+    // verify: the operator starts the check's Job and names it; the step stays pinned.
+    let m = argo.act("verify", &operator).await;
+    assert_eq!(m["lastRequest"]["accepted"], true, "{m}");
+    let job = m["lastRequest"]["job"].as_str().expect("lastRequest.job");
+    assert!(job.starts_with("orders-verify-"), "{m}");
+    let sa = kubectl_ok(
+        &env,
+        &[
+            "get",
+            "job",
+            job,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.template.spec.serviceAccountName}",
+        ],
+        None,
+    );
+    assert_eq!(sa, "orders-verify");
 
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }

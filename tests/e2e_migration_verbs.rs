@@ -4,7 +4,8 @@
 //! other `e2e_*` tests run it (under the chart's RBAC). Promote passes a step's gates once and
 //! a manual gate; pause and rollback hold the step; resume lifts the hold; abort goes back to
 //! the first step; the spec pins win with a message naming the field; a person without the
-//! role gets a 403 that names what is missing; `verify` creates the check's Job.
+//! role gets a 403 that names what is missing; `verify` is a request the operator turns into the
+//! check's Job (the person may not create Jobs), also while the spec pins the migration.
 //! No relay runs (the step machine does not need one to act on requests), so no broker is
 //! needed either.
 
@@ -357,18 +358,40 @@ async fn the_example_migration_driven_with_kubectl_dualwrite_only() {
         "{err}"
     );
 
-    // verify: the check's Job, from the operator's builder, under the check's ServiceAccount.
-    // (No node runs it here: the plugin says it has not finished.)
-    let (code, out, err) = plugin(&alice, &ns, &["verify", NAME, "--timeout", "2s"]);
-    assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("has not finished within 2s"), "{err}");
-    let jobs: Value = serde_json::from_str(&kubectl_ok(
+    // verify: a request; the operator (not alice, who may not create Jobs) starts the check's
+    // Job from its builder, owned by the pipeline, under the check's ServiceAccount, and names
+    // it in lastRequest.job. (No node runs it here: the plugin says no verdict came.)
+    assert!(
+        !common::cluster::can_i(&env, "create", "jobs", &ns, "alice"),
+        "the migration-operator role grants no verb on jobs"
+    );
+    let (code, out, err) = plugin(&alice, &ns, &["verify", NAME, "--timeout", "5s"]);
+    assert_eq!(
+        code,
+        2,
+        "{out}{err}\noperator log:\n{}",
+        operator.log_text()
+    );
+    assert!(out.contains("started by the operator"), "{out}");
+    assert!(
+        err.contains("no verdict from job.batch/orders-verify-"),
+        "{err}"
+    );
+    let last = &migration(&env, &ns)["lastRequest"];
+    assert_eq!(last["request"]["action"], "Verify", "{last}");
+    assert_eq!(last["accepted"], true, "{last}");
+    let job_name = last["job"].as_str().expect("lastRequest.job").to_string();
+    assert_eq!(
+        migration(&env, &ns)["currentStep"],
+        2,
+        "verify moves no step"
+    );
+    let job: Value = serde_json::from_str(&kubectl_ok(
         &env,
-        &["get", "jobs", "-n", &ns, "-o", "json"],
+        &["get", "job", &job_name, "-n", &ns, "-o", "json"],
         None,
     ))
     .unwrap();
-    let job = &jobs["items"][0];
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "orders-verify", "{job}");
     assert_eq!(
@@ -380,6 +403,13 @@ async fn the_example_migration_driven_with_kubectl_dualwrite_only() {
         pod["containers"][0]["image"], "example.org/dualwrite:e2e",
         "the relay's image"
     );
+    let owner = &job["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("DualWritePipeline"), Some(NAME)),
+        "{job}"
+    );
+    assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 3600, "{job}");
 
     // Without the role: a 403 that names the verb and the resource.
     let bob = dir.path().join("bob.kubeconfig");
@@ -426,6 +456,7 @@ async fn removing_a_request_spares_one_written_meanwhile() {
         to_step: None,
         requested_at: at.into(),
         requested_by: Some("alice".into()),
+        nonce: None,
     };
     let acted_on = request(MigrationAction::Promote, "2026-11-27T12:00:00Z");
     let newer = request(MigrationAction::Pause, "2026-11-27T12:00:01Z");
@@ -463,5 +494,72 @@ async fn removing_a_request_spares_one_written_meanwhile() {
         (&Value::from(1), &Value::from("Promoted"))
     );
 
+    kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+/// A Job the API server refuses (here a quota of no Jobs) is the Verify request's outcome,
+/// refused with the API server's words; the operator does not stall on it: the request is
+/// removed and the next request is acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_job_the_api_server_refuses_is_the_requests_outcome() {
+    let Some(env) = kube_env() else { return };
+    install_crd(&env);
+    let ns = namespace(&env, "verbs-quota");
+    let dir = tempfile::tempdir().unwrap();
+    let operator = start_operator(
+        &env,
+        &dir.path().join("operator"),
+        &[
+            "--namespace",
+            &ns,
+            "--resync",
+            "10m",
+            "--relay-image",
+            "example.org/dualwrite:e2e",
+        ],
+    );
+    kubectl_ok(
+        &env,
+        &[
+            "create",
+            "quota",
+            "no-jobs",
+            "-n",
+            &ns,
+            "--hard=count/jobs.batch=0",
+        ],
+        None,
+    );
+    let admin = dir.path().join("admin.kubeconfig");
+    write_kubeconfig(&env, &admin, &admin_token(&env), None);
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&example(&ns)));
+    eventually(
+        Duration::from_secs(30),
+        "the operator started the migration",
+        || async {
+            let m = migration(&env, &ns);
+            if m["currentStep"] == 0 {
+                Ok(())
+            } else {
+                Err(format!("{m}\noperator log:\n{}", operator.log_text()))
+            }
+        },
+    )
+    .await;
+    let (code, out, err) = plugin(&admin, &ns, &["verify", NAME, "--timeout", "30s"]);
+    assert_eq!(
+        code,
+        1,
+        "{out}{err}\noperator log:\n{}",
+        operator.log_text()
+    );
+    assert!(
+        err.contains("the consistency check was not started: the API server refused job.batch/orders-verify-")
+            && err.contains("exceeded quota"),
+        "{err}"
+    );
+    request_removed(&env, &ns).await;
+    let out = plugin_ok(&admin, &ns, &["pause", NAME], &operator);
+    assert!(out.contains("paused by request of"), "{out}");
     kubectl_ok(&env, &["delete", "namespace", &ns, "--wait=false"], None);
 }

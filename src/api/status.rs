@@ -368,6 +368,9 @@ pub enum MigrationAction {
     Rollback,
     /// Go back to the first step and hold there.
     Abort,
+    /// Run the consistency check now: the operator starts a Job (`dualwrite verify --pipeline`
+    /// under `<pipeline>-verify`) and names it in `lastRequest.job`; the step does not change.
+    Verify,
 }
 
 /// A request to the migration's step machine, written to the status subresource (as Argo
@@ -375,7 +378,7 @@ pub enum MigrationAction {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationRequest {
-    /// What to do: Promote, PromoteFull, Pause, Resume, Rollback or Abort.
+    /// What to do: Promote, PromoteFull, Pause, Resume, Rollback, Abort or Verify.
     pub action: MigrationAction,
     /// The 0-based step Promote or Rollback goes to (default: the next or previous step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -386,6 +389,10 @@ pub struct MigrationRequest {
     /// Who asked (a user name, `argocd`), for the history and the Event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// Tells two otherwise equal requests apart (`requestedAt` has whole seconds): the
+    /// pipeline's resourceVersion when it was requested, or any string unique to the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// A hold the operator keeps on the current step after a pause, rollback or abort request.
@@ -410,6 +417,9 @@ pub struct RequestOutcome {
     pub message: String,
     /// When the operator acted on it.
     pub handled_at: Time,
+    /// The Job a Verify request started (in the pipeline's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -7,9 +7,12 @@
 //! once, records what it did in `status.migration.lastRequest` (and the history, and an Event)
 //! and removes it; the plugin waits for that record and prints it. When the spec pins the
 //! migration (`spec.migration.targetStep` or `paused`), the spec wins: the plugin refuses and
-//! names the field to change in Git. `status` reads the pipeline; `verify` creates a one-off Job
-//! from the operator's own builder ([`crate::controller::resources::verify_job`]) and prints the
-//! verdict it records.
+//! names the field to change in Git. `status` reads the pipeline; `verify` is a request too
+//! (`action: Verify`): the operator starts the check's Job
+//! ([`crate::controller::resources::verify_job`]) and names it in `lastRequest.job`, and the
+//! plugin waits for the verdict in `status.consistency`. The plugin never creates a Job itself:
+//! a right to create Jobs would let its holder run any pod as `<pipeline>-verify`, the identity
+//! that may write the verdict.
 //!
 //! Exit codes: 0 done, 1 refused (by the plugin or the operator) or the brokers disagree, 2 an
 //! error (no such pipeline, RBAC, no connection, a timeout).
@@ -19,9 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::await_condition;
@@ -31,10 +32,9 @@ use crate::api::{
     DualWritePipeline, MigrationAction, MigrationRequest, MigrationSpec, MigrationStatus,
     RequestOutcome,
 };
-use crate::controller::resources;
 
-/// How long `verify` waits, after its Job finished, for the operator to copy the verdict.
-const VERDICT_WAIT: Duration = Duration::from_secs(60);
+/// How long `verify` waits for the operator to start the check's Job.
+const REQUEST_WAIT: Duration = Duration::from_secs(60);
 
 /// How many times a request is written when the pipeline changed since it was read.
 const WRITE_ATTEMPTS: u32 = 5;
@@ -119,15 +119,13 @@ pub enum Verb {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Run the consistency check now: a one-off Job (`dualwrite verify --pipeline`), then print
-    /// its verdict from status.consistency.
+    /// Run the consistency check now: a request the operator turns into a Job
+    /// (`dualwrite verify --pipeline`, under `<name>-verify`), then print its verdict from
+    /// status.consistency.
     Verify {
         /// The DualWritePipeline's name.
         name: String,
-        /// The image of the check (default: spec.relay.image, else the relay StatefulSet's).
-        #[arg(long)]
-        image: Option<String>,
-        /// How long to wait for the Job to finish.
+        /// How long to wait for the verdict.
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
     },
@@ -259,11 +257,7 @@ pub async fn run(cli: PluginCli) -> Result<()> {
             )
             .await
         }
-        Verb::Verify {
-            name,
-            image,
-            timeout,
-        } => verify(&client, &api, &ns, &name, image, timeout).await,
+        Verb::Verify { name, timeout } => verify(&client, &api, &ns, &name, timeout).await,
     }
 }
 
@@ -312,12 +306,13 @@ pub fn refusal(p: &DualWritePipeline, action: MigrationAction, to: Option<u32>) 
             verb_word(action)
         ));
     };
-    if let Some(t) = m.target_step {
+    // A consistency check does not move the step: the spec's pins do not stop it.
+    if let Some(t) = m.target_step.filter(|_| action != MigrationAction::Verify) {
         return Some(format!(
             "spec.migration.targetStep={t} pins this migration: change it in Git"
         ));
     }
-    if m.paused {
+    if m.paused && action != MigrationAction::Verify {
         return Some(
             "spec.migration.paused=true pins this migration: change it in Git".to_string(),
         );
@@ -352,6 +347,7 @@ fn verb_word(action: MigrationAction) -> &'static str {
         MigrationAction::Resume => "resume",
         MigrationAction::Rollback => "roll back",
         MigrationAction::Abort => "abort",
+        MigrationAction::Verify => "verify",
     }
 }
 
@@ -366,11 +362,41 @@ async fn request(
     to: Option<u32>,
     wait: WaitArgs,
 ) -> Result<()> {
-    let request = MigrationRequest {
+    match write_request(client, api, ns, name, action, to, wait.timeout).await? {
+        None => {
+            println!(
+                "{:?} requested for {ns}/{name}; the operator acts on it shortly",
+                action
+            );
+            Ok(())
+        }
+        Some(outcome) if outcome.accepted => {
+            println!("{}", outcome.message);
+            Ok(())
+        }
+        Some(outcome) => Err(PluginError::Refused(format!(
+            "the operator refused the request: {}",
+            outcome.message
+        ))),
+    }
+}
+
+/// Writes the request and waits up to `timeout` for the operator's outcome (None: no wait).
+async fn write_request(
+    client: &Client,
+    api: &Api<DualWritePipeline>,
+    ns: &str,
+    name: &str,
+    action: MigrationAction,
+    to: Option<u32>,
+    timeout: Duration,
+) -> Result<Option<RequestOutcome>> {
+    let mut request = MigrationRequest {
         action,
         to_step: to,
         requested_at: k8s_openapi::jiff::Timestamp::now().to_string(),
         requested_by: Some(who_am_i(client).await),
+        nonce: None,
     };
     // The operator writes the status often: a write based on an older read conflicts (409);
     // read again, judge again, write again.
@@ -381,6 +407,9 @@ async fn request(
         if let Some(why) = refusal(&p, action, to) {
             return Err(PluginError::Refused(why));
         }
+        // The resourceVersion read: unique to this write (it fails when the pipeline changed),
+        // so two equal requests within a second are two requests.
+        request.nonce = p.resource_version();
         let body = serde_json::json!({
             "metadata": {"resourceVersion": p.resource_version()},
             "status": {"migration": {"request": request}},
@@ -414,23 +443,12 @@ async fn request(
             }
         }
     }
-    if wait.timeout.is_zero() {
-        println!(
-            "{:?} requested for {ns}/{name}; the operator acts on it shortly",
-            action
-        );
-        return Ok(());
+    if timeout.is_zero() {
+        return Ok(None);
     }
-    let outcome = wait_for_outcome(api, ns, name, &request, wait.timeout).await?;
-    if outcome.accepted {
-        println!("{}", outcome.message);
-        Ok(())
-    } else {
-        Err(PluginError::Refused(format!(
-            "the operator refused the request: {}",
-            outcome.message
-        )))
-    }
+    wait_for_outcome(api, ns, name, &request, timeout)
+        .await
+        .map(Some)
 }
 
 /// Waits until `cond` holds for object `name` (a watch, as `kubectl wait` does), up to
@@ -517,63 +535,61 @@ async fn who_am_i(client: &Client) -> String {
     }
 }
 
-/// Creates the one-off check Job and waits for it; prints the verdict it recorded.
+/// Asks the operator for a consistency check (a Verify request), then waits for the verdict
+/// its Job records in status.consistency; prints it.
 async fn verify(
     client: &Client,
     api: &Api<DualWritePipeline>,
     ns: &str,
     name: &str,
-    image: Option<String>,
     timeout: Duration,
 ) -> Result<()> {
-    let p = get(api, ns, name).await?;
-    let image = match image.or_else(|| p.spec.relay.as_ref().and_then(|r| r.image.clone())) {
-        Some(i) => i,
-        None => relay_image(client, ns, name).await?,
-    };
     // Whole seconds: the verdict's checkedAt has no fraction.
     let started =
         k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
             .expect("now is a valid time");
-    let job_name = verify_job_name(name, started.as_second());
-    let job = resources::verify_job(&p, &image, &job_name);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    jobs.create(&PostParams::default(), &job)
-        .await
-        .map_err(|e| api_error(e, "create", "jobs.batch", ns, &job_name))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let outcome = write_request(
+        client,
+        api,
+        ns,
+        name,
+        MigrationAction::Verify,
+        None,
+        timeout.min(REQUEST_WAIT),
+    )
+    .await?
+    .expect("waited for");
+    if !outcome.accepted {
+        return Err(PluginError::Refused(format!(
+            "the operator refused the request: {}",
+            outcome.message
+        )));
+    }
+    let job = outcome.job.unwrap_or_else(|| "(unnamed)".into());
     println!(
-        "job.batch/{job_name} created; waiting up to {} for it",
+        "job.batch/{job} started by the operator; waiting up to {} for its verdict",
         humantime::format_duration(timeout)
     );
-    let finished = |j: Option<&Job>| {
-        j.and_then(|j| j.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-            })
-    };
-    match wait_for(&jobs, &job_name, timeout, finished).await {
-        Ok(_) => {}
-        Err(last) => {
-            return Err(PluginError::Failed(format!(
-                "job.batch/{job_name} has not finished within {}: kubectl describe job {job_name} -n {ns}{}",
-                humantime::format_duration(timeout),
-                last.map(|e| format!(" (last watch error: {e})")).unwrap_or_default()
-            )))
-        }
-    }
-    // The operator copies the verdict into status.consistency on its next reconcile.
     let verdict = |p: Option<&DualWritePipeline>| {
         p.and_then(|p| p.status.as_ref())
             .and_then(|s| s.consistency.as_ref())
             .is_some_and(|c| c.checked_at.0 >= started)
     };
-    let p = match wait_for(api, name, VERDICT_WAIT, verdict).await {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let p = match wait_for(api, name, left, verdict).await {
         Ok(Some(p)) => p,
-        _ => {
+        Ok(None) => {
             return Err(PluginError::Failed(format!(
-                "job.batch/{job_name} finished but no verdict reached status.consistency: kubectl logs job/{job_name} -n {ns}"
+                "{ns}/{name} was deleted while waiting"
+            )))
+        }
+        Err(last) => {
+            return Err(PluginError::Failed(format!(
+                "no verdict from job.batch/{job} within {}: kubectl describe job {job} -n {ns}{}",
+                humantime::format_duration(timeout),
+                last.map(|e| format!(" (last watch error: {e})"))
+                    .unwrap_or_default()
             )))
         }
     };
@@ -589,33 +605,6 @@ async fn verify(
     } else {
         Err(PluginError::Inconsistent(line))
     }
-}
-
-/// `<pipeline>-verify-<unix seconds>`, within the 63 characters of a Job's name label.
-fn verify_job_name(pipeline: &str, at: i64) -> String {
-    let suffix = format!("-verify-{at}");
-    let keep = 63usize.saturating_sub(suffix.len());
-    let base: String = pipeline.chars().take(keep).collect();
-    format!("{}{suffix}", base.trim_end_matches('-'))
-}
-
-/// The image the operator runs the relays with (their StatefulSet's first container).
-async fn relay_image(client: &Client, ns: &str, name: &str) -> Result<String> {
-    let sts_name = resources::relay_name(name);
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let sts = statefulsets
-        .get(&sts_name)
-        .await
-        .map_err(|e| api_error(e, "get", "statefulsets.apps", ns, &sts_name))?;
-    sts.spec
-        .and_then(|s| s.template.spec)
-        .and_then(|s| s.containers.into_iter().next())
-        .and_then(|c| c.image)
-        .ok_or_else(|| {
-            PluginError::Failed(format!(
-                "statefulset {sts_name} names no image: pass --image"
-            ))
-        })
 }
 
 fn consistency_line(c: &crate::api::ConsistencyStatus) -> String {
@@ -843,16 +832,6 @@ fn waiting_for(cur: &MigrationStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_names_fit_a_label() {
-        let long = "p".repeat(63);
-        assert_eq!(
-            verify_job_name("orders", 1_700_000_000),
-            "orders-verify-1700000000"
-        );
-        assert!(verify_job_name(&long, 1_700_000_000).len() <= 63);
-    }
 
     fn pipeline(extra: &str, status: &str) -> DualWritePipeline {
         serde_yaml::from_str(&format!(

@@ -114,6 +114,8 @@ pub const HELD: &str = "Held";
 /// A request could not be carried out (the spec pins the migration, no such step, ...): a
 /// Warning Event and `status.migration.lastRequest` say why.
 pub const REQUEST_REFUSED: &str = "RequestRefused";
+/// A verify request: the operator starts a consistency check Job (`lastRequest.job`).
+pub const VERIFY_REQUESTED: &str = "VerifyRequested";
 
 // Automatic fallback (status.fallback.reason and its Events; it begins with PROVIDER_DOWN).
 

@@ -15,12 +15,12 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -35,7 +35,8 @@ use super::{
     MANAGER,
 };
 use crate::api::{
-    ConsistencyStatus, DualWritePipeline, DualWritePipelineStatus, MigrationRequest, RelayReport,
+    ConsistencyStatus, DualWritePipeline, DualWritePipelineStatus, MigrationAction,
+    MigrationRequest, RelayReport,
 };
 
 /// One reconcile: the owned objects (unless the spec is invalid), the Events of the decisions,
@@ -133,6 +134,9 @@ pub(super) async fn reconcile(
         m.request = None;
     }
     let consumed = consumed_request(&as_stored, &status);
+    if let Some(request) = consumed.filter(|r| r.action == MigrationAction::Verify) {
+        start_verify_job(&ctx, &p, &ns, request, &mut status).await?;
+    }
     // At rest the status computed equals the one stored: no write (compared as the JSON the
     // API server keeps, where times have whole seconds; a request is not the operator's).
     if status_changed(as_stored.status.as_ref(), &status) {
@@ -315,6 +319,55 @@ fn consumed_request<'a>(
         .as_ref()?;
     let handled = next.migration.as_ref()?.last_request.as_ref()?;
     (&handled.request == request).then_some(request)
+}
+
+/// Starts the consistency check a Verify request asked for: [`resources::verify_job`] under
+/// `<pipeline>-verify`, owned by the pipeline, named after the request (created again by a
+/// retried reconcile: a 409, the same Job), and names it in the outcome the status records.
+/// The operator, not the requester, creates it: a requester able to create Jobs could run any
+/// pod as `<pipeline>-verify` and write the verdict itself.
+async fn start_verify_job(
+    ctx: &Context,
+    p: &DualWritePipeline,
+    ns: &str,
+    request: &MigrationRequest,
+    status: &mut DualWritePipelineStatus,
+) -> Result<(), Error> {
+    let name = resources::verify_request_job_name(&p.name_any(), request);
+    let job = resources::verify_job(p, &ctx.settings.relay_image, &name);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let refused = match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => None,
+        Err(kube::Error::Api(e)) if e.code == 409 => None,
+        // Refused (RBAC, a quota, a policy): the request's outcome says so, and the rest of the
+        // status is still written; a transient failure is retried with the request pending.
+        Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => Some(format!(
+            "the API server refused job.batch/{name} ({} {}): {}",
+            e.code, e.reason, e.message
+        )),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(outcome) = status
+        .migration
+        .as_mut()
+        .and_then(|m| m.last_request.as_mut())
+    {
+        match refused {
+            None => {
+                outcome.message = format!(
+                    "{}; job.batch/{name} started; its verdict goes into status.consistency",
+                    outcome.message
+                );
+                outcome.job = Some(name);
+            }
+            Some(why) => {
+                tracing::warn!(pipeline = %key(p), "{why}");
+                outcome.accepted = false;
+                outcome.message = format!("the consistency check was not started: {why}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes `status.migration.request` after the operator acted on it: a JSON patch that tests

@@ -43,8 +43,9 @@ use crate::relay::{PipelineConfig, DEFAULT_PORT};
 
 mod verify;
 pub use verify::{
-    consistency, verify_cron_job, verify_job, verify_name, verify_role, verify_role_binding,
-    verify_service_account, VERIFY_ACTIVE_DEADLINE_SECONDS, VERIFY_STARTING_DEADLINE_SECONDS,
+    consistency, verify_cron_job, verify_job, verify_name, verify_request_job_name, verify_role,
+    verify_role_binding, verify_service_account, VERIFY_ACTIVE_DEADLINE_SECONDS,
+    VERIFY_STARTING_DEADLINE_SECONDS,
 };
 
 /// Where a relay keeps its hinted-handoff backlog inside the pod.

@@ -19,8 +19,8 @@ use super::{
     conditions, reason, reconciled, resources, rows, scale, signed, PipelineEvent, Settings,
 };
 use crate::api::{
-    DualWritePipeline, DualWritePipelineStatus, FallbackStatus, MigrationStatus, ProviderStatus,
-    Readiness, RelayReport,
+    DualWritePipeline, DualWritePipelineStatus, FallbackStatus, MigrationAction, MigrationStatus,
+    ProviderStatus, Readiness, RelayReport,
 };
 use crate::composite::Strategy;
 
@@ -242,7 +242,9 @@ fn decide_migration(
         } else {
             EventType::Warning
         },
-        reason: if h.accepted {
+        reason: if h.accepted && h.request.action == MigrationAction::Verify {
+            reason::VERIFY_REQUESTED
+        } else if h.accepted {
             decision.reason
         } else {
             reason::REQUEST_REFUSED

@@ -5,6 +5,8 @@
 //! strategy while a provider is down.
 //!
 //! ```text
+//!   verify request ──▶ the rest of the diagram decides, as without it; the request is
+//!                      accepted (the reconciler starts the check's Job)      (VerifyRequested)
 //!   first reconcile ──▶ step = targetStep or 0                               (Started)
 //!   step index gone ──▶ last step                                            (StepsChanged)
 //!   targetStep ≠ cur ─▶ targetStep, no gates                                 (Promoted / RolledBack)
@@ -29,7 +31,9 @@
 //! ([`StepDecision::handled`]), the status records it as `lastRequest` (a request equal to it is
 //! never acted on again, should removing it fail) and the reconciler then removes it. When the
 //! spec pins the migration (`targetStep` or `paused`), the spec wins: the request is refused
-//! and the message names the field to change in Git.
+//! and the message names the field to change in Git (but for Verify, which moves no step).
+//! Requests are told apart by all their fields, the `nonce` included (`requestedAt` has whole
+//! seconds: two equal clicks within one second differ by their nonce).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -135,6 +139,7 @@ impl StepDecision {
             accepted: true,
             message: self.message.clone(),
             handled_at: Time(now),
+            job: None,
         });
         self
     }
@@ -146,6 +151,7 @@ impl StepDecision {
             accepted: false,
             message: why,
             handled_at: Time(now),
+            job: None,
         });
         self
     }
@@ -243,6 +249,28 @@ fn label(m: &MigrationSpec, step: u32) -> String {
 pub fn decide_step(input: &StepInput<'_>) -> StepDecision {
     let m = input.migration;
     let pending = input.current.and_then(pending_request);
+    if let (Some(r), Some(current)) = (pending, input.current) {
+        if r.action == MigrationAction::Verify {
+            // Not a step action: the step is decided as without it, whatever pins the spec;
+            // the reconcile starts the check's Job and names it in the outcome.
+            let without = MigrationStatus {
+                request: None,
+                ..current.clone()
+            };
+            let d = decide_step(&StepInput {
+                current: Some(&without),
+                ..input.clone()
+            });
+            let mut d = d.accepting(r, input.now);
+            if let Some(h) = d.handled.as_mut() {
+                h.message = format!(
+                    "consistency check requested by {}: the operator starts its Job",
+                    requester(r)
+                );
+            }
+            return d;
+        }
+    }
     if m.steps.is_empty() {
         let d = StepDecision::stay(
             0,
@@ -465,6 +493,8 @@ fn decide_request(
             )
             .held(hold(reason::ROLLED_BACK)))
         }
+        // Handled in `decide_step` before the spec's pins (it does not move the step).
+        MigrationAction::Verify => Err("verify does not move the step".to_string()),
         MigrationAction::Abort => {
             let message = format!(
                 "aborted by request of {by}: back to the first step {}, held there; a resume request lets the gates advance it",
@@ -720,7 +750,10 @@ pub fn record_history(
     now: Timestamp,
 ) -> Vec<StepRecord> {
     let mut history = prev.to_vec();
-    let request = decision.accepted_request();
+    // A Verify request leaves the step as it is: no record.
+    let request = decision
+        .accepted_request()
+        .filter(|r| r.action != MigrationAction::Verify);
     if decision.moved || request.is_some() {
         let step = migration.steps.get(decision.step as usize);
         history.push(StepRecord {

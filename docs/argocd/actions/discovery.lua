@@ -7,10 +7,12 @@
 --   resume                                -> the step is held (by pause, rollback or abort)
 --   rollback                              -> the current step is not the first
 --   abort                                 -> unless already aborted to the first step
+--   verify                                -> started, and no request waiting (the spec's pins
+--                                            do not stop it: it moves no step)
 -- Tests: action_test.yaml, run by hack/check-argocd-health.
 
 local actions = {}
-local verbs = {"promote", "promote-full", "pause", "resume", "rollback", "abort"}
+local verbs = {"promote", "promote-full", "pause", "resume", "rollback", "abort", "verify"}
 for _, verb in ipairs(verbs) do
   actions[verb] = {["disabled"] = true}
 end
@@ -23,8 +25,11 @@ local current = nil
 if obj.status ~= nil then
   current = obj.status.migration
 end
-if spec == nil or current == nil or spec.steps == nil or spec.targetStep ~= nil
-    or spec.paused == true or current.request ~= nil then
+if spec == nil or current == nil or spec.steps == nil or current.request ~= nil then
+  return actions
+end
+actions["verify"]["disabled"] = false
+if spec.targetStep ~= nil or spec.paused == true then
   return actions
 end
 

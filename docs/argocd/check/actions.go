@@ -15,7 +15,7 @@ import (
 )
 
 // The verbs shipped in ../actions/<verb>/action.lua, in the order the document lists them.
-var verbs = []string{"promote", "promote-full", "pause", "resume", "rollback", "abort"}
+var verbs = []string{"promote", "promote-full", "pause", "resume", "rollback", "abort", "verify"}
 
 // nowPlaceholder stands, in an expected output, for a requestedAt the action set to now.
 const nowPlaceholder = "<now>"

@@ -127,6 +127,24 @@ pub fn verify_job(p: &DualWritePipeline, default_image: &str, name: &str) -> Job
     }
 }
 
+/// The name of the Job a Verify request (`kubectl dualwrite verify`, an Argo CD action) starts:
+/// `<pipeline>-verify-<suffix>` within the 63 characters of a Job's name label, the suffix from
+/// the request's nonce (else its `requestedAt`), letters and digits only, so that one request is
+/// one Job (its creation again is a 409) and two requests are two.
+pub fn verify_request_job_name(pipeline: &str, request: &crate::api::MigrationRequest) -> String {
+    let from = request.nonce.as_deref().unwrap_or(&request.requested_at);
+    let clean: Vec<char> = from
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let tail: String = clean[clean.len().saturating_sub(20)..].iter().collect();
+    let suffix = format!("-verify-{tail}");
+    let keep = 63usize.saturating_sub(suffix.len());
+    let base: String = pipeline.chars().take(keep).collect();
+    format!("{}{suffix}", base.trim_end_matches('-'))
+}
+
 /// How long one scheduled check may run before Kubernetes stops it (`activeDeadlineSeconds`):
 /// reading a whole retention of two brokers takes minutes, not half an hour; a check stuck
 /// on a broker that does not answer must not hold the schedule (Forbid) for ever.
@@ -188,4 +206,34 @@ pub fn verify_cron_job(p: &DualWritePipeline, default_image: &str) -> Option<Cro
         }),
         status: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verify_request_job_name;
+    use crate::api::{MigrationAction, MigrationRequest};
+
+    #[test]
+    fn request_job_names_fit_a_label_and_follow_the_nonce() {
+        let mut r = MigrationRequest {
+            action: MigrationAction::Verify,
+            to_step: None,
+            requested_at: "2026-11-27T13:00:00Z".into(),
+            requested_by: None,
+            nonce: Some("81234".into()),
+        };
+        assert_eq!(verify_request_job_name("orders", &r), "orders-verify-81234");
+        let long = "a".repeat(63);
+        assert!(verify_request_job_name(&long, &r).len() <= 63);
+        r.nonce = Some("9F1C-UUID/..".into());
+        assert_eq!(
+            verify_request_job_name("orders", &r),
+            "orders-verify-9f1cuuid"
+        );
+        r.nonce = None;
+        assert_eq!(
+            verify_request_job_name("orders", &r),
+            "orders-verify-20261127t130000z"
+        );
+    }
 }

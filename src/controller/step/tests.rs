@@ -757,6 +757,7 @@ fn request(action: MigrationAction, to_step: Option<u32>) -> MigrationRequest {
         to_step,
         requested_at: "2026-11-27T12:00:00Z".into(),
         requested_by: Some("alice".into()),
+        nonce: None,
     }
 }
 
@@ -1080,6 +1081,7 @@ fn a_hold_keeps_the_step_and_a_request_acts_once() {
         accepted: true,
         message: "promoted".into(),
         handled_at: Time(t(900)),
+        job: None,
     });
     let m = migration("{manual: true}", "");
     let again = StepInput {
@@ -1100,11 +1102,11 @@ fn a_hold_keeps_the_step_and_a_request_acts_once() {
     let mut newer = promoted.clone();
     newer.request = Some(MigrationRequest {
         requested_at: "2026-11-27T12:00:01Z".into(),
-        ..r
+        ..r.clone()
     });
     let fresh = StepInput {
         current: Some(&newer),
-        ..again
+        ..again.clone()
     };
     let d = decide_step(&fresh);
     assert_eq!(
@@ -1112,4 +1114,78 @@ fn a_hold_keeps_the_step_and_a_request_acts_once() {
         (2, None),
         "promoted, the hold lifted"
     );
+
+    // The same request again within the same second (as two clicks of an Argo CD action):
+    // another nonce makes it another request, acted on.
+    let mut twice = promoted.clone();
+    twice.request = Some(MigrationRequest {
+        nonce: Some("2".into()),
+        ..r.clone()
+    });
+    twice.last_request.as_mut().unwrap().request.nonce = Some("1".into());
+    let d = decide_step(&StepInput {
+        current: Some(&twice),
+        ..again.clone()
+    });
+    assert!(
+        d.accepted_request().is_some(),
+        "a request with another nonce is acted on: {d:?}"
+    );
+    assert_eq!(d.step, 2);
+}
+
+/// A Verify request does not move the step, whatever pins the spec, and leaves no history
+/// record; it is recorded as acted on, once.
+#[test]
+fn a_verify_request_moves_nothing_even_when_pinned() {
+    let rows = healthy();
+    for extra in ["", ", targetStep: 1", ", paused: true"] {
+        let m = migration(OPEN, extra);
+        let mut current = status(1, 0);
+        current.held = Some(hold(reason::PAUSED));
+        let mut without = current.clone();
+        let r = MigrationRequest {
+            nonce: Some("42".into()),
+            ..request(MigrationAction::Verify, None)
+        };
+        current.request = Some(r.clone());
+        let input = StepInput {
+            migration: &m,
+            current: Some(&current),
+            providers: &rows,
+            consistency: None,
+            relays_in_step: Ok(()),
+            stale: &[],
+            now: t(1000),
+        };
+        let d = decide_step(&input);
+        without.request = None;
+        let plain = decide_step(&StepInput {
+            current: Some(&without),
+            ..input.clone()
+        });
+        assert_eq!(
+            (d.step, d.reason, d.moved, &d.held),
+            (plain.step, plain.reason, plain.moved, &plain.held),
+            "{extra}: the step is decided as without the request"
+        );
+        let handled = d.handled.clone().expect("handled");
+        assert!(handled.accepted, "{extra}: {}", handled.message);
+        assert!(
+            handled.message.contains("consistency check"),
+            "{}",
+            handled.message
+        );
+        let next = next_migration_status(&input, &d);
+        assert_eq!(next.history, current.history, "{extra}: no history record");
+        assert_eq!(next.last_request.as_ref().map(|l| &l.request), Some(&r));
+        // Acted on once.
+        let mut after = next.clone();
+        after.request = Some(r.clone());
+        let d = decide_step(&StepInput {
+            current: Some(&after),
+            ..input.clone()
+        });
+        assert_eq!(d.handled, None, "{extra}");
+    }
 }

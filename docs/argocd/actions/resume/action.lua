@@ -27,6 +27,9 @@ end
 obj.status.migration.request = {
   action = "Resume",
   requestedAt = os.date("!%Y-%m-%dT%H:%M:%SZ"),
-  requestedBy = "argocd"
+  requestedBy = "argocd",
+  -- Tells two clicks within one second apart (requestedAt has whole seconds): the
+  -- resourceVersion Argo CD read, new after every write to the pipeline.
+  nonce = obj.metadata.resourceVersion
 }
 return obj
