@@ -58,6 +58,19 @@ impl SpecError {
 #[derive(Default)]
 pub(super) struct Problems(Vec<FieldError>);
 
+/// `pattern` (one of the constants of [`super::rules`]) compiled once per process: the operator
+/// validates every pipeline on every reconcile, and compiling a pattern costs far more than
+/// matching it.
+fn compiled(pattern: &'static str) -> &'static Regex {
+    static COMPILED: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<&'static str, &'static Regex>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    compiled
+        .entry(pattern)
+        .or_insert_with(|| Box::leak(Box::new(Regex::new(pattern).expect("the patterns compile"))))
+}
+
 impl Problems {
     pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
@@ -67,10 +80,14 @@ impl Problems {
     }
 
     /// `text` must match `pattern` (one of the constants above); `what` says what was expected.
-    pub(super) fn pattern(&mut self, path: &str, text: &str, pattern: &str, what: &str) -> bool {
-        let ok = Regex::new(pattern)
-            .expect("the patterns compile")
-            .is_match(text);
+    pub(super) fn pattern(
+        &mut self,
+        path: &str,
+        text: &str,
+        pattern: &'static str,
+        what: &str,
+    ) -> bool {
+        let ok = compiled(pattern).is_match(text);
         if !ok {
             self.add(path, format!("{text:?} {what}"));
         }
@@ -99,7 +116,12 @@ impl Problems {
     }
 
     /// A duration matching `pattern`, parsed.
-    pub(super) fn duration(&mut self, path: &str, text: &str, pattern: &str) -> Option<Duration> {
+    pub(super) fn duration(
+        &mut self,
+        path: &str,
+        text: &str,
+        pattern: &'static str,
+    ) -> Option<Duration> {
         let units = if pattern == DURATION {
             "s, m or h"
         } else {
@@ -273,11 +295,7 @@ fn nats(problems: &mut Problems, at: &str, n: &NatsSpec) -> Option<NatsConfig> {
     if urls.is_empty() {
         problems.add(&url_at, "give the server URL, e.g. nats://nats:4222");
     }
-    if problems.length(&url_at, &n.url, 1, 1024)
-        && !Regex::new(NATS_URLS)
-            .expect("the patterns compile")
-            .is_match(&n.url)
-    {
+    if problems.length(&url_at, &n.url, 1, 1024) && !compiled(NATS_URLS).is_match(&n.url) {
         // The URL may carry user:password@: the message shows it redacted.
         problems.add(
             &url_at,

@@ -81,6 +81,9 @@ pub enum Error {
     /// A reconcile outside `controller::run` (whose caches it reads).
     #[error("the controller is not running")]
     NotRunning,
+    /// A watched kind never listed (RBAC, a missing API): decisions would read an empty cache.
+    #[error("the operator's cache of {} has not listed (see /readyz for why: RBAC?); not deciding from an empty cache", .0.join(", "))]
+    NotListed(Vec<&'static str>),
     /// Applying an owned object failed; the objects after it in the apply order were not applied.
     #[error("cannot apply {kind} {name}: {source}")]
     Apply {
@@ -97,6 +100,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::NoNamespace => "no_namespace",
             Error::NotRunning => "not_running",
+            Error::NotListed(_) => "not_listed",
             Error::Apply { .. } => "apply",
         }
     }

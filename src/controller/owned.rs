@@ -60,21 +60,40 @@ pub struct OwnedCache {
 }
 
 impl OwnedCache {
-    /// Waits until every store has listed once; whether they all did within [`READY_WAIT`].
-    pub async fn ready(&self) -> bool {
-        let all = async {
-            self.statefulsets.wait_until_ready().await.is_ok()
-                && self.services.wait_until_ready().await.is_ok()
-                && self.pdbs.wait_until_ready().await.is_ok()
-                && self.service_accounts.wait_until_ready().await.is_ok()
-                && self.roles.wait_until_ready().await.is_ok()
-                && self.role_bindings.wait_until_ready().await.is_ok()
-                && self.config_maps.wait_until_ready().await.is_ok()
-                && self.cron_jobs.wait_until_ready().await.is_ok()
-                && self.pods.wait_until_ready().await.is_ok()
-                && self.claims.wait_until_ready().await.is_ok()
-        };
-        tokio::time::timeout(READY_WAIT, all).await.unwrap_or(false)
+    /// Waits (up to [`READY_WAIT`] in all) until every store has listed once; the resources
+    /// whose store has not, if any. Decisions read these stores (a scale-down looks for the
+    /// claims holding a backlog, a rollout for the pods), so a reconcile does not go on from a
+    /// store that never listed: an empty store is not "nothing there".
+    pub async fn ready(&self) -> Result<(), Vec<&'static str>> {
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        let mut missing = Vec::new();
+        macro_rules! wait {
+            ($($store:ident: $resource:literal),* $(,)?) => {$(
+                if tokio::time::timeout_at(deadline, self.$store.wait_until_ready())
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
+                    missing.push($resource);
+                }
+            )*};
+        }
+        wait!(
+            statefulsets: "statefulsets.apps",
+            services: "services",
+            pdbs: "poddisruptionbudgets.policy",
+            service_accounts: "serviceaccounts",
+            roles: "roles.rbac.authorization.k8s.io",
+            role_bindings: "rolebindings.rbac.authorization.k8s.io",
+            config_maps: "configmaps",
+            cron_jobs: "cronjobs.batch",
+            pods: "pods",
+            claims: "persistentvolumeclaims",
+        );
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
     }
 }
 

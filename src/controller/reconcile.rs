@@ -62,9 +62,7 @@ pub(super) async fn reconcile(
         .unwrap_or_else(|e| e.into_inner())
         .clone()
         .ok_or(Error::NotRunning)?;
-    if !cache.ready().await {
-        tracing::warn!(pipeline = %key(&p), "the caches have not listed yet; reconciling from what they hold (a missing object is read from the API server before it is applied)");
-    }
+    cache.ready().await.map_err(Error::NotListed)?;
     let (pods, claims) = list_relays(&p, &ns, &cache);
     // The relays' reports come from their ConfigMap (the only thing their Role may write);
     // the decisions below read them as the status' `relays`.
