@@ -26,9 +26,7 @@ struct IngestRequest {
 }
 
 async fn ingest(Json(req): Json<IngestRequest>) -> (StatusCode, Json<serde_json::Value>) {
-    let id = req
-        .id
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let id = req.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     (
         StatusCode::ACCEPTED,
         Json(json!({ "messageId": id, "status": "accepted" })),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::{ProviderRow, Strategy};
 use crate::handoff::{Backlog, HandoffError};
 use crate::latency::Histogram;
-use crate::message::DataMessage;
+use crate::message::{DataMessage, Outgoing};
 use crate::provider::{Provider, ProviderError};
 
 /// One provider inside the composite, with what the composite measures of it.
@@ -131,7 +131,7 @@ impl Lane {
     /// ingest order, or after a failed write.
     pub(super) async fn publish_with_handoff(
         &self,
-        msg: &DataMessage,
+        msg: &Outgoing<'_>,
         deadline: Duration,
         strategy: Strategy,
     ) -> LaneOutcome {
@@ -201,18 +201,19 @@ impl Lane {
         })
     }
 
-    async fn publish(&self, msg: &DataMessage, deadline: Duration) -> Result<(), ProviderError> {
+    async fn publish(&self, msg: &Outgoing<'_>, deadline: Duration) -> Result<(), ProviderError> {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(deadline, self.provider.publish(msg)).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                self.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(ProviderError::Timeout {
-                    provider: self.provider.name().to_string(),
-                    after: deadline,
-                })
-            }
-        };
+        let outcome =
+            match tokio::time::timeout(deadline, self.provider.publish_outgoing(msg)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.timeouts.fetch_add(1, Ordering::Relaxed);
+                    Err(ProviderError::Timeout {
+                        provider: self.provider.name().to_string(),
+                        after: deadline,
+                    })
+                }
+            };
         if outcome.is_ok() {
             self.latency.record(started.elapsed());
         }
