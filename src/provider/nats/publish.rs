@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_nats::connection::State;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 
 use super::connection::Conn;
 use super::{NatsProvider, MSG_ID_HEADER, RECONNECT_GRACE};
@@ -171,8 +171,11 @@ impl NatsProvider {
 /// The headers of `msg` on the stream: `Nats-Msg-Id` (JetStream de-duplicates retries by it) and
 /// `Dualwrite-Digest` (its content digest, which `verify` compares across brokers).
 fn headers(msg: &Outgoing<'_>) -> HeaderMap {
+    // Names built once (not parsed and checked on every publish).
+    const MSG_ID: HeaderName = HeaderName::from_static(MSG_ID_HEADER);
+    const DIGEST: HeaderName = HeaderName::from_static(DIGEST_HEADER);
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID_HEADER, msg.id.as_str());
-    headers.insert(DIGEST_HEADER, msg.digest_text());
+    headers.insert(MSG_ID, msg.id.as_str());
+    headers.insert(DIGEST, msg.digest_text());
     headers
 }
