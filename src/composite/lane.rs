@@ -13,7 +13,7 @@ use super::breaker::{Admit, Breaker};
 use super::{ProviderRow, Strategy};
 use crate::handoff::{Backlog, HandoffError};
 use crate::latency::Histogram;
-use crate::message::DataMessage;
+use crate::message::{DataMessage, Outgoing};
 use crate::provider::{BatchError, Provider, ProviderError};
 
 /// One provider inside the composite, with what the composite measures of it.
@@ -136,7 +136,7 @@ impl Lane {
     /// ingest order, or after a failed write.
     pub(super) async fn publish_with_handoff(
         &self,
-        msg: &DataMessage,
+        msg: &Outgoing<'_>,
         deadline: Duration,
         strategy: Strategy,
     ) -> LaneOutcome {
@@ -268,7 +268,7 @@ impl Lane {
         })
     }
 
-    async fn publish(&self, msg: &DataMessage, deadline: Duration) -> Result<(), ProviderError> {
+    async fn publish(&self, msg: &Outgoing<'_>, deadline: Duration) -> Result<(), ProviderError> {
         let probe = match self.breaker.admit(|| self.provider.health()) {
             Admit::Write => None,
             Admit::Probe(p) => Some(p),
@@ -284,20 +284,21 @@ impl Lane {
 
     async fn publish_now(
         &self,
-        msg: &DataMessage,
+        msg: &Outgoing<'_>,
         deadline: Duration,
     ) -> Result<(), ProviderError> {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(deadline, self.provider.publish(msg)).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                self.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(ProviderError::Timeout {
-                    provider: self.provider.name().to_string(),
-                    after: deadline,
-                })
-            }
-        };
+        let outcome =
+            match tokio::time::timeout(deadline, self.provider.publish_outgoing(msg)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.timeouts.fetch_add(1, Ordering::Relaxed);
+                    Err(ProviderError::Timeout {
+                        provider: self.provider.name().to_string(),
+                        after: deadline,
+                    })
+                }
+            };
         if outcome.is_ok() {
             self.latency.record(started.elapsed());
         }

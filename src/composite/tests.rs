@@ -637,3 +637,78 @@ fn construction_rejects_duplicates_and_empty() {
         .contains("\"a\" is used twice"));
     assert!(Composite::new(vec![], Strategy::FailFast, DEFAULT_PUBLISH_TIMEOUT).is_err());
 }
+
+/// A provider that writes the wire form, as the broker adapters do, and notes which buffer it
+/// was handed.
+struct WireProvider {
+    name: String,
+    wires: std::sync::Mutex<Vec<(usize, usize)>>,
+}
+
+#[async_trait]
+impl Provider for WireProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Memory
+    }
+    async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+        self.publish_outgoing(&msg.outgoing()).await
+    }
+    async fn publish_outgoing(&self, msg: &Outgoing<'_>) -> Result<(), ProviderError> {
+        let wire = msg.wire();
+        self.wires
+            .lock()
+            .unwrap()
+            .push((wire.as_ptr() as usize, wire.len()));
+        Ok(())
+    }
+    fn message_limit(&self) -> Option<MessageLimit> {
+        Some(MessageLimit {
+            bytes: 1 << 20,
+            setting: "test".into(),
+        })
+    }
+    async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
+        Ok(futures::stream::empty().boxed())
+    }
+    fn stats(&self) -> Stats {
+        Stats::default()
+    }
+    fn health(&self) -> Health {
+        Health::up("Connected", "test")
+    }
+    async fn close(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
+// The wire JSON is built once per message and shared by every provider (and the size check),
+// not once per provider.
+#[tokio::test]
+async fn one_wire_encoding_serves_every_provider() {
+    let providers: Vec<Arc<WireProvider>> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            Arc::new(WireProvider {
+                name: name.into(),
+                wires: Default::default(),
+            })
+        })
+        .collect();
+    let c = composite(
+        providers
+            .iter()
+            .map(|p| p.clone() as Arc<dyn Provider>)
+            .collect(),
+        Strategy::FailFast,
+    );
+    let msg = DataMessage::new("test", "x");
+    c.publish_detailed(&msg).await.unwrap();
+    let a = providers[0].wires.lock().unwrap().clone();
+    let b = providers[1].wires.lock().unwrap().clone();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a, b, "both providers got the same buffer");
+    assert_eq!(a[0].1, msg.to_wire().len());
+}

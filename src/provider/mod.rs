@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::Serialize;
 
-use crate::message::DataMessage;
+use crate::message::{DataMessage, Outgoing};
 
 pub mod kafka;
 pub mod memory;
@@ -293,7 +293,8 @@ impl HealthTracker {
     pub fn observe<T>(&self, outcome: &Result<T, ProviderError>) {
         match outcome {
             Ok(_) => {
-                let healthy = self.get().healthy;
+                // Read under the lock, not cloned: this runs on every publish.
+                let healthy = self.lock().healthy;
                 if !healthy {
                     self.set(true, "Connected", "publishing again");
                 }
@@ -366,6 +367,12 @@ pub trait Provider: Send + Sync + 'static {
     /// Writes one message; returns after the broker acknowledged it, or an error within the
     /// provider's publish deadline.
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError>;
+    /// [`publish`](Provider::publish) of a message whose wire form and digest may already be
+    /// computed (the composite encodes a message once for all its providers). The default
+    /// ignores them; the broker adapters, which write the wire form, override it.
+    async fn publish_outgoing(&self, msg: &Outgoing<'_>) -> Result<(), ProviderError> {
+        self.publish(msg.message()).await
+    }
     /// Writes `msgs` in this order and returns once every one was acknowledged, or at the first
     /// that was not: the broker receives them in slice order, pipelined where it can (many in
     /// flight, one round trip for the window rather than one per message), and the
@@ -390,6 +397,11 @@ pub trait Provider: Send + Sync + 'static {
     /// connecting); `None`: no limit known (memory, or not connected yet).
     fn message_limit(&self) -> Option<MessageLimit> {
         None
+    }
+    /// The bytes of [`Provider::message_limit`] alone: what the composite checks on every
+    /// publish, so the adapters answer it without building the setting's text.
+    fn message_limit_bytes(&self) -> Option<u64> {
+        self.message_limit().map(|l| l.bytes)
     }
     /// What `msg` weighs against [`Provider::message_limit`]: its wire JSON (`wire_len` bytes,
     /// computed once by the caller) plus whatever else the broker counts (headers, key, framing).
