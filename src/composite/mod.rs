@@ -440,8 +440,10 @@ impl Composite {
         if self.closed.load(Ordering::Acquire) {
             return closed();
         }
-        let sizes: Vec<Result<(), PublishError>> =
-            msgs.iter().map(|m| self.check_size(&m.outgoing())).collect();
+        let sizes: Vec<Result<(), PublishError>> = msgs
+            .iter()
+            .map(|m| self.check_size(&m.outgoing()))
+            .collect();
         if sizes.iter().any(Result::is_err) {
             // Rare (the ingest API checks sizes before it calls): write the rest, in order.
             let fitting: Vec<DataMessage> = msgs
