@@ -389,6 +389,15 @@ pub trait Provider: Send + Sync + 'static {
         }
         Ok(())
     }
+    /// The deadline this provider puts on each of its own writes, if it has one: past it,
+    /// [`publish_outgoing`](Provider::publish_outgoing) and
+    /// [`publish_batch`](Provider::publish_batch) answer a [`ProviderError::Timeout`] naming
+    /// the provider and this duration (and its health and counters see it). The composite arms
+    /// no timer of its own around a provider bounded at least as tightly as its own deadline:
+    /// one deadline per write instead of two nested ones.
+    fn publish_deadline(&self) -> Option<Duration> {
+        None
+    }
     /// The provider's messages, in order.
     async fn subscribe(&self) -> Result<MessageStream, ProviderError>;
     fn stats(&self) -> Stats;

@@ -401,6 +401,12 @@ impl Provider for NatsProvider {
         ProviderKind::Nats
     }
 
+    /// Every write runs under `publish_timeout` (a batch shares one), so the composite adds no
+    /// timer of its own.
+    fn publish_deadline(&self) -> Option<Duration> {
+        Some(self.publish_timeout)
+    }
+
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
         self.publish_outgoing(&msg.outgoing()).await
     }
