@@ -60,8 +60,14 @@ impl Histogram {
         self.sum_micros
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.min_nanos.fetch_min(nanos, Ordering::Relaxed);
-        self.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+        // Read before writing: the extremes rarely move, and a write on every record would make
+        // every worker thread fight for the cache line.
+        if nanos < self.min_nanos.load(Ordering::Relaxed) {
+            self.min_nanos.fetch_min(nanos, Ordering::Relaxed);
+        }
+        if nanos > self.max_nanos.load(Ordering::Relaxed) {
+            self.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+        }
     }
 
     /// Per-bucket counts (not cumulative), the last one for +Inf.

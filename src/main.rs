@@ -6,6 +6,11 @@ use clap::Parser;
 use dualwrite::cli::{self, Cli};
 use tokio_util::sync::CancellationToken;
 
+// mimalloc rather than glibc malloc: glibc's malloc/free were ~20% of the relay's CPU under load
+// (many tokio workers freeing what others allocated); see docs/benchmarks.md for the figures.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Cli::parse();

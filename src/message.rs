@@ -6,6 +6,7 @@
 //! without a code change. Keys are emitted in that order and metadata keys sorted, as Go does.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -44,10 +45,61 @@ impl DataMessage {
         }
     }
 
-    /// The JSON bytes written to a broker.
+    /// The JSON bytes written to a broker: byte for byte what `serde_json::to_vec(self)` gives,
+    /// written straight into one buffer of the right size (the base64 of the payload included,
+    /// with no intermediate string).
     pub fn to_wire(&self) -> Vec<u8> {
-        // Serializing a struct of strings, bytes and a string map cannot fail.
-        serde_json::to_vec(self).expect("DataMessage always serializes")
+        let b64 = base64::encoded_len(self.payload.len(), true).unwrap_or(0);
+        // Quotes, colons and commas per pair; escapes can only make it grow past this guess.
+        let meta: usize = self
+            .metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum();
+        let mut out = Vec::with_capacity(72 + self.id.len() + self.source.len() + b64 + meta);
+        out.extend_from_slice(b"{\"id\":");
+        json_str(&mut out, &self.id);
+        out.extend_from_slice(b",\"timestamp\":");
+        out.extend_from_slice(self.timestamp.to_string().as_bytes());
+        out.extend_from_slice(b",\"source\":");
+        json_str(&mut out, &self.source);
+        out.extend_from_slice(b",\"payload\":\"");
+        let at = out.len();
+        out.resize(at + b64, 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&self.payload, &mut out[at..])
+            .expect("the buffer has the base64 length");
+        out.truncate(at + written);
+        out.extend_from_slice(b"\",\"metadata\":{");
+        for (i, (k, v)) in self.metadata.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(&mut out, k);
+            out.push(b':');
+            json_str(&mut out, v);
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+
+    /// This message on its way to the brokers: its wire form and content digest, each computed
+    /// at most once however many providers write it (see [`Outgoing`]).
+    pub fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            msg: self,
+            wire: OnceLock::new(),
+            digest: OnceLock::new(),
+            digest_text: OnceLock::new(),
+        }
+    }
+
+    /// [`DataMessage::outgoing`] with the digest already computed (by the caller, from this
+    /// message's content).
+    pub fn outgoing_with_digest(&self, digest: ContentDigest) -> Outgoing<'_> {
+        let out = self.outgoing();
+        let _ = out.digest.set(digest);
+        out
     }
 
     /// Parses the JSON bytes read from a broker.
@@ -78,6 +130,53 @@ impl DataMessage {
     }
 }
 
+/// A JSON string (quoted and escaped as serde_json does) appended to `out`.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, s).expect("a string always serializes");
+}
+
+/// A message on its way out: what every provider needs of it besides its fields, computed at
+/// most once for all of them — the wire JSON ([`DataMessage::to_wire`], shared as [`Bytes`]
+/// without a copy), the [`ContentDigest`] and its text. It borrows the message, so the message
+/// cannot change while its encodings are cached.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    msg: &'a DataMessage,
+    wire: OnceLock<Bytes>,
+    digest: OnceLock<ContentDigest>,
+    digest_text: OnceLock<String>,
+}
+
+impl<'a> Outgoing<'a> {
+    pub fn message(&self) -> &'a DataMessage {
+        self.msg
+    }
+
+    /// The JSON bytes written to a broker (a cheap clone of one buffer).
+    pub fn wire(&self) -> &Bytes {
+        self.wire.get_or_init(|| Bytes::from(self.msg.to_wire()))
+    }
+
+    /// The message's [`ContentDigest`].
+    pub fn digest(&self) -> ContentDigest {
+        *self.digest.get_or_init(|| self.msg.content_digest())
+    }
+
+    /// The digest's text form, what the [`DIGEST_HEADER`] holds.
+    pub fn digest_text(&self) -> &str {
+        self.digest_text.get_or_init(|| self.digest().to_string())
+    }
+}
+
+impl std::ops::Deref for Outgoing<'_> {
+    type Target = DataMessage;
+
+    fn deref(&self) -> &DataMessage {
+        self.msg
+    }
+}
+
 /// The header that carries a message's [`ContentDigest`] on NATS and on Kafka.
 pub const DIGEST_HEADER: &str = "Dualwrite-Digest";
 
@@ -94,8 +193,16 @@ impl ContentDigest {
 
 impl std::fmt::Display for ContentDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(Self::PREFIX)?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; Self::TEXT_LEN];
+        text[..Self::PREFIX.len()].copy_from_slice(Self::PREFIX.as_bytes());
+        for (i, b) in self.0.iter().enumerate() {
+            let at = Self::PREFIX.len() + 2 * i;
+            text[at] = HEX[usize::from(b >> 4)];
+            text[at + 1] = HEX[usize::from(b & 0x0f)];
+        }
+        // Only ASCII was written.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?)
     }
 }
 
@@ -183,6 +290,49 @@ mod tests {
         assert_eq!(&msg.payload[..], b"dual-write test");
         assert_eq!(msg.metadata["tenant"], "acme");
         assert_eq!(String::from_utf8(msg.to_wire()).unwrap(), GO_SAMPLE);
+    }
+
+    #[test]
+    fn to_wire_is_the_serde_form_byte_for_byte() {
+        let mut tricky =
+            DataMessage::new("s\"o\\u\nrce \u{1}é", Bytes::from_static(&[0, 255, 1, 2]));
+        tricky.id = "id-1".into();
+        tricky.timestamp = -5;
+        tricky.metadata.insert("k\"ey".into(), "v\talue ü".into());
+        tricky.metadata.insert("a".into(), String::new());
+        let mut samples = vec![
+            tricky,
+            DataMessage::new("", ""),
+            DataMessage::new("s", vec![7u8; 1000]),
+        ];
+        for len in 0..5 {
+            samples.push(DataMessage::new("s", vec![b'x'; len]));
+        }
+        for msg in samples {
+            assert_eq!(
+                String::from_utf8(msg.to_wire()).unwrap(),
+                String::from_utf8(serde_json::to_vec(&msg).unwrap()).unwrap()
+            );
+            assert_eq!(DataMessage::from_wire(&msg.to_wire()).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn outgoing_computes_each_encoding_once() {
+        let mut msg = DataMessage::new("s", "payload");
+        msg.metadata.insert("k".into(), "v".into());
+        let out = msg.outgoing();
+        let wire = out.wire().clone();
+        assert_eq!(&wire[..], &msg.to_wire()[..]);
+        assert_eq!(
+            out.wire().as_ptr(),
+            wire.as_ptr(),
+            "the second caller shares the first one's buffer"
+        );
+        assert_eq!(out.digest(), msg.content_digest());
+        assert_eq!(out.digest_text(), msg.content_digest().to_string());
+        assert_eq!(out.digest_text().as_ptr(), out.digest_text().as_ptr());
+        assert_eq!(out.id, msg.id);
     }
 
     #[test]

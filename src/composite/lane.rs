@@ -13,7 +13,7 @@ use super::breaker::{Admit, Breaker};
 use super::{ProviderRow, Strategy};
 use crate::handoff::{Backlog, HandoffError};
 use crate::latency::Histogram;
-use crate::message::DataMessage;
+use crate::message::{DataMessage, Outgoing};
 use crate::provider::{BatchError, Provider, ProviderError};
 
 /// One provider inside the composite, with what the composite measures of it.
@@ -136,7 +136,7 @@ impl Lane {
     /// ingest order, or after a failed write.
     pub(super) async fn publish_with_handoff(
         &self,
-        msg: &DataMessage,
+        msg: &Outgoing<'_>,
         deadline: Duration,
         strategy: Strategy,
     ) -> LaneOutcome {
@@ -268,7 +268,7 @@ impl Lane {
         })
     }
 
-    async fn publish(&self, msg: &DataMessage, deadline: Duration) -> Result<(), ProviderError> {
+    async fn publish(&self, msg: &Outgoing<'_>, deadline: Duration) -> Result<(), ProviderError> {
         let probe = match self.breaker.admit(|| self.provider.health()) {
             Admit::Write => None,
             Admit::Probe(p) => Some(p),
@@ -284,18 +284,28 @@ impl Lane {
 
     async fn publish_now(
         &self,
-        msg: &DataMessage,
+        msg: &Outgoing<'_>,
         deadline: Duration,
     ) -> Result<(), ProviderError> {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(deadline, self.provider.publish(msg)).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
+        let outcome = if self.bounded_by_provider(deadline) {
+            // The provider's own deadline bounds the write and its Timeout names it and the
+            // duration: a second timer here would only cost (two per message and provider).
+            let outcome = self.provider.publish_outgoing(msg).await;
+            if let Err(ProviderError::Timeout { .. }) = outcome {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(ProviderError::Timeout {
-                    provider: self.provider.name().to_string(),
-                    after: deadline,
-                })
+            }
+            outcome
+        } else {
+            match tokio::time::timeout(deadline, self.provider.publish_outgoing(msg)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.timeouts.fetch_add(1, Ordering::Relaxed);
+                    Err(ProviderError::Timeout {
+                        provider: self.provider.name().to_string(),
+                        after: deadline,
+                    })
+                }
             }
         };
         if outcome.is_ok() {
@@ -337,8 +347,39 @@ impl Lane {
         deadline: Duration,
     ) -> Result<(), BatchError> {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(deadline, self.provider.publish_batch(msgs)).await
-        {
+        let outcome = if self.bounded_by_provider(deadline) {
+            // As for one message: the provider's deadline bounds the whole batch.
+            let outcome = self.provider.publish_batch(msgs).await;
+            if let Err(BatchError {
+                acked,
+                error: ProviderError::Timeout { .. },
+            }) = &outcome
+            {
+                self.timeouts
+                    .fetch_add((msgs.len() - acked) as u64, Ordering::Relaxed);
+            }
+            outcome
+        } else {
+            self.publish_batch_under(msgs, deadline).await
+        };
+        let acked = match &outcome {
+            Ok(()) => msgs.len(),
+            Err(e) => e.acked,
+        };
+        let elapsed = started.elapsed();
+        for _ in 0..acked {
+            self.latency.record(elapsed);
+        }
+        outcome
+    }
+
+    /// The batch under the lane's own deadline (a provider without one, or with a longer one).
+    async fn publish_batch_under(
+        &self,
+        msgs: &[DataMessage],
+        deadline: Duration,
+    ) -> Result<(), BatchError> {
+        match tokio::time::timeout(deadline, self.provider.publish_batch(msgs)).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.timeouts
@@ -351,15 +392,13 @@ impl Lane {
                     },
                 })
             }
-        };
-        let acked = match &outcome {
-            Ok(()) => msgs.len(),
-            Err(e) => e.acked,
-        };
-        let elapsed = started.elapsed();
-        for _ in 0..acked {
-            self.latency.record(elapsed);
         }
-        outcome
+    }
+
+    /// Whether the provider's own deadline already bounds a write within `deadline`.
+    fn bounded_by_provider(&self, deadline: Duration) -> bool {
+        self.provider
+            .publish_deadline()
+            .is_some_and(|own| own <= deadline)
     }
 }

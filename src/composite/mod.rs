@@ -40,7 +40,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::handoff::Backlog;
 use crate::latency::{Histogram, LatencySummary};
-use crate::message::DataMessage;
+use crate::message::{DataMessage, Outgoing};
 use crate::provider::{
     Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
 };
@@ -352,27 +352,25 @@ impl Composite {
 
     /// Refuses a message larger than some provider's broker takes ([`PublishError::TooLarge`],
     /// naming the provider with the smallest limit the message exceeds).
-    pub fn check_size(&self, msg: &DataMessage) -> Result<(), PublishError> {
-        let limits: Vec<(&Lane, MessageLimit)> = self
+    pub fn check_size(&self, msg: &Outgoing<'_>) -> Result<(), PublishError> {
+        // Only the bytes on the way: the setting's text is built for a refusal alone. The wire
+        // form is encoded (once, for the providers too) only when some provider has a limit.
+        let exceeded = self
             .lanes
             .iter()
-            .filter_map(|l| l.provider.message_limit().map(|m| (l, m)))
-            .collect();
-        if limits.is_empty() {
-            return Ok(());
-        }
-        let wire_len = wire_len(msg);
-        let exceeded = limits
-            .into_iter()
-            .map(|(l, limit)| (l, l.provider.encoded_size(msg, wire_len), limit))
-            .filter(|(_, size, limit)| *size > limit.bytes)
-            .min_by_key(|(_, _, limit)| limit.bytes);
+            .filter_map(|l| l.provider.message_limit_bytes().map(|bytes| (l, bytes)))
+            .map(|(l, bytes)| (l, l.provider.encoded_size(msg, msg.wire().len()), bytes))
+            .filter(|(_, size, bytes)| size > bytes)
+            .min_by_key(|(_, _, bytes)| *bytes);
         match exceeded {
             None => Ok(()),
-            Some((lane, size, limit)) => Err(PublishError::TooLarge {
+            Some((lane, size, bytes)) => Err(PublishError::TooLarge {
                 provider: lane.provider.name().to_string(),
                 size,
-                limit,
+                limit: lane.provider.message_limit().unwrap_or(MessageLimit {
+                    bytes,
+                    setting: "the broker's limit".into(),
+                }),
             }),
         }
     }
@@ -383,6 +381,16 @@ impl Composite {
 
     /// Writes `msg` to every provider concurrently and applies the strategy.
     pub async fn publish_detailed(&self, msg: &DataMessage) -> Result<PublishReport, PublishError> {
+        self.publish_outgoing_detailed(&msg.outgoing()).await
+    }
+
+    /// [`publish_detailed`](Composite::publish_detailed) of a message whose encodings the
+    /// caller may already have computed (its digest, say): the wire form is computed at most
+    /// once for every provider and the size check.
+    pub async fn publish_outgoing_detailed(
+        &self,
+        msg: &Outgoing<'_>,
+    ) -> Result<PublishReport, PublishError> {
         let Ok(_inflight) = self.inflight.acquire().await else {
             return Err(PublishError::Closed);
         };
@@ -432,8 +440,10 @@ impl Composite {
         if self.closed.load(Ordering::Acquire) {
             return closed();
         }
-        let sizes: Vec<Result<(), PublishError>> =
-            msgs.iter().map(|m| self.check_size(m)).collect();
+        let sizes: Vec<Result<(), PublishError>> = msgs
+            .iter()
+            .map(|m| self.check_size(&m.outgoing()))
+            .collect();
         if sizes.iter().any(Result::is_err) {
             // Rare (the ingest API checks sizes before it calls): write the rest, in order.
             let fitting: Vec<DataMessage> = msgs
@@ -723,24 +733,6 @@ impl Provider for Composite {
     async fn close(&self) -> Result<(), ProviderError> {
         self.close_all().await
     }
-}
-
-/// Bytes of `msg`'s wire JSON, counted without building it.
-fn wire_len(msg: &DataMessage) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Serializing a struct of strings, bytes and a string map cannot fail.
-    let _ = serde_json::to_writer(&mut count, msg);
-    count.0
 }
 
 #[cfg(test)]

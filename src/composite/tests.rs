@@ -637,3 +637,179 @@ fn construction_rejects_duplicates_and_empty() {
         .contains("\"a\" is used twice"));
     assert!(Composite::new(vec![], Strategy::FailFast, DEFAULT_PUBLISH_TIMEOUT).is_err());
 }
+
+/// A provider that writes the wire form, as the broker adapters do, and notes which buffer it
+/// was handed.
+struct WireProvider {
+    name: String,
+    wires: std::sync::Mutex<Vec<(usize, usize)>>,
+}
+
+#[async_trait]
+impl Provider for WireProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Memory
+    }
+    async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+        self.publish_outgoing(&msg.outgoing()).await
+    }
+    async fn publish_outgoing(&self, msg: &Outgoing<'_>) -> Result<(), ProviderError> {
+        let wire = msg.wire();
+        self.wires
+            .lock()
+            .unwrap()
+            .push((wire.as_ptr() as usize, wire.len()));
+        Ok(())
+    }
+    fn message_limit(&self) -> Option<MessageLimit> {
+        Some(MessageLimit {
+            bytes: 1 << 20,
+            setting: "test".into(),
+        })
+    }
+    async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
+        Ok(futures::stream::empty().boxed())
+    }
+    fn stats(&self) -> Stats {
+        Stats::default()
+    }
+    fn health(&self) -> Health {
+        Health::up("Connected", "test")
+    }
+    async fn close(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
+// The wire JSON is built once per message and shared by every provider (and the size check),
+// not once per provider.
+#[tokio::test]
+async fn one_wire_encoding_serves_every_provider() {
+    let providers: Vec<Arc<WireProvider>> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            Arc::new(WireProvider {
+                name: name.into(),
+                wires: Default::default(),
+            })
+        })
+        .collect();
+    let c = composite(
+        providers
+            .iter()
+            .map(|p| p.clone() as Arc<dyn Provider>)
+            .collect(),
+        Strategy::FailFast,
+    );
+    let msg = DataMessage::new("test", "x");
+    c.publish_detailed(&msg).await.unwrap();
+    let a = providers[0].wires.lock().unwrap().clone();
+    let b = providers[1].wires.lock().unwrap().clone();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a, b, "both providers got the same buffer");
+    assert_eq!(a[0].1, msg.to_wire().len());
+}
+
+/// A provider that bounds its own writes (`publish_deadline`), as the broker adapters do, and
+/// answers its own `Timeout` after `answers_after` (a late timer, say).
+struct SelfBounded {
+    own: Duration,
+    answers_after: Duration,
+}
+
+#[async_trait]
+impl Provider for SelfBounded {
+    fn name(&self) -> &str {
+        "bounded"
+    }
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Memory
+    }
+    fn publish_deadline(&self) -> Option<Duration> {
+        Some(self.own)
+    }
+    async fn publish(&self, _msg: &DataMessage) -> Result<(), ProviderError> {
+        tokio::time::sleep(self.answers_after).await;
+        Err(ProviderError::Timeout {
+            provider: "bounded".into(),
+            after: self.own,
+        })
+    }
+    async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
+        Ok(futures::stream::empty().boxed())
+    }
+    fn stats(&self) -> Stats {
+        Stats::default()
+    }
+    fn health(&self) -> Health {
+        Health::up("Connected", "test")
+    }
+    async fn close(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
+// One deadline per write: around a provider that bounds its own writes within the composite's
+// deadline, the lane arms no timer of its own (its 250 ms would have cut the 300 ms answer
+// short); the provider's Timeout, naming it and its duration, is what the caller gets, and the
+// lane still counts it. A provider bounded more loosely still gets the lane's deadline.
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_bounds_its_writes_gets_no_second_timer() {
+    let lane_deadline = Duration::from_millis(250);
+    for (own, answers_after, elapsed, after) in [
+        (250, 300, 300, 250),   // bounded by itself: its own (late) answer
+        (1000, 1000, 250, 250), // bounded more loosely: the lane's deadline
+    ] {
+        let c = Composite::new(
+            vec![Arc::new(SelfBounded {
+                own: Duration::from_millis(own),
+                answers_after: Duration::from_millis(answers_after),
+            })],
+            Strategy::FailFast,
+            lane_deadline,
+        )
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        let err = c
+            .publish_detailed(&DataMessage::new("t", "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(elapsed),
+            "own {own} ms"
+        );
+        assert!(
+            matches!(err, PublishError::Failed(ProviderError::Timeout { ref provider, after: a })
+                if provider == "bounded" && a == Duration::from_millis(after)),
+            "own {own} ms: {err:?}"
+        );
+        assert_eq!(c.stats_detailed().providers[0].timeouts, 1, "own {own} ms");
+
+        // A batch: the same single deadline (the default publish_batch stops at the first
+        // message's Timeout, so both messages fail and count).
+        let started = tokio::time::Instant::now();
+        let msgs = [DataMessage::new("t", "a"), DataMessage::new("t", "b")];
+        let results = c.publish_batch_detailed(&msgs).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(elapsed),
+            "batch, own {own} ms"
+        );
+        for r in &results {
+            assert!(
+                matches!(r, Err(PublishError::Failed(ProviderError::Timeout { after: a, .. }))
+                    if *a == Duration::from_millis(after)),
+                "batch, own {own} ms: {r:?}"
+            );
+        }
+        assert_eq!(
+            c.stats_detailed().providers[0].timeouts,
+            3,
+            "batch, own {own} ms"
+        );
+    }
+}

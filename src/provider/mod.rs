@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::Serialize;
 
-use crate::message::DataMessage;
+use crate::message::{DataMessage, Outgoing};
 
 pub mod kafka;
 pub mod memory;
@@ -293,7 +293,8 @@ impl HealthTracker {
     pub fn observe<T>(&self, outcome: &Result<T, ProviderError>) {
         match outcome {
             Ok(_) => {
-                let healthy = self.get().healthy;
+                // Read under the lock, not cloned: this runs on every publish.
+                let healthy = self.lock().healthy;
                 if !healthy {
                     self.set(true, "Connected", "publishing again");
                 }
@@ -366,6 +367,12 @@ pub trait Provider: Send + Sync + 'static {
     /// Writes one message; returns after the broker acknowledged it, or an error within the
     /// provider's publish deadline.
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError>;
+    /// [`publish`](Provider::publish) of a message whose wire form and digest may already be
+    /// computed (the composite encodes a message once for all its providers). The default
+    /// ignores them; the broker adapters, which write the wire form, override it.
+    async fn publish_outgoing(&self, msg: &Outgoing<'_>) -> Result<(), ProviderError> {
+        self.publish(msg.message()).await
+    }
     /// Writes `msgs` in this order and returns once every one was acknowledged, or at the first
     /// that was not: the broker receives them in slice order, pipelined where it can (many in
     /// flight, one round trip for the window rather than one per message), and the
@@ -382,6 +389,15 @@ pub trait Provider: Send + Sync + 'static {
         }
         Ok(())
     }
+    /// The deadline this provider puts on each of its own writes, if it has one: past it,
+    /// [`publish_outgoing`](Provider::publish_outgoing) and
+    /// [`publish_batch`](Provider::publish_batch) answer a [`ProviderError::Timeout`] naming
+    /// the provider and this duration (and its health and counters see it). The composite arms
+    /// no timer of its own around a provider bounded at least as tightly as its own deadline:
+    /// one deadline per write instead of two nested ones.
+    fn publish_deadline(&self) -> Option<Duration> {
+        None
+    }
     /// The provider's messages, in order.
     async fn subscribe(&self) -> Result<MessageStream, ProviderError>;
     fn stats(&self) -> Stats;
@@ -390,6 +406,11 @@ pub trait Provider: Send + Sync + 'static {
     /// connecting); `None`: no limit known (memory, or not connected yet).
     fn message_limit(&self) -> Option<MessageLimit> {
         None
+    }
+    /// The bytes of [`Provider::message_limit`] alone: what the composite checks on every
+    /// publish, so the adapters answer it without building the setting's text.
+    fn message_limit_bytes(&self) -> Option<u64> {
+        self.message_limit().map(|l| l.bytes)
     }
     /// What `msg` weighs against [`Provider::message_limit`]: its wire JSON (`wire_len` bytes,
     /// computed once by the caller) plus whatever else the broker counts (headers, key, framing).

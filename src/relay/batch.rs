@@ -134,7 +134,7 @@ pub(super) async fn ingest_batch(
     let composite = relay.composite();
     let msgs = match parse(&body, ndjson, relay.max_batch_messages()).and_then(|msgs| {
         for (i, msg) in msgs.iter().enumerate() {
-            composite.check_size(msg).map_err(|e| Refusal {
+            composite.check_size(&msg.outgoing()).map_err(|e| Refusal {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 index: Some(i),
                 message: format!("[{i}]: {e}; nothing of the batch was written"),

@@ -14,7 +14,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::metrics::{self, IngestMetrics};
@@ -34,6 +34,19 @@ pub(super) struct IngestRequest {
     /// Optional client-chosen id: a retry with the same id is de-duplicated by the brokers.
     #[serde(default)]
     id: Option<String>,
+}
+
+/// The body of a 202 (serialised straight from borrowed fields: this is the hot path).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AcceptedBody<'a> {
+    message_id: &'a str,
+    status: &'static str,
+    strategy: crate::composite::Strategy,
+    acceptance: crate::composite::Acceptance,
+    providers: &'a [String],
+    deferred_providers: &'a [String],
+    failed_providers: Vec<&'a str>,
 }
 
 /// Which endpoints a listener serves.
@@ -133,9 +146,12 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
         Err((status, message)) => return error(status, message),
     };
     let m = &relay.metrics;
+    // The digest is computed once, for the window and every provider (the wire form too,
+    // inside the write's task).
+    let digest = msg.content_digest();
     // Decided before any write: a retry of an accepted message is not written again, and an id
     // reused for other content is refused (see `relay::window`).
-    let claim = match relay.window.check(&msg.id, msg.content_digest()).await {
+    let claim = match relay.window.check(&msg.id, digest).await {
         Verdict::Fresh(claim) => claim,
         Verdict::Duplicate => {
             IngestMetrics::count(&m.duplicate);
@@ -176,15 +192,16 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
     // must not cut between a broker's acknowledgement and what has to follow it.
     let write = tokio::spawn(async move {
         let m = &relay.metrics;
+        let out = msg.outgoing_with_digest(digest);
         let mut composite = relay.composite();
-        let mut outcome = composite.publish_detailed(&msg).await;
+        let mut outcome = composite.publish_outgoing_detailed(&out).await;
         if matches!(outcome, Err(PublishError::Closed)) {
-            // The provider list was swapped while this request held the old composite: retry once
-            // on the one in force now.
+            // The provider list was swapped while this request held the old composite: retry
+            // once on the one in force now.
             let current = relay.composite();
             if !Arc::ptr_eq(&current, &composite) {
                 composite = current;
-                outcome = composite.publish_detailed(&msg).await;
+                outcome = composite.publish_outgoing_detailed(&out).await;
             }
         }
         match outcome {
@@ -195,15 +212,15 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
                 let failed: Vec<&str> = report.failed.iter().map(|e| e.provider()).collect();
                 (
                     StatusCode::ACCEPTED,
-                    Json(json!({
-                        "messageId": msg.id,
-                        "status": "accepted",
-                        "strategy": composite.strategy(),
-                        "acceptance": composite.acceptance(),
-                        "providers": report.accepted,
-                        "deferredProviders": report.deferred,
-                        "failedProviders": failed,
-                    })),
+                    Json(AcceptedBody {
+                        message_id: &msg.id,
+                        status: "accepted",
+                        strategy: composite.strategy(),
+                        acceptance: composite.acceptance(),
+                        providers: &report.accepted,
+                        deferred_providers: &report.deferred,
+                        failed_providers: failed,
+                    }),
                 )
                     .into_response()
             }

@@ -68,12 +68,12 @@ pub struct DuplicateWindow {
 
 #[derive(Debug, Default)]
 struct State {
-    seen: HashMap<String, Seen>,
+    seen: HashMap<Arc<str>, Seen>,
     /// Recorded ids, oldest first. An id recorded again (an attempt, then its retry) also keeps
     /// its older entry, which is skipped when pruned (its instant no longer matches).
-    order: VecDeque<(String, Instant)>,
+    order: VecDeque<(Arc<str>, Instant)>,
     /// Ids being published now; a waiter's receiver sees the sender dropped when the publish ends.
-    pending: HashMap<String, watch::Receiver<()>>,
+    pending: HashMap<Arc<str>, watch::Receiver<()>>,
 }
 
 impl State {
@@ -83,25 +83,25 @@ impl State {
             if now.duration_since(*at) < max_age && self.seen.len() <= max_ids {
                 break;
             }
-            if self.seen.get(id).is_some_and(|s| s.at == *at) {
-                self.seen.remove(id);
+            if self.seen.get(&**id).is_some_and(|s| s.at == *at) {
+                self.seen.remove(&**id);
             }
             self.order.pop_front();
         }
     }
 
-    fn record(&mut self, id: &str, digest: ContentDigest, accepted: bool) {
+    fn record(&mut self, id: &Arc<str>, digest: ContentDigest, accepted: bool) {
         let at = Instant::now();
-        self.pending.remove(id);
+        self.pending.remove(&**id);
         self.seen.insert(
-            id.to_string(),
+            id.clone(),
             Seen {
                 digest,
                 accepted,
                 at,
             },
         );
-        self.order.push_back((id.to_string(), at));
+        self.order.push_back((id.clone(), at));
     }
 }
 
@@ -134,10 +134,12 @@ impl DuplicateWindow {
                     // New, or attempted with this content: (re)write it.
                     _ => {
                         let (tx, rx) = watch::channel(());
-                        state.pending.insert(id.to_string(), rx);
+                        // One copy of the id, shared by the maps and the claim.
+                        let id: Arc<str> = Arc::from(id);
+                        state.pending.insert(id.clone(), rx);
                         return Verdict::Fresh(Claim {
                             state: self.state.clone(),
-                            id: id.to_string(),
+                            id,
                             digest,
                             outcome: ClaimOutcome::Attempted,
                             _publishing: tx,
@@ -178,7 +180,7 @@ impl Default for DuplicateWindow {
 #[derive(Debug)]
 pub struct Claim {
     state: Arc<Mutex<State>>,
-    id: String,
+    id: Arc<str>,
     digest: ContentDigest,
     outcome: ClaimOutcome,
     /// Dropped with the claim, after `pending` no longer names the id: wakes the waiters.
@@ -216,7 +218,7 @@ impl Drop for Claim {
             ClaimOutcome::Accepted => state.record(&self.id, self.digest, true),
             ClaimOutcome::Attempted => state.record(&self.id, self.digest, false),
             ClaimOutcome::NothingWritten => {
-                state.pending.remove(&self.id);
+                state.pending.remove(&*self.id);
             }
         }
     }

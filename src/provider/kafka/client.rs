@@ -299,13 +299,17 @@ impl ProducerSlot {
             .clone()
     }
 
+    /// The producer in force. Clones the handle alone (an `Arc`): it is taken on every publish,
+    /// and cloning the whole [`Clients`] copied both configurations' maps each time.
     pub(super) fn get(&self) -> Option<KafkaProducer> {
-        self.read().map(|c| c.producer)
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().map(|c| c.producer.clone())
     }
 
     /// The configuration a subscription's consumer is made from.
     pub(super) fn consumer_config(&self) -> Option<ClientConfig> {
-        self.read().map(|c| c.consumer_config)
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().map(|c| c.consumer_config.clone())
     }
 
     /// Puts `fresh` in force. A publish still running on the old producer holds its own handle

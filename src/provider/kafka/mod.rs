@@ -70,7 +70,7 @@ use super::{
     BatchError, Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
     REASON_AUTH_FAILED,
 };
-use crate::message::DataMessage;
+use crate::message::{DataMessage, Outgoing};
 
 pub use super::supervise::PROBE_INTERVAL;
 
@@ -481,7 +481,17 @@ impl Provider for KafkaProvider {
         ProviderKind::Kafka
     }
 
+    /// Every write runs under `publish_timeout` (a batch shares one), so the composite adds no
+    /// timer of its own.
+    fn publish_deadline(&self) -> Option<Duration> {
+        Some(self.publish_timeout)
+    }
+
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+        self.publish_outgoing(&msg.outgoing()).await
+    }
+
+    async fn publish_outgoing(&self, msg: &Outgoing<'_>) -> Result<(), ProviderError> {
         if let Some(refused) = self.not_writable() {
             let refused = Err(refused);
             self.shared.counters.record(&refused);
@@ -535,6 +545,15 @@ impl Provider for KafkaProvider {
 
     /// The smaller of the topic's `max.message.bytes` (read with the admin client once the
     /// topic exists) and the producer's `message.max.bytes`.
+    fn message_limit_bytes(&self) -> Option<u64> {
+        let topic = self.shared.topic_max_bytes.load(Ordering::Acquire);
+        Some(if topic != 0 && topic < self.producer_max_bytes {
+            topic
+        } else {
+            self.producer_max_bytes
+        })
+    }
+
     fn message_limit(&self) -> Option<MessageLimit> {
         let topic = self.shared.topic_max_bytes.load(Ordering::Acquire);
         Some(if topic != 0 && topic < self.producer_max_bytes {

@@ -11,7 +11,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 use super::{KafkaProvider, HEADER_MESSAGE_ID, HEADER_SOURCE};
-use crate::message::{DataMessage, DIGEST_HEADER};
+use crate::message::{DataMessage, Outgoing, DIGEST_HEADER};
 use crate::provider::ProviderError;
 
 impl KafkaProvider {
@@ -23,13 +23,11 @@ impl KafkaProvider {
     }
 
     /// Writes one record and awaits its delivery report (the caller applies the deadline).
-    pub(super) async fn send(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+    pub(super) async fn send(&self, msg: &Outgoing<'_>) -> Result<(), ProviderError> {
         let Some(producer) = self.producer.get() else {
             return Err(self.unavailable(self.shared.health.get().message));
         };
-        let payload = msg.to_wire();
-        let digest = msg.content_digest().to_string();
-        let record = self.record(msg, &payload, &digest);
+        let record = self.record(msg.message(), msg.wire(), msg.digest_text());
         // The queue timeout only matters when librdkafka's local queue is full; the delivery
         // itself is bounded by message.timeout.ms and, around both, by the caller's deadline.
         match producer
@@ -57,9 +55,8 @@ impl KafkaProvider {
         let mut reports = Vec::with_capacity(msgs.len());
         let mut refused = None;
         for msg in msgs {
-            let payload = msg.to_wire();
-            let digest = msg.content_digest().to_string();
-            match producer.send_result(self.record(msg, &payload, &digest)) {
+            let msg = msg.outgoing();
+            match producer.send_result(self.record(msg.message(), msg.wire(), msg.digest_text())) {
                 Ok(report) => reports.push(report),
                 // Nothing after a refused enqueue is sent, so nothing overtakes it.
                 Err((e, _)) => {

@@ -74,7 +74,7 @@ use super::{
     BatchError, Health, MessageLimit, MessageStream, Provider, ProviderError, ProviderKind, Stats,
     REASON_AUTH_FAILED,
 };
-use crate::message::DataMessage;
+use crate::message::{DataMessage, Outgoing};
 
 pub use super::supervise::PROBE_INTERVAL;
 
@@ -401,7 +401,17 @@ impl Provider for NatsProvider {
         ProviderKind::Nats
     }
 
+    /// Every write runs under `publish_timeout` (a batch shares one), so the composite adds no
+    /// timer of its own.
+    fn publish_deadline(&self) -> Option<Duration> {
+        Some(self.publish_timeout)
+    }
+
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+        self.publish_outgoing(&msg.outgoing()).await
+    }
+
+    async fn publish_outgoing(&self, msg: &Outgoing<'_>) -> Result<(), ProviderError> {
         let outcome = if self.shared.health.is_closed() {
             Err(self.closed_error())
         } else if self.conn.get().is_none() {
@@ -469,12 +479,17 @@ impl Provider for NatsProvider {
 
     /// The server's `max_payload` (from its INFO), once connected.
     fn message_limit(&self) -> Option<MessageLimit> {
-        let conn = self.conn.get()?;
-        let max = conn.client.server_info().max_payload;
-        (max > 0).then(|| MessageLimit {
-            bytes: max as u64,
+        self.message_limit_bytes().map(|bytes| MessageLimit {
+            bytes,
             setting: format!("max_payload of the NATS server at {}", self.shared.url),
         })
+    }
+
+    /// The client's copy of the server's `max_payload` (an atomic read; `server_info()` would
+    /// clone the whole INFO on every publish).
+    fn message_limit_bytes(&self) -> Option<u64> {
+        let max = self.conn.get()?.client.max_payload();
+        (max > 0).then_some(max as u64)
     }
 
     /// The payload and the headers block (`NATS/1.0`, `Nats-Msg-Id: <id>`): the server counts

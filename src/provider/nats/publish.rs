@@ -9,12 +9,11 @@ use std::sync::Arc;
 
 use async_nats::connection::State;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::HeaderMap;
-use bytes::Bytes;
+use async_nats::{HeaderMap, HeaderName};
 
 use super::connection::Conn;
 use super::{NatsProvider, MSG_ID_HEADER, RECONNECT_GRACE};
-use crate::message::{DataMessage, DIGEST_HEADER};
+use crate::message::{DataMessage, Outgoing, DIGEST_HEADER};
 use crate::provider::ProviderError;
 
 impl NatsProvider {
@@ -68,17 +67,13 @@ impl NatsProvider {
     }
 
     /// Publish and PubAck, without the overall deadline (the caller applies it).
-    pub(super) async fn publish_acked(&self, msg: &DataMessage) -> Result<(), ProviderError> {
+    pub(super) async fn publish_acked(&self, msg: &Outgoing<'_>) -> Result<(), ProviderError> {
         let conn = self.connection().await?;
         self.ensure_stream(&conn).await?;
         let ack = conn
             .setup
             .js
-            .publish_with_headers(
-                self.subject.clone(),
-                headers(msg),
-                Bytes::from(msg.to_wire()),
-            )
+            .publish_with_headers(self.subject.clone(), headers(msg), msg.wire().clone())
             .await
             .map_err(|e| self.publish_error(e))?
             .await
@@ -107,6 +102,7 @@ impl NatsProvider {
         let mut acks = Vec::with_capacity(msgs.len());
         let mut stopped = None;
         for msg in msgs {
+            let msg = msg.outgoing();
             if conn.client.connection_state() != State::Connected {
                 stopped = Some(self.not_connected());
                 break;
@@ -114,11 +110,7 @@ impl NatsProvider {
             match conn
                 .setup
                 .js
-                .publish_with_headers(
-                    self.subject.clone(),
-                    headers(msg),
-                    Bytes::from(msg.to_wire()),
-                )
+                .publish_with_headers(self.subject.clone(), headers(&msg), msg.wire().clone())
                 .await
             {
                 Ok(ack) => acks.push(ack),
@@ -178,9 +170,12 @@ impl NatsProvider {
 
 /// The headers of `msg` on the stream: `Nats-Msg-Id` (JetStream de-duplicates retries by it) and
 /// `Dualwrite-Digest` (its content digest, which `verify` compares across brokers).
-fn headers(msg: &DataMessage) -> HeaderMap {
+fn headers(msg: &Outgoing<'_>) -> HeaderMap {
+    // Names built once (not parsed and checked on every publish).
+    const MSG_ID: HeaderName = HeaderName::from_static(MSG_ID_HEADER);
+    const DIGEST: HeaderName = HeaderName::from_static(DIGEST_HEADER);
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID_HEADER, msg.id.as_str());
-    headers.insert(DIGEST_HEADER, msg.content_digest().to_string());
+    headers.insert(MSG_ID, msg.id.as_str());
+    headers.insert(DIGEST, msg.digest_text());
     headers
 }
