@@ -155,7 +155,29 @@ impl Breaker {
             return Admit::Probe(Probe(self));
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
-        Admit::Refuse(ProviderError::Unavailable {
+        Admit::Refuse(self.refusal(o))
+    }
+
+    /// The refusal a write would get now (open, and no probe due), without taking a probe
+    /// slot: lets FailFast refuse a message before any provider is written, instead of writing
+    /// the healthy ones and then answering 503 for a message they hold.
+    pub(super) fn refusal_now(&self, health: impl FnOnce() -> Health) -> Option<ProviderError> {
+        let now = Instant::now();
+        self.look_at_health(now, health);
+        if !self.open.load(Ordering::Acquire) {
+            return None;
+        }
+        let opened = self.lock();
+        let o = opened.as_ref()?;
+        if !o.probing && now >= o.next_probe {
+            return None;
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Some(self.refusal(o))
+    }
+
+    fn refusal(&self, o: &Opened) -> ProviderError {
+        ProviderError::Unavailable {
             provider: self.provider.clone(),
             reason: format!(
                 "circuit breaker open since {} ({}); not written. One probe write a second \
@@ -163,7 +185,7 @@ impl Breaker {
                 o.since.to_rfc3339_opts(SecondsFormat::Millis, true),
                 o.reason
             ),
-        })
+        }
     }
 
     fn look_at_health(&self, now: Instant, health: impl FnOnce() -> Health) {

@@ -286,3 +286,29 @@ async fn best_effort_defers_to_the_backlog_at_once_while_open() {
     assert_eq!(report.failed.len(), 1);
     assert!(inner.started().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_writes_no_provider_while_another_is_known_down() {
+    let down = FakeProvider::named("down").arc();
+    let good = FakeProvider::named("good").arc();
+    let c = super::tests::composite(vec![down.clone(), good.clone()], Strategy::FailFast);
+    open_with_failures(&c, &down).await;
+    let before = good.started().len();
+    // Inside the probe interval: refused before any write, single and batch alike.
+    let e = c.publish_detailed(&numbered(10)).await.unwrap_err();
+    assert!(breaker_refused(&e), "{e}");
+    assert_eq!(e.failed_providers(), ["down"]);
+    let batch: Vec<_> = (20..25).map(numbered).collect();
+    for r in c.publish_batch_detailed(&batch).await {
+        assert!(breaker_refused(&r.unwrap_err()));
+    }
+    assert_eq!(
+        good.started().len(),
+        before,
+        "the healthy provider was written for a message answered 503"
+    );
+    // A probe is due: the message is written (the probe goes to the provider that is down).
+    tokio::time::advance(BREAKER_PROBE_INTERVAL).await;
+    let _ = c.publish_detailed(&numbered(30)).await;
+    assert_eq!(down.started().len(), FAILURES_TO_OPEN as usize + 1);
+}

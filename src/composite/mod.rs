@@ -399,6 +399,12 @@ impl Composite {
         }
         self.check_size(msg)?;
         let strategy = self.strategy();
+        if strategy == Strategy::FailFast {
+            // A provider known down fails the message before any provider is written.
+            if let Some(e) = self.refused_by_a_breaker() {
+                return Err(PublishError::Failed(e));
+            }
+        }
         let mut writes: FuturesUnordered<_> = self
             .lanes
             .iter()
@@ -480,6 +486,13 @@ impl Composite {
         self.publish_batch_fitting(msgs).await
     }
 
+    /// The refusal of the first provider whose breaker is open with no probe due.
+    fn refused_by_a_breaker(&self) -> Option<ProviderError> {
+        self.lanes
+            .iter()
+            .find_map(|l| l.breaker.refusal_now(|| l.provider.health()))
+    }
+
     async fn publish_batch_fitting(
         &self,
         msgs: &[DataMessage],
@@ -488,6 +501,15 @@ impl Composite {
             return Vec::new();
         }
         let strategy = self.strategy();
+        if strategy == Strategy::FailFast {
+            // A provider known down fails the batch before any provider is written.
+            if let Some(e) = self.refused_by_a_breaker() {
+                return msgs
+                    .iter()
+                    .map(|_| Err(PublishError::Failed(e.clone())))
+                    .collect();
+            }
+        }
         let per_lane = futures::future::join_all(
             self.lanes
                 .iter()
