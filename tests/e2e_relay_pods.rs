@@ -311,7 +311,10 @@ fn relay_reports(env: &KubeEnv, ns: &str, pipeline: &str, pod: &str, backlog: u6
         "reportedAt": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         "strategy": "BestEffort",
         "generation": 2,
-        "providers": [{"name": "a", "healthy": backlog == 0, "backlog": backlog}]
+        "providers": [
+            {"name": "a", "healthy": backlog == 0, "backlog": backlog},
+            {"name": "b", "healthy": true, "backlog": 0}
+        ]
     });
     let patch = serde_json::json!({"data": {pod: report.to_string()}});
     kubectl_ok(
@@ -394,7 +397,7 @@ async fn scale_down_waits_until_the_removed_relay_has_replayed_its_backlog() {
     let mut operator = start_operator(&env, &dir.path().join("first"), &args);
     let manifest = |replicas: i32| {
         format!(
-            "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  strategy: BestEffort\n  providers: [{{name: a, type: memory}}]\n  relay: {{replicas: {replicas}}}\n"
+            "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  strategy: BestEffort\n  providers: [{{name: a, type: memory}}, {{name: b, type: memory}}]\n  relay: {{replicas: {replicas}}}\n"
         )
     };
     kubectl_ok(&env, &["apply", "-f", "-"], Some(&manifest(2)));
@@ -409,7 +412,8 @@ async fn scale_down_waits_until_the_removed_relay_has_replayed_its_backlog() {
         },
     )
     .await;
-    // Both relays report; relay 1 holds a backlog for a provider that is down. Its claim exists,
+    // Both relays report; relay 1 holds a backlog for a provider that is down (b stays up, so
+    // BestEffort still takes messages: the pipeline is draining, not Stalled). Its claim exists,
     // as the StatefulSet controller would have made it.
     relay_reports(&env, &ns, name, "drain-relay-0", 0);
     relay_reports(&env, &ns, name, "drain-relay-1", 5);
