@@ -236,10 +236,6 @@ pub struct RelayCount {
     pub started_at: Option<Time>,
     /// Messages it had accepted at its last report.
     pub accepted: u64,
-    /// Its report is gone and `accepted` was moved into `publishedRetired`; kept (the newest
-    /// few) so that a report of this incarnation that comes back is not counted twice.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub retired: bool,
 }
 
 /// One relay pod's numbers, written by the relay itself.

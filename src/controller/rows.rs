@@ -229,42 +229,23 @@ fn accepted_of(report: &RelayReport) -> u64 {
     })
 }
 
-/// How many retired incarnations `status.publishedByRelay` keeps (the newest).
-pub const RETIRED_KEPT: usize = 16;
-
 /// Messages accepted over every relay and across restarts, counted once each. Each relay
 /// incarnation (pod name and `startedAt`) counts from zero; the operator keeps the last count
 /// it saw of each (`by_relay`). When a pod's `startedAt` changes (it restarted) or its report
-/// is gone (scaled away, pruned), its last count moves into `retired` and its entry stays,
-/// marked retired: if a report of that incarnation comes back (a relay cut off from the API
-/// server for long), its count moves out of `retired` again instead of being counted twice.
-/// The total is `retired` plus what the live incarnations report, so it never goes backwards:
-/// a restart loses at most what the old incarnation accepted after its last report.
+/// is gone (scaled away, pruned), its last count moves into `retired`. The total is `retired`
+/// plus what the running incarnations report, so it never goes backwards: a restart loses at
+/// most what the old incarnation accepted after its last report.
 pub fn published(prev_retired: u64, prev: &[RelayCount], reports: &[RelayReport]) -> Published {
-    let reports_of = |c: &RelayCount| {
-        reports
-            .iter()
-            .any(|r| r.name == c.name && r.started_at == c.started_at)
-    };
     let mut retired = prev_retired;
-    let mut kept: Vec<RelayCount> = Vec::new();
     for old in prev {
-        match (old.retired, reports_of(old)) {
-            // Gone now: its count joins `retired`.
-            (false, false) => {
-                retired += old.accepted;
-                kept.push(RelayCount {
-                    retired: true,
-                    ..old.clone()
-                });
-            }
-            // Back: its count leaves `retired` (it is counted live below).
-            (true, true) => retired = retired.saturating_sub(old.accepted),
-            (true, false) => kept.push(old.clone()),
-            (false, true) => {}
+        let same = reports
+            .iter()
+            .any(|r| r.name == old.name && r.started_at == old.started_at);
+        if !same {
+            retired += old.accepted;
         }
     }
-    let live: Vec<RelayCount> = reports
+    let by_relay: Vec<RelayCount> = reports
         .iter()
         .map(|r| {
             let now = accepted_of(r);
@@ -278,20 +259,11 @@ pub fn published(prev_retired: u64, prev: &[RelayCount], reports: &[RelayReport]
                 name: r.name.clone(),
                 started_at: r.started_at.clone(),
                 accepted: now.max(seen),
-                retired: false,
             }
         })
         .collect();
-    let total = retired + live.iter().map(|c| c.accepted).sum::<u64>();
-    // The newest retired entries (the latest retirements come last); older ones only stay in
-    // the `retired` sum.
-    let drop = kept.len().saturating_sub(RETIRED_KEPT);
-    let by_relay = live
-        .into_iter()
-        .chain(kept.into_iter().skip(drop))
-        .collect();
     Published {
-        total,
+        total: retired + by_relay.iter().map(|c| c.accepted).sum::<u64>(),
         retired,
         by_relay,
     }
