@@ -334,6 +334,7 @@ async fn start_verify_job(
     let name = resources::verify_request_job_name(&p.name_any(), request);
     let job = resources::verify_job(p, &ctx.settings.relay_image, &name);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.metrics.wrote();
     let refused = match jobs.create(&PostParams::default(), &job).await {
         Ok(_) => None,
         Err(kube::Error::Api(e)) if e.code == 409 => None,
