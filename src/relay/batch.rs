@@ -155,10 +155,10 @@ pub(super) async fn ingest_batch(
     IngestMetrics::count(&m.batches);
     m.batch_messages
         .fetch_add(msgs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    // The write and its bookkeeping run in a task of their own: a request dropped on its
+    // The write and its bookkeeping run detached from the request: a request dropped on its
     // timeout or by the client must not cut between the brokers' acknowledgements and the
     // backlog appends, window records and counters that follow them.
-    let task = tokio::spawn({
+    let task = super::detach::run_detached({
         let relay = Arc::clone(&relay);
         async move {
             let rows = write(&relay, composite, msgs).await;
@@ -187,7 +187,7 @@ pub(super) async fn ingest_batch(
         Err(e) => {
             return super::http::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the batch's write task failed: {e}"),
+                format!("the batch's write failed: {e}"),
             )
         }
     };

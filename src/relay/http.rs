@@ -188,9 +188,9 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
         }
     };
     // The write and its bookkeeping (the strategy's backlog appends, the window's claim, the
-    // counters) run in a task of their own: a request dropped on its timeout or by the client
-    // must not cut between a broker's acknowledgement and what has to follow it.
-    let write = tokio::spawn(async move {
+    // counters) run detached from the request: a request dropped on its timeout or by the
+    // client must not cut between a broker's acknowledgement and what has to follow it.
+    let write = super::detach::run_detached(async move {
         let m = &relay.metrics;
         let out = msg.outgoing_with_digest(digest);
         let mut composite = relay.composite();
@@ -260,7 +260,7 @@ async fn ingest(State(relay): State<Arc<Relay>>, body: Result<Bytes, BytesReject
     write.await.unwrap_or_else(|e| {
         error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the write's task failed: {e}"),
+            format!("the write failed: {e}"),
         )
     })
 }

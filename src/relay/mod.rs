@@ -23,6 +23,7 @@ use crate::provider::{Provider, ProviderError};
 mod batch;
 pub mod cluster;
 pub mod config;
+mod detach;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -17,23 +17,32 @@
 //! (`max_ids`, oldest first), and it is per relay process: a retry that reaches another replica
 //! falls back to the brokers' own de-duplication (JetStream's duplicate window, Kafka's key).
 //!
+//! Memory: the window keeps no id, only a 128-bit [`Key`] of it (SipHash-1-3 under two random
+//! keys of this process), so an entry costs the same whatever the id's length (see
+//! [`DEFAULT_DUPLICATE_WINDOW_IDS`]) and a request allocates nothing here. Two ids with one key
+//! would be taken for one id; among 100,000 ids the odds of any such pair are about 10⁻²⁹, and
+//! the keys are secret, so a client cannot make one on purpose.
+//!
 //! A std `Mutex` guards the maps: it is held for a few map operations, never across an await,
 //! and ingest handlers on every worker thread take it (an async mutex would only add cost).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::message::ContentDigest;
 
 /// How long an accepted id is remembered by default: JetStream's default duplicate window.
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// How many accepted ids are remembered at most by default. An entry costs about 200 bytes
-/// (the id, up to 128, its digest and the map and queue slots), so this caps the window near
-/// 20 MiB; at more than about 830 messages a second the count, not the age, bounds the window.
+/// How many accepted ids are remembered at most by default. An id costs about 130 bytes
+/// whatever its length (its 64-byte record, and a 24-byte slot of an index sized for twice the
+/// count), so this caps the window near 13 MiB; at more than about 830 messages a second the
+/// count, not the age, bounds the window.
 pub const DEFAULT_DUPLICATE_WINDOW_IDS: usize = 100_000;
 
 /// What the window says of a request for `id` with some content.
@@ -48,60 +57,150 @@ pub enum Verdict {
     Conflict { accepted: bool },
 }
 
-/// What the window remembers of an id.
+/// An id as the window keys it: 128 bits of keyed hashes of it (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key([u64; 2]);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a keyed hash: the maps use its bits as they are (see `KeyHasher`).
+        state.write_u64(self.0[0]);
+    }
+}
+
+/// The maps' hasher: a [`Key`] is already uniformly random, so hashing it again would only cost.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `Key::hash` feeds this hasher, through `write_u64`; kept correct for any input.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+type KeySet = HashSet<Key, BuildHasherDefault<KeyHasher>>;
+
+/// What the window remembers of a recorded id.
 #[derive(Debug)]
 struct Seen {
+    key: Key,
     digest: ContentDigest,
     /// A publish of it was accepted (else only attempted).
     accepted: bool,
-    /// When it was recorded; its entry in `State::order` has the same instant.
-    at: Instant,
+    /// When it was recorded (nanoseconds since the window's `origin`: 8 bytes, not an
+    /// `Instant`'s 16).
+    at: u64,
 }
 
 /// Recently accepted ids and their content digests; see the module doc.
 #[derive(Debug)]
 pub struct DuplicateWindow {
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
+    /// The two random keys of this window's id hashes.
+    keys: [RandomState; 2],
     max_age: Duration,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// What `Seen::at` counts from.
+    origin: Instant,
+    /// Woken whenever a claim ends: requests waiting for an id in flight look again.
+    released: Notify,
+}
+
+/// The records in the order they were made (a ring), and an index from each id to its latest
+/// record. The records live once, in the ring; the index holds a key and a sequence number per
+/// id, so the hash table, which a window that keeps forgetting and learning ids needs with
+/// twice its count of slots, stays small.
+#[derive(Debug)]
+struct State {
+    /// Records, oldest first; `ring[i]` has the sequence number `first + i`. An id recorded
+    /// again (an attempt, then its retry) keeps its older record too, which the index no longer
+    /// names and which is dropped when it comes to the front.
+    ring: VecDeque<Seen>,
+    /// The sequence number of `ring[0]`.
+    first: u64,
+    /// Each remembered id's latest record.
+    index: KeyMap<u64>,
+    /// Ids being published now.
+    pending: KeySet,
+    /// `DuplicateWindow::max_age` in nanoseconds.
+    max_age: u64,
+    /// At most this many records (so at most this many ids) are kept.
     max_ids: usize,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    seen: HashMap<Arc<str>, Seen>,
-    /// Recorded ids, oldest first. An id recorded again (an attempt, then its retry) also keeps
-    /// its older entry, which is skipped when pruned (its instant no longer matches).
-    order: VecDeque<(Arc<str>, Instant)>,
-    /// Ids being published now; a waiter's receiver sees the sender dropped when the publish ends.
-    pending: HashMap<Arc<str>, watch::Receiver<()>>,
+impl Shared {
+    /// Now, as `Seen::at` counts.
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 impl State {
-    /// Forgets ids older than `max_age`, and the oldest past `max_ids`.
-    fn prune(&mut self, now: Instant, max_age: Duration, max_ids: usize) {
-        while let Some((id, at)) = self.order.front() {
-            if now.duration_since(*at) < max_age && self.seen.len() <= max_ids {
-                break;
-            }
-            if self.seen.get(&**id).is_some_and(|s| s.at == *at) {
-                self.seen.remove(&**id);
-            }
-            self.order.pop_front();
+    fn new(max_age: Duration, max_ids: usize) -> Self {
+        // Sized for the whole window at once: no table is rebuilt (and held twice) as the
+        // window fills, and pages no entry has touched yet take no memory. A table that keeps
+        // losing and gaining entries needs twice its count of slots, or it grows anyway.
+        Self {
+            ring: VecDeque::with_capacity(max_ids),
+            first: 0,
+            index: KeyMap::with_capacity_and_hasher(2 * max_ids + 2, Default::default()),
+            pending: KeySet::default(),
+            max_age: u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX),
+            max_ids,
         }
     }
 
-    fn record(&mut self, id: &Arc<str>, digest: ContentDigest, accepted: bool) {
-        let at = Instant::now();
-        self.pending.remove(&**id);
-        self.seen.insert(
-            id.clone(),
-            Seen {
-                digest,
-                accepted,
-                at,
-            },
-        );
-        self.order.push_back((id.clone(), at));
+    /// The latest record of `key`, if remembered.
+    fn seen(&self, key: &Key) -> Option<&Seen> {
+        let seq = *self.index.get(key)?;
+        self.ring.get(usize::try_from(seq - self.first).ok()?)
+    }
+
+    /// Forgets ids older than `max_age`, and the oldest records past `max_ids - room` (`room`
+    /// for a record about to be made).
+    fn prune(&mut self, now: u64, room: usize) {
+        while let Some(oldest) = self.ring.front() {
+            if now.saturating_sub(oldest.at) < self.max_age
+                && self.ring.len() + room <= self.max_ids
+            {
+                break;
+            }
+            if self.index.get(&oldest.key) == Some(&self.first) {
+                self.index.remove(&oldest.key);
+            }
+            self.ring.pop_front();
+            self.first += 1;
+        }
+    }
+
+    fn record(&mut self, key: Key, digest: ContentDigest, accepted: bool, at: u64) {
+        self.pending.remove(&key);
+        // The ring never outgrows the capacity it was given.
+        self.prune(at, 1);
+        let seq = self.first + self.ring.len() as u64;
+        self.ring.push_back(Seen {
+            key,
+            digest,
+            accepted,
+            at,
+        });
+        self.index.insert(key, seq);
     }
 }
 
@@ -109,46 +208,57 @@ impl DuplicateWindow {
     /// A window remembering each accepted id for `max_age`, and at most `max_ids` of them
     /// (at least one).
     pub fn new(max_age: Duration, max_ids: usize) -> Self {
+        let max_ids = max_ids.max(1);
         Self {
-            state: Default::default(),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::new(max_age, max_ids)),
+                origin: Instant::now(),
+                released: Notify::new(),
+            }),
+            keys: [RandomState::new(), RandomState::new()],
             max_age,
-            max_ids: max_ids.max(1),
         }
+    }
+
+    fn key(&self, id: &str) -> Key {
+        Key([self.keys[0].hash_one(id), self.keys[1].hash_one(id)])
     }
 
     /// Decides a request for `id` with content `digest`; waits while another request for the
     /// same id is being published.
     pub async fn check(&self, id: &str, digest: ContentDigest) -> Verdict {
+        let key = self.key(id);
         loop {
-            let mut publishing = {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                state.prune(Instant::now(), self.max_age, self.max_ids);
-                match (state.pending.get(id), state.seen.get(id)) {
-                    (Some(publishing), _) => publishing.clone(),
-                    (None, Some(seen)) if seen.digest != digest => {
-                        return Verdict::Conflict {
-                            accepted: seen.accepted,
+            // Created under the lock, before the claim in flight can end: a release after the
+            // lock is dropped wakes it (a `Notified` receives `notify_waiters` from its creation).
+            let released = {
+                let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                state.prune(self.shared.now(), 0);
+                if state.pending.contains(&key) {
+                    self.shared.released.notified()
+                } else {
+                    match state.seen(&key) {
+                        Some(seen) if seen.digest != digest => {
+                            return Verdict::Conflict {
+                                accepted: seen.accepted,
+                            }
                         }
-                    }
-                    (None, Some(seen)) if seen.accepted => return Verdict::Duplicate,
-                    // New, or attempted with this content: (re)write it.
-                    _ => {
-                        let (tx, rx) = watch::channel(());
-                        // One copy of the id, shared by the maps and the claim.
-                        let id: Arc<str> = Arc::from(id);
-                        state.pending.insert(id.clone(), rx);
-                        return Verdict::Fresh(Claim {
-                            state: self.state.clone(),
-                            id,
-                            digest,
-                            outcome: ClaimOutcome::Attempted,
-                            _publishing: tx,
-                        });
+                        Some(seen) if seen.accepted => return Verdict::Duplicate,
+                        // New, or attempted with this content: (re)write it.
+                        _ => {
+                            state.pending.insert(key);
+                            return Verdict::Fresh(Claim {
+                                shared: self.shared.clone(),
+                                key,
+                                digest,
+                                outcome: ClaimOutcome::Attempted,
+                            });
+                        }
                     }
                 }
             };
-            // Nothing is ever sent: this returns when the claim is dropped, accepted or not.
-            let _ = publishing.changed().await;
+            // Any claim's end wakes this; the loop looks again at this id.
+            released.await;
         }
     }
 
@@ -159,8 +269,8 @@ impl DuplicateWindow {
 
     /// Ids remembered now (accepted or attempted).
     pub fn len(&self) -> usize {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.seen.len()
+        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -179,12 +289,10 @@ impl Default for DuplicateWindow {
 /// for it go on.
 #[derive(Debug)]
 pub struct Claim {
-    state: Arc<Mutex<State>>,
-    id: Arc<str>,
+    shared: Arc<Shared>,
+    key: Key,
     digest: ContentDigest,
     outcome: ClaimOutcome,
-    /// Dropped with the claim, after `pending` no longer names the id: wakes the waiters.
-    _publishing: watch::Sender<()>,
 }
 
 /// What a claim's publish did, as the window records it when the claim is dropped.
@@ -213,14 +321,20 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match self.outcome {
-            ClaimOutcome::Accepted => state.record(&self.id, self.digest, true),
-            ClaimOutcome::Attempted => state.record(&self.id, self.digest, false),
-            ClaimOutcome::NothingWritten => {
-                state.pending.remove(&*self.id);
+        {
+            let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            // Taken under the lock: the ring stays sorted by time.
+            let at = self.shared.now();
+            match self.outcome {
+                ClaimOutcome::Accepted => state.record(self.key, self.digest, true, at),
+                ClaimOutcome::Attempted => state.record(self.key, self.digest, false, at),
+                ClaimOutcome::NothingWritten => {
+                    state.pending.remove(&self.key);
+                }
             }
         }
+        // After `pending` no longer names the id. Cheap when nobody waits (an atomic load).
+        self.shared.released.notify_waiters();
     }
 }
 
@@ -259,6 +373,18 @@ mod tests {
         ));
         accept(&w, "o-2", "two").await;
         assert_eq!(w.len(), 2);
+    }
+
+    /// What `DEFAULT_DUPLICATE_WINDOW_IDS` (and the CRD's description) says an entry costs.
+    #[test]
+    fn an_entry_is_small_whatever_its_id() {
+        assert!(std::mem::size_of::<Seen>() <= 64);
+        assert!(std::mem::size_of::<(Key, u64)>() <= 24);
+        let w = DuplicateWindow::default();
+        // A long id and a short one are two keys of the same size; neither is kept.
+        let long = "x".repeat(128);
+        assert_ne!(w.key(&long), w.key("x"));
+        assert_eq!(w.key(&long), w.key(&long.clone()));
     }
 
     #[tokio::test]
