@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{
-    admin_token, install_crd, kube_env, kubectl, kubectl_ok, namespace, start_operator,
-    write_kubeconfig, KubeEnv, Proc, REPO,
+    admin_token, install_crd, kube_env, kubectl, kubectl_ok, namespace, operator_in_namespace,
+    write_kubeconfig, KubeEnv, OperatorInNamespace, Proc, REPO,
 };
 use common::eventually;
 use serde_json::Value;
@@ -96,23 +96,9 @@ async fn request_removed(env: &KubeEnv, ns: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_migration_driven_with_kubectl_dualwrite_only() {
     let Some(env) = kube_env() else { return };
-    install_crd(&env);
-    let ns = namespace(&env, "verbs");
-    let dir = tempfile::tempdir().unwrap();
     // A resync far beyond the test: a request is noticed through the watch on the pipeline
     // (a status change), not by a periodic reconcile.
-    let operator = start_operator(
-        &env,
-        &dir.path().join("operator"),
-        &[
-            "--namespace",
-            &ns,
-            "--resync",
-            "10m",
-            "--relay-image",
-            "example.org/dualwrite:e2e",
-        ],
-    );
+    let OperatorInNamespace { ns, dir, operator } = operator_in_namespace(&env, "verbs", "10m");
     // A person bound (in this namespace) to the chart's role for migration operators only.
     kubectl_ok(
         &env,
@@ -503,21 +489,8 @@ async fn removing_a_request_spares_one_written_meanwhile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verify_job_the_api_server_refuses_is_the_requests_outcome() {
     let Some(env) = kube_env() else { return };
-    install_crd(&env);
-    let ns = namespace(&env, "verbs-quota");
-    let dir = tempfile::tempdir().unwrap();
-    let operator = start_operator(
-        &env,
-        &dir.path().join("operator"),
-        &[
-            "--namespace",
-            &ns,
-            "--resync",
-            "10m",
-            "--relay-image",
-            "example.org/dualwrite:e2e",
-        ],
-    );
+    let OperatorInNamespace { ns, dir, operator } =
+        operator_in_namespace(&env, "verbs-quota", "10m");
     kubectl_ok(
         &env,
         &[

@@ -14,9 +14,9 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{
-    admin_client, free_port, install_crd, kube_env, kubectl, kubectl_ok, namespace,
-    relay_kubeconfig, relay_statefulset, start_operator, start_relay_from_pod_template,
-    verify_kubeconfig, KubeEnv, BIN,
+    admin_client, free_port, kube_env, kubectl, kubectl_ok, operator_in_namespace,
+    relay_kubeconfig, relay_statefulset, start_relay_from_pod_template, verify_kubeconfig, KubeEnv,
+    OperatorInNamespace, BIN,
 };
 use common::{eventually, require_env, unique};
 use dualwrite::api::DualWritePipeline;
@@ -78,21 +78,8 @@ fn pipeline(env: &KubeEnv, ns: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relays_token_cannot_steer_the_migration_but_its_report_arrives() {
     let Some(env) = kube_env() else { return };
-    install_crd(&env);
-    let ns = namespace(&env, "relay-steer");
-    let dir = tempfile::tempdir().unwrap();
-    let operator = start_operator(
-        &env,
-        &dir.path().join("operator"),
-        &[
-            "--namespace",
-            &ns,
-            "--resync",
-            "2s",
-            "--relay-image",
-            "example.org/dualwrite:e2e",
-        ],
-    );
+    let OperatorInNamespace { ns, dir, operator } =
+        operator_in_namespace(&env, "relay-steer", "2s");
     let port = free_port();
     let manifest = format!(
         "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: {NAME}, namespace: {ns}}}\nspec:\n  ingest: {{port: {port}}}\n  providers: [{{name: a, type: memory}}, {{name: b, type: memory}}]\n  migration:\n    steps:\n    - {{name: both, strategy: FailFast, gates: {{manual: true}}}}\n    - {{name: b-only, strategy: BestEffort, providers: [b], readFrom: b}}\n"
@@ -465,21 +452,8 @@ async fn dualwrite_verify_records_its_verdict_only_under_its_own_account() {
     let Some(kafka) = require_env("KAFKA_BROKERS") else {
         return;
     };
-    install_crd(&env);
-    let ns = namespace(&env, "verify-account");
-    let dir = tempfile::tempdir().unwrap();
-    let operator = start_operator(
-        &env,
-        &dir.path().join("operator"),
-        &[
-            "--namespace",
-            &ns,
-            "--resync",
-            "2s",
-            "--relay-image",
-            "example.org/dualwrite:e2e",
-        ],
-    );
+    let OperatorInNamespace { ns, dir, operator } =
+        operator_in_namespace(&env, "verify-account", "2s");
     let port = free_port();
     let subject = unique("verify").replace('-', "_");
     let topic = unique("verify");

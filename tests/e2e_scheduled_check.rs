@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{install_crd, kube_env, kubectl, kubectl_ok, namespace, start_operator};
+use common::cluster::{kube_env, kubectl, kubectl_ok, operator_in_namespace, OperatorInNamespace};
 use common::eventually;
 use serde_json::Value;
 
@@ -57,21 +57,11 @@ fn schedule_and_args(c: &Value) -> (String, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_keeps_the_scheduled_checks_cron_job_in_step_with_the_spec() {
     let Some(env) = kube_env() else { return };
-    install_crd(&env);
-    let ns = namespace(&env, "scheduled-check");
-    let dir = tempfile::tempdir().unwrap();
-    let operator = start_operator(
-        &env,
-        &dir.path().join("operator"),
-        &[
-            "--namespace",
-            &ns,
-            "--resync",
-            "60s",
-            "--relay-image",
-            "example.org/dualwrite:e2e",
-        ],
-    );
+    let OperatorInNamespace {
+        ns,
+        dir: _dir,
+        operator,
+    } = operator_in_namespace(&env, "scheduled-check", "60s");
     let log = || operator.log_text();
 
     // A schedule, a window and a settle: the CronJob runs the check with them.

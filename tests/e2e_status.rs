@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{
-    free_port, install_crd, kube_env, kubectl, kubectl_ok, namespace, relay_kubeconfig,
-    relay_statefulset, start_operator, start_relay_from_pod_template, KubeEnv,
+    free_port, kube_env, kubectl, kubectl_ok, operator_in_namespace, relay_kubeconfig,
+    relay_statefulset, start_relay_from_pod_template, KubeEnv, OperatorInNamespace,
 };
 use common::{eventually, unique};
 use serde_json::Value;
@@ -68,21 +68,8 @@ fn events(env: &KubeEnv, ns: &str, reason: &str) -> Vec<(String, String, u64)> {
 #[tokio::test]
 async fn a_provider_going_down_yields_one_warning_event_and_stalled_at_once() {
     let Some(env) = kube_env() else { return };
-    install_crd(&env);
-    let ns = namespace(&env, "status-down");
-    let dir = tempfile::tempdir().unwrap();
-    let operator = start_operator(
-        &env,
-        &dir.path().join("operator"),
-        &[
-            "--namespace",
-            &ns,
-            "--resync",
-            "2s",
-            "--relay-image",
-            "example.org/dualwrite:e2e",
-        ],
-    );
+    let OperatorInNamespace { ns, dir, operator } =
+        operator_in_namespace(&env, "status-down", "2s");
     // Nothing listens on a port just found free on the loopback: connection refused.
     let unreachable = format!("nats://127.0.0.1:{}", free_port());
     let subject = unique("status-down");
@@ -216,21 +203,8 @@ async fn post(port: u16, id: &str) -> u16 {
 async fn published_counts_accepted_messages_once_and_survives_a_relay_restart() {
     const RESTART: &str = "restart";
     let Some(env) = kube_env() else { return };
-    install_crd(&env);
-    let ns = namespace(&env, "status-published");
-    let dir = tempfile::tempdir().unwrap();
-    let operator = start_operator(
-        &env,
-        &dir.path().join("operator"),
-        &[
-            "--namespace",
-            &ns,
-            "--resync",
-            "2s",
-            "--relay-image",
-            "example.org/dualwrite:e2e",
-        ],
-    );
+    let OperatorInNamespace { ns, dir, operator } =
+        operator_in_namespace(&env, "status-published", "2s");
     let port = free_port();
     let manifest = format!(
         "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\nmetadata: {{name: {RESTART}, namespace: {ns}}}\nspec:\n  strategy: FailFast\n  ingest: {{port: {port}}}\n  providers: [{{name: a, type: memory}}, {{name: b, type: memory}}]\n"

@@ -12,8 +12,8 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{
-    can_i, helm, install_crd, kube_env, kubectl, kubectl_ok, namespace, start_operator, KubeEnv,
-    OPERATOR_USER, REPO,
+    can_i, helm, kube_env, kubectl, kubectl_ok, namespace, operator_in_namespace, KubeEnv,
+    OperatorInNamespace, OPERATOR_USER, REPO,
 };
 use common::eventually;
 use serde_json::Value;
@@ -158,21 +158,11 @@ fn migration(env: &KubeEnv, ns: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_operator_may_write_a_request_and_nothing_else() {
     let Some(env) = kube_env() else { return };
-    install_crd(&env);
-    let ns = namespace(&env, "stpolicy");
-    let dir = tempfile::tempdir().unwrap();
-    let operator = start_operator(
-        &env,
-        &dir.path().join("operator"),
-        &[
-            "--namespace",
-            &ns,
-            "--resync",
-            "10m",
-            "--relay-image",
-            "example.org/dualwrite:e2e",
-        ],
-    );
+    let OperatorInNamespace {
+        ns,
+        dir: _dir,
+        operator,
+    } = operator_in_namespace(&env, "stpolicy", "10m");
     let docs = rendered_policy(&ns, &ns);
     let _cleanup = ClusterScoped {
         env: &env,

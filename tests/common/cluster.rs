@@ -474,6 +474,37 @@ pub fn start_operator(env: &KubeEnv, dir: &Path, extra_args: &[&str]) -> Proc {
     start_operator_named(env, dir, "operator-e2e", extra_args)
 }
 
+/// What most operator tests start from: the CRD installed, a namespace of their own and an
+/// operator watching only it.
+pub struct OperatorInNamespace {
+    pub ns: String,
+    /// Holds the operator's kubeconfig and log (under `operator/`); a test may put its own files
+    /// here too. Bind it for as long as the operator runs.
+    pub dir: tempfile::TempDir,
+    pub operator: Proc,
+}
+
+/// Installs the CRD, creates a namespace named after `prefix` and starts an operator on it with
+/// `--resync resync` and a placeholder relay image (these tests run no relay from it).
+pub fn operator_in_namespace(env: &KubeEnv, prefix: &str, resync: &str) -> OperatorInNamespace {
+    install_crd(env);
+    let ns = namespace(env, prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let operator = start_operator(
+        env,
+        &dir.path().join("operator"),
+        &[
+            "--namespace",
+            &ns,
+            "--resync",
+            resync,
+            "--relay-image",
+            "example.org/dualwrite:e2e",
+        ],
+    );
+    OperatorInNamespace { ns, dir, operator }
+}
+
 /// [`start_operator`] with a pod name of its own (leader election tells replicas apart by it);
 /// its kubeconfig and log go into `dir`.
 pub fn start_operator_named(env: &KubeEnv, dir: &Path, pod: &str, extra_args: &[&str]) -> Proc {
