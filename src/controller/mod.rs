@@ -145,6 +145,10 @@ pub struct Context {
     /// Pipelines (by uid) known to have no Deployment left from an operator before
     /// StatefulSets: not looked up again.
     no_legacy_deployment: Mutex<std::collections::HashSet<String>>,
+    /// Per pipeline, what its owned objects were last compared against when every one was
+    /// found as wanted (see [`owned::ApplyInputs`]). A std Mutex: held for a few cache
+    /// lookups, never across an `.await`.
+    applied: Mutex<HashMap<String, owned::ApplyInputs>>,
 }
 
 /// Counters served on the operator's `/metrics`.
@@ -155,6 +159,9 @@ pub struct OperatorMetrics {
     /// Requests that write to the API server (apply, patch, delete, Event), counted where the
     /// reconciler makes them: at rest this stays still.
     pub api_writes: std::sync::atomic::AtomicU64,
+    /// Reconciles that found every input of the owned objects as it was when they were last
+    /// found as wanted, and so skipped building and comparing them ([`owned::ApplyInputs`]).
+    pub compares_skipped: std::sync::atomic::AtomicU64,
     /// The controller's cache of pipelines, set once the controller starts: `/metrics` reads
     /// each pipeline's verdicts (Ready, consistency) from it at scrape time, so a deleted
     /// pipeline's series go with it.
@@ -189,6 +196,7 @@ impl Context {
             watches: watches::WatchHealth::default(),
             cache: Mutex::default(),
             no_legacy_deployment: Mutex::default(),
+            applied: Mutex::default(),
         })
     }
 }
@@ -223,6 +231,10 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         self.rollouts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -233,6 +245,42 @@ impl Context {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(uid);
         }
+    }
+
+    /// Whether the owned objects of `pipeline` were last found as wanted against exactly these
+    /// inputs ([`owned::ApplyInputs::holds`]).
+    fn inputs_unchanged(
+        &self,
+        pipeline: &str,
+        version: &str,
+        replicas: i32,
+        cache: &owned::OwnedCache,
+        ns: &str,
+    ) -> bool {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pipeline)
+            .is_some_and(|inputs| inputs.holds(version, replicas, cache, ns))
+    }
+
+    /// Records what the owned objects of `pipeline` were found as wanted against, or forgets
+    /// it (`None`: something was applied, read afresh or held).
+    fn record_applied_inputs(&self, pipeline: &str, inputs: Option<owned::ApplyInputs>) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        match inputs {
+            Some(inputs) => applied.insert(pipeline.to_string(), inputs),
+            None => applied.remove(pipeline),
+        };
+    }
+
+    /// Whether `pipeline` holds a rollout slot (refreshed by each of its reconciles).
+    fn holds_rollout_slot(&self, pipeline: &str) -> bool {
+        self.rollouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .held()
+            .contains(&pipeline)
     }
 
     /// Remembers the status a write returned (see [`Context::newest`]).

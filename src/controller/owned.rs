@@ -100,6 +100,12 @@ impl OwnedCache {
 /// The store of an owned kind, so that a generic apply finds the cached copy of its object.
 pub trait Cached: Resource<DynamicType = ()> + Clone + Sized + 'static {
     fn store(cache: &OwnedCache) -> &Store<Self>;
+
+    /// What an [`ApplyInputs`] records of this object: its resourceVersion (a cached object
+    /// always has one; an empty one still differs from "absent").
+    fn version(&self) -> String {
+        self.meta().resource_version.clone().unwrap_or_default()
+    }
 }
 
 macro_rules! cached {
@@ -117,8 +123,20 @@ cached!(PodDisruptionBudget, pdbs);
 cached!(ServiceAccount, service_accounts);
 cached!(Role, roles);
 cached!(RoleBinding, role_bindings);
-cached!(ConfigMap, config_maps);
 cached!(CronJob, cron_jobs);
+
+/// The operator's ConfigMaps are metadata only (the relays and the consistency check write
+/// their `data`; a test holds `resources` to it): their version is a digest of the metadata,
+/// so a relay's report does not make the next reconcile compare every owned object again.
+impl Cached for ConfigMap {
+    fn store(cache: &OwnedCache) -> &Store<Self> {
+        &cache.config_maps
+    }
+
+    fn version(&self) -> String {
+        metadata_version(&self.metadata)
+    }
+}
 
 /// The cached copy of `name` in `ns`.
 pub fn cached<K: Cached>(cache: &OwnedCache, ns: &str, name: &str) -> Option<std::sync::Arc<K>> {
@@ -190,6 +208,97 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
         (Value::Number(l), Value::Number(d)) => l.as_f64() == d.as_f64(),
         (l, d) => l == d,
     }
+}
+
+/// What a pipeline's owned objects were last compared against, when that comparison found
+/// every one as the operator wants it ([`ApplyInputs::holds`]): a reconcile whose inputs are
+/// all the same again skips building the desired objects and comparing them (the bulk of a
+/// resync's CPU at a thousand pipelines) and does only what time changes (the status: stale
+/// relays, step timers, fallback). Every input is here, so a change of any one reads as "not
+/// the same" and the full comparison runs:
+/// - the pipeline as the desired objects are built from it ([`pipeline_version`]: uid,
+///   generation, labels, annotations; never its status, which `resources` does not read);
+/// - the StatefulSet's replicas the scale decision applies (time changes a decision only
+///   while a hold is in force, and then nothing is skipped);
+/// - each owned object compared, at the version the cache held ([`cached_version`]), or its
+///   absence where the operator wants none (a PodDisruptionBudget, a CronJob). A hand edit or a
+///   deletion changes it, so drift is still put back.
+#[derive(Clone, Debug)]
+pub struct ApplyInputs {
+    pub pipeline: String,
+    pub replicas: i32,
+    /// (kind, name, version): `None` for an object the operator wants absent and the cache
+    /// does not hold.
+    pub objects: Vec<RecordedObject>,
+}
+
+/// One owned object an [`ApplyInputs`] was compared against.
+#[derive(Clone, Debug)]
+pub struct RecordedObject {
+    pub kind: &'static str,
+    pub name: String,
+    /// [`Cached::version`]; `None` for an object the operator wants absent and the cache did
+    /// not hold.
+    pub version: Option<String>,
+    /// [`cached_version`] of its kind.
+    pub read: fn(&OwnedCache, &str, &str) -> Option<String>,
+}
+
+impl RecordedObject {
+    pub fn new<K: Cached + k8s_openapi::Resource>(name: &str, version: Option<String>) -> Self {
+        Self {
+            kind: <K as k8s_openapi::Resource>::KIND,
+            name: name.to_string(),
+            version,
+            read: cached_version::<K>,
+        }
+    }
+}
+
+impl ApplyInputs {
+    /// Whether nothing these inputs were compared against has changed: the same pipeline
+    /// version, the same replicas, and every object at the same version in `cache` now.
+    pub fn holds(&self, pipeline: &str, replicas: i32, cache: &OwnedCache, ns: &str) -> bool {
+        self.pipeline == pipeline
+            && self.replicas == replicas
+            && self
+                .objects
+                .iter()
+                .all(|o| (o.read)(cache, ns, &o.name) == o.version)
+    }
+}
+
+/// The pipeline as the desired objects are built from it (`None` without a uid or generation:
+/// then nothing is skipped).
+pub fn pipeline_version<K: Resource>(p: &K) -> Option<String> {
+    let meta = p.meta();
+    let (uid, generation) = (meta.uid.as_deref()?, meta.generation?);
+    let json = serde_json::to_vec(&(&meta.labels, &meta.annotations)).ok()?;
+    Some(format!(
+        "{uid}@{generation}/{}",
+        hex(&Sha256::digest(&json)[..12])
+    ))
+}
+
+/// The version of the cached `name` in `ns` that an [`ApplyInputs`] records
+/// ([`Cached::version`]), `None` when the cache does not hold it.
+pub fn cached_version<K: Cached>(cache: &OwnedCache, ns: &str, name: &str) -> Option<String> {
+    cached::<K>(cache, ns, name).map(|obj| obj.version())
+}
+
+/// The metadata of an object that the operator sets (or that a hand edit of it would change),
+/// as a digest.
+fn metadata_version(meta: &kube::api::ObjectMeta) -> String {
+    let json = serde_json::to_vec(&(
+        &meta.uid,
+        &meta.labels,
+        &meta.annotations,
+        &meta.owner_references,
+        &meta.finalizers,
+        &meta.deletion_timestamp,
+    ))
+    .unwrap_or_default();
+    hex(&Sha256::digest(&json)[..12])
 }
 
 /// Two strings that both read as Kubernetes quantities of the same amount (`1000m` and `1`,

@@ -85,16 +85,63 @@ pub(super) async fn reconcile(
     };
     let mut changes = Vec::new();
     let (applied, refused) = if p.spec.validate().is_ok() {
-        let result = apply_owned(
-            &p,
-            &ns,
-            &ctx,
-            &cache,
-            existing.as_ref(),
-            &claims,
-            &mut changes,
-        )
-        .await;
+        let decision = decide_scale(&p, &ctx.settings, existing.as_ref(), &claims);
+        let pipeline_version = owned::pipeline_version(&*p);
+        let replicas = decision.replicas;
+        // Time moves a scale decision only while a hold is in force (and a slot only while
+        // its rollout runs): then the objects are always compared.
+        let timeless = !decision.holding()
+            && decision.transition.is_none()
+            && !ctx.holds_rollout_slot(&key(&p));
+        let unchanged_inputs = timeless
+            && pipeline_version.as_deref().is_some_and(|version| {
+                ctx.inputs_unchanged(&key(&p), version, replicas, &cache, &ns)
+            });
+        let result = if unchanged_inputs {
+            ctx.metrics
+                .compares_skipped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Applied {
+                rollout_queued: None,
+                replicas,
+                scale: Some(decision),
+            })
+        } else {
+            apply_owned(
+                &p,
+                &ns,
+                &ctx,
+                &cache,
+                existing.as_ref(),
+                decision,
+                &mut changes,
+            )
+            .await
+        };
+        // Every object as wanted, each decided from the cache alone: the next reconcile with
+        // the same inputs need not compare them again.
+        let recorded = match (&result, pipeline_version) {
+            (Ok(applied), Some(pipeline)) if timeless && !unchanged_inputs => {
+                let objects: Option<Vec<owned::RecordedObject>> = changes
+                    .iter()
+                    .map(|(_, _, change)| match change {
+                        Change::Cached(seen) => Some(seen.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                objects.filter(|_| applied.rollout_queued.is_none()).map(|objects| {
+                    owned::ApplyInputs {
+                        pipeline,
+                        replicas,
+                        objects,
+                    }
+                })
+            }
+            _ => None,
+        };
+        if !unchanged_inputs {
+            ctx.record_applied_inputs(&key(&p), recorded);
+        }
         publish_changes(&ctx, &p, changes).await;
         match result {
             Ok(applied) => (applied, None),
@@ -468,12 +515,17 @@ async fn publish_event(ctx: &Context, p: &DualWritePipeline, event: PipelineEven
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Change {
     Created,
     Updated,
     Deleted,
+    /// Read afresh (or applied) and found as wanted.
     Unchanged,
+    /// The cached copy holds what the operator wants (or, for an object it wants absent, the
+    /// cache holds none): no request was made. A reconcile that finds every object so records
+    /// them ([`owned::ApplyInputs`]).
+    Cached(owned::RecordedObject),
 }
 
 /// What Stalled says of an owned object the API server refused (a 4xx other than a conflict or
@@ -520,10 +572,11 @@ where
     let kind = <K as k8s_openapi::Resource>::KIND;
     let name = obj.meta().name.clone().unwrap_or_default();
     let (desired, _) = owned::annotated(obj);
-    if owned::cached::<K>(cache, ns, &name)
-        .is_some_and(|live| !owned::needs_apply(&desired, &*live))
-    {
-        return Ok((kind, name, Change::Unchanged));
+    if let Some(live) = owned::cached::<K>(cache, ns, &name) {
+        if !owned::needs_apply(&desired, &*live) {
+            let seen = owned::RecordedObject::new::<K>(&name, Some(live.version()));
+            return Ok((kind, name, Change::Cached(seen)));
+        }
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let failed = |source| Error::Apply {
@@ -574,12 +627,11 @@ async fn apply_owned(
     ctx: &Context,
     cache: &OwnedCache,
     existing: Option<&StatefulSet>,
-    claims: &[String],
+    decision: ScaleDecision,
     changes: &mut Vec<(&'static str, String, Change)>,
 ) -> Result<Applied, Error> {
     let name = resources::relay_name(&p.name_any());
     let mut desired = resources::statefulset(p, &ctx.settings.relay_image);
-    let decision = decide_scale(p, &ctx.settings, existing, claims);
     scale::apply_to(&mut desired, &decision);
     let admission = admit_rollout(p, ctx, existing, &desired);
     changes.push(apply_named(ctx, cache, ns, &resources::service_account(p)).await?);
@@ -624,10 +676,14 @@ async fn apply_owned(
         Some(pdb) => changes.push(apply_named(ctx, cache, ns, &pdb).await?),
         None => {
             // Only a PodDisruptionBudget the cache holds is looked up and deleted.
-            if owned::cached::<PodDisruptionBudget>(cache, ns, &name).is_some()
-                && delete_owned::<PodDisruptionBudget>(ctx, ns, &name, p).await?
-            {
+            if owned::cached::<PodDisruptionBudget>(cache, ns, &name).is_none() {
+                let absent = owned::RecordedObject::new::<PodDisruptionBudget>(&name, None);
+                changes.push(("PodDisruptionBudget", name.clone(), Change::Cached(absent)));
+            } else if delete_owned::<PodDisruptionBudget>(ctx, ns, &name, p).await? {
                 changes.push(("PodDisruptionBudget", name.clone(), Change::Deleted));
+            } else {
+                // Not this pipeline's (or going): left alone, and compared again next time.
+                changes.push(("PodDisruptionBudget", name.clone(), Change::Unchanged));
             }
         }
     }
@@ -659,10 +715,13 @@ async fn apply_owned(
         None => {
             // Only a CronJob the cache holds is looked up and deleted.
             let verify = resources::verify_name(&p.name_any());
-            if owned::cached::<CronJob>(cache, ns, &verify).is_some()
-                && delete_owned::<CronJob>(ctx, ns, &verify, p).await?
-            {
+            if owned::cached::<CronJob>(cache, ns, &verify).is_none() {
+                let absent = owned::RecordedObject::new::<CronJob>(&verify, None);
+                changes.push(("CronJob", verify, Change::Cached(absent)));
+            } else if delete_owned::<CronJob>(ctx, ns, &verify, p).await? {
                 changes.push(("CronJob", verify, Change::Deleted));
+            } else {
+                changes.push(("CronJob", verify, Change::Unchanged));
             }
         }
     }
@@ -680,7 +739,7 @@ async fn publish_changes(
             Change::Created => (reason::CREATED, "created"),
             Change::Updated => (reason::UPDATED, "updated"),
             Change::Deleted => (reason::DELETED, "deleted"),
-            Change::Unchanged => continue,
+            Change::Unchanged | Change::Cached(_) => continue,
         };
         tracing::info!(pipeline = %key(p), kind, name = %name, "{verb}");
         let event = PipelineEvent {
