@@ -345,6 +345,7 @@ fn quantity(s: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::reflector;
     use serde_json::json;
 
     #[test]
@@ -432,6 +433,247 @@ mod tests {
         filled.metadata.resource_version = Some("42".into());
         filled.metadata.uid = Some("u".into());
         assert!(!needs_apply(&annotated(&before).0, &filled));
+    }
+
+    /// An [`OwnedCache`] whose StatefulSet, ConfigMap and PodDisruptionBudget stores the test
+    /// writes (the other stores stay empty).
+    struct TestCache {
+        cache: OwnedCache,
+        statefulsets: reflector::store::Writer<StatefulSet>,
+        config_maps: reflector::store::Writer<ConfigMap>,
+        pdbs: reflector::store::Writer<PodDisruptionBudget>,
+    }
+
+    impl TestCache {
+        fn new() -> Self {
+            let (statefulsets_store, statefulsets) = reflector::store();
+            let (config_maps_store, config_maps) = reflector::store();
+            let (pdbs_store, pdbs) = reflector::store();
+            let cache = OwnedCache {
+                statefulsets: statefulsets_store,
+                services: reflector::store().0,
+                pdbs: pdbs_store,
+                service_accounts: reflector::store().0,
+                roles: reflector::store().0,
+                role_bindings: reflector::store().0,
+                config_maps: config_maps_store,
+                cron_jobs: reflector::store().0,
+                pods: reflector::store().0,
+                claims: reflector::store().0,
+            };
+            Self {
+                cache,
+                statefulsets,
+                config_maps,
+                pdbs,
+            }
+        }
+    }
+
+    fn named<K: Resource + Default>(name: &str, rv: &str) -> K {
+        let mut obj = K::default();
+        obj.meta_mut().name = Some(name.into());
+        obj.meta_mut().namespace = Some("shop".into());
+        obj.meta_mut().resource_version = Some(rv.into());
+        obj.meta_mut().labels = Some(BTreeMap::from([(
+            "dualwrite.io/pipeline".into(),
+            "p".into(),
+        )]));
+        obj
+    }
+
+    /// The inputs a reconcile records after finding `cache` as wanted: the StatefulSet and
+    /// the reports ConfigMap at their cached versions, no PodDisruptionBudget.
+    fn recorded(cache: &OwnedCache, pipeline: &str) -> ApplyInputs {
+        ApplyInputs {
+            pipeline: pipeline.into(),
+            replicas: 1,
+            objects: vec![
+                RecordedObject::new::<StatefulSet>(
+                    "p-relay",
+                    cached_version::<StatefulSet>(cache, "shop", "p-relay"),
+                ),
+                RecordedObject::new::<ConfigMap>(
+                    "p-relay-reports",
+                    cached_version::<ConfigMap>(cache, "shop", "p-relay-reports"),
+                ),
+                RecordedObject::new::<PodDisruptionBudget>("p-relay", None),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_changed_input_is_never_taken_as_unchanged() {
+        use kube::runtime::watcher::Event;
+        let pipeline = || {
+            let mut p = ConfigMap::default();
+            p.metadata.uid = Some("u1".into());
+            p.metadata.generation = Some(3);
+            p
+        };
+        let version = pipeline_version(&pipeline()).unwrap();
+        let sts: StatefulSet = named("p-relay", "10");
+        let reports: ConfigMap = named("p-relay-reports", "11");
+        // (what changes, still the same inputs)
+        type Edit<'a> = Box<dyn Fn(&mut TestCache) -> (String, i32) + 'a>;
+        let cases: Vec<(&str, Edit, bool)> = vec![
+            ("nothing", Box::new(|_| (version.clone(), 1)), true),
+            (
+                "a relay's report (the reports ConfigMap's data)",
+                Box::new(|t| {
+                    let mut m = reports.clone();
+                    m.metadata.resource_version = Some("12".into());
+                    m.data = Some(BTreeMap::from([("p-relay-0".into(), "{}".into())]));
+                    t.config_maps.apply_watcher_event(&Event::Apply(m));
+                    (version.clone(), 1)
+                }),
+                true,
+            ),
+            (
+                "the spec (the pipeline's generation)",
+                Box::new(|_| {
+                    let mut p = pipeline();
+                    p.metadata.generation = Some(4);
+                    (pipeline_version(&p).unwrap(), 1)
+                }),
+                false,
+            ),
+            (
+                "the pipeline's labels",
+                Box::new(|_| {
+                    let mut p = pipeline();
+                    p.metadata.labels = Some(BTreeMap::from([("team".into(), "a".into())]));
+                    (pipeline_version(&p).unwrap(), 1)
+                }),
+                false,
+            ),
+            (
+                "the pipeline's annotations",
+                Box::new(|_| {
+                    let mut p = pipeline();
+                    p.metadata.annotations = Some(BTreeMap::from([("x".into(), "y".into())]));
+                    (pipeline_version(&p).unwrap(), 1)
+                }),
+                false,
+            ),
+            (
+                "a pipeline of the same name created again (another uid)",
+                Box::new(|_| {
+                    let mut p = pipeline();
+                    p.metadata.uid = Some("u2".into());
+                    (pipeline_version(&p).unwrap(), 1)
+                }),
+                false,
+            ),
+            (
+                "the replicas the scale decision applies",
+                Box::new(|_| (version.clone(), 2)),
+                false,
+            ),
+            (
+                "the StatefulSet edited (a new resourceVersion)",
+                Box::new(|t| {
+                    let mut s = sts.clone();
+                    s.metadata.resource_version = Some("13".into());
+                    t.statefulsets.apply_watcher_event(&Event::Apply(s));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "the StatefulSet deleted",
+                Box::new(|t| {
+                    t.statefulsets
+                        .apply_watcher_event(&Event::Delete(sts.clone()));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "the reports ConfigMap's labels edited",
+                Box::new(|t| {
+                    let mut m = reports.clone();
+                    m.metadata.resource_version = Some("12".into());
+                    m.metadata.labels = None;
+                    t.config_maps.apply_watcher_event(&Event::Apply(m));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "the reports ConfigMap's owner removed",
+                Box::new(|t| {
+                    let mut m = reports.clone();
+                    m.metadata.owner_references = Some(Vec::new());
+                    t.config_maps.apply_watcher_event(&Event::Apply(m));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "the reports ConfigMap deleted",
+                Box::new(|t| {
+                    t.config_maps
+                        .apply_watcher_event(&Event::Delete(reports.clone()));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "a PodDisruptionBudget the operator wants absent appears",
+                Box::new(|t| {
+                    t.pdbs
+                        .apply_watcher_event(&Event::Apply(named("p-relay", "14")));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+        ];
+        for (what, edit, same) in cases {
+            let mut t = TestCache::new();
+            t.statefulsets
+                .apply_watcher_event(&Event::Apply(sts.clone()));
+            t.config_maps
+                .apply_watcher_event(&Event::Apply(reports.clone()));
+            let inputs = recorded(&t.cache, &version);
+            assert!(inputs.holds(&version, 1, &t.cache, "shop"), "as recorded");
+            let (version_now, replicas_now) = edit(&mut t);
+            assert_eq!(
+                inputs.holds(&version_now, replicas_now, &t.cache, "shop"),
+                same,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_is_skipped_for_a_pipeline_without_uid_or_generation() {
+        let mut p = ConfigMap::default();
+        p.metadata.uid = Some("u".into());
+        assert_eq!(pipeline_version(&p), None);
+        p.metadata.generation = Some(1);
+        p.metadata.uid = None;
+        assert_eq!(pipeline_version(&p), None);
+    }
+
+    /// A ConfigMap's version is a digest of its metadata ([`Cached::version`]), so the
+    /// operator's ConfigMaps must carry only metadata: data it set would go uncompared.
+    #[test]
+    fn the_operators_config_maps_are_metadata_only() {
+        let p: crate::api::DualWritePipeline = serde_yaml::from_str(
+            "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\n\
+             metadata: {name: p, namespace: shop, uid: u1}\n\
+             spec: {providers: [{name: a, type: memory}, {name: b, type: memory}]}\n",
+        )
+        .unwrap();
+        for map in [
+            crate::controller::resources::relay_reports(&p),
+            crate::controller::resources::consistency(&p),
+        ] {
+            let json = serde_json::to_value(&map).unwrap();
+            let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["apiVersion", "kind", "metadata"], "{json}");
+        }
     }
 
     #[test]

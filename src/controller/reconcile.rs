@@ -129,13 +129,13 @@ pub(super) async fn reconcile(
                         _ => None,
                     })
                     .collect();
-                objects.filter(|_| applied.rollout_queued.is_none()).map(|objects| {
-                    owned::ApplyInputs {
+                objects
+                    .filter(|_| applied.rollout_queued.is_none())
+                    .map(|objects| owned::ApplyInputs {
                         pipeline,
                         replicas,
                         objects,
-                    }
-                })
+                    })
             }
             _ => None,
         };
