@@ -159,9 +159,10 @@ pub struct OperatorMetrics {
     /// Requests that write to the API server (apply, patch, delete, Event), counted where the
     /// reconciler makes them: at rest this stays still.
     pub api_writes: std::sync::atomic::AtomicU64,
-    /// Reconciles that found every input of the owned objects as it was when they were last
-    /// found as wanted, and so skipped building and comparing them ([`owned::ApplyInputs`]).
-    pub compares_skipped: std::sync::atomic::AtomicU64,
+    /// Reconciles that built the owned objects and compared them with the cache; the others
+    /// found every input as it was when the objects were last found as wanted
+    /// ([`owned::ApplyInputs`]). At rest this stays still.
+    pub owned_compares: std::sync::atomic::AtomicU64,
     /// The controller's cache of pipelines, set once the controller starts: `/metrics` reads
     /// each pipeline's verdicts (Ready, consistency) from it at scrape time, so a deleted
     /// pipeline's series go with it.

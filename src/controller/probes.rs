@@ -68,9 +68,9 @@ impl<S: Send + Sync + 'static> Collector for OperatorCollector<S> {
                 &m.api_writes,
             ),
             (
-                "dualwrite_operator_compares_skipped",
-                "Reconciles that skipped comparing the owned objects: nothing they were last found as wanted against had changed.",
-                &m.compares_skipped,
+                "dualwrite_operator_owned_compares",
+                "Reconciles that built the owned objects and compared them with the cache (the others found none of their inputs changed).",
+                &m.owned_compares,
             ),
         ] {
             encoder
@@ -191,9 +191,9 @@ mod tests {
              # HELP dualwrite_operator_api_writes_total Writes to the API server (apply, patch, delete, Event); none at rest.\n\
              # TYPE dualwrite_operator_api_writes_total counter\n\
              dualwrite_operator_api_writes_total 0\n\
-             # HELP dualwrite_operator_compares_skipped_total Reconciles that skipped comparing the owned objects: nothing they were last found as wanted against had changed.\n\
-             # TYPE dualwrite_operator_compares_skipped_total counter\n\
-             dualwrite_operator_compares_skipped_total 0\n"
+             # HELP dualwrite_operator_owned_compares_total Reconciles that built the owned objects and compared them with the cache (the others found none of their inputs changed).\n\
+             # TYPE dualwrite_operator_owned_compares_total counter\n\
+             dualwrite_operator_owned_compares_total 0\n"
         );
     }
 

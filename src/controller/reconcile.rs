@@ -98,15 +98,15 @@ pub(super) async fn reconcile(
                 ctx.inputs_unchanged(&key(&p), version, replicas, &cache, &ns)
             });
         let result = if unchanged_inputs {
-            ctx.metrics
-                .compares_skipped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(Applied {
                 rollout_queued: None,
                 replicas,
                 scale: Some(decision),
             })
         } else {
+            ctx.metrics
+                .owned_compares
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             apply_owned(
                 &p,
                 &ns,
