@@ -417,13 +417,13 @@ pub async fn run(
     // Relay pods (owned by the StatefulSet) and their claims (owned by nobody) name their
     // pipeline in a label: their failures reach the status as soon as the kubelet reports them.
     macro_rules! labelled_kind {
-        ($kind:ty) => {{
+        ($kind:ty, $trim:path) => {{
             let (store, writer) = reflector::store::<$kind>();
             triggers.push(
                 trigger_with(
                     watcher::watcher(scoped::<$kind>(client, ns), owned_config.clone())
                         .default_backoff()
-                        .modify(owned::trim)
+                        .modify($trim)
                         .reflect(writer)
                         .touched_objects(),
                     |obj: $kind| {
@@ -452,8 +452,9 @@ pub async fn run(
         config_maps: owned_kind!(ConfigMap),
         // The scheduled consistency check: edited or deleted by hand, it is put back.
         cron_jobs: owned_kind!(CronJob),
-        pods: labelled_kind!(Pod),
-        claims: labelled_kind!(PersistentVolumeClaim),
+        // Only what `pods` and `reconcile::list_relays` read is kept.
+        pods: labelled_kind!(Pod, owned::trim_pod),
+        claims: labelled_kind!(PersistentVolumeClaim, owned::trim_claim),
     });
     *ctx.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache);
     let queue = triggers.take_until(shutdown);

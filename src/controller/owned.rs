@@ -8,7 +8,9 @@
 //! could race). The stores live as long as that `run` (a new Lease term builds new ones);
 //! a reconcile waits until every store has listed once ([`OwnedCache::ready`]) so that a
 //! restarted operator does not take "not listed yet" for "missing" and re-apply everything.
-//! The stores drop `managedFields` (a large part of each object that nothing here reads).
+//! The stores keep only what is read: every object without `managedFields` and without the
+//! copy of itself a client-side `kubectl apply` keeps in an annotation ([`trim`]), a relay pod
+//! without its spec ([`trim_pod`]), a claim as its metadata ([`trim_claim`]).
 //!
 //! Whether an owned object needs an apply ([`needs_apply`]) is decided from two things:
 //! - the hash of the desired object, which the operator writes into the object itself
@@ -143,9 +145,32 @@ pub fn cached<K: Cached>(cache: &OwnedCache, ns: &str, name: &str) -> Option<std
     K::store(cache).get(&ObjectRef::new(name).within(ns))
 }
 
-/// Drops what the caches never read (and what makes an object large).
+/// The annotation `kubectl apply` (client-side) keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the caches never read (and what makes an object large): `managedFields`, and
+/// the copy of the whole object a client-side `kubectl apply` keeps in an annotation.
 pub fn trim<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// [`trim`], and a relay pod's spec: only its metadata and status are read
+/// (`pods::relay_failure`), and the spec is most of a pod.
+pub fn trim_pod(pod: &mut Pod) {
+    trim(pod);
+    pod.spec = None;
+}
+
+/// [`trim`], and a claim's spec and status: only its metadata is read (name, labels,
+/// deletion).
+pub fn trim_claim(claim: &mut PersistentVolumeClaim) {
+    trim(claim);
+    claim.spec = None;
+    claim.status = None;
 }
 
 /// `desired` with [`APPLIED_ANNOTATION`] set to the hash of `desired` (without it), and that
@@ -674,6 +699,46 @@ mod tests {
             let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
             assert_eq!(keys, ["apiVersion", "kind", "metadata"], "{json}");
         }
+    }
+
+    #[test]
+    fn the_caches_keep_what_is_read() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": "p-relay-0",
+                "labels": {"dualwrite.io/pipeline": "p"},
+                "annotations": {
+                    APPLIED_ANNOTATION: "abc",
+                    LAST_APPLIED: "{\"a whole copy\": 1}",
+                },
+                "managedFields": [{"manager": "kubelet"}],
+            },
+            "spec": {"containers": [{"name": "relay", "image": "relay:1"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]},
+        }))
+        .unwrap();
+        let mut claim: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "state-p-relay-0", "labels": {"dualwrite.io/pipeline": "p"}},
+            "spec": {"accessModes": ["ReadWriteOnce"]},
+            "status": {"phase": "Bound"},
+        }))
+        .unwrap();
+        let mut map = ConfigMap::default();
+        map.metadata.annotations = pod.metadata.annotations.clone();
+        trim_pod(&mut pod);
+        trim_claim(&mut claim);
+        trim(&mut map);
+        assert!(pod.spec.is_none() && pod.metadata.managed_fields.is_none());
+        assert_eq!(pod.status.unwrap().conditions.unwrap().len(), 1);
+        assert_eq!(pod.metadata.labels.unwrap()["dualwrite.io/pipeline"], "p");
+        let annotations = pod.metadata.annotations.unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), [APPLIED_ANNOTATION]);
+        assert!(claim.spec.is_none() && claim.status.is_none());
+        assert_eq!(claim.metadata.name.as_deref(), Some("state-p-relay-0"));
+        assert_eq!(
+            map.metadata.annotations.unwrap().keys().collect::<Vec<_>>(),
+            [APPLIED_ANNOTATION]
+        );
     }
 
     #[test]
