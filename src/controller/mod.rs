@@ -205,14 +205,21 @@ impl Context {
 impl Context {
     /// `p` with the status this operator last wrote, when that write is newer than the cached
     /// copy (a higher resourceVersion; one that is not a number leaves `p` as it is).
+    /// Once the cache holds that write (or a newer one), the copy kept of it is dropped: the
+    /// cache never goes back, and a thousand pipelines' statuses kept twice cost megabytes.
     fn newest(&self, p: Arc<DualWritePipeline>) -> Arc<DualWritePipeline> {
         let cached = resource_version(&p);
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        match (written.get(&key(&p)), cached) {
+        let key = key(&p);
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match (written.get(&key), cached) {
             (Some((rv, status)), Some(cached)) if *rv > cached => {
                 let mut newer = (*p).clone();
                 newer.status = Some(status.clone());
                 Arc::new(newer)
+            }
+            (Some(_), Some(_)) => {
+                written.remove(&key);
+                p
             }
             _ => p,
         }
@@ -495,6 +502,45 @@ fn labelled_pipeline<K: Resource>(obj: &K) -> Option<ObjectRef<DualWritePipeline
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_status_written_is_kept_only_until_the_cache_holds_it() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let ctx = Context::new(
+            client,
+            Settings {
+                relay_image: "relay".into(),
+                resync: Duration::from_secs(30),
+                stale_after: Duration::from_secs(60),
+                stall_after: Duration::from_secs(60),
+                instance: None,
+            },
+        );
+        let pipeline = |rv: &str, generation: i64| {
+            let mut p: DualWritePipeline = serde_yaml::from_str(
+                "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\n\
+                 metadata: {name: p, namespace: shop}\n\
+                 spec: {providers: [{name: a, type: memory}]}\n",
+            )
+            .unwrap();
+            p.metadata.resource_version = Some(rv.into());
+            p.status = Some(crate::api::DualWritePipelineStatus {
+                observed_generation: Some(generation),
+                ..Default::default()
+            });
+            p
+        };
+        let observed = |p: &DualWritePipeline| p.status.as_ref().unwrap().observed_generation;
+        ctx.wrote(&pipeline("5", 2));
+        // The cache is behind the write: the written status.
+        assert_eq!(observed(&ctx.newest(Arc::new(pipeline("4", 1)))), Some(2));
+        assert_eq!(ctx.written.lock().unwrap().len(), 1);
+        // The cache holds it: the cached copy, and the kept one is dropped.
+        assert_eq!(observed(&ctx.newest(Arc::new(pipeline("5", 2)))), Some(2));
+        assert!(ctx.written.lock().unwrap().is_empty());
+        assert_eq!(observed(&ctx.newest(Arc::new(pipeline("6", 3)))), Some(3));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
