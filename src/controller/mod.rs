@@ -125,6 +125,8 @@ pub struct Settings {
 pub struct Context {
     client: Client,
     recorder: Recorder,
+    /// Who records the Events (for the one-off recorders of [`reconcile`]'s object changes).
+    reporter: Reporter,
     settings: Settings,
     /// Consecutive failures per pipeline, for exponential backoff (reset on success).
     failures: Mutex<HashMap<String, u32>>,
@@ -179,16 +181,15 @@ impl OperatorMetrics {
 
 impl Context {
     pub fn new(client: Client, settings: Settings) -> Arc<Self> {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: settings.instance.clone(),
-            },
-        );
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: settings.instance.clone(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         Arc::new(Self {
             client,
             recorder,
+            reporter,
             settings,
             failures: Mutex::default(),
             rollouts: Mutex::default(),
