@@ -183,6 +183,37 @@ async fn an_operator_at_rest_writes_nothing_yet_repairs_drift_and_follows_a_spec
     )
     .await;
 
+    // Each object created has its Event (recorded through a recorder of its own, which keeps
+    // no copy of them once published).
+    eventually(
+        Duration::from_secs(30),
+        "a Created Event for every owned object",
+        || async {
+            let out = kubectl(
+                &env,
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    &ns,
+                    "--field-selector",
+                    "reason=Created",
+                    "-o",
+                    "jsonpath={range .items[*]}{.note}{.message}{\"\\n\"}{end}",
+                ],
+                None,
+            );
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let created = text.lines().filter(|l| l.ends_with(" created")).count();
+            if created >= 9 {
+                Ok(())
+            } else {
+                Err(format!("{created} Created Events: {text}"))
+            }
+        },
+    )
+    .await;
+
     // Settles: a window of three reconciles without a write (the pod's Pending conditions,
     // the Events of creation and the first status may take a few reconciles).
     let deadline = Instant::now() + Duration::from_secs(60);
