@@ -1,7 +1,8 @@
 //! End to end against the real API server: an operator at rest is quiet. Once a pipeline has
 //! its objects and its status, its reconciles (a `--resync` of 2 s) make no write at all: the
 //! operator's own count of API writes stands still and no object of the pipeline gets a new
-//! resourceVersion over several resyncs. Quiet does not mean blind: an owned object edited or
+//! resourceVersion over several resyncs, and those reconciles do not even build and compare the
+//! owned objects again (nothing they depend on changed; a relay's report neither). Quiet does not mean blind: an owned object edited or
 //! deleted by hand is put back, and a spec change reaches the status well under a second.
 //! Memory providers only; the relay pod stays Pending (a nodeSelector no node has), so no
 //! image is pulled and the pod's status does not change under the test.
@@ -40,6 +41,12 @@ fn start_operator_on(env: &KubeEnv, dir: &std::path::Path, ns: &str, port: u16) 
 
 /// The operator's counters: (reconciles started, API writes).
 async fn counters(port: u16) -> Result<(u64, u64), String> {
+    counters3(port).await.map(|(r, w, _)| (r, w))
+}
+
+/// The operator's counters: (reconciles started, API writes, reconciles that built the owned
+/// objects and compared them with the cache).
+async fn counters3(port: u16) -> Result<(u64, u64, u64), String> {
     let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .map_err(|e| e.to_string())?
@@ -54,6 +61,7 @@ async fn counters(port: u16) -> Result<(u64, u64), String> {
     Ok((
         read("dualwrite_operator_reconciles_total ")?,
         read("dualwrite_operator_api_writes_total ")?,
+        read("dualwrite_operator_owned_compares_total ")?,
     ))
 }
 
@@ -175,6 +183,37 @@ async fn an_operator_at_rest_writes_nothing_yet_repairs_drift_and_follows_a_spec
     )
     .await;
 
+    // Each object created has its Event (recorded through a recorder of its own, which keeps
+    // no copy of them once published).
+    eventually(
+        Duration::from_secs(30),
+        "a Created Event for every owned object",
+        || async {
+            let out = kubectl(
+                &env,
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    &ns,
+                    "--field-selector",
+                    "reason=Created",
+                    "-o",
+                    "jsonpath={range .items[*]}{.note}{.message}{\"\\n\"}{end}",
+                ],
+                None,
+            );
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let created = text.lines().filter(|l| l.ends_with(" created")).count();
+            if created >= 9 {
+                Ok(())
+            } else {
+                Err(format!("{created} Created Events: {text}"))
+            }
+        },
+    )
+    .await;
+
     // Settles: a window of three reconciles without a write (the pod's Pending conditions,
     // the Events of creation and the first status may take a few reconciles).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -191,9 +230,18 @@ async fn an_operator_at_rest_writes_nothing_yet_repairs_drift_and_follows_a_spec
         );
     }
     // At rest: five more reconciles (at least 8 s of 2 s resyncs), not one write, not one new
-    // resourceVersion.
+    // resourceVersion; and none of them builds and compares the owned objects again (their
+    // inputs are as they were when last found as wanted).
     let started = Instant::now();
+    let (_, _, compares_before) = counters3(port).await.unwrap();
     let ((w0, v0), (w1, v1)) = window(&client, port, &ns, name, 5).await;
+    let (_, _, compares_after) = counters3(port).await.unwrap();
+    assert_eq!(
+        compares_after - compares_before,
+        0,
+        "owned objects compared again at rest; log:\n{}",
+        operator.log_text()
+    );
     assert!(
         started.elapsed() >= Duration::from_secs(6),
         "resyncs, not a burst of triggers"
@@ -208,9 +256,10 @@ async fn an_operator_at_rest_writes_nothing_yet_repairs_drift_and_follows_a_spec
     assert!(v0.len() >= 9, "every owned object was watched: {v0:?}");
 
     // A relay report (a relay writes its key in the reports ConfigMap) reaches the status
-    // without re-applying the owned objects: a write or two (the status, perhaps an Event of a
-    // condition it flips), not the dozen of a full apply.
-    let (_, w0) = counters(port).await.unwrap();
+    // without re-applying the owned objects, nor even comparing them again (the ConfigMap's
+    // data is the relays', no input of the owned objects): a write or two (the status, perhaps
+    // an Event of a condition it flips), not the dozen of a full apply.
+    let (_, w0, compares0) = counters3(port).await.unwrap();
     let v0 = versions(&client, &ns, name).await;
     let report = serde_json::json!({
         "name": format!("{name}-relay-0"),
@@ -271,8 +320,14 @@ async fn an_operator_at_rest_writes_nothing_yet_repairs_drift_and_follows_a_spec
             operator.log_text()
         );
     }
-    let (_, w1) = counters(port).await.unwrap();
+    let (_, w1, compares1) = counters3(port).await.unwrap();
     let v1 = versions(&client, &ns, name).await;
+    assert_eq!(
+        compares1 - compares0,
+        0,
+        "a report made the owned objects compared again; log:\n{}",
+        operator.log_text()
+    );
     assert!(
         w1 - w0 <= 3,
         "{} writes for one report; log:\n{}",

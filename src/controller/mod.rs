@@ -125,6 +125,8 @@ pub struct Settings {
 pub struct Context {
     client: Client,
     recorder: Recorder,
+    /// Who records the Events (for the one-off recorders of [`reconcile`]'s object changes).
+    reporter: Reporter,
     settings: Settings,
     /// Consecutive failures per pipeline, for exponential backoff (reset on success).
     failures: Mutex<HashMap<String, u32>>,
@@ -145,6 +147,10 @@ pub struct Context {
     /// Pipelines (by uid) known to have no Deployment left from an operator before
     /// StatefulSets: not looked up again.
     no_legacy_deployment: Mutex<std::collections::HashSet<String>>,
+    /// Per pipeline, what its owned objects were last compared against when every one was
+    /// found as wanted (see [`owned::ApplyInputs`]). A std Mutex: held for a few cache
+    /// lookups, never across an `.await`.
+    applied: Mutex<HashMap<String, owned::ApplyInputs>>,
 }
 
 /// Counters served on the operator's `/metrics`.
@@ -155,6 +161,10 @@ pub struct OperatorMetrics {
     /// Requests that write to the API server (apply, patch, delete, Event), counted where the
     /// reconciler makes them: at rest this stays still.
     pub api_writes: std::sync::atomic::AtomicU64,
+    /// Reconciles that built the owned objects and compared them with the cache; the others
+    /// found every input as it was when the objects were last found as wanted
+    /// ([`owned::ApplyInputs`]). At rest this stays still.
+    pub owned_compares: std::sync::atomic::AtomicU64,
     /// The controller's cache of pipelines, set once the controller starts: `/metrics` reads
     /// each pipeline's verdicts (Ready, consistency) from it at scrape time, so a deleted
     /// pipeline's series go with it.
@@ -171,16 +181,15 @@ impl OperatorMetrics {
 
 impl Context {
     pub fn new(client: Client, settings: Settings) -> Arc<Self> {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: settings.instance.clone(),
-            },
-        );
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: settings.instance.clone(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         Arc::new(Self {
             client,
             recorder,
+            reporter,
             settings,
             failures: Mutex::default(),
             rollouts: Mutex::default(),
@@ -189,6 +198,7 @@ impl Context {
             watches: watches::WatchHealth::default(),
             cache: Mutex::default(),
             no_legacy_deployment: Mutex::default(),
+            applied: Mutex::default(),
         })
     }
 }
@@ -196,14 +206,21 @@ impl Context {
 impl Context {
     /// `p` with the status this operator last wrote, when that write is newer than the cached
     /// copy (a higher resourceVersion; one that is not a number leaves `p` as it is).
+    /// Once the cache holds that write (or a newer one), the copy kept of it is dropped: the
+    /// cache never goes back, and a thousand pipelines' statuses kept twice cost megabytes.
     fn newest(&self, p: Arc<DualWritePipeline>) -> Arc<DualWritePipeline> {
         let cached = resource_version(&p);
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        match (written.get(&key(&p)), cached) {
+        let key = key(&p);
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match (written.get(&key), cached) {
             (Some((rv, status)), Some(cached)) if *rv > cached => {
                 let mut newer = (*p).clone();
                 newer.status = Some(status.clone());
                 Arc::new(newer)
+            }
+            (Some(_), Some(_)) => {
+                written.remove(&key);
+                p
             }
             _ => p,
         }
@@ -223,6 +240,10 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         self.rollouts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -233,6 +254,42 @@ impl Context {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(uid);
         }
+    }
+
+    /// Whether the owned objects of `pipeline` were last found as wanted against exactly these
+    /// inputs ([`owned::ApplyInputs::holds`]).
+    fn inputs_unchanged(
+        &self,
+        pipeline: &str,
+        version: &str,
+        replicas: i32,
+        cache: &owned::OwnedCache,
+        ns: &str,
+    ) -> bool {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pipeline)
+            .is_some_and(|inputs| inputs.holds(version, replicas, cache, ns))
+    }
+
+    /// Records what the owned objects of `pipeline` were found as wanted against, or forgets
+    /// it (`None`: something was applied, read afresh or held).
+    fn record_applied_inputs(&self, pipeline: &str, inputs: Option<owned::ApplyInputs>) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        match inputs {
+            Some(inputs) => applied.insert(pipeline.to_string(), inputs),
+            None => applied.remove(pipeline),
+        };
+    }
+
+    /// Whether `pipeline` holds a rollout slot (refreshed by each of its reconciles).
+    fn holds_rollout_slot(&self, pipeline: &str) -> bool {
+        self.rollouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .held()
+            .contains(&pipeline)
     }
 
     /// Remembers the status a write returned (see [`Context::newest`]).
@@ -368,13 +425,13 @@ pub async fn run(
     // Relay pods (owned by the StatefulSet) and their claims (owned by nobody) name their
     // pipeline in a label: their failures reach the status as soon as the kubelet reports them.
     macro_rules! labelled_kind {
-        ($kind:ty) => {{
+        ($kind:ty, $trim:path) => {{
             let (store, writer) = reflector::store::<$kind>();
             triggers.push(
                 trigger_with(
                     watcher::watcher(scoped::<$kind>(client, ns), owned_config.clone())
                         .default_backoff()
-                        .modify(owned::trim)
+                        .modify($trim)
                         .reflect(writer)
                         .touched_objects(),
                     |obj: $kind| {
@@ -403,8 +460,9 @@ pub async fn run(
         config_maps: owned_kind!(ConfigMap),
         // The scheduled consistency check: edited or deleted by hand, it is put back.
         cron_jobs: owned_kind!(CronJob),
-        pods: labelled_kind!(Pod),
-        claims: labelled_kind!(PersistentVolumeClaim),
+        // Only what `pods` and `reconcile::list_relays` read is kept.
+        pods: labelled_kind!(Pod, owned::trim_pod),
+        claims: labelled_kind!(PersistentVolumeClaim, owned::trim_claim),
     });
     *ctx.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache);
     let queue = triggers.take_until(shutdown);
@@ -445,6 +503,45 @@ fn labelled_pipeline<K: Resource>(obj: &K) -> Option<ObjectRef<DualWritePipeline
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_status_written_is_kept_only_until_the_cache_holds_it() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let ctx = Context::new(
+            client,
+            Settings {
+                relay_image: "relay".into(),
+                resync: Duration::from_secs(30),
+                stale_after: Duration::from_secs(60),
+                stall_after: Duration::from_secs(60),
+                instance: None,
+            },
+        );
+        let pipeline = |rv: &str, generation: i64| {
+            let mut p: DualWritePipeline = serde_yaml::from_str(
+                "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\n\
+                 metadata: {name: p, namespace: shop}\n\
+                 spec: {providers: [{name: a, type: memory}]}\n",
+            )
+            .unwrap();
+            p.metadata.resource_version = Some(rv.into());
+            p.status = Some(crate::api::DualWritePipelineStatus {
+                observed_generation: Some(generation),
+                ..Default::default()
+            });
+            p
+        };
+        let observed = |p: &DualWritePipeline| p.status.as_ref().unwrap().observed_generation;
+        ctx.wrote(&pipeline("5", 2));
+        // The cache is behind the write: the written status.
+        assert_eq!(observed(&ctx.newest(Arc::new(pipeline("4", 1)))), Some(2));
+        assert_eq!(ctx.written.lock().unwrap().len(), 1);
+        // The cache holds it: the cached copy, and the kept one is dropped.
+        assert_eq!(observed(&ctx.newest(Arc::new(pipeline("5", 2)))), Some(2));
+        assert!(ctx.written.lock().unwrap().is_empty());
+        assert_eq!(observed(&ctx.newest(Arc::new(pipeline("6", 3)))), Some(3));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -8,7 +8,9 @@
 //! could race). The stores live as long as that `run` (a new Lease term builds new ones);
 //! a reconcile waits until every store has listed once ([`OwnedCache::ready`]) so that a
 //! restarted operator does not take "not listed yet" for "missing" and re-apply everything.
-//! The stores drop `managedFields` (a large part of each object that nothing here reads).
+//! The stores keep only what is read: every object without `managedFields` and without the
+//! copy of itself a client-side `kubectl apply` keeps in an annotation ([`trim`]), a relay pod
+//! without its spec ([`trim_pod`]), a claim as its metadata ([`trim_claim`]).
 //!
 //! Whether an owned object needs an apply ([`needs_apply`]) is decided from two things:
 //! - the hash of the desired object, which the operator writes into the object itself
@@ -100,6 +102,12 @@ impl OwnedCache {
 /// The store of an owned kind, so that a generic apply finds the cached copy of its object.
 pub trait Cached: Resource<DynamicType = ()> + Clone + Sized + 'static {
     fn store(cache: &OwnedCache) -> &Store<Self>;
+
+    /// What an [`ApplyInputs`] records of this object: its resourceVersion (a cached object
+    /// always has one; an empty one still differs from "absent").
+    fn version(&self) -> String {
+        self.meta().resource_version.clone().unwrap_or_default()
+    }
 }
 
 macro_rules! cached {
@@ -117,17 +125,52 @@ cached!(PodDisruptionBudget, pdbs);
 cached!(ServiceAccount, service_accounts);
 cached!(Role, roles);
 cached!(RoleBinding, role_bindings);
-cached!(ConfigMap, config_maps);
 cached!(CronJob, cron_jobs);
+
+/// The operator's ConfigMaps are metadata only (the relays and the consistency check write
+/// their `data`; a test holds `resources` to it): their version is a digest of the metadata,
+/// so a relay's report does not make the next reconcile compare every owned object again.
+impl Cached for ConfigMap {
+    fn store(cache: &OwnedCache) -> &Store<Self> {
+        &cache.config_maps
+    }
+
+    fn version(&self) -> String {
+        metadata_version(&self.metadata)
+    }
+}
 
 /// The cached copy of `name` in `ns`.
 pub fn cached<K: Cached>(cache: &OwnedCache, ns: &str, name: &str) -> Option<std::sync::Arc<K>> {
     K::store(cache).get(&ObjectRef::new(name).within(ns))
 }
 
-/// Drops what the caches never read (and what makes an object large).
+/// The annotation `kubectl apply` (client-side) keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the caches never read (and what makes an object large): `managedFields`, and
+/// the copy of the whole object a client-side `kubectl apply` keeps in an annotation.
 pub fn trim<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// [`trim`], and a relay pod's spec: only its metadata and status are read
+/// (`pods::relay_failure`), and the spec is most of a pod.
+pub fn trim_pod(pod: &mut Pod) {
+    trim(pod);
+    pod.spec = None;
+}
+
+/// [`trim`], and a claim's spec and status: only its metadata is read (name, labels,
+/// deletion).
+pub fn trim_claim(claim: &mut PersistentVolumeClaim) {
+    trim(claim);
+    claim.spec = None;
+    claim.status = None;
 }
 
 /// `desired` with [`APPLIED_ANNOTATION`] set to the hash of `desired` (without it), and that
@@ -192,6 +235,97 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
     }
 }
 
+/// What a pipeline's owned objects were last compared against, when that comparison found
+/// every one as the operator wants it ([`ApplyInputs::holds`]): a reconcile whose inputs are
+/// all the same again skips building the desired objects and comparing them (the bulk of a
+/// resync's CPU at a thousand pipelines) and does only what time changes (the status: stale
+/// relays, step timers, fallback). Every input is here, so a change of any one reads as "not
+/// the same" and the full comparison runs:
+/// - the pipeline as the desired objects are built from it ([`pipeline_version`]: uid,
+///   generation, labels, annotations; never its status, which `resources` does not read);
+/// - the StatefulSet's replicas the scale decision applies (time changes a decision only
+///   while a hold is in force, and then nothing is skipped);
+/// - each owned object compared, at the version the cache held ([`cached_version`]), or its
+///   absence where the operator wants none (a PodDisruptionBudget, a CronJob). A hand edit or a
+///   deletion changes it, so drift is still put back.
+#[derive(Clone, Debug)]
+pub struct ApplyInputs {
+    pub pipeline: String,
+    pub replicas: i32,
+    /// (kind, name, version): `None` for an object the operator wants absent and the cache
+    /// does not hold.
+    pub objects: Vec<RecordedObject>,
+}
+
+/// One owned object an [`ApplyInputs`] was compared against.
+#[derive(Clone, Debug)]
+pub struct RecordedObject {
+    pub kind: &'static str,
+    pub name: String,
+    /// [`Cached::version`]; `None` for an object the operator wants absent and the cache did
+    /// not hold.
+    pub version: Option<String>,
+    /// [`cached_version`] of its kind.
+    pub read: fn(&OwnedCache, &str, &str) -> Option<String>,
+}
+
+impl RecordedObject {
+    pub fn new<K: Cached + k8s_openapi::Resource>(name: &str, version: Option<String>) -> Self {
+        Self {
+            kind: <K as k8s_openapi::Resource>::KIND,
+            name: name.to_string(),
+            version,
+            read: cached_version::<K>,
+        }
+    }
+}
+
+impl ApplyInputs {
+    /// Whether nothing these inputs were compared against has changed: the same pipeline
+    /// version, the same replicas, and every object at the same version in `cache` now.
+    pub fn holds(&self, pipeline: &str, replicas: i32, cache: &OwnedCache, ns: &str) -> bool {
+        self.pipeline == pipeline
+            && self.replicas == replicas
+            && self
+                .objects
+                .iter()
+                .all(|o| (o.read)(cache, ns, &o.name) == o.version)
+    }
+}
+
+/// The pipeline as the desired objects are built from it (`None` without a uid or generation:
+/// then nothing is skipped).
+pub fn pipeline_version<K: Resource>(p: &K) -> Option<String> {
+    let meta = p.meta();
+    let (uid, generation) = (meta.uid.as_deref()?, meta.generation?);
+    let json = serde_json::to_vec(&(&meta.labels, &meta.annotations)).ok()?;
+    Some(format!(
+        "{uid}@{generation}/{}",
+        hex(&Sha256::digest(&json)[..12])
+    ))
+}
+
+/// The version of the cached `name` in `ns` that an [`ApplyInputs`] records
+/// ([`Cached::version`]), `None` when the cache does not hold it.
+pub fn cached_version<K: Cached>(cache: &OwnedCache, ns: &str, name: &str) -> Option<String> {
+    cached::<K>(cache, ns, name).map(|obj| obj.version())
+}
+
+/// The metadata of an object that the operator sets (or that a hand edit of it would change),
+/// as a digest.
+fn metadata_version(meta: &kube::api::ObjectMeta) -> String {
+    let json = serde_json::to_vec(&(
+        &meta.uid,
+        &meta.labels,
+        &meta.annotations,
+        &meta.owner_references,
+        &meta.finalizers,
+        &meta.deletion_timestamp,
+    ))
+    .unwrap_or_default();
+    hex(&Sha256::digest(&json)[..12])
+}
+
 /// Two strings that both read as Kubernetes quantities of the same amount (`1000m` and `1`,
 /// `1024Mi` and `1Gi`): the API server stores quantities in a canonical form.
 fn same_quantity(a: &str, b: &str) -> bool {
@@ -236,6 +370,7 @@ fn quantity(s: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::reflector;
     use serde_json::json;
 
     #[test]
@@ -323,6 +458,287 @@ mod tests {
         filled.metadata.resource_version = Some("42".into());
         filled.metadata.uid = Some("u".into());
         assert!(!needs_apply(&annotated(&before).0, &filled));
+    }
+
+    /// An [`OwnedCache`] whose StatefulSet, ConfigMap and PodDisruptionBudget stores the test
+    /// writes (the other stores stay empty).
+    struct TestCache {
+        cache: OwnedCache,
+        statefulsets: reflector::store::Writer<StatefulSet>,
+        config_maps: reflector::store::Writer<ConfigMap>,
+        pdbs: reflector::store::Writer<PodDisruptionBudget>,
+    }
+
+    impl TestCache {
+        fn new() -> Self {
+            let (statefulsets_store, statefulsets) = reflector::store();
+            let (config_maps_store, config_maps) = reflector::store();
+            let (pdbs_store, pdbs) = reflector::store();
+            let cache = OwnedCache {
+                statefulsets: statefulsets_store,
+                services: reflector::store().0,
+                pdbs: pdbs_store,
+                service_accounts: reflector::store().0,
+                roles: reflector::store().0,
+                role_bindings: reflector::store().0,
+                config_maps: config_maps_store,
+                cron_jobs: reflector::store().0,
+                pods: reflector::store().0,
+                claims: reflector::store().0,
+            };
+            Self {
+                cache,
+                statefulsets,
+                config_maps,
+                pdbs,
+            }
+        }
+    }
+
+    fn named<K: Resource + Default>(name: &str, rv: &str) -> K {
+        let mut obj = K::default();
+        obj.meta_mut().name = Some(name.into());
+        obj.meta_mut().namespace = Some("shop".into());
+        obj.meta_mut().resource_version = Some(rv.into());
+        obj.meta_mut().labels = Some(BTreeMap::from([(
+            "dualwrite.io/pipeline".into(),
+            "p".into(),
+        )]));
+        obj
+    }
+
+    /// The inputs a reconcile records after finding `cache` as wanted: the StatefulSet and
+    /// the reports ConfigMap at their cached versions, no PodDisruptionBudget.
+    fn recorded(cache: &OwnedCache, pipeline: &str) -> ApplyInputs {
+        ApplyInputs {
+            pipeline: pipeline.into(),
+            replicas: 1,
+            objects: vec![
+                RecordedObject::new::<StatefulSet>(
+                    "p-relay",
+                    cached_version::<StatefulSet>(cache, "shop", "p-relay"),
+                ),
+                RecordedObject::new::<ConfigMap>(
+                    "p-relay-reports",
+                    cached_version::<ConfigMap>(cache, "shop", "p-relay-reports"),
+                ),
+                RecordedObject::new::<PodDisruptionBudget>("p-relay", None),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_changed_input_is_never_taken_as_unchanged() {
+        use kube::runtime::watcher::Event;
+        let pipeline = || {
+            let mut p = ConfigMap::default();
+            p.metadata.uid = Some("u1".into());
+            p.metadata.generation = Some(3);
+            p
+        };
+        let version = pipeline_version(&pipeline()).unwrap();
+        let sts: StatefulSet = named("p-relay", "10");
+        let reports: ConfigMap = named("p-relay-reports", "11");
+        // (what changes, still the same inputs)
+        type Edit<'a> = Box<dyn Fn(&mut TestCache) -> (String, i32) + 'a>;
+        let cases: Vec<(&str, Edit, bool)> = vec![
+            ("nothing", Box::new(|_| (version.clone(), 1)), true),
+            (
+                "a relay's report (the reports ConfigMap's data)",
+                Box::new(|t| {
+                    let mut m = reports.clone();
+                    m.metadata.resource_version = Some("12".into());
+                    m.data = Some(BTreeMap::from([("p-relay-0".into(), "{}".into())]));
+                    t.config_maps.apply_watcher_event(&Event::Apply(m));
+                    (version.clone(), 1)
+                }),
+                true,
+            ),
+            (
+                "the spec (the pipeline's generation)",
+                Box::new(|_| {
+                    let mut p = pipeline();
+                    p.metadata.generation = Some(4);
+                    (pipeline_version(&p).unwrap(), 1)
+                }),
+                false,
+            ),
+            (
+                "the pipeline's labels",
+                Box::new(|_| {
+                    let mut p = pipeline();
+                    p.metadata.labels = Some(BTreeMap::from([("team".into(), "a".into())]));
+                    (pipeline_version(&p).unwrap(), 1)
+                }),
+                false,
+            ),
+            (
+                "the pipeline's annotations",
+                Box::new(|_| {
+                    let mut p = pipeline();
+                    p.metadata.annotations = Some(BTreeMap::from([("x".into(), "y".into())]));
+                    (pipeline_version(&p).unwrap(), 1)
+                }),
+                false,
+            ),
+            (
+                "a pipeline of the same name created again (another uid)",
+                Box::new(|_| {
+                    let mut p = pipeline();
+                    p.metadata.uid = Some("u2".into());
+                    (pipeline_version(&p).unwrap(), 1)
+                }),
+                false,
+            ),
+            (
+                "the replicas the scale decision applies",
+                Box::new(|_| (version.clone(), 2)),
+                false,
+            ),
+            (
+                "the StatefulSet edited (a new resourceVersion)",
+                Box::new(|t| {
+                    let mut s = sts.clone();
+                    s.metadata.resource_version = Some("13".into());
+                    t.statefulsets.apply_watcher_event(&Event::Apply(s));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "the StatefulSet deleted",
+                Box::new(|t| {
+                    t.statefulsets
+                        .apply_watcher_event(&Event::Delete(sts.clone()));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "the reports ConfigMap's labels edited",
+                Box::new(|t| {
+                    let mut m = reports.clone();
+                    m.metadata.resource_version = Some("12".into());
+                    m.metadata.labels = None;
+                    t.config_maps.apply_watcher_event(&Event::Apply(m));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "the reports ConfigMap's owner removed",
+                Box::new(|t| {
+                    let mut m = reports.clone();
+                    m.metadata.owner_references = Some(Vec::new());
+                    t.config_maps.apply_watcher_event(&Event::Apply(m));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "the reports ConfigMap deleted",
+                Box::new(|t| {
+                    t.config_maps
+                        .apply_watcher_event(&Event::Delete(reports.clone()));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+            (
+                "a PodDisruptionBudget the operator wants absent appears",
+                Box::new(|t| {
+                    t.pdbs
+                        .apply_watcher_event(&Event::Apply(named("p-relay", "14")));
+                    (version.clone(), 1)
+                }),
+                false,
+            ),
+        ];
+        for (what, edit, same) in cases {
+            let mut t = TestCache::new();
+            t.statefulsets
+                .apply_watcher_event(&Event::Apply(sts.clone()));
+            t.config_maps
+                .apply_watcher_event(&Event::Apply(reports.clone()));
+            let inputs = recorded(&t.cache, &version);
+            assert!(inputs.holds(&version, 1, &t.cache, "shop"), "as recorded");
+            let (version_now, replicas_now) = edit(&mut t);
+            assert_eq!(
+                inputs.holds(&version_now, replicas_now, &t.cache, "shop"),
+                same,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_is_skipped_for_a_pipeline_without_uid_or_generation() {
+        let mut p = ConfigMap::default();
+        p.metadata.uid = Some("u".into());
+        assert_eq!(pipeline_version(&p), None);
+        p.metadata.generation = Some(1);
+        p.metadata.uid = None;
+        assert_eq!(pipeline_version(&p), None);
+    }
+
+    /// A ConfigMap's version is a digest of its metadata ([`Cached::version`]), so the
+    /// operator's ConfigMaps must carry only metadata: data it set would go uncompared.
+    #[test]
+    fn the_operators_config_maps_are_metadata_only() {
+        let p: crate::api::DualWritePipeline = serde_yaml::from_str(
+            "apiVersion: dualwrite.io/v1alpha1\nkind: DualWritePipeline\n\
+             metadata: {name: p, namespace: shop, uid: u1}\n\
+             spec: {providers: [{name: a, type: memory}, {name: b, type: memory}]}\n",
+        )
+        .unwrap();
+        for map in [
+            crate::controller::resources::relay_reports(&p),
+            crate::controller::resources::consistency(&p),
+        ] {
+            let json = serde_json::to_value(&map).unwrap();
+            let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["apiVersion", "kind", "metadata"], "{json}");
+        }
+    }
+
+    #[test]
+    fn the_caches_keep_what_is_read() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": "p-relay-0",
+                "labels": {"dualwrite.io/pipeline": "p"},
+                "annotations": {
+                    APPLIED_ANNOTATION: "abc",
+                    LAST_APPLIED: "{\"a whole copy\": 1}",
+                },
+                "managedFields": [{"manager": "kubelet"}],
+            },
+            "spec": {"containers": [{"name": "relay", "image": "relay:1"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]},
+        }))
+        .unwrap();
+        let mut claim: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "state-p-relay-0", "labels": {"dualwrite.io/pipeline": "p"}},
+            "spec": {"accessModes": ["ReadWriteOnce"]},
+            "status": {"phase": "Bound"},
+        }))
+        .unwrap();
+        let mut map = ConfigMap::default();
+        map.metadata.annotations = pod.metadata.annotations.clone();
+        trim_pod(&mut pod);
+        trim_claim(&mut claim);
+        trim(&mut map);
+        assert!(pod.spec.is_none() && pod.metadata.managed_fields.is_none());
+        assert_eq!(pod.status.unwrap().conditions.unwrap().len(), 1);
+        assert_eq!(pod.metadata.labels.unwrap()["dualwrite.io/pipeline"], "p");
+        let annotations = pod.metadata.annotations.unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), [APPLIED_ANNOTATION]);
+        assert!(claim.spec.is_none() && claim.status.is_none());
+        assert_eq!(claim.metadata.name.as_deref(), Some("state-p-relay-0"));
+        assert_eq!(
+            map.metadata.annotations.unwrap().keys().collect::<Vec<_>>(),
+            [APPLIED_ANNOTATION]
+        );
     }
 
     #[test]

@@ -67,6 +67,11 @@ impl<S: Send + Sync + 'static> Collector for OperatorCollector<S> {
                 "Writes to the API server (apply, patch, delete, Event); none at rest.",
                 &m.api_writes,
             ),
+            (
+                "dualwrite_operator_owned_compares",
+                "Reconciles that built the owned objects and compared them with the cache (the others found none of their inputs changed).",
+                &m.owned_compares,
+            ),
         ] {
             encoder
                 .encode_descriptor(name, help, None, MetricType::Counter)?
@@ -185,7 +190,10 @@ mod tests {
              dualwrite_operator_reconcile_failures_total 1\n\
              # HELP dualwrite_operator_api_writes_total Writes to the API server (apply, patch, delete, Event); none at rest.\n\
              # TYPE dualwrite_operator_api_writes_total counter\n\
-             dualwrite_operator_api_writes_total 0\n"
+             dualwrite_operator_api_writes_total 0\n\
+             # HELP dualwrite_operator_owned_compares_total Reconciles that built the owned objects and compared them with the cache (the others found none of their inputs changed).\n\
+             # TYPE dualwrite_operator_owned_compares_total counter\n\
+             dualwrite_operator_owned_compares_total 0\n"
         );
     }
 
