@@ -6,7 +6,7 @@
 //! without a code change. Keys are emitted in that order and metadata keys sorted, as Go does.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -91,6 +91,7 @@ impl DataMessage {
             wire: OnceLock::new(),
             digest: OnceLock::new(),
             digest_text: OnceLock::new(),
+            owned: OnceLock::new(),
         }
     }
 
@@ -138,14 +139,16 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 
 /// A message on its way out: what every provider needs of it besides its fields, computed at
 /// most once for all of them — the wire JSON ([`DataMessage::to_wire`], shared as [`Bytes`]
-/// without a copy), the [`ContentDigest`] and its text. It borrows the message, so the message
-/// cannot change while its encodings are cached.
+/// without a copy), the [`ContentDigest`] and its text, and an owned copy for providers that
+/// keep the message itself ([`Outgoing::owned`]). It borrows the message, so the message cannot
+/// change while these are cached.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
     msg: &'a DataMessage,
     wire: OnceLock<Bytes>,
     digest: OnceLock<ContentDigest>,
     digest_text: OnceLock<String>,
+    owned: OnceLock<Arc<DataMessage>>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -166,6 +169,14 @@ impl<'a> Outgoing<'a> {
     /// The digest's text form, what the [`DIGEST_HEADER`] holds.
     pub fn digest_text(&self) -> &str {
         self.digest_text.get_or_init(|| self.digest().to_string())
+    }
+
+    /// An owned copy of the message, made once and shared by every provider that keeps it (two
+    /// memory queues hold one copy, not two).
+    pub fn owned(&self) -> Arc<DataMessage> {
+        self.owned
+            .get_or_init(|| Arc::new(self.msg.clone()))
+            .clone()
     }
 }
 
@@ -333,6 +344,10 @@ mod tests {
         assert_eq!(out.digest_text(), msg.content_digest().to_string());
         assert_eq!(out.digest_text().as_ptr(), out.digest_text().as_ptr());
         assert_eq!(out.id, msg.id);
+        // One owned copy for every provider that keeps the message (the memory queues).
+        let owned = out.owned();
+        assert_eq!(*owned, msg);
+        assert!(Arc::ptr_eq(&owned, &out.owned()));
     }
 
     #[test]

@@ -129,8 +129,21 @@ pub(super) async fn reconcile(
                         _ => None,
                     })
                     .collect();
+                // Decisions above read `existing` (the legacy Deployment's clean-up too): if the
+                // StatefulSet moved since, the version recorded is not the one they saw.
+                let seen_version =
+                    |s: Option<&StatefulSet>| s.and_then(|s| s.metadata.resource_version.clone());
+                let statefulset_moved = seen_version(existing.as_ref())
+                    != seen_version(
+                        owned::cached::<StatefulSet>(
+                            &cache,
+                            &ns,
+                            &resources::relay_name(&p.name_any()),
+                        )
+                        .as_deref(),
+                    );
                 objects
-                    .filter(|_| applied.rollout_queued.is_none())
+                    .filter(|_| applied.rollout_queued.is_none() && !statefulset_moved)
                     .map(|objects| owned::ApplyInputs {
                         pipeline,
                         replicas,
@@ -742,11 +755,14 @@ async fn publish_changes(
     p: &DualWritePipeline,
     changes: Vec<(&'static str, String, Change)>,
 ) {
-    // A recorder of their own, dropped with its cache at the end: each of these Events names
-    // one object and happens once, so kube's series cache (which keeps every Event published
-    // for 6 minutes and prunes only on a later publish) would only hold them: the 11,000
-    // Events of 1,000 pipelines created at once stayed in the operator's memory at rest.
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    // "Created" Events go through a recorder of their own, made only when there is one and
+    // dropped with its cache at the end: an object is created once, so kube's series cache
+    // (which keeps every Event published for 6 minutes and prunes only on a later publish)
+    // would only hold them: the 11,000 Events of 1,000 pipelines created at once stayed in the
+    // operator's memory at rest. Updates and deletions keep the shared recorder, which folds a
+    // change repeated within those minutes (something reverting a field the operator sets)
+    // into one Event with a count.
+    let mut created_recorder = None;
     for (kind, name, change) in changes {
         let (reason, verb) = match change {
             Change::Created => (reason::CREATED, "created"),
@@ -754,13 +770,19 @@ async fn publish_changes(
             Change::Deleted => (reason::DELETED, "deleted"),
             Change::Unchanged | Change::Cached(_) => continue,
         };
+        let recorder = if reason == reason::CREATED {
+            &*created_recorder
+                .get_or_insert_with(|| Recorder::new(ctx.client.clone(), ctx.reporter.clone()))
+        } else {
+            &ctx.recorder
+        };
         tracing::info!(pipeline = %key(p), kind, name = %name, "{verb}");
         let event = PipelineEvent {
             type_: EventType::Normal,
             reason,
             note: format!("{kind} {name} {verb}"),
         };
-        publish_event(ctx, &recorder, p, event).await;
+        publish_event(ctx, recorder, p, event).await;
     }
 }
 

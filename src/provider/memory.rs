@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Counters, Health, MessageStream, Provider, ProviderError, ProviderKind, Stats};
-use crate::message::DataMessage;
+use crate::message::{DataMessage, Outgoing};
 
 /// Capacity used when a manifest or `QUEUE_SIZE` gives none.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -22,8 +22,10 @@ pub struct MemoryProvider {
     capacity: usize,
     // `None` once closed: dropping the sender lets the subscriber drain the queue and then end.
     // std locks: held only for a non-blocking `try_send` or a `take()`, never across an await.
-    tx: RwLock<Option<mpsc::Sender<DataMessage>>>,
-    rx: Mutex<Option<mpsc::Receiver<DataMessage>>>,
+    // The queue holds shared copies: the composite makes one per message for all the memory
+    // providers it writes (`Outgoing::owned`).
+    tx: RwLock<Option<mpsc::Sender<Arc<DataMessage>>>>,
+    rx: Mutex<Option<mpsc::Receiver<Arc<DataMessage>>>>,
     depth: Arc<AtomicU64>,
     counters: Arc<Counters>,
     since: chrono::DateTime<chrono::Utc>,
@@ -44,6 +46,28 @@ impl MemoryProvider {
             since: chrono::Utc::now(),
         }
     }
+
+    /// Puts `msg` at the end of the queue, or says why not (full, closed).
+    fn enqueue(&self, msg: Arc<DataMessage>) -> Result<(), ProviderError> {
+        let closed = || ProviderError::Closed {
+            provider: self.name.clone(),
+        };
+        let outcome = match &*self.tx.read().unwrap_or_else(|p| p.into_inner()) {
+            None => Err(closed()),
+            Some(tx) => tx.try_send(msg).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ProviderError::QueueFull {
+                    provider: self.name.clone(),
+                    capacity: self.capacity,
+                },
+                mpsc::error::TrySendError::Closed(_) => closed(),
+            }),
+        };
+        if outcome.is_ok() {
+            self.depth.fetch_add(1, Ordering::Relaxed);
+        }
+        self.counters.record(&outcome);
+        outcome
+    }
 }
 
 #[async_trait]
@@ -57,24 +81,11 @@ impl Provider for MemoryProvider {
     }
 
     async fn publish(&self, msg: &DataMessage) -> Result<(), ProviderError> {
-        let closed = || ProviderError::Closed {
-            provider: self.name.clone(),
-        };
-        let outcome = match &*self.tx.read().unwrap_or_else(|p| p.into_inner()) {
-            None => Err(closed()),
-            Some(tx) => tx.try_send(msg.clone()).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ProviderError::QueueFull {
-                    provider: self.name.clone(),
-                    capacity: self.capacity,
-                },
-                mpsc::error::TrySendError::Closed(_) => closed(),
-            }),
-        };
-        if outcome.is_ok() {
-            self.depth.fetch_add(1, Ordering::Relaxed);
-        }
-        self.counters.record(&outcome);
-        outcome
+        self.enqueue(Arc::new(msg.clone()))
+    }
+
+    async fn publish_outgoing(&self, msg: &Outgoing<'_>) -> Result<(), ProviderError> {
+        self.enqueue(msg.owned())
     }
 
     async fn subscribe(&self) -> Result<MessageStream, ProviderError> {
@@ -92,7 +103,8 @@ impl Provider for MemoryProvider {
             .map(move |m| {
                 depth.fetch_sub(1, Ordering::Relaxed);
                 counters.consumed();
-                Ok(m)
+                // The last queue to hand a shared copy out takes it without copying.
+                Ok(Arc::unwrap_or_clone(m))
             })
             .boxed())
     }

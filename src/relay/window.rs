@@ -17,21 +17,21 @@
 //! (`max_ids`, oldest first), and it is per relay process: a retry that reaches another replica
 //! falls back to the brokers' own de-duplication (JetStream's duplicate window, Kafka's key).
 //!
-//! Memory: the window keeps no id, only a 128-bit [`Key`] of it (SipHash-1-3 under two random
-//! keys of this process), so an entry costs the same whatever the id's length (see
-//! [`DEFAULT_DUPLICATE_WINDOW_IDS`]) and a request allocates nothing here. Two ids with one key
-//! would be taken for one id; among 100,000 ids the odds of any such pair are about 10⁻²⁹, and
-//! the keys are secret, so a client cannot make one on purpose.
+//! Memory: the window keeps no id, only a 128-bit [`Key`] of it (the first half of SHA-256
+//! over a random secret of this process and the id), so an entry costs the same whatever the
+//! id's length (see [`DEFAULT_DUPLICATE_WINDOW_IDS`]) and a request allocates nothing here. Two
+//! ids with one key would be taken for one id; among 100,000 ids the odds of any such pair are
+//! about 10⁻²⁹, and the secret is unknown to clients, so none can make one on purpose.
 //!
 //! A std `Mutex` guards the maps: it is held for a few map operations, never across an await,
 //! and ingest handlers on every worker thread take it (an async mutex would only add cost).
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -41,8 +41,9 @@ use crate::message::ContentDigest;
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How many accepted ids are remembered at most by default. An id costs about 130 bytes
 /// whatever its length (its 64-byte record, and a 24-byte slot of an index sized for twice the
-/// count), so this caps the window near 13 MiB; at more than about 830 messages a second the
-/// count, not the age, bounds the window.
+/// count, which is resident after the first few thousand ids), so this caps the window near
+/// 13 MiB (more while retries leave records behind, at most 64 bytes more per id); at more than
+/// about 830 messages a second the count, not the age, bounds the window.
 pub const DEFAULT_DUPLICATE_WINDOW_IDS: usize = 100_000;
 
 /// What the window says of a request for `id` with some content.
@@ -57,7 +58,7 @@ pub enum Verdict {
     Conflict { accepted: bool },
 }
 
-/// An id as the window keys it: 128 bits of keyed hashes of it (see the module doc).
+/// An id as the window keys it: 128 bits of a keyed hash of it (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Key([u64; 2]);
 
@@ -108,8 +109,8 @@ struct Seen {
 #[derive(Debug)]
 pub struct DuplicateWindow {
     shared: Arc<Shared>,
-    /// The two random keys of this window's id hashes.
-    keys: [RandomState; 2],
+    /// The secret that keys this window's id hashes (random, per process).
+    secret: [u8; 16],
     max_age: Duration,
 }
 
@@ -138,11 +139,19 @@ struct State {
     index: KeyMap<u64>,
     /// Ids being published now.
     pending: KeySet,
+    /// Requests waiting for an id in flight (`Shared::released` is notified only if any).
+    waiters: usize,
     /// `DuplicateWindow::max_age` in nanoseconds.
     max_age: u64,
-    /// At most this many records (so at most this many ids) are kept.
+    /// At most this many ids are remembered.
     max_ids: usize,
 }
+
+/// At most this many records per remembered id are kept: an id recorded again (an attempt,
+/// then its retries) leaves older records behind until they reach the front; past this bound
+/// the oldest records go even if their ids are still remembered (memory stays bounded
+/// whatever clients retry).
+const RECORDS_PER_ID: usize = 2;
 
 impl Shared {
     /// Now, as `Seen::at` counts.
@@ -157,10 +166,13 @@ impl State {
         // window fills, and pages no entry has touched yet take no memory. A table that keeps
         // losing and gaining entries needs twice its count of slots, or it grows anyway.
         Self {
-            ring: VecDeque::with_capacity(max_ids),
+            // Room for the ids and a quarter more for records left behind by retries; the ring
+            // grows (up to `RECORDS_PER_ID` times the ids) only if retries leave more.
+            ring: VecDeque::with_capacity(max_ids + max_ids / 4 + 1),
             first: 0,
             index: KeyMap::with_capacity_and_hasher(2 * max_ids + 2, Default::default()),
             pending: KeySet::default(),
+            waiters: 0,
             max_age: u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX),
             max_ids,
         }
@@ -172,12 +184,13 @@ impl State {
         self.ring.get(usize::try_from(seq - self.first).ok()?)
     }
 
-    /// Forgets ids older than `max_age`, and the oldest records past `max_ids - room` (`room`
-    /// for a record about to be made).
+    /// Forgets ids older than `max_age`, and the oldest past `max_ids - room` ids (`room` for
+    /// an id about to be recorded); drops records past `RECORDS_PER_ID` times `max_ids`.
     fn prune(&mut self, now: u64, room: usize) {
         while let Some(oldest) = self.ring.front() {
             if now.saturating_sub(oldest.at) < self.max_age
-                && self.ring.len() + room <= self.max_ids
+                && self.index.len() + room <= self.max_ids
+                && self.ring.len() + room <= RECORDS_PER_ID * self.max_ids
             {
                 break;
             }
@@ -191,7 +204,8 @@ impl State {
 
     fn record(&mut self, key: Key, digest: ContentDigest, accepted: bool, at: u64) {
         self.pending.remove(&key);
-        // The ring never outgrows the capacity it was given.
+        // Counted before the record is made, so the bounds hold after it too (a retried id,
+        // already in the index, makes room it does not take).
         self.prune(at, 1);
         let seq = self.first + self.ring.len() as u64;
         self.ring.push_back(Seen {
@@ -215,13 +229,19 @@ impl DuplicateWindow {
                 origin: Instant::now(),
                 released: Notify::new(),
             }),
-            keys: [RandomState::new(), RandomState::new()],
+            // A v4 UUID's bytes come from the OS's random source.
+            secret: uuid::Uuid::new_v4().into_bytes(),
             max_age,
         }
     }
 
     fn key(&self, id: &str) -> Key {
-        Key([self.keys[0].hash_one(id), self.keys[1].hash_one(id)])
+        let hash = Sha256::new()
+            .chain_update(self.secret)
+            .chain_update(id.as_bytes())
+            .finalize();
+        let half = |at: usize| u64::from_le_bytes(hash[at..at + 8].try_into().expect("8 bytes"));
+        Key([half(0), half(8)])
     }
 
     /// Decides a request for `id` with content `digest`; waits while another request for the
@@ -235,6 +255,7 @@ impl DuplicateWindow {
                 let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
                 state.prune(self.shared.now(), 0);
                 if state.pending.contains(&key) {
+                    state.waiters += 1;
                     self.shared.released.notified()
                 } else {
                     match state.seen(&key) {
@@ -257,7 +278,9 @@ impl DuplicateWindow {
                     }
                 }
             };
-            // Any claim's end wakes this; the loop looks again at this id.
+            // Any claim's end wakes this; the loop looks again at this id. The count goes down
+            // even if this request is dropped while it waits.
+            let _waiting = Waiting(&self.shared);
             released.await;
         }
     }
@@ -281,6 +304,16 @@ impl DuplicateWindow {
 impl Default for DuplicateWindow {
     fn default() -> Self {
         Self::new(DEFAULT_DUPLICATE_WINDOW, DEFAULT_DUPLICATE_WINDOW_IDS)
+    }
+}
+
+/// A request waiting for an id in flight, counted in `State::waiters` while it waits.
+struct Waiting<'a>(&'a Shared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.waiters -= 1;
     }
 }
 
@@ -321,7 +354,7 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        {
+        let waiters = {
             let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
             // Taken under the lock: the ring stays sorted by time.
             let at = self.shared.now();
@@ -332,9 +365,13 @@ impl Drop for Claim {
                     state.pending.remove(&self.key);
                 }
             }
+            state.waiters
+        };
+        // After `pending` no longer names the id; only if a request waits (a waiter counted
+        // itself under the lock before this claim's end could run, so none is missed).
+        if waiters > 0 {
+            self.shared.released.notify_waiters();
         }
-        // After `pending` no longer names the id. Cheap when nobody waits (an atomic load).
-        self.shared.released.notify_waiters();
     }
 }
 
@@ -422,6 +459,37 @@ mod tests {
         let Verdict::Fresh(_) = w.check("o-1", digest("two")).await else {
             panic!("expired ids are fresh")
         };
+    }
+
+    /// Retries of one failing id leave records behind; they do not push other ids out.
+    #[tokio::test]
+    async fn retries_of_one_id_do_not_push_other_ids_out() {
+        let w = DuplicateWindow::new(Duration::from_secs(120), 3);
+        accept(&w, "o-0", "x").await;
+        let fail = |id: &'static str| {
+            let w = &w;
+            async move {
+                let Verdict::Fresh(claim) = w.check(id, digest("y")).await else {
+                    panic!("a failed id is written again")
+                };
+                drop(claim); // failed: recorded as attempted
+            }
+        };
+        // Five records for two ids in a window of three ids: o-0 stays.
+        for _ in 0..4 {
+            fail("o-1").await;
+        }
+        assert!(matches!(
+            w.check("o-0", digest("x")).await,
+            Verdict::Duplicate
+        ));
+        assert_eq!(w.len(), 2);
+        // Memory stays bounded whatever the retries: at most RECORDS_PER_ID records per id.
+        for _ in 0..20 {
+            fail("o-1").await;
+        }
+        let records = w.shared.state.lock().unwrap().ring.len();
+        assert!(records <= RECORDS_PER_ID * 3, "{records} records");
     }
 
     #[tokio::test]
