@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{
-    admin_token, install_crd, kube_env, kubectl, kubectl_ok, namespace, operator_in_namespace,
-    write_kubeconfig, KubeEnv, OperatorInNamespace, Proc, REPO,
+    admin_token, enforced_zero_quota, install_crd, kube_env, kubectl_ok, namespace,
+    operator_in_namespace, write_kubeconfig, KubeEnv, OperatorInNamespace, Proc, REPO,
 };
 use common::eventually;
 use serde_json::Value;
@@ -491,60 +491,13 @@ async fn a_verify_job_the_api_server_refuses_is_the_requests_outcome() {
     let Some(env) = kube_env() else { return };
     let OperatorInNamespace { ns, dir, operator } =
         operator_in_namespace(&env, "verbs-quota", "10m");
-    kubectl_ok(
+    enforced_zero_quota(
         &env,
-        &[
-            "create",
-            "quota",
-            "no-jobs",
-            "-n",
-            &ns,
-            "--hard=count/jobs.batch=0",
-        ],
-        None,
-    );
-    // The quota's status, as the controller manager's quota controller would write it (the
-    // test environment runs none before the node; admission enforces only a quota with a
-    // status), then awaited until the API server enforces it.
-    kubectl_ok(
-        &env,
-        &[
-            "patch",
-            "resourcequota",
-            "no-jobs",
-            "-n",
-            &ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"hard":{"count/jobs.batch":"0"},"used":{"count/jobs.batch":"0"}}}"#,
-        ],
-        None,
-    );
-    eventually(
-        Duration::from_secs(30),
-        "the API server enforces the quota",
-        || async {
-            let out = kubectl(
-                &env,
-                &[
-                    "create",
-                    "job",
-                    "probe",
-                    "--image=example.org/probe",
-                    "-n",
-                    &ns,
-                ],
-                None,
-            );
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            if !out.status.success() && err.contains("exceeded quota") {
-                Ok(())
-            } else {
-                let _ = kubectl(&env, &["delete", "job", "probe", "-n", &ns], None);
-                Err(format!("not refused yet: {err}"))
-            }
-        },
+        &ns,
+        "no-jobs",
+        "count/jobs.batch",
+        &["job", "--image=example.org/probe"],
+        "job",
     )
     .await;
     let admin = dir.path().join("admin.kubeconfig");

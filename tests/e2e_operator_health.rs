@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{
-    admin_token, free_port, install_crd, kube_env, kubectl, kubectl_ok, namespace, start_operator,
-    write_kubeconfig, KubeEnv, Proc, BIN,
+    admin_token, enforced_zero_quota, free_port, install_crd, kube_env, kubectl, kubectl_ok,
+    namespace, start_operator, write_kubeconfig, KubeEnv, Proc, BIN,
 };
 use common::eventually;
 use serde_json::Value;
@@ -33,53 +33,13 @@ async fn a_service_refused_by_a_quota_stalls_with_a_warning_event_until_the_quot
     let Some(env) = kube_env() else { return };
     install_crd(&env);
     let ns = namespace(&env, "refused");
-    kubectl_ok(
+    enforced_zero_quota(
         &env,
-        &["apply", "-n", &ns, "-f", "-"],
-        Some("apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: no-services}\nspec: {hard: {services: \"0\"}}\n"),
-    );
-    // The quota's status, as the controller manager's quota controller would write it (the
-    // test environment runs none; admission enforces only a quota with a status).
-    kubectl_ok(
-        &env,
-        &[
-            "patch",
-            "resourcequota",
-            "no-services",
-            "-n",
-            &ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"hard":{"services":"0"},"used":{"services":"0"}}}"#,
-        ],
-        None,
-    );
-    eventually(
-        Duration::from_secs(30),
-        "the API server enforces the quota",
-        || async {
-            let out = kubectl(
-                &env,
-                &[
-                    "create",
-                    "service",
-                    "clusterip",
-                    "probe",
-                    "--tcp=80:80",
-                    "-n",
-                    &ns,
-                ],
-                None,
-            );
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            if !out.status.success() && err.contains("exceeded quota") {
-                Ok(())
-            } else {
-                let _ = kubectl(&env, &["delete", "service", "probe", "-n", &ns], None);
-                Err(format!("not refused yet: {err}"))
-            }
-        },
+        &ns,
+        "no-services",
+        "services",
+        &["service", "clusterip", "--tcp=80:80"],
+        "service",
     )
     .await;
     let dir = tempfile::tempdir().unwrap();

@@ -474,6 +474,71 @@ pub fn start_operator(env: &KubeEnv, dir: &Path, extra_args: &[&str]) -> Proc {
     start_operator_named(env, dir, "operator-e2e", extra_args)
 }
 
+/// A quota `name` in `ns` that allows none of `resource` (a quota key: `services`,
+/// `count/jobs.batch`), enforced before this returns. Its status is written as the controller
+/// manager's quota controller would (the test environment runs none before the node, and
+/// admission enforces only a quota with a status), then `kubectl create <probe> probe -n ns`
+/// is tried until the API server refuses it for the quota (a probe let through is deleted as
+/// `kind`).
+pub async fn enforced_zero_quota(
+    env: &KubeEnv,
+    ns: &str,
+    name: &str,
+    resource: &str,
+    probe: &[&str],
+    kind: &str,
+) {
+    kubectl_ok(
+        env,
+        &[
+            "create",
+            "quota",
+            name,
+            "-n",
+            ns,
+            &format!("--hard={resource}=0"),
+        ],
+        None,
+    );
+    let status = serde_json::json!({"status": {"hard": {resource: "0"}, "used": {resource: "0"}}});
+    kubectl_ok(
+        env,
+        &[
+            "patch",
+            "resourcequota",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+        None,
+    );
+    super::eventually(
+        std::time::Duration::from_secs(30),
+        "the API server enforces the quota",
+        || async {
+            let args: Vec<&str> = ["create"]
+                .iter()
+                .chain(probe)
+                .chain(&["probe", "-n", ns])
+                .copied()
+                .collect();
+            let out = kubectl(env, &args, None);
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !out.status.success() && err.contains("exceeded quota") {
+                Ok(())
+            } else {
+                let _ = kubectl(env, &["delete", kind, "probe", "-n", ns], None);
+                Err(format!("not refused yet: {err}"))
+            }
+        },
+    )
+    .await;
+}
+
 /// What most operator tests start from: the CRD installed, a namespace of their own and an
 /// operator watching only it.
 pub struct OperatorInNamespace {
