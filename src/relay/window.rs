@@ -17,8 +17,8 @@
 //! (`max_ids`, oldest first), and it is per relay process: a retry that reaches another replica
 //! falls back to the brokers' own de-duplication (JetStream's duplicate window, Kafka's key).
 //!
-//! Memory: the window keeps no id, only a 128-bit [`Key`] of it (the first half of SHA-256
-//! over a random secret of this process and the id), so an entry costs the same whatever the
+//! Memory: the window keeps no id, only a 128-bit `Key` of it, the first half of SHA-256 over a
+//! random secret of this process and the id; so an entry costs the same whatever the
 //! id's length (see [`DEFAULT_DUPLICATE_WINDOW_IDS`]) and a request allocates nothing here. Two
 //! ids with one key would be taken for one id; among 100,000 ids the odds of any such pair are
 //! about 10⁻²⁹, and the secret is unknown to clients, so none can make one on purpose.
